@@ -1,0 +1,303 @@
+//! The `hookline` subcommands.
+
+use anyhow::{bail, Context, Result};
+use hookline::config::Settings;
+use hookline::model::Source;
+use hookline::ports::queue::Queue;
+use hookline::ports::secrets::env::EnvSecrets;
+use hookline::ports::secrets::SecretSource;
+use hookline::ports::sqlite::{Database, Durability};
+use hookline::ports::store::embedded::EmbeddedStore;
+use hookline::ports::store::{DeliveryQuery, DeliveryStore};
+use hookline::providers::simulate::{self, Simulation};
+use hookline::runtime::local::{default_embedded_app, Server};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub async fn serve(addr: SocketAddr, data_dir: &Path, env_file: &Path) -> Result<ExitCode> {
+    hookline::runtime::init_tracing();
+    let secrets = EnvSecrets::new(Some(env_file.to_path_buf())).load().await?;
+    let mut settings = Settings::from_env()?;
+    let configured_base = settings.public_base_url.is_some();
+    let base = settings
+        .public_base_url
+        .get_or_insert_with(|| format!("http://{addr}"))
+        .clone();
+    let app = default_embedded_app(data_dir, secrets.clone(), settings)
+        .with_context(|| format!("opening the data dir {}", data_dir.display()))?;
+    let server = Server::start(app, addr, 2)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+
+    println!(
+        "Hookline is running on {} (data in {})",
+        server.url(),
+        data_dir.display()
+    );
+    println!("  GET  {}/healthz", server.url());
+    let configured =
+        |s: &Option<hookline::secret::Secret>| if s.is_some() { "set" } else { "NOT SET" };
+    for (source, name, secret) in [
+        (
+            Source::Github,
+            "GITHUB_WEBHOOK_SECRET",
+            &secrets.github_webhook_secret,
+        ),
+        (
+            Source::Gitlab,
+            "GITLAB_WEBHOOK_TOKEN",
+            &secrets.gitlab_webhook_token,
+        ),
+        (
+            Source::Jira,
+            "JIRA_WEBHOOK_SECRET",
+            &secrets.jira_webhook_secret,
+        ),
+        (
+            Source::Stripe,
+            "STRIPE_WEBHOOK_SECRET",
+            &secrets.stripe_webhook_secret,
+        ),
+        (
+            Source::Twilio,
+            "TWILIO_AUTH_TOKEN",
+            &secrets.twilio_auth_token,
+        ),
+        (
+            Source::Whatsapp,
+            "WHATSAPP_APP_SECRET",
+            &secrets.whatsapp_app_secret,
+        ),
+    ] {
+        let method = if source == Source::Whatsapp {
+            "GET, POST"
+        } else {
+            "POST"
+        };
+        println!(
+            "  {method:<9} {}{}  ({source}: {name} {})",
+            server.url(),
+            source.route(),
+            configured(secret)
+        );
+    }
+    println!(
+        "Providers post to {base}<route> (WEBHOOK_BASE_URL{}).",
+        if configured_base {
+            ""
+        } else {
+            " not set: using this address"
+        }
+    );
+    println!("Try: hookline send github --url {}{} --secret \"$GITHUB_WEBHOOK_SECRET\" --file events/payloads/github-push.json", server.url(), Source::Github.route());
+    println!(
+        "Then: hookline deliveries --data-dir {}",
+        data_dir.display()
+    );
+
+    tokio::signal::ctrl_c().await.ok();
+    println!("Stopping…");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_store(data_dir: &Path) -> Result<Database> {
+    if !data_dir.join("hookline.db").exists() {
+        bail!(
+            "no Hookline data in {} — start `hookline serve --data-dir {}` first",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    // Another process may be serving from this file: WAL lets both in, and this one only reads.
+    Ok(Database::open(data_dir, Durability::Normal)?)
+}
+
+fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+pub async fn deliveries(
+    data_dir: &Path,
+    json: bool,
+    source: Option<Source>,
+    limit: usize,
+) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let store = EmbeddedStore::new(open_store(data_dir)?);
+    let list = store.list(&DeliveryQuery { source, limit }).await?;
+    if json {
+        for d in &list {
+            writeln!(out, "{}", serde_json::to_string(d)?)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        writeln!(out, "No deliveries yet.")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<9} {:<40} {:<26} {:<10} {:<21} {:<21} ERROR",
+        "SOURCE", "DELIVERY ID", "EVENT", "STATUS", "RECEIVED", "PROCESSED"
+    )?;
+    for d in &list {
+        writeln!(
+            out,
+            "{:<9} {:<40} {:<26} {:<10} {:<21} {:<21} {}",
+            d.source.as_str(),
+            d.delivery_id,
+            d.event_type,
+            d.status.as_str(),
+            time(Some(d.received_at)),
+            time(d.processed_at),
+            d.error.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn activity(data_dir: &Path, json: bool, limit: usize) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let store = EmbeddedStore::new(open_store(data_dir)?);
+    let list = store.list_activities(limit).await?;
+    for a in &list {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(a)?)?;
+        } else {
+            writeln!(
+                out,
+                "{} {:<9} {:<24} {:<12} {:<30} {:<16} {}",
+                time(Some(a.received_at)),
+                a.source.as_str(),
+                a.event_type,
+                a.action.as_deref().unwrap_or("-"),
+                a.repository.as_deref().unwrap_or("-"),
+                a.actor.as_deref().unwrap_or("-"),
+                a.url.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    if list.is_empty() && !json {
+        writeln!(out, "No activity yet.")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn dead_letters(data_dir: &Path, redrive: bool) -> Result<ExitCode> {
+    let db = open_store(data_dir)?;
+    let queue = hookline::ports::queue::embedded::EmbeddedQueue::new(
+        db,
+        hookline::runtime::local::LOCAL_QUEUE,
+    );
+    if redrive {
+        let mut moved = 0;
+        loop {
+            let n = queue.redrive(100).await?;
+            moved += n;
+            if n == 0 {
+                break;
+            }
+        }
+        println!("Moved {moved} dead letter(s) back to the queue.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dead = queue.receive_dead_letters(10).await?;
+    if dead.is_empty() {
+        println!("The dead-letter queue is empty.");
+    }
+    for m in &dead {
+        let summary: Option<hookline::model::Envelope> = serde_json::from_str(&m.body).ok();
+        match summary {
+            Some(e) => println!(
+                "{} {} {} {}",
+                m.message_id, e.source, e.delivery_id, e.event_type
+            ),
+            None => println!("{} (unreadable message)", m.message_id),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The options `sign` and `send` share.
+#[derive(clap::Args)]
+pub struct Signing {
+    /// The provider secret (GitLab: the secret token, or a whsec_ signing token).
+    #[arg(long, env = "HOOKLINE_SIGNING_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Where the request goes (required for twilio and send).
+    #[arg(long)]
+    url: Option<String>,
+    /// The payload file (the exact bytes are signed and sent).
+    #[arg(long)]
+    file: PathBuf,
+    /// The event type header (GitHub X-GitHub-Event, GitLab X-Gitlab-Event); guessed if absent.
+    #[arg(long)]
+    event: Option<String>,
+}
+
+fn signed(provider: Source, s: &Signing) -> Result<simulate::SignedRequest> {
+    let body =
+        std::fs::read(&s.file).with_context(|| format!("cannot read {}", s.file.display()))?;
+    if body.is_empty() {
+        bail!(
+            "{} is empty: providers never send an empty body",
+            s.file.display()
+        );
+    }
+    Ok(simulate::sign(&Simulation {
+        source: provider,
+        secret: &s.secret,
+        url: s.url.as_deref(),
+        body: &body,
+        event: s.event.as_deref(),
+        now: chrono::Utc::now(),
+        delivery_id: None,
+    })?)
+}
+
+pub fn sign(provider: Source, s: &Signing) -> Result<ExitCode> {
+    let req = signed(provider, s)?;
+    if provider == Source::Twilio {
+        println!("# POST {}", req.url);
+    }
+    for (name, value) in &req.headers {
+        println!("{name}: {value}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn send(provider: Source, s: &Signing) -> Result<ExitCode> {
+    if s.url.is_none() {
+        bail!(
+            "--url is required: where should the webhook go? e.g. http://127.0.0.1:8080{}",
+            provider.route()
+        );
+    }
+    let req = signed(provider, s)?;
+    let client = reqwest::Client::new();
+    let mut builder = client.post(&req.url).body(req.body.clone());
+    for (name, value) in &req.headers {
+        builder = builder.header(name, value);
+    }
+    let res = builder
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", req.url))?;
+    let status = res.status();
+    let text = res.text().await.unwrap_or_default();
+    println!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    println!("{text}");
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

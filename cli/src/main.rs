@@ -1,0 +1,117 @@
+//! `hookline`: run Hookline locally, read its delivery log, and sign or send webhooks the way
+//! each provider does.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "hookline",
+    version,
+    about = "Hookline: verified, deduped, queued webhooks — locally"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every webhook route and the worker on the embedded adapters.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        #[arg(long, default_value = ".hookline")]
+        data_dir: PathBuf,
+        /// Secrets not in the environment are read from this file.
+        #[arg(long, default_value = ".env")]
+        env_file: PathBuf,
+    },
+    /// List the delivery log (works while `serve` runs on the same data dir).
+    Deliveries {
+        #[arg(long, default_value = ".hookline")]
+        data_dir: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only this provider's deliveries.
+        #[arg(long)]
+        source: Option<hookline::model::Source>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// List the normalised activity the worker recorded.
+    Activity {
+        #[arg(long, default_value = ".hookline")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show the dead-letter queue, or move its messages back to the queue.
+    DeadLetters {
+        #[arg(long, default_value = ".hookline")]
+        data_dir: PathBuf,
+        /// Move dead letters back to the queue for another try.
+        #[arg(long)]
+        redrive: bool,
+    },
+    /// Print the headers a provider would send with PAYLOAD.
+    Sign {
+        provider: hookline::model::Source,
+        #[command(flatten)]
+        signing: commands::Signing,
+    },
+    /// POST PAYLOAD to URL, signed as the provider would sign it.
+    Send {
+        provider: hookline::model::Source,
+        #[command(flatten)]
+        signing: commands::Signing,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            addr,
+            data_dir,
+            env_file,
+        } => commands::serve(addr, &data_dir, &env_file).await,
+        Command::Deliveries {
+            data_dir,
+            json,
+            source,
+            limit,
+        } => commands::deliveries(&data_dir, json, source, limit).await,
+        Command::Activity {
+            data_dir,
+            json,
+            limit,
+        } => commands::activity(&data_dir, json, limit).await,
+        Command::DeadLetters { data_dir, redrive } => {
+            commands::dead_letters(&data_dir, redrive).await
+        }
+        Command::Sign { provider, signing } => commands::sign(provider, &signing),
+        Command::Send { provider, signing } => commands::send(provider, &signing).await,
+    };
+    match result {
+        Ok(code) => code,
+        // `hookline deliveries | head` closing the pipe early is not an error.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

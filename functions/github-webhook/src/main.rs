@@ -1,0 +1,5 @@
+//! GitHub webhooks: POST /api/v1/webhooks/github, verified, deduped and queued for the worker.
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    hookline::runtime::lambda::run_inbound(hookline::model::Source::Github).await
+}

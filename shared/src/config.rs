@@ -1,0 +1,88 @@
+//! Settings read once at start-up from the environment (names in the README's table).
+
+use std::time::Duration;
+
+/// How the inbound pipeline and the worker behave.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `WEBHOOK_BASE_URL`: the public URL providers post to (Twilio's signatures cover it).
+    pub public_base_url: Option<String>,
+    /// `HOOKLINE_MAX_BODY_BYTES`: larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// `HOOKLINE_DELIVERY_TTL_HOURS`: how long a delivery record (and so its dedupe) lives.
+    pub delivery_ttl: Duration,
+    /// How long the request that recorded a delivery owns its enqueue before a provider's
+    /// retry may take it over.
+    pub enqueue_lease: Duration,
+    /// How long a concurrent copy of a delivery waits for the first copy's outcome.
+    pub in_progress_wait: Duration,
+    /// `HOOKLINE_PROCESS_LEASE_SECS`: how long a worker owns a delivery it started on; match
+    /// the queue's visibility timeout.
+    pub process_lease: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            public_base_url: None,
+            max_body_bytes: 1024 * 1024,
+            delivery_ttl: Duration::from_secs(7 * 24 * 3600),
+            enqueue_lease: Duration::from_secs(30),
+            in_progress_wait: Duration::from_secs(2),
+            process_lease: Duration::from_secs(180),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{name} must be {expected}, got {value:?}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub expected: &'static str,
+    pub value: String,
+}
+
+/// Read a variable; unset or empty is `None`.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A required variable, with an error that names it.
+pub fn required(name: &'static str) -> Result<String, ConfigError> {
+    var(name).ok_or(ConfigError {
+        name,
+        expected: "set",
+        value: String::new(),
+    })
+}
+
+fn number(name: &'static str) -> Result<Option<u64>, ConfigError> {
+    var(name)
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| ConfigError {
+                name,
+                expected: "a whole number",
+                value: v,
+            })
+        })
+        .transpose()
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut s = Settings {
+            public_base_url: var("WEBHOOK_BASE_URL"),
+            ..Settings::default()
+        };
+        if let Some(n) = number("HOOKLINE_MAX_BODY_BYTES")? {
+            s.max_body_bytes = n as usize;
+        }
+        if let Some(h) = number("HOOKLINE_DELIVERY_TTL_HOURS")? {
+            s.delivery_ttl = Duration::from_secs(h * 3600);
+        }
+        if let Some(secs) = number("HOOKLINE_PROCESS_LEASE_SECS")? {
+            s.process_lease = Duration::from_secs(secs);
+        }
+        Ok(s)
+    }
+}

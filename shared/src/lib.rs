@@ -1,0 +1,14 @@
+//! Hookline's one library: provider verification, the inbound pipeline, the event worker,
+//! the ports with their AWS and embedded adapters, and the glue that runs handlers on Lambda
+//! and in the local server.
+
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod model;
+pub mod pipeline;
+pub mod ports;
+pub mod providers;
+pub mod runtime;
+pub mod secret;
+pub mod worker;

@@ -1,0 +1,333 @@
+//! The one inbound pipeline every provider goes through (DESIGN.md §1.1, steps 1–5):
+//! bound the body, verify, describe, record idempotently, enqueue, answer 202.
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::http::{json, problem, text, Request, Response};
+use crate::model::{sha256_hex, DeliveryKey, DeliveryStatus, Envelope, NewDelivery, Source};
+use crate::ports::queue::Queue;
+use crate::ports::store::{DeliveryStore, RecordOutcome};
+use crate::providers::{
+    provider, Handshake, Inbound, ParseError, ProviderSecrets, VerifyContext, VerifyError,
+};
+use chrono::{DateTime, Utc};
+use http::{HeaderValue, Method, StatusCode};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why the pipeline refused or could not take a delivery. Each maps to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("signature verification failed: {0}")]
+    Unauthorized(#[from] VerifyError),
+    #[error("handshake refused")]
+    HandshakeRefused,
+    #[error("malformed payload: {0}")]
+    Malformed(#[from] ParseError),
+    #[error("delivery {0} was already received with a different payload")]
+    PayloadMismatch(String),
+    #[error("delivery {0} is being accepted by another request")]
+    InProgress(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl InboundError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            InboundError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            InboundError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            InboundError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            InboundError::HandshakeRefused => StatusCode::FORBIDDEN,
+            InboundError::Malformed(_) => StatusCode::BAD_REQUEST,
+            InboundError::PayloadMismatch(_) => StatusCode::CONFLICT,
+            InboundError::InProgress(_) | InboundError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            InboundError::MethodNotAllowed => "method_not_allowed",
+            InboundError::TooLarge { .. } => "payload_too_large",
+            InboundError::Unauthorized(_) => "invalid_signature",
+            InboundError::HandshakeRefused => "verification_failed",
+            InboundError::Malformed(_) => "malformed_payload",
+            InboundError::PayloadMismatch(_) => "delivery_conflict",
+            InboundError::InProgress(_) => "delivery_in_progress",
+            InboundError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The answer the caller sees: what to fix, never a secret or an internal detail.
+    pub fn into_response(self) -> Response {
+        let message = match &self {
+            InboundError::Unavailable(_) => {
+                "Hookline cannot take deliveries right now; retry later".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut res = problem(self.status(), self.code(), message);
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        res
+    }
+}
+
+/// What a 2xx answer says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    /// `queued` (202) or `duplicate` (200).
+    pub status: &'static str,
+    pub source: Source,
+    pub delivery_id: String,
+}
+
+/// The inbound pipeline over its ports. Cheap to share: build it once per cold start.
+pub struct Pipeline {
+    store: Arc<dyn DeliveryStore>,
+    queue: Arc<dyn Queue>,
+    secrets: Arc<ProviderSecrets>,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+}
+
+/// A verified, described delivery ready to record.
+struct Arrival {
+    source: Source,
+    key: DeliveryKey,
+    delivery_id: String,
+    event_type: String,
+    payload_sha256: String,
+    signature_verified: bool,
+    received_at: DateTime<Utc>,
+}
+
+fn lease(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Pipeline {
+    pub fn new(
+        store: Arc<dyn DeliveryStore>,
+        queue: Arc<dyn Queue>,
+        secrets: Arc<ProviderSecrets>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            store,
+            queue,
+            secrets,
+            clock,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Handle one request to `source`'s route. Logs one line with the outcome.
+    pub async fn handle(&self, source: Source, req: Request) -> Response {
+        let started = Instant::now();
+        let inbound = to_inbound(req);
+        let result = self.accept(source, &inbound).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok(Answer::Delivery(accepted)) => {
+                tracing::info!(
+                    source = %source, delivery_id = %accepted.delivery_id,
+                    outcome = accepted.status, latency_ms, "delivery accepted"
+                );
+                let code = if accepted.status == "queued" {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::OK
+                };
+                json(code, &accepted)
+            }
+            Ok(Answer::Challenge(challenge)) => {
+                tracing::info!(source = %source, outcome = "handshake", latency_ms, "handshake answered");
+                text(StatusCode::OK, challenge)
+            }
+            Err(err) => {
+                match &err {
+                    InboundError::Unauthorized(reason) => tracing::warn!(
+                        security_event = true, source = %source, reason = %reason, latency_ms,
+                        "refused a delivery that failed verification"
+                    ),
+                    InboundError::Unavailable(detail) => tracing::error!(
+                        source = %source, error = %detail, latency_ms, "could not accept a delivery"
+                    ),
+                    other => {
+                        tracing::warn!(source = %source, error = %other, latency_ms, "refused a delivery")
+                    }
+                }
+                err.into_response()
+            }
+        }
+    }
+
+    async fn accept(&self, source: Source, req: &Inbound) -> Result<Answer, InboundError> {
+        let provider = provider(source);
+        if req.method == Method::GET {
+            return match provider.handshake(req, &self.secrets) {
+                Some(Handshake::Challenge(c)) => Ok(Answer::Challenge(c)),
+                Some(Handshake::Refused) => Err(InboundError::HandshakeRefused),
+                None => Err(InboundError::MethodNotAllowed),
+            };
+        }
+        if req.method != Method::POST {
+            return Err(InboundError::MethodNotAllowed);
+        }
+        if req.body.len() > self.settings.max_body_bytes {
+            return Err(InboundError::TooLarge {
+                limit: self.settings.max_body_bytes,
+            });
+        }
+        let now = self.clock.now();
+        let public_base_url = self
+            .settings
+            .public_base_url
+            .clone()
+            .or_else(|| base_url_from_host(req));
+        let ctx = VerifyContext {
+            now,
+            public_base_url,
+        };
+        let verified = provider.verify(req, &self.secrets, &ctx)?;
+        let described = provider.describe(req)?;
+        let payload_sha256 = sha256_hex(&req.body);
+        let delivery_id = described
+            .delivery_id
+            .unwrap_or_else(|| payload_sha256.clone());
+        let arrival = Arrival {
+            source,
+            key: DeliveryKey::new(source, &delivery_id),
+            delivery_id,
+            event_type: described.event_type,
+            payload_sha256,
+            signature_verified: verified == crate::providers::Verified::Signature,
+            received_at: now,
+        };
+        self.record_and_enqueue(&arrival, &req.body)
+            .await
+            .map(Answer::Delivery)
+    }
+
+    async fn record_and_enqueue(&self, a: &Arrival, body: &[u8]) -> Result<Accepted, InboundError> {
+        let new = NewDelivery {
+            key: a.key.clone(),
+            source: a.source,
+            delivery_id: a.delivery_id.clone(),
+            event_type: a.event_type.clone(),
+            payload_sha256: a.payload_sha256.clone(),
+            signature_verified: a.signature_verified,
+            received_at: a.received_at,
+            enqueue_lease_until: lease(a.received_at, self.settings.enqueue_lease),
+            expires_at: lease(a.received_at, self.settings.delivery_ttl),
+        };
+        let outcome = self.store.record(&new).await.map_err(unavailable)?;
+        let existing = match outcome {
+            RecordOutcome::Recorded => return self.enqueue(a, body).await,
+            RecordOutcome::Exists(existing) => existing,
+        };
+        if existing.payload_sha256 != a.payload_sha256 {
+            return Err(InboundError::PayloadMismatch(a.delivery_id.clone()));
+        }
+        if existing.status != DeliveryStatus::Received {
+            return Ok(self.accepted("duplicate", a));
+        }
+        self.settle_in_progress(a, body).await
+    }
+
+    /// A copy of a delivery whose record is still `received`: either another request is
+    /// enqueueing it right now (wait for its outcome), or an earlier attempt failed to
+    /// enqueue it (take it over and enqueue it, once).
+    async fn settle_in_progress(&self, a: &Arrival, body: &[u8]) -> Result<Accepted, InboundError> {
+        let give_up = Instant::now() + self.settings.in_progress_wait;
+        loop {
+            let now = self.clock.now();
+            let taken = self
+                .store
+                .take_over_enqueue(&a.key, now, lease(now, self.settings.enqueue_lease))
+                .await
+                .map_err(unavailable)?;
+            if taken {
+                tracing::info!(source = %a.source, delivery_id = %a.delivery_id, "re-enqueueing a delivery an earlier attempt left unqueued");
+                return self.enqueue(a, body).await;
+            }
+            match self.store.get(&a.key).await.map_err(unavailable)? {
+                Some(d) if d.status != DeliveryStatus::Received => {
+                    return Ok(self.accepted("duplicate", a))
+                }
+                _ if Instant::now() >= give_up => {
+                    return Err(InboundError::InProgress(a.delivery_id.clone()))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    async fn enqueue(&self, a: &Arrival, body: &[u8]) -> Result<Accepted, InboundError> {
+        let envelope = Envelope::new(a.source, &a.delivery_id, &a.event_type, a.received_at, body);
+        let message = serde_json::to_string(&envelope).expect("an envelope always serialises");
+        if let Err(e) = self.queue.send(&message, Duration::ZERO).await {
+            // Hand the record back so the provider's retry can enqueue it at once.
+            if let Err(release) = self.store.release_enqueue(&a.key).await {
+                tracing::warn!(source = %a.source, delivery_id = %a.delivery_id, error = %release, "could not release the enqueue lease; a retry will wait for it to end");
+            }
+            return Err(InboundError::Unavailable(e.to_string()));
+        }
+        if let Err(e) = self.store.mark_queued(&a.key, self.clock.now()).await {
+            // The message is on the queue, so the delivery is safe; the worker moves it on.
+            tracing::warn!(source = %a.source, delivery_id = %a.delivery_id, error = %e, "queued, but could not mark the record queued");
+        }
+        Ok(self.accepted("queued", a))
+    }
+
+    fn accepted(&self, status: &'static str, a: &Arrival) -> Accepted {
+        Accepted {
+            status,
+            source: a.source,
+            delivery_id: a.delivery_id.clone(),
+        }
+    }
+}
+
+enum Answer {
+    Delivery(Accepted),
+    Challenge(String),
+}
+
+fn unavailable(e: impl std::fmt::Display) -> InboundError {
+    InboundError::Unavailable(e.to_string())
+}
+
+/// Without `WEBHOOK_BASE_URL`, the URL the provider called is rebuilt from the `Host` header
+/// (API Gateway's domain, or a custom domain in front of it) and `X-Forwarded-Proto`.
+fn base_url_from_host(req: &Inbound) -> Option<String> {
+    let host = req.header("host")?;
+    let proto = req.header("x-forwarded-proto").unwrap_or("https");
+    Some(format!("{proto}://{host}"))
+}
+
+fn to_inbound(req: Request) -> Inbound {
+    let (parts, body) = req.into_parts();
+    Inbound {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts.headers,
+        body,
+    }
+}

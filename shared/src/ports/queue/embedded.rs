@@ -1,0 +1,201 @@
+//! The embedded queue: the `messages` table of the local SQLite file, with SQS semantics
+//! (delay, visibility timeout, receive count, dead-letter queue after the redrive limit).
+
+use super::{Queue, QueueError, QueueSettings, ReceivedMessage};
+use crate::ports::sqlite::{Database, DbError};
+use async_trait::async_trait;
+use rusqlite::params;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+const MAIN: &str = "main";
+const DEAD: &str = "dead";
+/// How often a long poll looks again when nothing wakes it (a delay or visibility timeout
+/// ending wakes nobody).
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedQueue {
+    db: Database,
+    settings: QueueSettings,
+    sent: Arc<Notify>,
+}
+
+impl EmbeddedQueue {
+    pub fn new(db: Database, settings: QueueSettings) -> Self {
+        Self {
+            db,
+            settings,
+            sent: Arc::new(Notify::new()),
+        }
+    }
+
+    async fn take(
+        &self,
+        queue: &'static str,
+        max: u32,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let settings = self.settings;
+        let max = max.clamp(1, 10) as i64;
+        Ok(self
+            .db
+            .call(move |conn| {
+                let now = now_millis();
+                let candidates: Vec<(String, String, i64)> = conn
+                    .prepare_cached(
+                        "SELECT id, body, receive_count FROM messages \
+                         WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, sent_at LIMIT ?3",
+                    )?
+                    .query_map(params![queue, now, max], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?;
+                let mut out = Vec::new();
+                for (id, body, count) in candidates {
+                    let count = count as u32 + 1;
+                    if queue == MAIN && count > settings.max_receive_count {
+                        // Past the redrive limit: to the dead-letter queue, as SQS does on receive.
+                        conn.prepare_cached(
+                            "UPDATE messages SET queue = ?2, receive_count = 0, visible_at = ?3, \
+                             receipt = NULL WHERE id = ?1",
+                        )?
+                        .execute(params![id, DEAD, now])?;
+                        continue;
+                    }
+                    let receipt = uuid::Uuid::new_v4().to_string();
+                    let visible_at = now + settings.visibility_timeout.as_millis() as i64;
+                    conn.prepare_cached(
+                        "UPDATE messages SET receive_count = ?2, visible_at = ?3, receipt = ?4 \
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, count, visible_at, receipt])?;
+                    out.push(ReceivedMessage { message_id: id, receipt, body, receive_count: count });
+                }
+                Ok(out)
+            })
+            .await?)
+    }
+}
+
+fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl From<DbError> for QueueError {
+    fn from(e: DbError) -> Self {
+        QueueError::Unavailable(e.0)
+    }
+}
+
+#[async_trait]
+impl Queue for EmbeddedQueue {
+    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
+        if delay > Duration::from_secs(900) {
+            return Err(QueueError::Rejected("delay is over 15 minutes".into()));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let body = body.to_owned();
+        let message_id = id.clone();
+        self.db
+            .call(move |conn| {
+                let now = now_millis();
+                conn.prepare_cached(
+                    "INSERT INTO messages (id, queue, body, visible_at, sent_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    id,
+                    MAIN,
+                    body,
+                    now + delay.as_millis() as i64,
+                    now
+                ])?;
+                Ok(())
+            })
+            .await?;
+        self.sent.notify_waiters();
+        Ok(message_id)
+    }
+
+    async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.sent.notified();
+            let got = self.take(MAIN, max).await?;
+            let now = tokio::time::Instant::now();
+            if !got.is_empty() || now >= deadline {
+                return Ok(got);
+            }
+            let _ = tokio::time::timeout(POLL.min(deadline - now), notified).await;
+        }
+    }
+
+    async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
+        let receipt = receipt.to_owned();
+        Ok(self
+            .db
+            .call(move |conn| {
+                conn.prepare_cached("DELETE FROM messages WHERE receipt = ?1")?
+                    .execute([receipt])?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn receive_dead_letters(&self, max: u32) -> Result<Vec<ReceivedMessage>, QueueError> {
+        self.take(DEAD, max).await
+    }
+
+    async fn redrive(&self, max: u32) -> Result<usize, QueueError> {
+        let moved = self
+            .db
+            .call(move |conn| {
+                let moved = conn
+                    .prepare_cached(
+                        "UPDATE messages SET queue = ?1, receive_count = 0, visible_at = ?2, \
+                         receipt = NULL WHERE id IN \
+                         (SELECT id FROM messages WHERE queue = ?3 ORDER BY sent_at LIMIT ?4)",
+                    )?
+                    .execute(params![MAIN, now_millis(), DEAD, max as i64])?;
+                Ok(moved)
+            })
+            .await?;
+        if moved > 0 {
+            self.sent.notify_waiters();
+        }
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::queue::conformance::SETTINGS;
+    use crate::ports::sqlite::Durability;
+
+    async fn fresh() -> (tempfile::TempDir, Arc<dyn Queue>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        (dir, Arc::new(EmbeddedQueue::new(db, SETTINGS)))
+    }
+
+    crate::queue_conformance!(fresh());
+
+    #[tokio::test]
+    async fn queued_messages_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = EmbeddedQueue::new(
+                Database::open(dir.path(), Durability::Full).unwrap(),
+                SETTINGS,
+            );
+            q.send("durable", Duration::ZERO).await.unwrap();
+        }
+        let q = EmbeddedQueue::new(
+            Database::open(dir.path(), Durability::Full).unwrap(),
+            SETTINGS,
+        );
+        let got = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body, "durable");
+    }
+}

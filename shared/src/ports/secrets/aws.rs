@@ -1,0 +1,106 @@
+//! Provider secrets from one Secrets Manager secret, a JSON object of `NAME: value` strings,
+//! fetched once per cold start. Also the one place SDK configs are built.
+
+use super::{SecretSource, SecretsError};
+use crate::ports::store::aws::error_chain;
+use crate::providers::ProviderSecrets;
+use async_trait::async_trait;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The region used against a local endpoint when none is configured.
+pub const LOCAL_REGION: &str = "us-east-1";
+
+/// The SDK config every function and tool builds its clients from.
+///
+/// `None`: the AWS defaults (region and credentials from the environment, the Lambda role),
+/// with a connect timeout, so a black-holed connection fails in seconds, not minutes.
+///
+/// `Some(endpoint)`: every client talks to that endpoint (moto on loopback, in tests and
+/// local runs). The region falls back to [`LOCAL_REGION`], credentials to static test ones
+/// unless `AWS_ACCESS_KEY_ID` or `AWS_PROFILE` is set, and calls fail fast: a 1 s connect
+/// timeout, 2 attempts with a 50 ms backoff, 25 s per attempt (above SQS's 20 s long poll).
+/// So a store or queue that is down answers `Unavailable` well within a second or two.
+pub async fn sdk_config_for(endpoint: Option<&str>) -> aws_config::SdkConfig {
+    let loader = aws_config::defaults(BehaviorVersion::latest());
+    let Some(endpoint) = endpoint else {
+        return loader
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .build(),
+            )
+            .load()
+            .await;
+    };
+    let mut loader = loader
+        .endpoint_url(endpoint)
+        .region(RegionProviderChain::default_provider().or_else(Region::new(LOCAL_REGION)))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .operation_attempt_timeout(Duration::from_secs(25))
+                .build(),
+        )
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(2)
+                .with_initial_backoff(Duration::from_millis(50))
+                .with_max_backoff(Duration::from_millis(200)),
+        );
+    let has_credentials = ["AWS_ACCESS_KEY_ID", "AWS_PROFILE"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    if !has_credentials {
+        loader = loader.test_credentials();
+    }
+    loader.load().await
+}
+
+/// The AWS adapter of [`SecretSource`].
+#[derive(Debug, Clone)]
+pub struct SecretsManagerSource {
+    client: aws_sdk_secretsmanager::Client,
+    secret_id: String,
+}
+
+impl SecretsManagerSource {
+    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: impl Into<String>) -> Self {
+        Self {
+            client,
+            secret_id: secret_id.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl SecretSource for SecretsManagerSource {
+    async fn load(&self) -> Result<ProviderSecrets, SecretsError> {
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .send()
+            .await
+            .map_err(|e| {
+                SecretsError::Unavailable(format!(
+                    "Secrets Manager GetSecretValue {}: {}",
+                    self.secret_id,
+                    error_chain(&e)
+                ))
+            })?;
+        let malformed = || SecretsError::Malformed(self.secret_id.clone());
+        let text = out.secret_string().ok_or_else(malformed)?;
+        // Parse into strings only: a number, a nested object or anything else is malformed,
+        // and serde's message (which may quote the content) is dropped.
+        let values: HashMap<String, String> =
+            serde_json::from_str(text).map_err(|_| malformed())?;
+        Ok(ProviderSecrets::from_lookup(|name| {
+            values.get(name).cloned()
+        }))
+    }
+}

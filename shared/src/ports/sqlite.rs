@@ -1,0 +1,203 @@
+//! The embedded adapters' engine: one SQLite file in the data dir, in WAL mode so another
+//! process (`hookline deliveries`) can read while the server writes. Every call runs on one
+//! writer thread that commits a batch of calls at a time (group commit): each caller gets its
+//! answer only after its batch is durably committed, and one fsync covers many deliveries.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+/// How many calls one transaction may take before it commits.
+const MAX_BATCH: usize = 512;
+
+/// Why the embedded database failed; the adapters map it to their port's error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct DbError(pub String);
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError(e.to_string())
+    }
+}
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on every commit: survives a power cut.
+    Full,
+    /// fsync at checkpoints only: survives a crash of the process, not of the machine.
+    Normal,
+}
+
+type Finish = Box<dyn FnOnce(Result<(), DbError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+
+/// A handle on the database file; clone it freely.
+#[derive(Clone)]
+pub struct Database {
+    jobs: mpsc::Sender<Job>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS deliveries (
+    key TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    signature_verified INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    queued_at INTEGER,
+    processed_at INTEGER,
+    error TEXT,
+    duration_ms INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    enqueue_lease_until INTEGER NOT NULL DEFAULT 0,
+    process_lease_until INTEGER NOT NULL DEFAULT 0,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (received_at DESC);
+CREATE INDEX IF NOT EXISTS deliveries_by_source ON deliveries (source, received_at DESC);
+CREATE TABLE IF NOT EXISTS activities (
+    key TEXT PRIMARY KEY,
+    received_at INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS activities_by_time ON activities (received_at DESC);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT,
+    sent_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_visible ON messages (queue, visible_at);
+"#;
+
+fn connect(path: &Path, durability: Durability) -> Result<Connection, DbError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    Ok(conn)
+}
+
+impl Database {
+    /// Open (creating if needed) `hookline.db` in `dir`, and start its writer thread.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self, DbError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DbError(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let path = dir.join("hookline.db");
+        let conn = connect(&path, durability)?;
+        conn.execute_batch(SCHEMA)?;
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("hookline-db".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| DbError(format!("cannot start the database thread: {e}")))?;
+        Ok(Self {
+            jobs,
+            path: Arc::new(path),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `op` inside the writer's current transaction; its result is handed back once that
+    /// transaction has committed. An `Err` from `op` rolls back only `op`'s own changes.
+    pub async fn call<T, F>(&self, op: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = savepoint(conn, op);
+            Box::new(move |committed| {
+                let _ = tx.send(committed.and(result));
+            })
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| DbError("the database thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| DbError("the database thread has stopped".into()))?
+    }
+}
+
+/// Run one call in its own savepoint, so its failure leaves the batch's other calls intact.
+fn savepoint<T>(
+    conn: &Connection,
+    op: impl FnOnce(&Connection) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    conn.execute_batch("SAVEPOINT call")?;
+    match op(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE call")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO call; RELEASE call");
+            Err(e)
+        }
+    }
+}
+
+fn writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut finishes: Vec<Finish> = Vec::new();
+        let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(DbError::from);
+        if let Err(e) = began {
+            // Cannot even start a transaction: fail this call, keep serving.
+            let finish = first(&conn);
+            finish(Err(e));
+            continue;
+        }
+        finishes.push(first(&conn));
+        while finishes.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => finishes.push(job(&conn)),
+                Err(_) => break,
+            }
+        }
+        let committed = conn.execute_batch("COMMIT").map_err(DbError::from);
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for finish in finishes {
+            finish(committed.clone());
+        }
+    }
+}
+
+/// Epoch milliseconds, the embedded engine's one time format.
+pub fn millis(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub fn from_millis(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

@@ -1,0 +1,736 @@
+//! The DynamoDB delivery store: one table, conditional writes for idempotency and leases,
+//! a TTL on `expires_at`, and the `gsi1` index for the delivery log and the activity feed.
+//!
+//! Layout (the SAM template defines the same table; keep them in step):
+//!
+//! | item | `pk` | `sk` | `gsi1pk` | `gsi1sk` |
+//! |---|---|---|---|---|
+//! | delivery | `DELIVERY#{source}#{delivery_id}` | `DELIVERY` | `DELIVERIES#{source}` | `{received_at ms, 15 digits}#{delivery_id}` |
+//! | activity | `ACTIVITY#{source}#{delivery_id}` | `ACTIVITY` | `ACTIVITIES` | `{received_at ms, 15 digits}#{source}#{delivery_id}` |
+//!
+//! Times are epoch milliseconds (`N`), except `expires_at`, the TTL attribute, in epoch
+//! seconds. DynamoDB deletes expired items lazily, so every read and conditional write treats
+//! an item past its `expires_at` as absent itself.
+
+use super::{Claim, DeliveryQuery, DeliveryStore, RecordOutcome, StoreError};
+use crate::model::{
+    Activity, Delivery, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDelivery, Source,
+};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The name of the one global secondary index.
+pub const GSI1: &str = "gsi1";
+/// The TTL attribute (epoch seconds).
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+const DELIVERY_SK: &str = "DELIVERY";
+const ACTIVITY_SK: &str = "ACTIVITY";
+const ACTIVITIES_GSI1PK: &str = "ACTIVITIES";
+/// Records `record` re-reads after losing a conditional write before giving up (the winner
+/// can only vanish between the two calls if it expired just then).
+const RECORD_ATTEMPTS: usize = 3;
+/// Items one log query reads per page before its filter.
+const PAGE_MAX: usize = 1000;
+
+/// The AWS adapter of [`DeliveryStore`].
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The item as stored, expired or not.
+    async fn get_item(&self, key: &DeliveryKey) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(delivery_key(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", e))?;
+        Ok(out.item)
+    }
+
+    /// Query one `gsi1` partition newest first, keeping the items `keep` accepts, until
+    /// `limit` are kept or the partition ends.
+    async fn query_gsi1<T>(
+        &self,
+        gsi1pk: &str,
+        limit: usize,
+        mut parse: impl FnMut(&Item) -> Result<Option<T>, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI1)
+                .key_condition_expression("gsi1pk = :pk")
+                .expression_attribute_values(":pk", s(gsi1pk))
+                .scan_index_forward(false)
+                .limit(limit.clamp(1, PAGE_MAX) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query", e))?;
+            for item in page.items() {
+                if let Some(parsed) = parse(item)? {
+                    out.push(parsed);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match page.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn list_source(
+        &self,
+        source: Source,
+        limit: usize,
+        now_secs: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.query_gsi1(&format!("DELIVERIES#{source}"), limit, |item| {
+            let d = parse_delivery(item)?;
+            Ok((d.expires_at.timestamp() >= now_secs).then_some(d))
+        })
+        .await
+    }
+}
+
+/// Create the delivery table exactly as the SAM template does (on-demand billing, `gsi1`
+/// projecting everything, TTL on `expires_at`). For tests and local bootstrap.
+pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    let attr = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("building the table definition: {e}")))
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("building the table definition: {e}")))
+    };
+    let gsi = GlobalSecondaryIndex::builder()
+        .index_name(GSI1)
+        .key_schema(key("gsi1pk", KeyType::Hash)?)
+        .key_schema(key("gsi1sk", KeyType::Range)?)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        )
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("building the table definition: {e}")))?;
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr("pk")?)
+        .attribute_definitions(attr("sk")?)
+        .attribute_definitions(attr("gsi1pk")?)
+        .attribute_definitions(attr("gsi1sk")?)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .global_secondary_indexes(gsi)
+        .send()
+        .await
+        .map_err(|e| unavailable("CreateTable", e))?;
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name(TTL_ATTRIBUTE)
+                .build()
+                .map_err(|e| StoreError::Unavailable(format!("building the TTL setting: {e}")))?,
+        )
+        .send()
+        .await
+        .map_err(|e| unavailable("UpdateTimeToLive", e))?;
+    Ok(())
+}
+
+#[async_trait]
+impl DeliveryStore for DynamoStore {
+    async fn record(&self, new: &NewDelivery) -> Result<RecordOutcome, StoreError> {
+        let item = delivery_item(new);
+        for _ in 0..RECORD_ATTEMPTS {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item.clone()))
+                .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+                .expression_attribute_values(":now", n(new.received_at.timestamp()))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .send()
+                .await;
+            let old = match put {
+                Ok(_) => return Ok(RecordOutcome::Recorded),
+                Err(SdkError::ServiceError(e)) => match e.into_err() {
+                    PutItemError::ConditionalCheckFailedException(failed) => failed.item,
+                    other => return Err(unavailable_err("PutItem", &other)),
+                },
+                Err(e) => return Err(unavailable("PutItem", e)),
+            };
+            let old = match old {
+                Some(item) if !item.is_empty() => Some(item),
+                _ => self.get_item(&new.key).await?,
+            };
+            match old {
+                Some(item) => return Ok(RecordOutcome::Exists(parse_delivery(&item)?)),
+                // It was there a moment ago and has just gone (deleted on expiry): try again.
+                None => continue,
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "PutItem: record {} kept losing its conditional write to a vanishing item",
+            new.key
+        )))
+    }
+
+    async fn get(&self, key: &DeliveryKey) -> Result<Option<Delivery>, StoreError> {
+        self.get_item(key)
+            .await?
+            .map(|item| parse_delivery(&item))
+            .transpose()
+    }
+
+    async fn take_over_enqueue(
+        &self,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(delivery_key(key)))
+            .update_expression("SET enqueue_lease_until = :lease")
+            .condition_expression("#status = :received AND enqueue_lease_until <= :now")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":received", s(DeliveryStatus::Received.as_str()))
+            .expression_attribute_values(":now", n(now.timestamp_millis()))
+            .expression_attribute_values(":lease", n(lease_until.timestamp_millis()))
+            .send()
+            .await;
+        conditional_update("UpdateItem (take over enqueue)", done)
+    }
+
+    async fn release_enqueue(&self, key: &DeliveryKey) -> Result<(), StoreError> {
+        let done = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(delivery_key(key)))
+            .update_expression("SET enqueue_lease_until = :zero")
+            .condition_expression("#status = :received")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":received", s(DeliveryStatus::Received.as_str()))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        conditional_update("UpdateItem (release enqueue)", done).map(drop)
+    }
+
+    async fn mark_queued(&self, key: &DeliveryKey, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let done = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(delivery_key(key)))
+            .update_expression("SET #status = :queued, queued_at = :at")
+            .condition_expression("#status = :received")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":received", s(DeliveryStatus::Received.as_str()))
+            .expression_attribute_values(":queued", s(DeliveryStatus::Queued.as_str()))
+            .expression_attribute_values(":at", n(at.timestamp_millis()))
+            .send()
+            .await;
+        conditional_update("UpdateItem (mark queued)", done).map(drop)
+    }
+
+    async fn claim(
+        &self,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Claim, StoreError> {
+        let done = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(delivery_key(key)))
+            .update_expression("SET process_lease_until = :lease ADD attempts :one")
+            .condition_expression(
+                "attribute_exists(pk) AND #status IN (:received, :queued, :failed) \
+                 AND (attribute_not_exists(process_lease_until) OR process_lease_until <= :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":received", s(DeliveryStatus::Received.as_str()))
+            .expression_attribute_values(":queued", s(DeliveryStatus::Queued.as_str()))
+            .expression_attribute_values(":failed", s(DeliveryStatus::Failed.as_str()))
+            .expression_attribute_values(":now", n(now.timestamp_millis()))
+            .expression_attribute_values(":lease", n(lease_until.timestamp_millis()))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let old = match done {
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                return Ok(Claim::Claimed(parse_delivery(&item)?));
+            }
+            Err(SdkError::ServiceError(e)) => match e.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => failed.item,
+                other => return Err(unavailable_err("UpdateItem (claim)", &other)),
+            },
+            Err(e) => return Err(unavailable("UpdateItem (claim)", e)),
+        };
+        // The condition failed: say why, from the item as it was.
+        let old = match old {
+            Some(item) if !item.is_empty() => Some(item),
+            _ => self.get_item(key).await?,
+        };
+        let Some(item) = old else {
+            return Ok(Claim::Missing);
+        };
+        let current = parse_delivery(&item)?;
+        Ok(if current.status.is_final() {
+            Claim::Done(current)
+        } else {
+            Claim::Busy
+        })
+    }
+
+    async fn finish(&self, key: &DeliveryKey, outcome: &DeliveryOutcome) -> Result<(), StoreError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(delivery_key(key)))
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_values(":status", s(outcome.status.as_str()))
+            .expression_attribute_values(
+                ":processed_at",
+                n(outcome.processed_at.timestamp_millis()),
+            )
+            .expression_attribute_values(
+                ":duration_ms",
+                n(i64::try_from(outcome.duration_ms).unwrap_or(i64::MAX)),
+            );
+        let set = "SET #status = :status, processed_at = :processed_at, duration_ms = :duration_ms";
+        update = match &outcome.error {
+            Some(error) => update
+                .update_expression(format!("{set}, #error = :error REMOVE process_lease_until"))
+                .expression_attribute_values(":error", s(error)),
+            None => update.update_expression(format!("{set} REMOVE process_lease_until, #error")),
+        };
+        let done = update.send().await;
+        if !conditional_update("UpdateItem (finish)", done)? {
+            tracing::warn!(key = %key, "finished a delivery whose record is gone");
+        }
+        Ok(())
+    }
+
+    async fn list(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
+        let now_secs = Utc::now().timestamp();
+        let sources: Vec<Source> = match query.source {
+            Some(source) => vec![source],
+            None => Source::ALL.to_vec(),
+        };
+        let pages = futures::future::try_join_all(
+            sources
+                .into_iter()
+                .map(|source| self.list_source(source, query.limit, now_secs)),
+        )
+        .await?;
+        let mut all: Vec<Delivery> = pages.into_iter().flatten().collect();
+        // The same order as gsi1sk within a source: received_at, then delivery id.
+        all.sort_by(|a, b| {
+            (b.received_at.timestamp_millis(), &b.delivery_id)
+                .cmp(&(a.received_at.timestamp_millis(), &a.delivery_id))
+        });
+        all.truncate(query.limit);
+        Ok(all)
+    }
+
+    async fn put_activity(&self, activity: &Activity) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(activity_item(activity)))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem (activity)", e))?;
+        Ok(())
+    }
+
+    async fn list_activities(&self, limit: usize) -> Result<Vec<Activity>, StoreError> {
+        self.query_gsi1(ACTIVITIES_GSI1PK, limit, |item| {
+            parse_activity(item).map(Some)
+        })
+        .await
+    }
+}
+
+// ---- items ---------------------------------------------------------------------------------
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// Epoch milliseconds, zero-padded so they sort as strings.
+fn sortable_millis(t: DateTime<Utc>) -> String {
+    format!("{:015}", t.timestamp_millis().max(0))
+}
+
+fn delivery_pk(key: &DeliveryKey) -> String {
+    format!("DELIVERY#{key}")
+}
+
+fn delivery_key(key: &DeliveryKey) -> Item {
+    HashMap::from([
+        ("pk".to_owned(), s(delivery_pk(key))),
+        ("sk".to_owned(), s(DELIVERY_SK)),
+    ])
+}
+
+fn delivery_item(new: &NewDelivery) -> Item {
+    HashMap::from([
+        ("pk".to_owned(), s(delivery_pk(&new.key))),
+        ("sk".to_owned(), s(DELIVERY_SK)),
+        ("gsi1pk".to_owned(), s(format!("DELIVERIES#{}", new.source))),
+        (
+            "gsi1sk".to_owned(),
+            s(format!(
+                "{}#{}",
+                sortable_millis(new.received_at),
+                new.delivery_id
+            )),
+        ),
+        ("source".to_owned(), s(new.source.as_str())),
+        ("delivery_id".to_owned(), s(&new.delivery_id)),
+        ("event_type".to_owned(), s(&new.event_type)),
+        ("status".to_owned(), s(DeliveryStatus::Received.as_str())),
+        ("payload_sha256".to_owned(), s(&new.payload_sha256)),
+        (
+            "signature_verified".to_owned(),
+            AttributeValue::Bool(new.signature_verified),
+        ),
+        (
+            "received_at".to_owned(),
+            n(new.received_at.timestamp_millis()),
+        ),
+        ("attempts".to_owned(), n(0)),
+        (
+            "enqueue_lease_until".to_owned(),
+            n(new.enqueue_lease_until.timestamp_millis()),
+        ),
+        (TTL_ATTRIBUTE.to_owned(), n(new.expires_at.timestamp())),
+    ])
+}
+
+fn activity_item(a: &Activity) -> Item {
+    let mut item = HashMap::from([
+        (
+            "pk".to_owned(),
+            s(format!("ACTIVITY#{}#{}", a.source, a.delivery_id)),
+        ),
+        ("sk".to_owned(), s(ACTIVITY_SK)),
+        ("gsi1pk".to_owned(), s(ACTIVITIES_GSI1PK)),
+        (
+            "gsi1sk".to_owned(),
+            s(format!(
+                "{}#{}#{}",
+                sortable_millis(a.received_at),
+                a.source,
+                a.delivery_id
+            )),
+        ),
+        ("source".to_owned(), s(a.source.as_str())),
+        ("delivery_id".to_owned(), s(&a.delivery_id)),
+        ("event_type".to_owned(), s(&a.event_type)),
+        (
+            "received_at".to_owned(),
+            n(a.received_at.timestamp_millis()),
+        ),
+        (
+            "processed_at".to_owned(),
+            n(a.processed_at.timestamp_millis()),
+        ),
+    ]);
+    // Attribute names follow the model's serde names (`git_ref` is `ref`).
+    for (name, value) in [
+        ("action", &a.action),
+        ("repository", &a.repository),
+        ("actor", &a.actor),
+        ("ref", &a.git_ref),
+        ("url", &a.url),
+    ] {
+        if let Some(value) = value {
+            item.insert(name.to_owned(), s(value));
+        }
+    }
+    if let Some(at) = a.occurred_at {
+        item.insert("occurred_at".to_owned(), n(at.timestamp_millis()));
+    }
+    item
+}
+
+/// Reads attributes of one item, naming the item (never its contents) when one is wrong.
+struct Reader<'a> {
+    item: &'a Item,
+}
+
+impl<'a> Reader<'a> {
+    fn key(&self) -> String {
+        match self.item.get("pk") {
+            Some(AttributeValue::S(pk)) => pk.clone(),
+            _ => "<no pk>".to_owned(),
+        }
+    }
+
+    fn corrupt(&self, reason: String) -> StoreError {
+        StoreError::Corrupt {
+            key: self.key(),
+            reason,
+        }
+    }
+
+    fn opt_str(&self, name: &str) -> Result<Option<&'a str>, StoreError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(v)) => Ok(Some(v)),
+            Some(_) => Err(self.corrupt(format!("attribute {name} is not a string"))),
+        }
+    }
+
+    fn str(&self, name: &str) -> Result<&'a str, StoreError> {
+        self.opt_str(name)?
+            .ok_or_else(|| self.corrupt(format!("attribute {name} is missing")))
+    }
+
+    fn opt_i64(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(v)) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| self.corrupt(format!("attribute {name} is not an integer"))),
+            Some(_) => Err(self.corrupt(format!("attribute {name} is not a number"))),
+        }
+    }
+
+    fn i64(&self, name: &str) -> Result<i64, StoreError> {
+        self.opt_i64(name)?
+            .ok_or_else(|| self.corrupt(format!("attribute {name} is missing")))
+    }
+
+    fn opt_millis(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.opt_i64(name)?
+            .map(|ms| {
+                DateTime::from_timestamp_millis(ms)
+                    .ok_or_else(|| self.corrupt(format!("attribute {name} is out of range")))
+            })
+            .transpose()
+    }
+
+    fn millis(&self, name: &str) -> Result<DateTime<Utc>, StoreError> {
+        self.opt_millis(name)?
+            .ok_or_else(|| self.corrupt(format!("attribute {name} is missing")))
+    }
+
+    fn source(&self) -> Result<Source, StoreError> {
+        self.str("source")?
+            .parse()
+            .map_err(|_| self.corrupt("attribute source is not a known source".to_owned()))
+    }
+}
+
+fn parse_delivery(item: &Item) -> Result<Delivery, StoreError> {
+    let r = Reader { item };
+    let expires_secs = r.i64(TTL_ATTRIBUTE)?;
+    Ok(Delivery {
+        source: r.source()?,
+        delivery_id: r.str("delivery_id")?.to_owned(),
+        event_type: r.str("event_type")?.to_owned(),
+        status: r
+            .str("status")?
+            .parse()
+            .map_err(|_| r.corrupt("attribute status is not a known status".to_owned()))?,
+        payload_sha256: r.str("payload_sha256")?.to_owned(),
+        signature_verified: match item.get("signature_verified") {
+            Some(AttributeValue::Bool(b)) => *b,
+            _ => return Err(r.corrupt("attribute signature_verified is not a boolean".into())),
+        },
+        received_at: r.millis("received_at")?,
+        queued_at: r.opt_millis("queued_at")?,
+        processed_at: r.opt_millis("processed_at")?,
+        error: r.opt_str("error")?.map(str::to_owned),
+        duration_ms: r
+            .opt_i64("duration_ms")?
+            .map(|d| u64::try_from(d).map_err(|_| r.corrupt("duration_ms is negative".into())))
+            .transpose()?,
+        attempts: u32::try_from(r.opt_i64("attempts")?.unwrap_or(0))
+            .map_err(|_| r.corrupt("attribute attempts is out of range".into()))?,
+        enqueue_lease_until: r.opt_millis("enqueue_lease_until")?,
+        process_lease_until: r.opt_millis("process_lease_until")?,
+        expires_at: DateTime::from_timestamp(expires_secs, 0)
+            .ok_or_else(|| r.corrupt(format!("attribute {TTL_ATTRIBUTE} is out of range")))?,
+    })
+}
+
+fn parse_activity(item: &Item) -> Result<Activity, StoreError> {
+    let r = Reader { item };
+    let opt = |name: &str| r.opt_str(name).map(|v| v.map(str::to_owned));
+    Ok(Activity {
+        source: r.source()?,
+        delivery_id: r.str("delivery_id")?.to_owned(),
+        event_type: r.str("event_type")?.to_owned(),
+        action: opt("action")?,
+        repository: opt("repository")?,
+        actor: opt("actor")?,
+        git_ref: opt("ref")?,
+        url: opt("url")?,
+        occurred_at: r.opt_millis("occurred_at")?,
+        received_at: r.millis("received_at")?,
+        processed_at: r.millis("processed_at")?,
+    })
+}
+
+// ---- errors --------------------------------------------------------------------------------
+
+/// Ok(true) when the update was applied, Ok(false) when its condition did not hold.
+fn conditional_update<O>(
+    op: &str,
+    done: Result<O, SdkError<UpdateItemError>>,
+) -> Result<bool, StoreError> {
+    match done {
+        Ok(_) => Ok(true),
+        Err(SdkError::ServiceError(e)) => match e.into_err() {
+            UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
+            other => Err(unavailable_err(op, &other)),
+        },
+        Err(e) => Err(unavailable(op, e)),
+    }
+}
+
+fn unavailable<E>(op: &str, err: SdkError<E>) -> StoreError
+where
+    E: std::error::Error + 'static,
+{
+    unavailable_err(op, &err)
+}
+
+fn unavailable_err(op: &str, err: &(dyn std::error::Error + 'static)) -> StoreError {
+    StoreError::Unavailable(format!("DynamoDB {op}: {}", error_chain(err)))
+}
+
+/// Every message of an error's source chain, joined with ": ". Unlike the SDK's
+/// `DisplayErrorContext` this leaves out the `Debug` dump, which holds the raw HTTP response
+/// (and so, for some errors, item contents).
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let msg = e.to_string();
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        source = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::store::conformance::new_delivery;
+
+    #[test]
+    fn a_delivery_item_round_trips() {
+        let new = new_delivery(Source::Github, "abc#1", Utc::now());
+        let item = delivery_item(&new);
+        assert_eq!(item["pk"], s("DELIVERY#github#abc#1"));
+        assert_eq!(item["gsi1pk"], s("DELIVERIES#github"));
+        let d = parse_delivery(&item).unwrap();
+        assert_eq!(d.key(), new.key);
+        assert_eq!(d.status, DeliveryStatus::Received);
+        assert_eq!(
+            d.received_at.timestamp_millis(),
+            new.received_at.timestamp_millis()
+        );
+        assert_eq!(d.expires_at.timestamp(), new.expires_at.timestamp());
+    }
+
+    #[test]
+    fn gsi1_sort_keys_sort_as_time() {
+        let early = DateTime::from_timestamp_millis(999).unwrap();
+        let late = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+        assert_eq!(sortable_millis(early), "000000000000999");
+        assert!(sortable_millis(early) < sortable_millis(late));
+    }
+
+    #[test]
+    fn a_corrupt_item_names_its_key_but_not_its_contents() {
+        let mut item = delivery_item(&new_delivery(Source::Jira, "x", Utc::now()));
+        item.insert("status".into(), s("secret-looking-value"));
+        let err = parse_delivery(&item).unwrap_err().to_string();
+        assert!(err.contains("DELIVERY#jira#x"), "{err}");
+        assert!(!err.contains("secret-looking-value"), "{err}");
+    }
+}

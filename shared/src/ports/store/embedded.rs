@@ -1,0 +1,319 @@
+//! The embedded delivery store: the `deliveries` and `activities` tables of the local SQLite
+//! file, with the same conditional-write semantics as the DynamoDB store.
+
+use super::{Claim, DeliveryQuery, DeliveryStore, RecordOutcome, StoreError};
+use crate::model::{Activity, Delivery, DeliveryKey, DeliveryOutcome, NewDelivery};
+use crate::ports::sqlite::{from_millis, millis, Database, DbError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    db: Database,
+}
+
+impl EmbeddedStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> Self {
+        StoreError::Unavailable(e.0)
+    }
+}
+
+const COLUMNS: &str = "source, delivery_id, event_type, status, payload_sha256, \
+    signature_verified, received_at, queued_at, processed_at, error, duration_ms, attempts, \
+    enqueue_lease_until, process_lease_until, expires_at";
+
+fn corrupt(key: &str, reason: impl ToString) -> DbError {
+    DbError(format!("corrupt record {key}: {}", reason.to_string()))
+}
+
+/// A column that holds something the model does not know.
+fn bad_column(index: usize, reason: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, reason.into())
+}
+
+fn read_delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
+    Ok(Delivery {
+        source: row
+            .get::<_, String>(0)?
+            .parse()
+            .map_err(|e| bad_column(0, format!("{e}")))?,
+        delivery_id: row.get(1)?,
+        event_type: row.get(2)?,
+        status: row
+            .get::<_, String>(3)?
+            .parse()
+            .map_err(|e| bad_column(3, e))?,
+        payload_sha256: row.get(4)?,
+        signature_verified: row.get(5)?,
+        received_at: from_millis(row.get(6)?),
+        queued_at: row.get::<_, Option<i64>>(7)?.map(from_millis),
+        processed_at: row.get::<_, Option<i64>>(8)?.map(from_millis),
+        error: row.get(9)?,
+        duration_ms: row.get::<_, Option<i64>>(10)?.map(|d| d as u64),
+        attempts: row.get::<_, i64>(11)? as u32,
+        enqueue_lease_until: Some(from_millis(row.get(12)?)),
+        process_lease_until: Some(from_millis(row.get(13)?)),
+        expires_at: from_millis(row.get::<_, i64>(14)? * 1000),
+    })
+}
+
+fn get(conn: &Connection, key: &str) -> Result<Option<Delivery>, DbError> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM deliveries WHERE key = ?1"))?
+        .query_row([key], read_delivery)
+        .optional()?)
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for EmbeddedStore {
+    async fn record(&self, new: &NewDelivery) -> Result<RecordOutcome, StoreError> {
+        let new = new.clone();
+        Ok(self
+            .db
+            .call(move |conn| {
+                let key = new.key.as_str();
+                // An expired record counts as absent, as with DynamoDB's lazy TTL.
+                let now_secs = new.received_at.timestamp();
+                if let Some(existing) = get(conn, key)? {
+                    if existing.expires_at.timestamp() >= now_secs {
+                        return Ok(RecordOutcome::Exists(existing));
+                    }
+                }
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO deliveries (key, source, delivery_id, event_type, \
+                     status, payload_sha256, signature_verified, received_at, \
+                     enqueue_lease_until, expires_at) \
+                     VALUES (?1, ?2, ?3, ?4, 'received', ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    key,
+                    new.source.as_str(),
+                    new.delivery_id,
+                    new.event_type,
+                    new.payload_sha256,
+                    new.signature_verified,
+                    millis(new.received_at),
+                    millis(new.enqueue_lease_until),
+                    new.expires_at.timestamp(),
+                ])?;
+                Ok(RecordOutcome::Recorded)
+            })
+            .await?)
+    }
+
+    async fn get(&self, key: &DeliveryKey) -> Result<Option<Delivery>, StoreError> {
+        let key = key.as_str().to_owned();
+        Ok(self.db.call(move |conn| get(conn, &key)).await?)
+    }
+
+    async fn take_over_enqueue(
+        &self,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let key = key.as_str().to_owned();
+        Ok(self
+            .db
+            .call(move |conn| {
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET enqueue_lease_until = ?2 WHERE key = ?1 \
+                         AND status = 'received' AND enqueue_lease_until <= ?3",
+                    )?
+                    .execute(params![key, millis(lease_until), millis(now)])?;
+                Ok(changed == 1)
+            })
+            .await?)
+    }
+
+    async fn release_enqueue(&self, key: &DeliveryKey) -> Result<(), StoreError> {
+        let key = key.as_str().to_owned();
+        Ok(self
+            .db
+            .call(move |conn| {
+                conn.prepare_cached(
+                    "UPDATE deliveries SET enqueue_lease_until = 0 \
+                     WHERE key = ?1 AND status = 'received'",
+                )?
+                .execute([key])?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn mark_queued(&self, key: &DeliveryKey, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let key = key.as_str().to_owned();
+        Ok(self
+            .db
+            .call(move |conn| {
+                conn.prepare_cached(
+                    "UPDATE deliveries SET status = 'queued', queued_at = ?2 \
+                     WHERE key = ?1 AND status = 'received'",
+                )?
+                .execute(params![key, millis(at)])?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn claim(
+        &self,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Claim, StoreError> {
+        let key = key.as_str().to_owned();
+        Ok(self
+            .db
+            .call(move |conn| {
+                let Some(current) = get(conn, &key)? else {
+                    return Ok(Claim::Missing);
+                };
+                if current.status.is_final() {
+                    return Ok(Claim::Done(current));
+                }
+                if current.process_lease_until.is_some_and(|l| l > now) {
+                    return Ok(Claim::Busy);
+                }
+                conn.prepare_cached(
+                    "UPDATE deliveries SET process_lease_until = ?2, attempts = attempts + 1 \
+                     WHERE key = ?1",
+                )?
+                .execute(params![key, millis(lease_until)])?;
+                let claimed = get(conn, &key)?.ok_or_else(|| corrupt(&key, "vanished"))?;
+                Ok(Claim::Claimed(claimed))
+            })
+            .await?)
+    }
+
+    async fn finish(&self, key: &DeliveryKey, outcome: &DeliveryOutcome) -> Result<(), StoreError> {
+        let key = key.as_str().to_owned();
+        let outcome = outcome.clone();
+        Ok(self
+            .db
+            .call(move |conn| {
+                conn.prepare_cached(
+                    "UPDATE deliveries SET status = ?2, error = ?3, processed_at = ?4, \
+                     duration_ms = ?5, process_lease_until = 0 WHERE key = ?1",
+                )?
+                .execute(params![
+                    key,
+                    outcome.status.as_str(),
+                    outcome.error,
+                    millis(outcome.processed_at),
+                    outcome.duration_ms as i64,
+                ])?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn list(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
+        let source = query.source.map(|s| s.as_str().to_owned());
+        let limit = query.limit as i64;
+        let now = Utc::now().timestamp();
+        Ok(self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM deliveries WHERE expires_at >= ?1 \
+                     AND (?2 IS NULL OR source = ?2) ORDER BY received_at DESC, rowid DESC \
+                     LIMIT ?3"
+                ))?;
+                let rows = stmt.query_map(params![now, source, limit], read_delivery)?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?)
+    }
+
+    async fn put_activity(&self, activity: &Activity) -> Result<(), StoreError> {
+        let key = format!("{}#{}", activity.source, activity.delivery_id);
+        let record = serde_json::to_string(activity).map_err(|e| StoreError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let received_at = millis(activity.received_at);
+        Ok(self
+            .db
+            .call(move |conn| {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO activities (key, received_at, record) \
+                     VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![key, received_at, record])?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn list_activities(&self, limit: usize) -> Result<Vec<Activity>, StoreError> {
+        let rows: Vec<(String, String)> = self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT key, record FROM activities ORDER BY received_at DESC, rowid DESC \
+                     LIMIT ?1",
+                )?;
+                let rows = stmt
+                    .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(key, record)| {
+                serde_json::from_str(&record).map_err(|e| StoreError::Corrupt {
+                    key,
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DeliveryStatus;
+    use crate::ports::sqlite::Durability;
+    use std::sync::Arc;
+
+    async fn fresh() -> (tempfile::TempDir, Arc<dyn DeliveryStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        (dir, Arc::new(EmbeddedStore::new(db)))
+    }
+
+    crate::store_conformance!(fresh());
+
+    #[tokio::test]
+    async fn records_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = crate::ports::store::conformance::new_delivery(
+            crate::model::Source::Github,
+            "persisted",
+            Utc::now(),
+        );
+        {
+            let store = EmbeddedStore::new(Database::open(dir.path(), Durability::Full).unwrap());
+            store.record(&new).await.unwrap();
+        }
+        let reopened = EmbeddedStore::new(Database::open(dir.path(), Durability::Full).unwrap());
+        let got = reopened.get(&new.key).await.unwrap().unwrap();
+        assert_eq!(got.status, DeliveryStatus::Received);
+    }
+}

@@ -1,0 +1,210 @@
+//! The local server: every route and the worker in one process, over the embedded adapters
+//! in a data dir that survives a restart. `hookline serve` runs this.
+
+use super::App;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Settings;
+use crate::http::{json, Request, Response};
+use crate::model::Source;
+use crate::pipeline::InboundError;
+use crate::ports::queue::embedded::EmbeddedQueue;
+use crate::ports::queue::{Queue, QueueSettings};
+use crate::ports::sqlite::{Database, DbError, Durability};
+use crate::ports::store::embedded::EmbeddedStore;
+use crate::providers::ProviderSecrets;
+use crate::worker::{Worker, WorkerMessage};
+use axum::extract::State;
+use axum::routing::{any, get};
+use axum::Router;
+use http::StatusCode;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Local queue settings: a failed delivery is retried after 30 s, five times, then
+/// dead-lettered (the template gives SQS the same redrive limit).
+pub const LOCAL_QUEUE: QueueSettings = QueueSettings {
+    visibility_timeout: Duration::from_secs(30),
+    max_receive_count: 5,
+};
+
+/// The app over the embedded adapters in `data_dir`.
+pub fn embedded_app(
+    data_dir: &Path,
+    secrets: ProviderSecrets,
+    settings: Settings,
+    queue_settings: QueueSettings,
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+) -> Result<App, DbError> {
+    let db = Database::open(data_dir, durability)?;
+    let settings = Settings {
+        process_lease: queue_settings.visibility_timeout,
+        ..settings
+    };
+    Ok(App::assemble(
+        Arc::new(EmbeddedStore::new(db.clone())),
+        Arc::new(EmbeddedQueue::new(db, queue_settings)),
+        secrets,
+        clock,
+        settings,
+    ))
+}
+
+/// The default local app: system clock, fsync on every commit.
+pub fn default_embedded_app(
+    data_dir: &Path,
+    secrets: ProviderSecrets,
+    settings: Settings,
+) -> Result<App, DbError> {
+    embedded_app(
+        data_dir,
+        secrets,
+        settings,
+        LOCAL_QUEUE,
+        Durability::Full,
+        Arc::new(SystemClock),
+    )
+}
+
+/// Every route of the local server.
+pub fn router(app: &App) -> Router {
+    let healthz = || async { to_axum(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))) };
+    let mut router = Router::new().route("/healthz", get(healthz));
+    for source in Source::ALL {
+        router = router.route(
+            source.route(),
+            any(
+                move |State(app): State<App>, req: axum::extract::Request| async move {
+                    to_axum(inbound(app, source, req).await)
+                },
+            ),
+        );
+    }
+    router
+        .fallback(|| async {
+            to_axum(crate::http::problem(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route",
+            ))
+        })
+        .with_state(app.clone())
+}
+
+fn to_axum(res: Response) -> axum::response::Response {
+    res.map(axum::body::Body::from)
+}
+
+async fn inbound(app: App, source: Source, req: axum::extract::Request) -> Response {
+    let limit = app.pipeline.settings().max_body_bytes;
+    let (parts, body) = req.into_parts();
+    // Read one byte past the limit so the pipeline's own 413 answers, not the framework's.
+    match axum::body::to_bytes(body, limit + 1).await {
+        Ok(bytes) => {
+            app.pipeline
+                .handle(source, Request::from_parts(parts, bytes))
+                .await
+        }
+        Err(_) => InboundError::TooLarge { limit }.into_response(),
+    }
+}
+
+/// Poll the queue and process what arrives until `shutdown` resolves; `loops` pollers run
+/// side by side.
+pub async fn run_worker_loops(
+    worker: Arc<Worker>,
+    queue: Arc<dyn Queue>,
+    loops: usize,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let tasks: Vec<_> = (0..loops)
+        .map(|_| {
+            let worker = worker.clone();
+            let queue = queue.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    let batch = tokio::select! {
+                        _ = shutdown.changed() => break,
+                        batch = queue.receive(10, Duration::from_secs(1)) => batch,
+                    };
+                    match batch {
+                        Ok(messages) => process_received(&worker, queue.as_ref(), messages).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, "worker cannot read the queue; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn process_received(
+    worker: &Worker,
+    queue: &dyn Queue,
+    messages: Vec<crate::ports::queue::ReceivedMessage>,
+) {
+    if messages.is_empty() {
+        return;
+    }
+    let batch: Vec<WorkerMessage> = messages
+        .iter()
+        .map(|m| WorkerMessage {
+            message_id: m.message_id.clone(),
+            body: m.body.clone(),
+        })
+        .collect();
+    let failed = worker.process_batch(&batch).await;
+    for m in messages.iter().filter(|m| !failed.contains(&m.message_id)) {
+        if let Err(e) = queue.delete(&m.receipt).await {
+            tracing::warn!(error = %e, "could not delete a processed message; it will be seen again and skipped");
+        }
+    }
+}
+
+/// A running local server; dropping it does not stop it, call [`Server::shutdown`].
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Bind `addr` (port 0 picks a free one) and serve `app` with `worker_loops` pollers.
+    pub async fn start(app: App, addr: SocketAddr, worker_loops: usize) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let router = router(&app);
+        let mut http_stop = stopped.clone();
+        let task = tokio::spawn(async move {
+            let http = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            });
+            let workers =
+                run_worker_loops(app.worker.clone(), app.queue.clone(), worker_loops, stopped);
+            let (served, ()) = tokio::join!(http, workers);
+            if let Err(e) = served {
+                tracing::error!(error = %e, "local server stopped with an error");
+            }
+        });
+        Ok(Self { addr, stop, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,301 @@
+//! The event worker: takes queued deliveries, processes each exactly once (a claim in the
+//! store guards against redelivery), dispatches by (source, event type) to a handler, and
+//! keeps the delivery log up to date. Failures are reported per message so the queue retries
+//! only those, and after the redrive limit they land in the dead-letter queue.
+
+use crate::clock::Clock;
+use crate::model::{DeliveryOutcome, DeliveryStatus, Envelope, NewDelivery, Source};
+use crate::ports::store::{Claim, DeliveryStore, StoreError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub mod activity;
+
+/// A queued delivery as the worker reads it, with its payload decoded once.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub envelope: Envelope,
+    pub payload: Payload,
+}
+
+/// A provider body: JSON for most, form fields for Twilio.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Json(serde_json::Value),
+    Form(Vec<(String, String)>),
+}
+
+impl Payload {
+    fn parse(raw: &[u8]) -> Result<Self, WorkerError> {
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(raw) {
+            return Ok(Payload::Json(value));
+        }
+        let text = std::str::from_utf8(raw)
+            .map_err(|_| WorkerError::Malformed("payload is neither JSON nor a form".into()))?;
+        if text.contains('=') {
+            Ok(Payload::Form(
+                url::form_urlencoded::parse(text.as_bytes())
+                    .into_owned()
+                    .collect(),
+            ))
+        } else {
+            Err(WorkerError::Malformed(
+                "payload is neither JSON nor a form".into(),
+            ))
+        }
+    }
+
+    /// A JSON field by path (`["repository", "full_name"]`), or a form field by name.
+    pub fn str_at(&self, path: &[&str]) -> Option<String> {
+        match self {
+            Payload::Json(v) => {
+                let mut cur = v;
+                for p in path {
+                    cur = match cur {
+                        serde_json::Value::Array(items) => items.get(p.parse::<usize>().ok()?)?,
+                        other => other.get(p)?,
+                    };
+                }
+                match cur {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    serde_json::Value::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                }
+            }
+            Payload::Form(fields) => {
+                let [name] = path else { return None };
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            }
+        }
+    }
+}
+
+/// What a handler did with an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handled {
+    Processed,
+    /// Deliberately not processed (a ping); the reason goes in the delivery log.
+    Skipped(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("malformed queue message: {0}")]
+    Malformed(String),
+    #[error("another worker is processing this delivery")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("handler failed: {0}")]
+    Handler(String),
+}
+
+/// Processes one kind of event.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, event: &Event, now: DateTime<Utc>) -> Result<Handled, WorkerError>;
+}
+
+/// Handlers by (source, event type), with a fallback per source and one for everything.
+#[derive(Default, Clone)]
+pub struct Dispatcher {
+    exact: HashMap<(Source, String), Arc<dyn Handler>>,
+    by_source: HashMap<Source, Arc<dyn Handler>>,
+    fallback: Option<Arc<dyn Handler>>,
+}
+
+impl Dispatcher {
+    pub fn on(mut self, source: Source, event_type: &str, h: Arc<dyn Handler>) -> Self {
+        self.exact.insert((source, event_type.to_string()), h);
+        self
+    }
+
+    pub fn on_source(mut self, source: Source, h: Arc<dyn Handler>) -> Self {
+        self.by_source.insert(source, h);
+        self
+    }
+
+    pub fn otherwise(mut self, h: Arc<dyn Handler>) -> Self {
+        self.fallback = Some(h);
+        self
+    }
+
+    pub fn route(&self, source: Source, event_type: &str) -> Option<&Arc<dyn Handler>> {
+        self.exact
+            .get(&(source, event_type.to_string()))
+            .or_else(|| self.by_source.get(&source))
+            .or(self.fallback.as_ref())
+    }
+
+    /// The handlers of this issue: pings are skipped, everything else becomes an activity.
+    pub fn standard(store: Arc<dyn DeliveryStore>) -> Self {
+        let skip_ping: Arc<dyn Handler> = Arc::new(SkipPing);
+        Dispatcher::default()
+            .on(Source::Github, "ping", skip_ping)
+            .otherwise(Arc::new(activity::RecordActivity::new(store)))
+    }
+}
+
+struct SkipPing;
+
+#[async_trait]
+impl Handler for SkipPing {
+    async fn handle(&self, _: &Event, _: DateTime<Utc>) -> Result<Handled, WorkerError> {
+        Ok(Handled::Skipped(
+            "ping: the hook is set up; nothing to process".into(),
+        ))
+    }
+}
+
+/// One queue message, as SQS or the embedded queue hands it over.
+#[derive(Debug, Clone)]
+pub struct WorkerMessage {
+    pub message_id: String,
+    pub body: String,
+}
+
+pub struct Worker {
+    store: Arc<dyn DeliveryStore>,
+    dispatcher: Dispatcher,
+    clock: Arc<dyn Clock>,
+    lease: Duration,
+    delivery_ttl: Duration,
+}
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn DeliveryStore>,
+        dispatcher: Dispatcher,
+        clock: Arc<dyn Clock>,
+        settings: &crate::config::Settings,
+    ) -> Self {
+        Self {
+            store,
+            dispatcher,
+            clock,
+            lease: settings.process_lease,
+            delivery_ttl: settings.delivery_ttl,
+        }
+    }
+
+    /// Process a batch concurrently; returns the ids of the messages that failed, for
+    /// `batchItemFailures` (the queue retries just those).
+    pub async fn process_batch(&self, messages: &[WorkerMessage]) -> Vec<String> {
+        let results = futures::future::join_all(messages.iter().map(|m| self.process(m))).await;
+        messages
+            .iter()
+            .zip(results)
+            .filter_map(|(m, r)| r.err().map(|_| m.message_id.clone()))
+            .collect()
+    }
+
+    /// Process one message; `Ok` means it may be deleted from the queue.
+    pub async fn process(&self, message: &WorkerMessage) -> Result<(), WorkerError> {
+        let envelope: Envelope = match serde_json::from_str(&message.body) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(message_id = %message.message_id, error = %e, "unreadable queue message; leaving it for the dead-letter queue");
+                return Err(WorkerError::Malformed(e.to_string()));
+            }
+        };
+        let result = self.process_envelope(envelope.clone()).await;
+        if let Err(e) = &result {
+            tracing::warn!(source = %envelope.source, delivery_id = %envelope.delivery_id, error = %e, "delivery processing failed; the queue will retry it");
+        }
+        result
+    }
+
+    async fn process_envelope(&self, envelope: Envelope) -> Result<(), WorkerError> {
+        let key = envelope.key();
+        let now = self.clock.now();
+        let until = now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
+        let claim = match self.store.claim(&key, now, until).await? {
+            Claim::Missing => {
+                // Its record expired while the message waited (e.g. redriven from the DLQ
+                // days later): record it again so the log shows what happens to it.
+                self.re_record(&envelope).await?;
+                self.store.claim(&key, now, until).await?
+            }
+            other => other,
+        };
+        match claim {
+            Claim::Done(_) => {
+                tracing::info!(source = %envelope.source, delivery_id = %envelope.delivery_id, "already processed; dropping the redelivered message");
+                return Ok(());
+            }
+            Claim::Busy => return Err(WorkerError::Busy),
+            Claim::Missing => return Err(WorkerError::Malformed("record vanished".into())),
+            Claim::Claimed(_) => {}
+        }
+
+        let started = Instant::now();
+        let result = match envelope.raw_body() {
+            Ok(raw) => match Payload::parse(&raw) {
+                Ok(payload) => {
+                    let event = Event {
+                        envelope: envelope.clone(),
+                        payload,
+                    };
+                    match self.dispatcher.route(envelope.source, &envelope.event_type) {
+                        Some(handler) => handler.handle(&event, now).await,
+                        None => Ok(Handled::Skipped("no handler for this event type".into())),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(WorkerError::Malformed(format!(
+                "body is not valid base64: {e}"
+            ))),
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let processed_at = self.clock.now();
+        let (status, error) = match &result {
+            Ok(Handled::Processed) => (DeliveryStatus::Processed, None),
+            Ok(Handled::Skipped(why)) => (DeliveryStatus::Skipped, Some(why.clone())),
+            Err(e) => (DeliveryStatus::Failed, Some(e.to_string())),
+        };
+        self.store
+            .finish(
+                &key,
+                &DeliveryOutcome {
+                    status,
+                    error,
+                    processed_at,
+                    duration_ms,
+                },
+            )
+            .await?;
+        tracing::info!(
+            source = %envelope.source, delivery_id = %envelope.delivery_id,
+            event_type = %envelope.event_type, outcome = status.as_str(), duration_ms,
+            "delivery processed"
+        );
+        result.map(|_| ())
+    }
+
+    async fn re_record(&self, envelope: &Envelope) -> Result<(), WorkerError> {
+        let now = self.clock.now();
+        let raw = envelope.raw_body().unwrap_or_default();
+        let new = NewDelivery {
+            key: envelope.key(),
+            source: envelope.source,
+            delivery_id: envelope.delivery_id.clone(),
+            event_type: envelope.event_type.clone(),
+            payload_sha256: crate::model::sha256_hex(&raw),
+            signature_verified: true,
+            received_at: envelope.received_at,
+            enqueue_lease_until: now,
+            expires_at: now
+                + chrono::Duration::from_std(self.delivery_ttl).unwrap_or(chrono::Duration::MAX),
+        };
+        self.store.record(&new).await?;
+        Ok(())
+    }
+}
