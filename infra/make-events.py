@@ -735,6 +735,19 @@ def render(event: dict) -> str:
     return json.dumps(event, indent=2, ensure_ascii=False) + "\n"
 
 
+def payloads(events: dict[str, dict]) -> dict[str, bytes]:
+    """The raw body of every POST event, for `hookline send --file events/payloads/...`."""
+    out = {}
+    for name, event in events.items():
+        if "Records" in event or event["requestContext"]["http"]["method"] != "POST":
+            continue
+        body = event.get("body") or ""
+        raw = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode("utf-8")
+        ext = "txt" if name.startswith("twilio") else "json"
+        out[f"payloads/{name[:-len('.json')]}.{ext}"] = raw
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "events", help="directory to write (default events/)")
@@ -745,17 +758,18 @@ def main() -> int:
     stripe_ts = int(time.time()) if args.stripe_timestamp == "now" else int(args.stripe_timestamp)
 
     events = build(stripe_ts)
+    files = {name: render(event).encode("utf-8") for name, event in events.items()}
+    files.update(payloads(events))
     stale = []
     if not args.check:
-        args.out.mkdir(parents=True, exist_ok=True)
-    for name, event in events.items():
+        (args.out / "payloads").mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
         path = args.out / name
-        text = render(event)
         if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
+            if not path.exists() or path.read_bytes() != data:
                 stale.append(name)
         else:
-            path.write_text(text, encoding="utf-8")
+            path.write_bytes(data)
     if stale:
         print("stale events (run python3 infra/make-events.py): " + ", ".join(stale), file=sys.stderr)
         return 1

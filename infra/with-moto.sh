@@ -2,7 +2,7 @@
 # Run a command against a private moto server (DynamoDB, SQS, Secrets Manager, KMS, SES on
 # loopback): infra/with-moto.sh CMD ARGS...
 #
-# Starts moto_server on a free 127.0.0.1 port, waits until it answers, exports
+# Starts moto's server (infra/moto-server.py) on a free 127.0.0.1 port, waits until it answers, exports
 #   HOOKLINE_MOTO_ENDPOINT=http://127.0.0.1:PORT
 #   AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY=testing, AWS_REGION / AWS_DEFAULT_REGION=us-east-1
 # runs the command, and stops moto however the command ends. Exits with the command's status.
@@ -60,7 +60,8 @@ trap 'exit 143' TERM
 port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 endpoint="http://127.0.0.1:$port"
 
-"$moto" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+# infra/moto-server.py is moto_server with DynamoDB's per-item write atomicity (see there).
+"$python" "$(dirname "$0")/moto-server.py" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
 moto_pid=$!
 
 ready=""

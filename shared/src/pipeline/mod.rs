@@ -281,6 +281,8 @@ impl Pipeline {
     async fn enqueue(&self, a: &Arrival, body: &[u8]) -> Result<Accepted, InboundError> {
         let envelope = Envelope::new(a.source, &a.delivery_id, &a.event_type, a.received_at, body);
         let message = serde_json::to_string(&envelope).expect("an envelope always serialises");
+        // Taken before the send: the message is visible to the worker before send returns.
+        let queued_at = self.clock.now();
         if let Err(e) = self.queue.send(&message, Duration::ZERO).await {
             // Hand the record back so the provider's retry can enqueue it at once.
             if let Err(release) = self.store.release_enqueue(&a.key).await {
@@ -288,7 +290,7 @@ impl Pipeline {
             }
             return Err(InboundError::Unavailable(e.to_string()));
         }
-        if let Err(e) = self.store.mark_queued(&a.key, self.clock.now()).await {
+        if let Err(e) = self.store.mark_queued(&a.key, queued_at).await {
             // The message is on the queue, so the delivery is safe; the worker moves it on.
             tracing::warn!(source = %a.source, delivery_id = %a.delivery_id, error = %e, "queued, but could not mark the record queued");
         }

@@ -170,10 +170,18 @@ impl Provider for Twilio {
 
     fn describe(&self, req: &Inbound) -> Result<Described, ParseError> {
         let delivery_id = non_empty_header(req, IDEMPOTENCY_HEADER);
+        // The worker reads the body as JSON or as form fields: refuse here what it never could.
         let event_type = if req.query_param(BODY_SHA256_PARAM).is_some() || !is_form(req) {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&req.body)
+                .map_err(|_| ParseError("Twilio JSON body is not valid JSON".into()))?;
             "twilio"
         } else {
-            event_type(&form_params(&req.body))
+            let params = std::str::from_utf8(&req.body)
+                .ok()
+                .map(|text| form_params(text.as_bytes()))
+                .filter(|params| !params.is_empty())
+                .ok_or_else(|| ParseError("Twilio form body has no UTF-8 form fields".into()))?;
+            event_type(&params)
         };
         Ok(Described {
             delivery_id,
@@ -185,12 +193,14 @@ impl Provider for Twilio {
 /// The event type of a form-encoded callback, from the parameters it carries.
 pub fn event_type(params: &[(String, String)]) -> &'static str {
     let has = |name: &str| params.iter().any(|(k, _)| k == name);
-    if has("MessageStatus") || has("SmsStatus") {
+    // An incoming message carries its Body (and `SmsStatus=received`); a status callback for
+    // a sent message carries a status and no Body.
+    if has("Body") && has("MessageSid") {
+        "message"
+    } else if has("MessageStatus") || has("SmsStatus") {
         "message_status"
     } else if has("CallStatus") {
         "call_status"
-    } else if has("Body") && has("MessageSid") {
-        "message"
     } else {
         "twilio"
     }
@@ -441,6 +451,7 @@ mod tests {
             ("MessageSid=SM1&SmsStatus=sent", "message_status"),
             ("CallSid=CA1&CallStatus=completed", "call_status"),
             ("MessageSid=SM1&Body=hello&From=%2B1", "message"),
+            ("MessageSid=SM1&SmsStatus=received&Body=hi", "message"),
             ("Foo=bar", "twilio"),
         ] {
             let req = form_request("", None, body);

@@ -292,7 +292,21 @@ impl DeliveryStore for DynamoStore {
             .expression_attribute_values(":at", n(at.timestamp_millis()))
             .send()
             .await;
-        conditional_update("UpdateItem (mark queued)", done).map(drop)
+        if conditional_update("UpdateItem (mark queued)", done)? {
+            return Ok(());
+        }
+        // The worker moved it on first: keep its status, but still log when it was queued.
+        let done = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(delivery_key(key)))
+            .update_expression("SET queued_at = if_not_exists(queued_at, :at)")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":at", n(at.timestamp_millis()))
+            .send()
+            .await;
+        conditional_update("UpdateItem (queued at)", done).map(drop)
     }
 
     async fn claim(

@@ -7,9 +7,11 @@ use crate::model::{Activity, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDe
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
 
+/// A fixed point in time per test process (an hour ago, so records are live for the
+/// wall-clock checks of `list`), plus `secs`: the same `t(n)` is the same instant everywhere.
 fn t(secs: i64) -> DateTime<Utc> {
-    // Recent enough that records are live for the wall-clock checks of `list`.
-    Utc::now() - Duration::hours(1) + Duration::seconds(secs)
+    static BASE: std::sync::OnceLock<DateTime<Utc>> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| Utc::now() - Duration::hours(1)) + Duration::seconds(secs)
 }
 
 fn unique_id(prefix: &str) -> String {
@@ -219,11 +221,13 @@ pub async fn a_delivery_moves_through_queued_failed_and_processed(store: &dyn De
         Claim::Done(d) => assert_eq!(d.status, DeliveryStatus::Processed),
         other => panic!("a processed delivery is done, got {other:?}"),
     }
-    // A late mark_queued (the worker beat the pipeline to it) changes nothing.
+    // A second mark_queued changes neither the status nor the first queue time.
     store.mark_queued(&new.key, t(8)).await.unwrap();
+    let again = store.get(&new.key).await.unwrap().unwrap();
+    assert_eq!(again.status, DeliveryStatus::Processed);
     assert_eq!(
-        store.get(&new.key).await.unwrap().unwrap().status,
-        DeliveryStatus::Processed
+        again.queued_at.map(|t| t.timestamp()),
+        Some(t(1).timestamp())
     );
 }
 
@@ -243,6 +247,11 @@ pub async fn a_worker_may_claim_a_delivery_still_marked_received(store: &dyn Del
         Claim::Done(d) => assert_eq!(d.status, DeliveryStatus::Skipped),
         other => panic!("a skipped delivery is done, got {other:?}"),
     }
+    // The pipeline's late mark_queued keeps the worker's status but logs the queue time.
+    store.mark_queued(&new.key, t(4)).await.unwrap();
+    let got = store.get(&new.key).await.unwrap().unwrap();
+    assert_eq!(got.status, DeliveryStatus::Skipped);
+    assert_eq!(got.queued_at.map(|t| t.timestamp()), Some(t(4).timestamp()));
 }
 
 pub async fn an_expired_process_lease_can_be_claimed_again(store: &dyn DeliveryStore) {

@@ -160,9 +160,12 @@ impl DeliveryStore for EmbeddedStore {
         Ok(self
             .db
             .call(move |conn| {
+                // The status moves only from received (the worker may have finished first), but
+                // the log always keeps when it was queued.
                 conn.prepare_cached(
-                    "UPDATE deliveries SET status = 'queued', queued_at = ?2 \
-                     WHERE key = ?1 AND status = 'received'",
+                    "UPDATE deliveries SET queued_at = COALESCE(queued_at, ?2), \
+                     status = CASE status WHEN 'received' THEN 'queued' ELSE status END \
+                     WHERE key = ?1",
                 )?
                 .execute(params![key, millis(at)])?;
                 Ok(())

@@ -42,10 +42,19 @@ pub enum Claim {
 }
 
 /// A page of the delivery log, newest first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DeliveryQuery {
     pub source: Option<Source>,
     pub limit: usize,
+}
+
+impl Default for DeliveryQuery {
+    fn default() -> Self {
+        Self {
+            source: None,
+            limit: 50,
+        }
+    }
 }
 
 #[async_trait]

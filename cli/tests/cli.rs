@@ -1,0 +1,382 @@
+//! The `hookline` binary as a user runs it: `serve` in one process, `send`, `sign` and
+//! `deliveries` in others, on a temporary data dir and a free loopback port.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const HOOKLINE: &str = env!("CARGO_BIN_EXE_hookline");
+const GITHUB_PUSH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../events/payloads/github-push.json"
+);
+const STRIPE_INVOICE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../events/payloads/stripe-invoice-paid.json"
+);
+
+/// The dev secrets of `events/README.md`.
+const DEV_SECRETS: [(&str, &str); 7] = [
+    ("GITHUB_WEBHOOK_SECRET", "dev-github-secret"),
+    ("GITLAB_WEBHOOK_TOKEN", "dev-gitlab-token"),
+    ("JIRA_WEBHOOK_SECRET", "dev-jira-secret"),
+    ("STRIPE_WEBHOOK_SECRET", "whsec_dev_stripe_secret"),
+    ("TWILIO_AUTH_TOKEN", "dev-twilio-token"),
+    ("WHATSAPP_APP_SECRET", "dev-whatsapp-secret"),
+    ("WHATSAPP_VERIFY_TOKEN", "dev-whatsapp-verify"),
+];
+
+/// Settings from the developer's own environment that would change what the tests see.
+const UNSET: [&str; 6] = [
+    "WEBHOOK_BASE_URL",
+    "HOOKLINE_MAX_BODY_BYTES",
+    "HOOKLINE_DELIVERY_TTL_HOURS",
+    "HOOKLINE_PROCESS_LEASE_SECS",
+    "HOOKLINE_SIGNING_SECRET",
+    "GITLAB_WEBHOOK_SIGNING_TOKEN",
+];
+
+/// `hookline ARGS` with a controlled environment.
+fn hookline(args: &[&str]) -> Command {
+    let mut cmd = Command::new(HOOKLINE);
+    cmd.args(args);
+    for name in UNSET {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    hookline(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run hookline {args:?}: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// A GET over a plain socket; `None` while nothing listens.
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((status, body))
+}
+
+/// A running `hookline serve`; killed when dropped, so a failing test leaves nothing behind.
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(data_dir: &Path) -> Self {
+        let addr = free_addr();
+        let log = data_dir.with_extension(format!("serve-{}.log", addr.port()));
+        let out = std::fs::File::create(&log).expect("create the serve log");
+        let mut cmd = hookline(&[
+            "serve",
+            "--addr",
+            &addr.to_string(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--env-file",
+            data_dir.join("no-such.env").to_str().unwrap(),
+        ]);
+        cmd.envs(DEV_SECRETS)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        let child = cmd.spawn().expect("start hookline serve");
+        let mut serve = Serve {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        };
+        serve.wait_until_healthy();
+        serve
+    }
+
+    fn wait_until_healthy(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "hookline serve exited at start with {status}; its output:\n{}",
+                    self.output()
+                );
+            }
+            if let Some((200, body)) = http_get(self.addr, "/healthz") {
+                assert!(body.contains(r#""status":"ok""#), "{body}");
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                panic!(
+                    "hookline serve did not answer /healthz on {} in 20 s; its output:\n{}",
+                    self.addr,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Ctrl-C, as a user stops it; returns whether it exited successfully.
+    fn interrupt(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -INT {pid}");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                panic!(
+                    "hookline serve did not stop on Ctrl-C in 10 s; its output:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn deliveries_json(data_dir: &Path) -> Vec<serde_json::Value> {
+    let out = run(&[
+        "deliveries",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "hookline deliveries failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("each line is a JSON object, got {line:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Poll `hookline deliveries --json` until its one delivery is processed.
+fn wait_until_processed(serve: &Serve) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let lines = deliveries_json(&serve.data_dir);
+        if lines.len() == 1 && lines[0]["status"] == "processed" {
+            return lines.into_iter().next().unwrap();
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            panic!(
+                "no processed delivery in 10 s; `hookline deliveries --json` said {lines:#?}; \
+                 serve's output:\n{}",
+                serve.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn send_github(serve: &Serve, secret: &str) -> Output {
+    run(&[
+        "send",
+        "github",
+        "--url",
+        &serve.url("/api/v1/webhooks/github"),
+        "--secret",
+        secret,
+        "--file",
+        GITHUB_PUSH,
+    ])
+}
+
+#[test]
+fn serve_takes_a_sent_delivery_and_deliveries_lists_it_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let serve = Serve::start(&data_dir);
+
+    let sent = send_github(&serve, "dev-github-secret");
+    let stdout = text(&sent.stdout);
+    assert!(
+        sent.status.success(),
+        "send failed: {stdout}{}",
+        text(&sent.stderr)
+    );
+    assert!(stdout.starts_with("202"), "prints the status: {stdout}");
+    assert!(stdout.contains(r#""status":"queued""#), "{stdout}");
+
+    let d = wait_until_processed(&serve);
+    assert_eq!(d["source"], "github", "{d}");
+    assert_eq!(d["event_type"], "push", "{d}");
+    assert_eq!(d["status"], "processed", "{d}");
+    let id = d["delivery_id"].as_str().expect("a delivery_id");
+    assert!(
+        uuid::Uuid::parse_str(id).is_ok(),
+        "the X-GitHub-Delivery GUID, got {id:?}"
+    );
+    assert!(stdout.contains(id), "send printed the same delivery id");
+    for time in ["received_at", "processed_at"] {
+        let t = d[time].as_str().unwrap_or_else(|| panic!("{time} in {d}"));
+        chrono::DateTime::parse_from_rfc3339(t).unwrap_or_else(|e| panic!("{time} {t:?}: {e}"));
+    }
+    assert!(d.get("error").is_some_and(|e| e.is_null()), "{d}");
+
+    // The table form, too.
+    let out = run(&["deliveries", "--data-dir", data_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.contains("SOURCE"), "a header line: {table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("github") && l.contains(id) && l.contains("processed")),
+        "{table}"
+    );
+
+    // And the activity the worker recorded.
+    let out = run(&[
+        "activity",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let activity: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(activity.len(), 1, "{activity:#?}");
+    assert_eq!(activity[0]["repository"], "acme/hookline-demo");
+
+    // Sending the same file again is a new delivery (a fresh GUID), not a duplicate.
+    assert!(send_github(&serve, "dev-github-secret").status.success());
+    let started = Instant::now();
+    while deliveries_json(&data_dir).len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "second delivery"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn send_with_a_wrong_secret_exits_non_zero_and_prints_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let serve = Serve::start(&data_dir);
+    let sent = send_github(&serve, "not-the-secret");
+    let stdout = text(&sent.stdout);
+    assert!(!sent.status.success(), "exit status {}", sent.status);
+    assert!(stdout.starts_with("401"), "{stdout}");
+    assert!(stdout.contains("invalid_signature"), "{stdout}");
+    assert!(deliveries_json(&data_dir).is_empty());
+}
+
+#[test]
+fn sign_prints_the_stripe_signature_header() {
+    let out = run(&[
+        "sign",
+        "stripe",
+        "--secret",
+        "whsec_x",
+        "--file",
+        STRIPE_INVOICE,
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let header = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Stripe-Signature: "))
+        .unwrap_or_else(|| panic!("no Stripe-Signature line in {stdout}"));
+    let (t, v1) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .unwrap_or_else(|| panic!("not t=…,v1=…: {header}"));
+    let t: i64 = t.parse().expect("t is a unix time");
+    assert!(
+        (chrono::Utc::now().timestamp() - t).abs() < 60,
+        "t is now: {t}"
+    );
+    // v1 is the HMAC-SHA256 of "{t}.{body}" with the secret, as Stripe computes it.
+    let body = std::fs::read(STRIPE_INVOICE).unwrap();
+    assert_eq!(
+        header,
+        hookline::providers::stripe::sign("whsec_x", &body, t),
+        "v1={v1}"
+    );
+}
+
+#[test]
+fn deliveries_on_a_dir_without_data_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("nothing-here");
+    let out = run(&["deliveries", "--data-dir", empty.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "exit status {}", out.status);
+    assert!(
+        stderr.contains("nothing-here") && stderr.contains("hookline serve"),
+        "says which dir and what to do: {stderr}"
+    );
+    assert!(!empty.exists(), "reading the log creates nothing");
+}
+
+#[test]
+fn serve_stops_on_ctrl_c_and_its_data_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let serve = Serve::start(&data_dir);
+    assert!(send_github(&serve, "dev-github-secret").status.success());
+    let before = wait_until_processed(&serve);
+    assert!(serve.interrupt(), "serve exits 0 on Ctrl-C");
+
+    let serve = Serve::start(&data_dir);
+    let after = deliveries_json(&data_dir);
+    assert_eq!(after, vec![before], "the log after the restart");
+    assert_eq!(http_get(serve.addr, "/healthz").map(|r| r.0), Some(200));
+}
