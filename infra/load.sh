@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Load test of the local server: `hookline serve` on a fresh data dir, driven by wrk with
+# signed GitHub push deliveries, each with its own X-GitHub-Delivery id, over loopback.
+# Reports requests/s and latency percentiles, and how many deliveries the log recorded.
+#
+#   infra/load.sh [DURATION=20s] [CONNECTIONS=64] [THREADS=1]
+#
+# Installs wrk from Debian's packages if it is missing. Bounded in time; stops what it starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration="${1:-20s}"
+connections="${2:-64}"
+threads="${3:-1}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hookline/target}"
+
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk (Debian package)"
+  { apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null
+fi
+
+cargo build --profile perf -p hookline-cli --quiet
+bin="$CARGO_TARGET_DIR/perf/hookline"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/hookline-load.XXXXXX")"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+secret="load-test-secret"
+payload="events/payloads/github-push.json"
+signature="sha256=$(openssl dgst -sha256 -hmac "$secret" -hex < "$payload" | sed 's/^.*= //')"
+
+GITHUB_WEBHOOK_SECRET="$secret" RUST_LOG=warn \
+  "$bin" serve --addr "127.0.0.1:$port" --data-dir "$work/data" --env-file /dev/null \
+  > "$work/serve.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# Each request gets a fresh delivery id (a new delivery, not a duplicate); the body and its
+# signature stay the same, as GitHub's signature covers the body only.
+cat > "$work/github.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-GitHub-Event"] = "push"
+wrk.headers["X-Hub-Signature-256"] = "$signature"
+local f = io.open("$payload", "rb"); wrk.body = f:read("*a"); f:close()
+local n = 0
+local prefix = tostring(math.random(1, 1e9))
+request = function()
+  n = n + 1
+  wrk.headers["X-GitHub-Delivery"] = prefix .. "-" .. n
+  return wrk.format()
+end
+done = function(summary, latency, requests)
+  io.write(string.format("requests/s: %.0f\n", summary.requests / (summary.duration / 1e6)))
+  for _, p in ipairs({50, 90, 99}) do
+    io.write(string.format("p%d: %.2f ms\n", p, latency:percentile(p) / 1000))
+  end
+  io.write(string.format("non-2xx answers: %d, socket errors: %d\n", summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+
+echo "load: ${duration}, ${connections} connections, ${threads} wrk thread(s), $(wc -c < "$payload") B GitHub push payload"
+wrk -t "$threads" -c "$connections" -d "$duration" --latency -s "$work/github.lua" "http://127.0.0.1:$port/api/v1/webhooks/github"
+sleep 2
+echo "delivery log: $("$bin" deliveries --data-dir "$work/data" --json --limit 100000000 | wc -l) deliveries recorded"
+rm -rf "$work"

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what the tests need, starts what they
+# talk to, runs everything, and stops what it started. `.ci/run` runs exactly this.
+#
+#   infra/test.sh
+#
+# Installs (once, reused between runs):
+#   - a Python venv at $HOOKLINE_VENV (default ~/.cache/hookline/venv) with moto[server],
+#     cfn-lint, aws-sam-cli and cargo-lambda;
+#   - a cargo target dir at $CARGO_TARGET_DIR (default ~/.cache/hookline/target), so the AWS
+#     SDK is built once, not on every run.
+# A missing tool is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export HOOKLINE_VENV="${HOOKLINE_VENV:-$HOME/.cache/hookline/venv}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hookline/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+step() { printf '\n== %s\n' "$*"; }
+started=$(date +%s)
+
+step "tools: Python venv at $HOOKLINE_VENV"
+if [[ ! -x "$HOOKLINE_VENV/bin/python3" ]]; then
+  python3 -m venv "$HOOKLINE_VENV"
+fi
+missing=()
+for tool in moto_server cfn-lint sam cargo-lambda; do
+  [[ -x "$HOOKLINE_VENV/bin/$tool" ]] || missing+=("$tool")
+done
+if (( ${#missing[@]} )); then
+  echo "installing: ${missing[*]}"
+  "$HOOKLINE_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    'moto[server]' cfn-lint aws-sam-cli cargo-lambda
+fi
+for tool in moto_server cfn-lint sam cargo-lambda; do
+  [[ -x "$HOOKLINE_VENV/bin/$tool" ]] || { echo "test.sh: $tool did not install" >&2; exit 1; }
+done
+export PATH="$HOOKLINE_VENV/bin:$PATH"
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "SAM template"
+infra/lint-template.sh
+
+step "sample events are up to date with their generator"
+python3 infra/make-events.py --check
+
+step "tests: unit, conformance (embedded and moto), Lambda events, end to end"
+infra/with-moto.sh cargo test --workspace --locked --no-fail-fast
+
+step "every function cross-builds for Lambda (arm64, as sam build does)"
+# A target dir of its own: the aarch64 build shares nothing with the host build but its lock.
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR-lambda" cargo lambda build --arm64 --locked \
+  $(for f in functions/*/; do printf -- '-p %s ' "$(basename "$f")"; done)
+
+printf '\n== all green in %ss\n' "$(( $(date +%s) - started ))"
