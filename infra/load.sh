@@ -3,7 +3,10 @@
 # signed GitHub push deliveries, each with its own X-GitHub-Delivery id, over loopback.
 # Reports requests/s and latency percentiles, and how many deliveries the log recorded.
 #
-#   infra/load.sh [DURATION=20s] [CONNECTIONS=64] [THREADS=1]
+#   infra/load.sh [DURATION=20s] [CONNECTIONS=64] [THREADS=1] [WORKER_LOOPS=2]
+#
+# WORKER_LOOPS=0 measures intake alone (verify, dedupe, durably queue), as the inbound
+# functions do on AWS; the default also runs the worker in the same process.
 #
 # Installs wrk from Debian's packages if it is missing. Bounded in time; stops what it starts.
 set -euo pipefail
@@ -12,6 +15,7 @@ cd "$(dirname "$0")/.."
 duration="${1:-20s}"
 connections="${2:-64}"
 threads="${3:-1}"
+worker_loops="${4:-2}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hookline/target}"
 
 if ! command -v wrk >/dev/null; then
@@ -30,6 +34,7 @@ signature="sha256=$(openssl dgst -sha256 -hmac "$secret" -hex < "$payload" | sed
 
 GITHUB_WEBHOOK_SECRET="$secret" RUST_LOG=warn \
   "$bin" serve --addr "127.0.0.1:$port" --data-dir "$work/data" --env-file /dev/null \
+    --worker-loops "$worker_loops" \
   > "$work/serve.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
@@ -63,7 +68,7 @@ done = function(summary, latency, requests)
 end
 LUA
 
-echo "load: ${duration}, ${connections} connections, ${threads} wrk thread(s), $(wc -c < "$payload") B GitHub push payload"
+echo "load: ${duration}, ${connections} connections, ${threads} wrk thread(s), ${worker_loops} worker loop(s), $(wc -c < "$payload") B GitHub push payload"
 wrk -t "$threads" -c "$connections" -d "$duration" --latency -s "$work/github.lua" "http://127.0.0.1:$port/api/v1/webhooks/github"
 sleep 2
 echo "delivery log: $("$bin" deliveries --data-dir "$work/data" --json --limit 100000000 | wc -l) deliveries recorded"

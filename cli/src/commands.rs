@@ -16,7 +16,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub async fn serve(addr: SocketAddr, data_dir: &Path, env_file: &Path) -> Result<ExitCode> {
+pub async fn serve(
+    addr: SocketAddr,
+    data_dir: &Path,
+    env_file: &Path,
+    worker_loops: usize,
+) -> Result<ExitCode> {
     hookline::runtime::init_tracing();
     let secrets = EnvSecrets::new(Some(env_file.to_path_buf())).load().await?;
     let mut settings = Settings::from_env()?;
@@ -27,7 +32,7 @@ pub async fn serve(addr: SocketAddr, data_dir: &Path, env_file: &Path) -> Result
         .clone();
     let app = default_embedded_app(data_dir, secrets.clone(), settings)
         .with_context(|| format!("opening the data dir {}", data_dir.display()))?;
-    let server = Server::start(app, addr, 2)
+    let server = Server::start(app, addr, worker_loops)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
 
@@ -103,7 +108,7 @@ pub async fn serve(addr: SocketAddr, data_dir: &Path, env_file: &Path) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
-fn open_store(data_dir: &Path) -> Result<Database> {
+fn require_data(data_dir: &Path) -> Result<()> {
     if !data_dir.join("hookline.db").exists() {
         bail!(
             "no Hookline data in {} — start `hookline serve --data-dir {}` first",
@@ -111,8 +116,14 @@ fn open_store(data_dir: &Path) -> Result<Database> {
             data_dir.display()
         );
     }
-    // Another process may be serving from this file: WAL lets both in, and this one only reads.
-    Ok(Database::open(data_dir, Durability::Normal)?)
+    Ok(())
+}
+
+/// The data dir for reading: another process may be serving from it, and a reader never
+/// waits for the server's write lock.
+fn open_store(data_dir: &Path) -> Result<Database> {
+    require_data(data_dir)?;
+    Ok(Database::open_read_only(data_dir)?)
 }
 
 fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
@@ -188,7 +199,9 @@ pub async fn activity(data_dir: &Path, json: bool, limit: usize) -> Result<ExitC
 }
 
 pub async fn dead_letters(data_dir: &Path, redrive: bool) -> Result<ExitCode> {
-    let db = open_store(data_dir)?;
+    // Reading a dead letter hides it for a while, as on SQS: this one writes.
+    require_data(data_dir)?;
+    let db = Database::open(data_dir, Durability::Full)?;
     let queue = hookline::ports::queue::embedded::EmbeddedQueue::new(
         db,
         hookline::runtime::local::LOCAL_QUEUE,

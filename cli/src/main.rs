@@ -29,6 +29,10 @@ enum Command {
         /// Secrets not in the environment are read from this file.
         #[arg(long, default_value = ".env")]
         env_file: PathBuf,
+        /// Queue pollers of the in-process worker; 0 only accepts deliveries (they wait on
+        /// the queue, as on AWS when the worker function is throttled).
+        #[arg(long, default_value_t = 2)]
+        worker_loops: usize,
     },
     /// List the delivery log (works while `serve` runs on the same data dir).
     Deliveries {
@@ -82,7 +86,8 @@ async fn main() -> std::process::ExitCode {
             addr,
             data_dir,
             env_file,
-        } => commands::serve(addr, &data_dir, &env_file).await,
+            worker_loops,
+        } => commands::serve(addr, &data_dir, &env_file, worker_loops).await,
         Command::Deliveries {
             data_dir,
             json,

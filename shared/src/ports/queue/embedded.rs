@@ -42,12 +42,15 @@ impl EmbeddedQueue {
             .db
             .call(move |conn| {
                 let now = now_millis();
-                let candidates: Vec<(String, String, i64)> = conn
+                let candidates: Vec<(i64, String, i64)> = conn
                     .prepare_cached(
+                        // In index order: the oldest visible first, without sorting the backlog.
                         "SELECT id, body, receive_count FROM messages \
-                         WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, sent_at LIMIT ?3",
+                         WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at LIMIT ?3",
                     )?
-                    .query_map(params![queue, now, max], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .query_map(params![queue, now, max], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
                     .collect::<Result<_, _>>()?;
                 let mut out = Vec::new();
                 for (id, body, count) in candidates {
@@ -61,14 +64,20 @@ impl EmbeddedQueue {
                         .execute(params![id, DEAD, now])?;
                         continue;
                     }
-                    let receipt = uuid::Uuid::new_v4().to_string();
+                    // The receipt names its message, so a delete finds it by primary key.
+                    let receipt = format!("{id}/{}", uuid::Uuid::new_v4());
                     let visible_at = now + settings.visibility_timeout.as_millis() as i64;
                     conn.prepare_cached(
                         "UPDATE messages SET receive_count = ?2, visible_at = ?3, receipt = ?4 \
                          WHERE id = ?1",
                     )?
                     .execute(params![id, count, visible_at, receipt])?;
-                    out.push(ReceivedMessage { message_id: id, receipt, body, receive_count: count });
+                    out.push(ReceivedMessage {
+                        message_id: id.to_string(),
+                        receipt,
+                        body,
+                        receive_count: count,
+                    });
                 }
                 Ok(out)
             })
@@ -92,24 +101,22 @@ impl Queue for EmbeddedQueue {
         if delay > Duration::from_secs(900) {
             return Err(QueueError::Rejected("delay is over 15 minutes".into()));
         }
-        let id = uuid::Uuid::new_v4().to_string();
         let body = body.to_owned();
-        let message_id = id.clone();
-        self.db
+        let message_id = self
+            .db
             .call(move |conn| {
                 let now = now_millis();
                 conn.prepare_cached(
-                    "INSERT INTO messages (id, queue, body, visible_at, sent_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO messages (queue, body, visible_at, sent_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
                 )?
                 .execute(params![
-                    id,
                     MAIN,
                     body,
                     now + delay.as_millis() as i64,
                     now
                 ])?;
-                Ok(())
+                Ok(conn.last_insert_rowid().to_string())
             })
             .await?;
         self.sent.notify_waiters();
@@ -134,8 +141,14 @@ impl Queue for EmbeddedQueue {
         Ok(self
             .db
             .call(move |conn| {
-                conn.prepare_cached("DELETE FROM messages WHERE receipt = ?1")?
-                    .execute([receipt])?;
+                let Some(id) = receipt
+                    .split_once('/')
+                    .and_then(|(id, _)| id.parse::<i64>().ok())
+                else {
+                    return Err(DbError(format!("not a receipt of this queue: {receipt:?}")));
+                };
+                conn.prepare_cached("DELETE FROM messages WHERE id = ?1 AND receipt = ?2")?
+                    .execute(params![id, receipt])?;
                 Ok(())
             })
             .await?)

@@ -29,10 +29,6 @@ const COLUMNS: &str = "source, delivery_id, event_type, status, payload_sha256, 
     signature_verified, received_at, queued_at, processed_at, error, duration_ms, attempts, \
     enqueue_lease_until, process_lease_until, expires_at";
 
-fn corrupt(key: &str, reason: impl ToString) -> DbError {
-    DbError(format!("corrupt record {key}: {}", reason.to_string()))
-}
-
 /// A column that holds something the model does not know.
 fn bad_column(index: usize, reason: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, reason.into())
@@ -183,22 +179,26 @@ impl DeliveryStore for EmbeddedStore {
         Ok(self
             .db
             .call(move |conn| {
-                let Some(current) = get(conn, &key)? else {
-                    return Ok(Claim::Missing);
-                };
-                if current.status.is_final() {
-                    return Ok(Claim::Done(current));
+                // One statement in the common case; only a refused claim reads why.
+                let claimed = conn
+                    .prepare_cached(&format!(
+                        "UPDATE deliveries SET process_lease_until = ?2, attempts = attempts + 1 \
+                         WHERE key = ?1 AND status IN ('received', 'queued', 'failed') \
+                         AND process_lease_until <= ?3 RETURNING {COLUMNS}"
+                    ))?
+                    .query_row(
+                        params![key, millis(lease_until), millis(now)],
+                        read_delivery,
+                    )
+                    .optional()?;
+                if let Some(claimed) = claimed {
+                    return Ok(Claim::Claimed(claimed));
                 }
-                if current.process_lease_until.is_some_and(|l| l > now) {
-                    return Ok(Claim::Busy);
-                }
-                conn.prepare_cached(
-                    "UPDATE deliveries SET process_lease_until = ?2, attempts = attempts + 1 \
-                     WHERE key = ?1",
-                )?
-                .execute(params![key, millis(lease_until)])?;
-                let claimed = get(conn, &key)?.ok_or_else(|| corrupt(&key, "vanished"))?;
-                Ok(Claim::Claimed(claimed))
+                Ok(match get(conn, &key)? {
+                    None => Claim::Missing,
+                    Some(current) if current.status.is_final() => Claim::Done(current),
+                    Some(_) => Claim::Busy,
+                })
             })
             .await?)
     }
