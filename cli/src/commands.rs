@@ -1,6 +1,7 @@
 //! The `hookline` subcommands.
 
 use anyhow::{bail, Context, Result};
+use hookline::clock::SystemClock;
 use hookline::config::Settings;
 use hookline::model::Source;
 use hookline::ports::queue::Queue;
@@ -10,11 +11,14 @@ use hookline::ports::sqlite::{Database, Durability};
 use hookline::ports::store::embedded::EmbeddedStore;
 use hookline::ports::store::{DeliveryQuery, DeliveryStore};
 use hookline::providers::simulate::{self, Simulation};
-use hookline::runtime::local::{default_embedded_app, Server};
+use hookline::runtime::local::{
+    default_embedded_app, with_repositories, RepositoriesConfig, Server,
+};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 pub async fn serve(
     addr: SocketAddr,
@@ -32,6 +36,9 @@ pub async fn serve(
         .clone();
     let app = default_embedded_app(data_dir, secrets.clone(), settings)
         .with_context(|| format!("opening the data dir {}", data_dir.display()))?;
+    let repositories = RepositoriesConfig::from_env().map_err(anyhow::Error::msg)?;
+    let app = with_repositories(app, data_dir, &base, repositories, Arc::new(SystemClock))
+        .map_err(anyhow::Error::msg)?;
     let server = Server::start(app, addr, worker_loops)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -88,6 +95,11 @@ pub async fn serve(
             configured(secret)
         );
     }
+    println!(
+        "  API      {}/api/v1/repositories/connect, …/connections[/ID[/webhook/status|retry|rotate]], /api/v1/provider-tokens/{{github|gitlab}}  (bearer token: `hookline token --data-dir {}`)",
+        server.url(),
+        data_dir.display()
+    );
     println!(
         "Providers post to {base}<route> (WEBHOOK_BASE_URL{}).",
         if configured_base {

@@ -2,6 +2,7 @@
 //! each provider does.
 
 mod commands;
+mod token;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -76,6 +77,8 @@ enum Command {
         #[command(flatten)]
         signing: commands::Signing,
     },
+    /// Print a bearer token the local server accepts (signed with the data dir's dev key).
+    Token(token::TokenArgs),
 }
 
 #[tokio::main]
@@ -104,6 +107,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Sign { provider, signing } => commands::sign(provider, &signing),
         Command::Send { provider, signing } => commands::send(provider, &signing).await,
+        Command::Token(args) => token::token(&args),
     };
     match result {
         Ok(code) => code,

@@ -2,8 +2,12 @@
 //! the ports with their AWS and embedded adapters, and the glue that runs handlers on Lambda
 //! and in the local server.
 
+pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod connections;
+pub mod hooks;
 pub mod http;
 pub mod model;
 pub mod pipeline;

@@ -90,6 +90,66 @@ CREATE TABLE IF NOT EXISTS messages (
     sent_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_visible ON messages (queue, visible_at);
+-- Repository connections (ports::connections): the serialised model in `record`, plus the
+-- columns the lookups use. The delivery counters live in their columns only.
+CREATE TABLE IF NOT EXISTS connections (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    repo_key TEXT NOT NULL,
+    project_id TEXT,
+    created_at INTEGER NOT NULL,
+    total_deliveries INTEGER NOT NULL DEFAULT 0,
+    failed_deliveries INTEGER NOT NULL DEFAULT 0,
+    last_delivery_at INTEGER,
+    record TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS connections_unique_repo
+    ON connections (org_id, provider, repo_key);
+CREATE INDEX IF NOT EXISTS connections_by_org ON connections (org_id, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS connections_by_repo ON connections (provider, repo_key);
+CREATE INDEX IF NOT EXISTS connections_by_project ON connections (project_id)
+    WHERE project_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL,
+    connection_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    run_attempt INTEGER NOT NULL,
+    repo_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    branch TEXT,
+    created_at INTEGER NOT NULL,
+    pr_status TEXT,
+    record TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_once ON incidents (connection_id, run_id, run_attempt);
+CREATE INDEX IF NOT EXISTS incidents_by_org ON incidents (org_id, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS incidents_by_branch
+    ON incidents (connection_id, branch, created_at DESC, id DESC);
+CREATE TABLE IF NOT EXISTS workflow_runs (
+    connection_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    run_attempt INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    finished INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (connection_id, run_id, run_attempt)
+);
+CREATE TABLE IF NOT EXISTS pull_requests (
+    connection_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (connection_id, number)
+);
+CREATE TABLE IF NOT EXISTS provider_tokens (
+    org_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (org_id, user_id, provider)
+);
 "#;
 
 fn connect(path: &Path, durability: Durability) -> Result<Connection, DbError> {

@@ -69,6 +69,97 @@ pub fn default_embedded_app(
     )
 }
 
+/// Where the local server's repository routes find the world outside.
+pub struct RepositoriesConfig {
+    /// `GITHUB_API_URL` (default the public API) — a stub's URL in tests.
+    pub github_api_url: String,
+    /// `GITLAB_URL` (default gitlab.com).
+    pub gitlab_url: String,
+    /// Bearer-token verification; `None` accepts the tokens `hookline token` prints (a dev key
+    /// kept in the data dir).
+    pub auth: Option<crate::auth::Authenticator>,
+    /// How long a rotated-out webhook secret still verifies deliveries.
+    pub rotation_overlap: Duration,
+}
+
+impl RepositoriesConfig {
+    /// From `GITHUB_API_URL`, `GITLAB_URL`, the `HOOKLINE_JWT_*` variables and
+    /// `HOOKLINE_SECRET_ROTATION_OVERLAP_SECS` (default 3600).
+    pub fn from_env() -> Result<Self, String> {
+        let auth = crate::auth::Authenticator::from_env().map_err(|e| e.to_string())?;
+        let overlap = crate::config::var("HOOKLINE_SECRET_ROTATION_OVERLAP_SECS")
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    format!(
+                        "HOOKLINE_SECRET_ROTATION_OVERLAP_SECS must be a whole number, got {v:?}"
+                    )
+                })
+            })
+            .transpose()?
+            .unwrap_or(3600);
+        Ok(Self {
+            github_api_url: crate::config::var("GITHUB_API_URL")
+                .unwrap_or_else(|| "https://api.github.com".into()),
+            gitlab_url: crate::config::var("GITLAB_URL")
+                .unwrap_or_else(|| "https://gitlab.com".into()),
+            auth,
+            rotation_overlap: Duration::from_secs(overlap),
+        })
+    }
+}
+
+/// Add the repository-connection routes to a local app: connections in the data dir's
+/// database, secrets sealed with the data dir's master key.
+pub fn with_repositories(
+    mut app: App,
+    data_dir: &Path,
+    webhook_base_url: &str,
+    config: RepositoriesConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<App, String> {
+    use crate::connections::service::{Repositories, Settings, StoredProviderTokens};
+    use crate::ports::connections::embedded::EmbeddedConnectionStore;
+    use crate::ports::keys::{embedded::LocalKeys, CachedKeys, KeyService};
+    let db = Database::open(data_dir, Durability::Full).map_err(|e| e.to_string())?;
+    let store: Arc<dyn crate::ports::connections::ConnectionStore> =
+        Arc::new(EmbeddedConnectionStore::new(db));
+    let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(
+        LocalKeys::open_or_create(data_dir).map_err(|e| e.to_string())?,
+    ));
+    let auth = match config.auth {
+        Some(auth) => auth,
+        None => crate::auth::LocalIssuer::open(data_dir)
+            .map_err(|e| {
+                format!(
+                    "cannot open the dev token key in {}: {e}",
+                    data_dir.display()
+                )
+            })?
+            .authenticator(),
+    };
+    let tokens = Arc::new(StoredProviderTokens::new(store.clone(), keys.clone()));
+    let repos = Repositories::new(
+        store,
+        keys,
+        tokens.clone(),
+        Arc::new(crate::hooks::github::GitHubHooks::new(
+            config.github_api_url,
+        )),
+        Arc::new(crate::hooks::gitlab::GitLabHooks::new(config.gitlab_url)),
+        clock,
+        Settings {
+            webhook_base_url: webhook_base_url.to_string(),
+            rotation_overlap: config.rotation_overlap,
+        },
+    );
+    app.repositories = Some(Arc::new(crate::api::repositories::RepositoriesApi::new(
+        auth,
+        Arc::new(repos),
+        tokens,
+    )));
+    Ok(app)
+}
+
 /// Every route of the local server.
 pub fn router(app: &App) -> Router {
     let healthz = || async { to_axum(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))) };
@@ -83,6 +174,16 @@ pub fn router(app: &App) -> Router {
             ),
         );
     }
+    if app.repositories.is_some() {
+        let api = any(
+            |State(app): State<App>, req: axum::extract::Request| async move {
+                to_axum(repositories(app, req).await)
+            },
+        );
+        router = router
+            .route("/api/v1/repositories/{*rest}", api.clone())
+            .route("/api/v1/provider-tokens/{*rest}", api);
+    }
     router
         .fallback(|| async {
             to_axum(crate::http::problem(
@@ -96,6 +197,21 @@ pub fn router(app: &App) -> Router {
 
 fn to_axum(res: Response) -> axum::response::Response {
     res.map(axum::body::Body::from)
+}
+
+async fn repositories(app: App, req: axum::extract::Request) -> Response {
+    let Some(api) = app.repositories.clone() else {
+        return crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route");
+    };
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(bytes) => api.handle(Request::from_parts(parts, bytes)).await,
+        Err(_) => crate::http::problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request bodies here are at most 64 KiB",
+        ),
+    }
 }
 
 async fn inbound(app: App, source: Source, req: axum::extract::Request) -> Response {

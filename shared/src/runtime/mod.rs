@@ -20,6 +20,8 @@ pub struct App {
     pub worker: Arc<Worker>,
     pub store: Arc<dyn DeliveryStore>,
     pub queue: Arc<dyn Queue>,
+    /// The repository-connection routes, where this app serves them.
+    pub repositories: Option<Arc<crate::api::repositories::RepositoriesApi>>,
 }
 
 impl App {
@@ -48,6 +50,7 @@ impl App {
             worker: Arc::new(worker),
             store,
             queue,
+            repositories: None,
         }
     }
 }

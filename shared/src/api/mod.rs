@@ -1,0 +1,60 @@
+//! The authenticated `/api/v1` routes that are not provider webhooks. Every handler takes a
+//! request with its raw body and answers a response, as the webhook pipeline does, so it runs
+//! under `lambda_http` and in the local server alike.
+
+pub mod repositories;
+
+use crate::http::{problem, Response};
+use http::StatusCode;
+
+/// The answer to a route that exists with another method.
+pub(crate) fn method_not_allowed() -> Response {
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+pub(crate) fn not_found() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route or record",
+    )
+}
+
+/// A 400 that says what to fix.
+pub(crate) fn bad_request(message: impl Into<String>) -> Response {
+    problem(StatusCode::BAD_REQUEST, "invalid_request", message)
+}
+
+/// Parse a JSON body into `T`, or say what is wrong with it (never quoting the body).
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => {
+                // Field names from serde's message are safe; values never appear in it for
+                // unknown or missing fields.
+                e.to_string()
+                    .split(" at line")
+                    .next()
+                    .unwrap_or("invalid field")
+                    .to_string()
+            }
+            _ => format!(
+                "the body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        };
+        what
+    })
+}
+
+/// One query parameter, decoded.
+pub(crate) fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}

@@ -1,0 +1,207 @@
+//! Repository connections (DESIGN.md §1.2, seeds 001 and 004): a repository an org connected,
+//! the webhook Hookline manages on it, and the sealed per-repository secret.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A fresh random id: the prefix and 22 base62 characters (~131 bits).
+            pub fn generate() -> Self {
+                use rand::Rng;
+                const ALPHABET: &[u8] =
+                    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+                let mut rng = rand::thread_rng();
+                let tail: String =
+                    (0..22).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect();
+                Self(format!("{}{}", $prefix, tail))
+            }
+
+            /// An id read back from storage or a URL; `None` if it lacks the prefix.
+            pub fn parse(raw: &str) -> Option<Self> {
+                (raw.starts_with($prefix) && raw.len() > $prefix.len()
+                    && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                    .then(|| Self(raw.to_string()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// A repository connection: `rpc_…`.
+    ConnectionId,
+    "rpc_"
+);
+typed_id!(
+    /// An incident opened from a failed workflow run or pipeline: `inc_…`.
+    IncidentId,
+    "inc_"
+);
+
+/// Where the repository lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoProvider {
+    Github,
+    Gitlab,
+}
+
+impl RepoProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepoProvider::Github => "github",
+            RepoProvider::Gitlab => "gitlab",
+        }
+    }
+}
+
+/// The state of the webhook Hookline manages on the repository (seed 001's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookStatus {
+    /// The hook exists and delivers.
+    Active,
+    /// Not set up (`setup_webhook: false`) or removed.
+    Inactive,
+    /// Creating it failed; `webhook_status_reason` says why and what to do.
+    Failed,
+}
+
+/// A secret as stored: only ciphertext (see `ports::keys`), never the plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSecret {
+    /// The serialised sealed envelope (ciphertext, encrypted data key, nonce, key id, version).
+    pub sealed: String,
+    /// For a previous secret after a rotation: deliveries signed with it are accepted until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<DateTime<Utc>>,
+}
+
+/// A connected repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    pub id: ConnectionId,
+    pub org_id: String,
+    pub user_id: String,
+    pub provider: RepoProvider,
+    /// `owner/repo` on GitHub, `group/subgroup/project` on GitLab.
+    pub repository_full_name: String,
+    /// GitLab's numeric project id, once known.
+    pub project_id: Option<String>,
+    pub auto_pr_enabled: bool,
+    pub is_enabled: bool,
+    pub webhook_id: Option<String>,
+    pub webhook_url: String,
+    pub webhook_status: WebhookStatus,
+    pub webhook_status_reason: Option<String>,
+    pub webhook_events: Vec<String>,
+    pub webhook_created_at: Option<DateTime<Utc>>,
+    pub webhook_last_delivery_at: Option<DateTime<Utc>>,
+    pub total_deliveries: u64,
+    pub failed_deliveries: u64,
+    pub secret: Option<StoredSecret>,
+    pub previous_secret: Option<StoredSecret>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An incident: a failed workflow run (GitHub) or pipeline (GitLab) of a connected repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: IncidentId,
+    pub org_id: String,
+    pub user_id: String,
+    pub connection_id: ConnectionId,
+    pub repository_full_name: String,
+    pub provider: RepoProvider,
+    /// The run and attempt it was opened for: one incident per run attempt.
+    pub run_id: String,
+    pub run_attempt: u32,
+    pub workflow: String,
+    pub branch: Option<String>,
+    pub sha: Option<String>,
+    pub url: Option<String>,
+    /// `open` or `resolved`.
+    pub status: String,
+    /// The status of the fix PR Hookline opened for it, if any.
+    pub pr_status: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The latest state of one CI run (GitHub workflow run, GitLab pipeline), upserted on every
+/// event about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowRun {
+    pub org_id: String,
+    pub connection_id: ConnectionId,
+    pub repository_full_name: String,
+    pub run_id: String,
+    pub run_attempt: u32,
+    pub name: String,
+    /// `queued`, `in_progress`, `completed` (GitLab: `pending`, `running`, `success`, …).
+    pub status: String,
+    /// `success`, `failure`, `cancelled`, … once completed.
+    pub conclusion: Option<String>,
+    pub branch: Option<String>,
+    pub sha: Option<String>,
+    pub run_number: Option<u64>,
+    pub url: Option<String>,
+    /// Failed check runs / jobs attached to the run.
+    pub failed_jobs: Vec<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A pull request (GitHub) or merge request (GitLab) of a connected repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub org_id: String,
+    pub connection_id: ConnectionId,
+    pub repository_full_name: String,
+    pub number: u64,
+    pub title: String,
+    /// `open`, `closed`, `merged` (GitLab: `opened`, `closed`, `merged`).
+    pub state: String,
+    pub author: Option<String>,
+    pub head_ref: Option<String>,
+    pub merged: bool,
+    pub url: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_their_prefix_and_parse_back() {
+        let id = ConnectionId::generate();
+        assert!(id.as_str().starts_with("rpc_"));
+        assert_eq!(id.as_str().len(), 4 + 22);
+        assert_eq!(ConnectionId::parse(id.as_str()), Some(id.clone()));
+        assert_eq!(ConnectionId::parse("inc_abc"), None);
+        assert_eq!(ConnectionId::parse("rpc_"), None);
+        assert_eq!(ConnectionId::parse("rpc_../etc"), None);
+        assert_ne!(ConnectionId::generate(), ConnectionId::generate());
+    }
+}

@@ -1,0 +1,625 @@
+//! Connecting repositories (DESIGN.md §1.2, seeds 001 and 004): creates the connection, a
+//! fresh 256-bit webhook secret sealed by the key service, and the hook on GitHub or GitLab;
+//! rotates, retries and removes them. A provider failure never loses the connection: it is
+//! saved with `webhook_status: failed` and a reason the user can act on.
+
+use super::model::{Connection, ConnectionId, RepoProvider, StoredSecret, WebhookStatus};
+use crate::clock::Clock;
+use crate::hooks::{Deleted, HookClient, HookSpec};
+use crate::model::Source;
+use crate::ports::connections::{ConnectionError, ConnectionStore};
+use crate::ports::keys::{EncryptionContext, KeyError, KeyService, Sealed};
+use crate::secret::Secret;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a connection call failed; the API maps each to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the repository is already connected")]
+    AlreadyConnected(ConnectionId),
+    #[error("no such connection")]
+    NotFound,
+    #[error("{0}")]
+    Provider(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ConnectionError> for ConnectError {
+    fn from(e: ConnectionError) -> Self {
+        match e {
+            ConnectionError::Duplicate(id) => ConnectError::AlreadyConnected(id),
+            ConnectionError::NotFound => ConnectError::NotFound,
+            other => ConnectError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<KeyError> for ConnectError {
+    fn from(e: KeyError) -> Self {
+        ConnectError::Unavailable(e.to_string())
+    }
+}
+
+/// What `POST /api/v1/repositories/connect` asks for.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectRequest {
+    pub repository_full_name: String,
+    #[serde(default)]
+    pub provider: Option<RepoProvider>,
+    #[serde(default)]
+    pub auto_pr_enabled: Option<bool>,
+    #[serde(default)]
+    pub setup_webhook: Option<bool>,
+    #[serde(default)]
+    pub webhook_events: Option<Vec<String>>,
+}
+
+/// What `PATCH …/connections/{id}` may change.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPatch {
+    pub is_enabled: Option<bool>,
+    pub auto_pr_enabled: Option<bool>,
+    pub webhook_events: Option<Vec<String>>,
+}
+
+/// The outcome of a disconnect (seed 001's response).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Disconnected {
+    pub success: bool,
+    pub connection_id: ConnectionId,
+    pub repository_full_name: String,
+    pub webhook_deleted: bool,
+    pub message: String,
+}
+
+/// Looks up the access token a user registered for a provider (OAuth or a personal token).
+#[async_trait::async_trait]
+pub trait ProviderTokens: Send + Sync + 'static {
+    async fn token(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        provider: RepoProvider,
+    ) -> Result<Option<Secret>, ConnectError>;
+}
+
+/// Provider access tokens kept sealed in the connection store, one per (org, user, provider).
+pub struct StoredProviderTokens {
+    store: Arc<dyn ConnectionStore>,
+    keys: Arc<dyn KeyService>,
+}
+
+fn token_context(org_id: &str, user_id: &str, provider: RepoProvider) -> EncryptionContext {
+    EncryptionContext::new([
+        ("org", org_id),
+        ("user", user_id),
+        ("provider", provider.as_str()),
+        ("purpose", "provider_token"),
+    ])
+}
+
+impl StoredProviderTokens {
+    pub fn new(store: Arc<dyn ConnectionStore>, keys: Arc<dyn KeyService>) -> Self {
+        Self { store, keys }
+    }
+
+    /// Register (replace) a user's access token; it is never returned.
+    pub async fn put(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        provider: RepoProvider,
+        token: &Secret,
+    ) -> Result<(), ConnectError> {
+        let sealed = self
+            .keys
+            .seal(token, &token_context(org_id, user_id, provider))
+            .await?;
+        let stored = StoredSecret {
+            sealed: serde_json::to_string(&sealed).expect("a sealed secret serialises"),
+            valid_until: None,
+        };
+        Ok(self
+            .store
+            .put_provider_token(org_id, user_id, provider, &stored)
+            .await?)
+    }
+}
+
+#[async_trait::async_trait]
+impl ProviderTokens for StoredProviderTokens {
+    async fn token(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        provider: RepoProvider,
+    ) -> Result<Option<Secret>, ConnectError> {
+        let Some(stored) = self
+            .store
+            .get_provider_token(org_id, user_id, provider)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let sealed: Sealed = serde_json::from_str(&stored.sealed)
+            .map_err(|_| ConnectError::Unavailable("a stored access token is unreadable".into()))?;
+        Ok(Some(
+            self.keys
+                .open(&sealed, &token_context(org_id, user_id, provider))
+                .await?,
+        ))
+    }
+}
+
+pub struct Settings {
+    /// `WEBHOOK_BASE_URL`: where providers post; hooks point at it + the provider's route.
+    pub webhook_base_url: String,
+    /// How long deliveries signed with a rotated-out secret are still accepted.
+    pub rotation_overlap: Duration,
+}
+
+pub struct Repositories {
+    store: Arc<dyn ConnectionStore>,
+    keys: Arc<dyn KeyService>,
+    tokens: Arc<dyn ProviderTokens>,
+    github: Arc<dyn HookClient>,
+    gitlab: Arc<dyn HookClient>,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+}
+
+/// The encryption context of a connection's webhook secret: a sealed secret copied onto
+/// another connection (or org) does not open.
+pub fn secret_context(org_id: &str, id: &ConnectionId) -> EncryptionContext {
+    EncryptionContext::new([
+        ("org", org_id),
+        ("connection", id.as_str()),
+        ("purpose", "webhook_secret"),
+    ])
+}
+
+/// A new webhook secret: 32 random bytes, as 64 hex characters.
+fn new_webhook_secret() -> Secret {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    Secret::new(hex::encode(bytes))
+}
+
+/// `owner/repo` (GitHub) or `group/…/project` (GitLab): no empty segments, no spaces, no
+/// dot-segments.
+fn validate_repository(provider: RepoProvider, name: &str) -> Result<String, ConnectError> {
+    let name = name.trim().trim_matches('/');
+    let segments: Vec<&str> = name.split('/').collect();
+    let ok_segment = |s: &&str| {
+        !s.is_empty()
+            && *s != "."
+            && *s != ".."
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    let shape_ok = match provider {
+        RepoProvider::Github => segments.len() == 2,
+        RepoProvider::Gitlab => segments.len() >= 2,
+    };
+    if !shape_ok || !segments.iter().all(ok_segment) {
+        let expected = match provider {
+            RepoProvider::Github => "owner/repo",
+            RepoProvider::Gitlab => "group/project",
+        };
+        return Err(ConnectError::Invalid(format!(
+            "repository_full_name must look like {expected}, got {name:?}"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+fn validate_events(events: &[String]) -> Result<(), ConnectError> {
+    if events.is_empty() {
+        return Err(ConnectError::Invalid(
+            "webhook_events must not be empty".into(),
+        ));
+    }
+    if let Some(bad) = events.iter().find(|e| {
+        e.is_empty()
+            || !e
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c == '*')
+    }) {
+        return Err(ConnectError::Invalid(format!(
+            "{bad:?} is not an event name"
+        )));
+    }
+    Ok(())
+}
+
+impl Repositories {
+    pub fn new(
+        store: Arc<dyn ConnectionStore>,
+        keys: Arc<dyn KeyService>,
+        tokens: Arc<dyn ProviderTokens>,
+        github: Arc<dyn HookClient>,
+        gitlab: Arc<dyn HookClient>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            tokens,
+            github,
+            gitlab,
+            clock,
+            settings,
+        }
+    }
+
+    fn hooks(&self, provider: RepoProvider) -> &dyn HookClient {
+        match provider {
+            RepoProvider::Github => self.github.as_ref(),
+            RepoProvider::Gitlab => self.gitlab.as_ref(),
+        }
+    }
+
+    fn webhook_url(&self, provider: RepoProvider) -> String {
+        let source = match provider {
+            RepoProvider::Github => Source::Github,
+            RepoProvider::Gitlab => Source::Gitlab,
+        };
+        format!(
+            "{}{}",
+            self.settings.webhook_base_url.trim_end_matches('/'),
+            source.route()
+        )
+    }
+
+    fn default_events(provider: RepoProvider) -> Vec<String> {
+        match provider {
+            RepoProvider::Github => {
+                vec!["workflow_run".into(), "pull_request".into(), "push".into()]
+            }
+            RepoProvider::Gitlab => vec!["pipeline".into(), "merge_request".into(), "push".into()],
+        }
+    }
+
+    async fn seal(&self, c: &Connection, secret: &Secret) -> Result<StoredSecret, ConnectError> {
+        let sealed = self
+            .keys
+            .seal(secret, &secret_context(&c.org_id, &c.id))
+            .await?;
+        Ok(StoredSecret {
+            sealed: serde_json::to_string(&sealed).expect("a sealed secret serialises"),
+            valid_until: None,
+        })
+    }
+
+    /// The plaintext of a stored secret (for signing checks and pushing it to the provider).
+    pub async fn open(
+        &self,
+        c: &Connection,
+        stored: &StoredSecret,
+    ) -> Result<Secret, ConnectError> {
+        let sealed: Sealed = serde_json::from_str(&stored.sealed).map_err(|_| {
+            ConnectError::Unavailable(format!("connection {} has an unreadable secret", c.id))
+        })?;
+        Ok(self
+            .keys
+            .open(&sealed, &secret_context(&c.org_id, &c.id))
+            .await?)
+    }
+
+    pub async fn connect(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        req: ConnectRequest,
+    ) -> Result<Connection, ConnectError> {
+        let provider = req.provider.unwrap_or(RepoProvider::Github);
+        let repository_full_name = validate_repository(provider, &req.repository_full_name)?;
+        let events = req
+            .webhook_events
+            .unwrap_or_else(|| Self::default_events(provider));
+        validate_events(&events)?;
+        let now = self.clock.now();
+        let mut c = Connection {
+            id: ConnectionId::generate(),
+            org_id: org_id.to_string(),
+            user_id: user_id.to_string(),
+            provider,
+            repository_full_name,
+            project_id: None,
+            auto_pr_enabled: req.auto_pr_enabled.unwrap_or(false),
+            is_enabled: true,
+            webhook_id: None,
+            webhook_url: self.webhook_url(provider),
+            webhook_status: WebhookStatus::Inactive,
+            webhook_status_reason: None,
+            webhook_events: events,
+            webhook_created_at: None,
+            webhook_last_delivery_at: None,
+            total_deliveries: 0,
+            failed_deliveries: 0,
+            secret: None,
+            previous_secret: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let secret = new_webhook_secret();
+        c.secret = Some(self.seal(&c, &secret).await?);
+        // Saved before the provider is called: whatever the provider says, the connection stays.
+        self.store.create(&c).await?;
+        if req.setup_webhook.unwrap_or(true) {
+            self.install_hook(&mut c, &secret).await;
+            self.store.update(&c).await?;
+        }
+        Ok(c)
+    }
+
+    /// Create (or adopt) the hook with `secret`, recording the outcome on `c`.
+    async fn install_hook(&self, c: &mut Connection, secret: &Secret) {
+        let now = self.clock.now();
+        c.updated_at = now;
+        let outcome = match self.tokens.token(&c.org_id, &c.user_id, c.provider).await {
+            Ok(Some(token)) => {
+                let spec = HookSpec::new(
+                    c.webhook_url.clone(),
+                    secret.clone(),
+                    c.webhook_events.clone(),
+                );
+                self.hooks(c.provider)
+                    .create_hook(&token, &c.repository_full_name, &spec)
+                    .await
+                    .map_err(|e| e.reason())
+            }
+            Ok(None) => Err(format!(
+                "no {} access token for this user: authorize with GET /api/v1/oauth/{}/authorize \
+                 or register one with PUT /api/v1/provider-tokens/{}",
+                c.provider.as_str(),
+                c.provider.as_str(),
+                c.provider.as_str()
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(hook) => {
+                c.webhook_id = Some(hook.id);
+                c.webhook_status = WebhookStatus::Active;
+                c.webhook_status_reason = None;
+                c.webhook_created_at = Some(now);
+            }
+            Err(reason) => {
+                tracing::warn!(connection_id = %c.id, provider = c.provider.as_str(), reason = %reason, "could not create the webhook");
+                c.webhook_status = WebhookStatus::Failed;
+                c.webhook_status_reason = Some(reason);
+            }
+        }
+    }
+
+    pub async fn get(&self, org_id: &str, id: &ConnectionId) -> Result<Connection, ConnectError> {
+        self.store
+            .get(org_id, id)
+            .await?
+            .ok_or(ConnectError::NotFound)
+    }
+
+    pub async fn list(
+        &self,
+        org_id: &str,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<Connection>, Option<String>), ConnectError> {
+        Ok(self.store.list(org_id, limit, cursor).await?)
+    }
+
+    pub async fn update(
+        &self,
+        org_id: &str,
+        id: &ConnectionId,
+        patch: ConnectionPatch,
+    ) -> Result<Connection, ConnectError> {
+        let mut c = self.get(org_id, id).await?;
+        if let Some(enabled) = patch.is_enabled {
+            c.is_enabled = enabled;
+        }
+        if let Some(auto_pr) = patch.auto_pr_enabled {
+            c.auto_pr_enabled = auto_pr;
+        }
+        if let Some(events) = patch.webhook_events {
+            validate_events(&events)?;
+            if events != c.webhook_events {
+                c.webhook_events = events;
+                // The provider's hook must send the new list too.
+                if let Some(hook_id) = c.webhook_id.clone() {
+                    let secret = self.current_secret(&c).await?;
+                    self.push_hook(&c, &hook_id, &secret).await?;
+                }
+            }
+        }
+        c.updated_at = self.clock.now();
+        self.store.update(&c).await?;
+        Ok(c)
+    }
+
+    async fn current_secret(&self, c: &Connection) -> Result<Secret, ConnectError> {
+        let stored = c.secret.as_ref().ok_or_else(|| {
+            ConnectError::Unavailable(format!("connection {} has no secret", c.id))
+        })?;
+        self.open(c, stored).await
+    }
+
+    async fn push_hook(
+        &self,
+        c: &Connection,
+        hook_id: &str,
+        secret: &Secret,
+    ) -> Result<(), ConnectError> {
+        let token = self
+            .tokens
+            .token(&c.org_id, &c.user_id, c.provider)
+            .await?
+            .ok_or_else(|| {
+                ConnectError::Provider(format!(
+                    "no {} access token for this user",
+                    c.provider.as_str()
+                ))
+            })?;
+        let spec = HookSpec::new(
+            c.webhook_url.clone(),
+            secret.clone(),
+            c.webhook_events.clone(),
+        );
+        self.hooks(c.provider)
+            .update_hook(&token, &c.repository_full_name, hook_id, &spec)
+            .await
+            .map(drop)
+            .map_err(|e| ConnectError::Provider(e.reason()))
+    }
+
+    /// Re-create a hook that failed (or was removed by hand).
+    pub async fn retry(&self, org_id: &str, id: &ConnectionId) -> Result<Connection, ConnectError> {
+        let mut c = self.get(org_id, id).await?;
+        let secret = self.current_secret(&c).await?;
+        self.install_hook(&mut c, &secret).await;
+        self.store.update(&c).await?;
+        Ok(c)
+    }
+
+    /// A new secret, pushed to the provider; the previous one keeps verifying deliveries for
+    /// the overlap window (deliveries already in flight were signed with it).
+    pub async fn rotate(
+        &self,
+        org_id: &str,
+        id: &ConnectionId,
+    ) -> Result<Connection, ConnectError> {
+        let mut c = self.get(org_id, id).await?;
+        let secret = new_webhook_secret();
+        if let Some(hook_id) = c.webhook_id.clone() {
+            // The provider first: if it refuses, nothing changes here.
+            self.push_hook(&c, &hook_id, &secret).await?;
+        }
+        let now = self.clock.now();
+        let overlap =
+            chrono::Duration::from_std(self.settings.rotation_overlap).unwrap_or_default();
+        c.previous_secret = c.secret.take().map(|mut old| {
+            old.valid_until = Some(now + overlap);
+            old
+        });
+        c.secret = Some(self.seal(&c, &secret).await?);
+        c.updated_at = now;
+        self.store.update(&c).await?;
+        Ok(c)
+    }
+
+    /// Disconnect: delete the hook if asked (a hook already gone, or a provider error, still
+    /// disconnects), then the connection with its secrets.
+    pub async fn disconnect(
+        &self,
+        org_id: &str,
+        id: &ConnectionId,
+        delete_webhook: bool,
+    ) -> Result<Disconnected, ConnectError> {
+        let c = self.get(org_id, id).await?;
+        let (webhook_deleted, note) = match (&c.webhook_id, delete_webhook) {
+            (Some(hook_id), true) => {
+                match self.tokens.token(&c.org_id, &c.user_id, c.provider).await {
+                    Ok(Some(token)) => match self
+                        .hooks(c.provider)
+                        .delete_hook(&token, &c.repository_full_name, hook_id)
+                        .await
+                    {
+                        Ok(Deleted::Deleted) => (true, "and webhook deleted".to_string()),
+                        Ok(Deleted::AlreadyGone) => {
+                            (false, "; the webhook was already gone".to_string())
+                        }
+                        Err(e) => (
+                            false,
+                            format!("; the webhook could not be deleted: {}", e.reason()),
+                        ),
+                    },
+                    Ok(None) => (
+                        false,
+                        format!(
+                            "; the webhook was left: no {} access token",
+                            c.provider.as_str()
+                        ),
+                    ),
+                    Err(e) => (false, format!("; the webhook was left: {e}")),
+                }
+            }
+            (Some(_), false) => (false, "; the webhook was left as asked".to_string()),
+            (None, _) => (false, "; it had no webhook".to_string()),
+        };
+        self.store.delete(org_id, id).await?;
+        let sep = if note.starts_with(';') { "" } else { " " };
+        Ok(Disconnected {
+            success: true,
+            connection_id: c.id.clone(),
+            repository_full_name: c.repository_full_name.clone(),
+            webhook_deleted,
+            message: format!(
+                "Repository {} successfully disconnected{sep}{note}",
+                c.repository_full_name
+            ),
+        })
+    }
+
+    /// Every secret that may have signed a delivery for `c` right now: the current one, and
+    /// the previous one inside its overlap window.
+    pub async fn verifying_secrets(
+        &self,
+        c: &Connection,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Secret>, ConnectError> {
+        let mut out = Vec::new();
+        if let Some(current) = &c.secret {
+            out.push(self.open(c, current).await?);
+        }
+        if let Some(previous) = c
+            .previous_secret
+            .as_ref()
+            .filter(|p| p.valid_until.is_some_and(|t| t > now))
+        {
+            out.push(self.open(c, previous).await?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_names_are_checked_before_anything_is_saved() {
+        assert_eq!(
+            validate_repository(RepoProvider::Github, "octo/hello").unwrap(),
+            "octo/hello"
+        );
+        assert_eq!(
+            validate_repository(RepoProvider::Gitlab, "g/sub/p").unwrap(),
+            "g/sub/p"
+        );
+        for bad in ["octo", "octo/hello/x", "octo/", "../x", "a b/c", "octo/.."] {
+            assert!(
+                validate_repository(RepoProvider::Github, bad).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(validate_repository(RepoProvider::Gitlab, "solo").is_err());
+    }
+
+    #[test]
+    fn webhook_secrets_are_256_bits_of_hex() {
+        let a = new_webhook_secret();
+        assert_eq!(a.expose().len(), 64);
+        assert!(a.expose().chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, new_webhook_secret());
+    }
+}

@@ -1,0 +1,1064 @@
+//! The DynamoDB connection store, on the one Hookline table (`pk`/`sk`, GSI `gsi1` on
+//! `gsi1pk`/`gsi1sk`; the SAM template defines it, `store::aws::create_table` makes it for tests).
+//!
+//! Layout (`{repo}` is the case-folded repository name; `{org}`, `{repo}`, `{run}` and
+//! `{branch}` are escaped — `%` → `%25`, `#` → `%23` — so no value can forge a key):
+//!
+//! | item | `pk` | `sk` | `gsi1pk` | `gsi1sk` |
+//! |---|---|---|---|---|
+//! | connection | `CONN#{id}` | `CONN` | `ORGCONN#{org}` (the org's list) | `{created_at ms, 15 digits}#{id}` |
+//! | uniqueness marker | `CONNREPO#{org}#{provider}#{repo}` | `CONNREPO` | `REPO#{provider}#{repo}` (routing) | `{id}` |
+//! | GitLab project pointer | `CONN#{id}` | `PROJECT` | `GLPROJECT#{project_id}` (routing) | `{id}` |
+//! | incident | `INC#{id}` | `INC` | `ORGINC#{org}` (the org's list) | `{created_at ms}#{id}` |
+//! | incident branch pointer | `INC#{id}` | `BRANCH` | `INCBRANCH#{connection}#{branch}` | `{created_at ms}#{id}` |
+//! | incident-once marker | `INCRUN#{connection}#{run}#{attempt}` | `INCRUN` | – | – |
+//! | workflow run | `RUN#{connection}#{run}#{attempt}` | `RUN` | – | – |
+//! | pull request | `PR#{connection}#{number}` | `PR` | – | – |
+//!
+//! Every record item holds its serialised model in `record` (S, JSON) plus the attributes its
+//! conditions and lookups need: `org_id`, `provider`, `repo_key`, `project_id` on a connection;
+//! `org_id`, `connection_id`, `repo_key`, `status` on an incident; `updated_ms` (and `finished`,
+//! 0/1, on a run) for the newer-wins conditional puts. A few attributes override the record:
+//! a connection's `total_deliveries`, `failed_deliveries` (N, `ADD`ed by `record_delivery`) and
+//! `last_delivery_at` (N, epoch ms), and an incident's `pr_status`. Markers and pointers name
+//! their record in `connection_id` / `incident_id`.
+//!
+//! A connection, its marker and its project pointer are written and deleted together in one
+//! TransactWriteItems; so are an incident, its once-marker and its branch pointer. Reads of a
+//! record are consistent; the gsi1 lookups (list, routing) are eventually consistent, and the
+//! records they name are then read consistently.
+
+use super::{
+    corrupt, decode_cursor, encode_cursor, json_corrupt, repo_key, sortable_millis,
+    ConnectionError, ConnectionStore, MAX_PAGE,
+};
+use crate::connections::{
+    Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, StoredSecret,
+    WorkflowRun,
+};
+use crate::ports::store::aws::{error_chain, GSI1};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+type Item = HashMap<String, AttributeValue>;
+
+const CONN_SK: &str = "CONN";
+const MARKER_SK: &str = "CONNREPO";
+const PROJECT_SK: &str = "PROJECT";
+const INC_SK: &str = "INC";
+const BRANCH_SK: &str = "BRANCH";
+const INCRUN_SK: &str = "INCRUN";
+const RUN_SK: &str = "RUN";
+const PR_SK: &str = "PR";
+/// Tries of a transaction that lost to a concurrent one (DynamoDB's TransactionConflict).
+const TX_ATTEMPTS: u32 = 8;
+/// Items one gsi1 query page reads.
+const QUERY_PAGE: usize = 1000;
+
+/// The AWS adapter of [`ConnectionStore`].
+#[derive(Debug, Clone)]
+pub struct DynamoConnectionStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoConnectionStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn get_item(&self, pk: String, sk: &str) -> Result<Option<Item>, ConnectionError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", &e))?;
+        Ok(out.item.filter(|item| !item.is_empty()))
+    }
+
+    async fn connection_by_id(&self, id: &str) -> Result<Option<Connection>, ConnectionError> {
+        self.get_item(conn_pk(id), CONN_SK)
+            .await?
+            .map(|item| parse_connection(&item))
+            .transpose()
+    }
+
+    /// Query one gsi1 partition, newest (highest `gsi1sk`) first from `start` (exclusive),
+    /// until `want` items pass `keep` or it ends, reading `page` items a request.
+    async fn query_gsi1(
+        &self,
+        gsi1pk: &str,
+        mut start: Option<Item>,
+        want: usize,
+        page: usize,
+        mut keep: impl FnMut(&Item) -> Result<bool, ConnectionError>,
+    ) -> Result<Vec<Item>, ConnectionError> {
+        let mut out = Vec::new();
+        if want == 0 {
+            return Ok(out);
+        }
+        loop {
+            let answer = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI1)
+                .key_condition_expression("gsi1pk = :pk")
+                .expression_attribute_values(":pk", s(gsi1pk))
+                .scan_index_forward(false)
+                .limit(page.clamp(1, QUERY_PAGE) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query", &e))?;
+            for item in answer.items() {
+                if keep(item)? {
+                    out.push(item.clone());
+                    if out.len() >= want {
+                        return Ok(out);
+                    }
+                }
+            }
+            match answer.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// The connections named (`connection_id`) by the gsi1 items of one partition, read
+    /// consistently and kept if `matches`; pointers whose connection is gone are left out.
+    async fn resolve_connections(
+        &self,
+        gsi1pk: &str,
+        matches: impl Fn(&Connection) -> bool,
+    ) -> Result<Vec<Connection>, ConnectionError> {
+        let pointers = self
+            .query_gsi1(gsi1pk, None, usize::MAX, QUERY_PAGE, |_| Ok(true))
+            .await?;
+        let ids = pointers
+            .iter()
+            .map(|item| Reader { item }.str("connection_id").map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>()?;
+        let found =
+            futures::future::try_join_all(ids.iter().map(|id| self.connection_by_id(id))).await?;
+        let mut out: Vec<Connection> = found.into_iter().flatten().filter(matches).collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        out.dedup_by(|a, b| a.id == b.id);
+        Ok(out)
+    }
+
+    /// Run a transaction, retrying while it loses to concurrent ones. `Ok(false)` when a
+    /// condition failed.
+    async fn transact(
+        &self,
+        op: &str,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<bool, ConnectionError> {
+        for attempt in 1..=TX_ATTEMPTS {
+            let done = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            match done {
+                Ok(_) => return Ok(true),
+                Err(e) => match classify(op, e) {
+                    TxFailure::Condition => return Ok(false),
+                    TxFailure::Conflict if attempt < TX_ATTEMPTS => backoff(attempt).await,
+                    TxFailure::Conflict => {
+                        return Err(ConnectionError::Unavailable(format!(
+                            "DynamoDB {op}: kept conflicting with concurrent transactions"
+                        )))
+                    }
+                    TxFailure::Other(e) => return Err(e),
+                },
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn put(
+        &self,
+        item: Item,
+        condition: Option<&str>,
+    ) -> Result<TransactWriteItem, ConnectionError> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .set_condition_expression(condition.map(str::to_owned))
+            .build()
+            .map_err(|e| ConnectionError::Unavailable(format!("building a Put: {e}")))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    fn delete_of(
+        &self,
+        pk: String,
+        sk: &str,
+        condition: Option<(&str, Item)>,
+    ) -> Result<TransactWriteItem, ConnectionError> {
+        let mut delete = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)));
+        if let Some((expression, values)) = condition {
+            delete = delete
+                .condition_expression(expression)
+                .set_expression_attribute_values(Some(values));
+        }
+        let delete = delete
+            .build()
+            .map_err(|e| ConnectionError::Unavailable(format!("building a Delete: {e}")))?;
+        Ok(TransactWriteItem::builder().delete(delete).build())
+    }
+
+    /// The project pointer's write for `project_id`: put it, or delete it when there is none.
+    fn project_pointer(
+        &self,
+        id: &ConnectionId,
+        project_id: Option<&str>,
+    ) -> Result<TransactWriteItem, ConnectionError> {
+        match project_id {
+            Some(project_id) => self.put(
+                HashMap::from([
+                    ("pk".to_owned(), s(conn_pk(id.as_str()))),
+                    ("sk".to_owned(), s(PROJECT_SK)),
+                    (
+                        "gsi1pk".to_owned(),
+                        s(format!("GLPROJECT#{}", esc(project_id))),
+                    ),
+                    ("gsi1sk".to_owned(), s(id.as_str())),
+                    ("connection_id".to_owned(), s(id.as_str())),
+                ]),
+                None,
+            ),
+            None => self.delete_of(conn_pk(id.as_str()), PROJECT_SK, None),
+        }
+    }
+
+    /// `record_delivery`'s conditional update; `Ok(false)` when the condition failed.
+    async fn add_delivery(
+        &self,
+        id: &ConnectionId,
+        at_ms: i64,
+        failed: bool,
+        move_last: bool,
+    ) -> Result<bool, ConnectionError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(conn_pk(id.as_str()), CONN_SK)))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":failed", n(i64::from(failed)));
+        let add = "ADD total_deliveries :one, failed_deliveries :failed";
+        update = if move_last {
+            update
+                .update_expression(format!("SET last_delivery_at = :at {add}"))
+                .condition_expression(
+                    "attribute_exists(pk) AND (attribute_not_exists(last_delivery_at) \
+                     OR last_delivery_at < :at)",
+                )
+                .expression_attribute_values(":at", n(at_ms))
+        } else {
+            update
+                .update_expression(add)
+                .condition_expression("attribute_exists(pk)")
+        };
+        self.send_update("UpdateItem (record delivery)", update)
+            .await
+    }
+
+    /// Send a conditional update, retrying while it collides with a transaction on the item.
+    /// `Ok(false)` when its condition did not hold.
+    async fn send_update(
+        &self,
+        op: &str,
+        update: UpdateItemFluentBuilder,
+    ) -> Result<bool, ConnectionError> {
+        for attempt in 1..=TX_ATTEMPTS {
+            match update.clone().send().await {
+                Ok(_) => return Ok(true),
+                Err(SdkError::ServiceError(e)) => match e.into_err() {
+                    UpdateItemError::ConditionalCheckFailedException(_) => return Ok(false),
+                    UpdateItemError::TransactionConflictException(_) if attempt < TX_ATTEMPTS => {
+                        backoff(attempt).await
+                    }
+                    other => return Err(unavailable(op, &other)),
+                },
+                Err(e) => return Err(unavailable(op, &e)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// A conditional put of a newer-wins record; `Ok(false)` when the stored one is newer.
+    async fn put_if_newer(
+        &self,
+        op: &str,
+        item: Item,
+        condition: &str,
+        values: Item,
+    ) -> Result<bool, ConnectionError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .set_expression_attribute_values(Some(values));
+        for attempt in 1..=TX_ATTEMPTS {
+            match put.clone().send().await {
+                Ok(_) => return Ok(true),
+                Err(SdkError::ServiceError(e)) => match e.into_err() {
+                    PutItemError::ConditionalCheckFailedException(_) => return Ok(false),
+                    PutItemError::TransactionConflictException(_) if attempt < TX_ATTEMPTS => {
+                        backoff(attempt).await
+                    }
+                    other => return Err(unavailable(op, &other)),
+                },
+                Err(e) => return Err(unavailable(op, &e)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn incident_by_id(&self, id: &str) -> Result<Option<Incident>, ConnectionError> {
+        self.get_item(format!("INC#{id}"), INC_SK)
+            .await?
+            .map(|item| parse_incident(&item))
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for DynamoConnectionStore {
+    async fn create(&self, c: &Connection) -> Result<(), ConnectionError> {
+        let marker_pk = marker_pk(&c.org_id, c.provider, &c.repository_full_name);
+        let marker = HashMap::from([
+            ("pk".to_owned(), s(&marker_pk)),
+            ("sk".to_owned(), s(MARKER_SK)),
+            (
+                "gsi1pk".to_owned(),
+                s(repo_gsi1pk(c.provider, &c.repository_full_name)),
+            ),
+            ("gsi1sk".to_owned(), s(c.id.as_str())),
+            ("connection_id".to_owned(), s(c.id.as_str())),
+            ("org_id".to_owned(), s(&c.org_id)),
+        ]);
+        let mut items = vec![
+            self.put(marker, Some("attribute_not_exists(pk)"))?,
+            self.put(connection_item(c)?, Some("attribute_not_exists(pk)"))?,
+        ];
+        if c.project_id.is_some() {
+            items.push(self.project_pointer(&c.id, c.project_id.as_deref())?);
+        }
+        for _ in 0..3 {
+            if self
+                .transact("TransactWriteItems (connect)", items.clone())
+                .await?
+            {
+                return Ok(());
+            }
+            if let Some(existing) = self.get_item(marker_pk.clone(), MARKER_SK).await? {
+                let r = Reader { item: &existing };
+                let id = r.str("connection_id")?;
+                return Err(ConnectionError::Duplicate(
+                    ConnectionId::parse(id)
+                        .ok_or_else(|| r.corrupt("connection_id is not an id"))?,
+                ));
+            }
+            // The marker was there a moment ago and has gone (disconnected): try again.
+        }
+        Err(ConnectionError::Unavailable(format!(
+            "DynamoDB TransactWriteItems (connect): connection {} kept losing its conditional \
+             write",
+            c.id
+        )))
+    }
+
+    async fn get(
+        &self,
+        org_id: &str,
+        id: &ConnectionId,
+    ) -> Result<Option<Connection>, ConnectionError> {
+        Ok(self
+            .connection_by_id(id.as_str())
+            .await?
+            .filter(|c| c.org_id == org_id))
+    }
+
+    async fn list(
+        &self,
+        org_id: &str,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<Connection>, Option<String>), ConnectionError> {
+        let limit = limit.min(MAX_PAGE);
+        if limit == 0 {
+            return Ok((Vec::new(), None));
+        }
+        let gsi1pk = format!("ORGCONN#{}", esc(org_id));
+        let start = match cursor.as_deref().map(decode_cursor) {
+            None => None,
+            Some(None) => return Ok((Vec::new(), None)),
+            Some(Some((ms, id))) => Some(HashMap::from([
+                ("pk".to_owned(), s(conn_pk(id.as_str()))),
+                ("sk".to_owned(), s(CONN_SK)),
+                ("gsi1pk".to_owned(), s(&gsi1pk)),
+                ("gsi1sk".to_owned(), s(format!("{ms:015}#{id}"))),
+            ])),
+        };
+        let items = self
+            .query_gsi1(&gsi1pk, start, limit + 1, limit + 1, |_| Ok(true))
+            .await?;
+        let more = items.len() > limit;
+        let mut page = items
+            .iter()
+            .take(limit)
+            .map(parse_connection)
+            .collect::<Result<Vec<_>, _>>()?;
+        page.retain(|c| c.org_id == org_id);
+        let next = match page.last() {
+            Some(last) if more => Some(encode_cursor(last.created_at, &last.id)),
+            _ => None,
+        };
+        Ok((page, next))
+    }
+
+    async fn find_by_repository(
+        &self,
+        provider: RepoProvider,
+        repository_full_name: &str,
+    ) -> Result<Vec<Connection>, ConnectionError> {
+        let want = repo_key(repository_full_name);
+        self.resolve_connections(&repo_gsi1pk(provider, repository_full_name), |c| {
+            c.provider == provider && repo_key(&c.repository_full_name) == want
+        })
+        .await
+    }
+
+    async fn find_by_project_id(
+        &self,
+        project_id: &str,
+    ) -> Result<Vec<Connection>, ConnectionError> {
+        self.resolve_connections(&format!("GLPROJECT#{}", esc(project_id)), |c| {
+            c.provider == RepoProvider::Gitlab && c.project_id.as_deref() == Some(project_id)
+        })
+        .await
+    }
+
+    async fn update(&self, c: &Connection) -> Result<(), ConnectionError> {
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(conn_pk(c.id.as_str()), CONN_SK)))
+            .condition_expression(
+                "attribute_exists(pk) AND org_id = :org AND provider = :provider \
+                 AND repo_key = :repo",
+            )
+            .expression_attribute_values(":org", s(&c.org_id))
+            .expression_attribute_values(":provider", s(c.provider.as_str()))
+            .expression_attribute_values(":repo", s(repo_key(&c.repository_full_name)))
+            .expression_attribute_values(":record", s(to_json(c.id.as_str(), c)?));
+        update = match &c.project_id {
+            Some(project_id) => update
+                .update_expression("SET #record = :record, project_id = :project")
+                .expression_attribute_values(":project", s(project_id)),
+            None => update.update_expression("SET #record = :record REMOVE project_id"),
+        };
+        let update = update
+            .expression_attribute_names("#record", "record")
+            .build()
+            .map_err(|e| ConnectionError::Unavailable(format!("building an Update: {e}")))?;
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            self.project_pointer(&c.id, c.project_id.as_deref())?,
+        ];
+        if self.transact("TransactWriteItems (update)", items).await? {
+            Ok(())
+        } else {
+            Err(ConnectionError::NotFound)
+        }
+    }
+
+    async fn delete(&self, org_id: &str, id: &ConnectionId) -> Result<bool, ConnectionError> {
+        let Some(c) = self.get(org_id, id).await? else {
+            return Ok(false);
+        };
+        let items = vec![
+            self.delete_of(
+                conn_pk(id.as_str()),
+                CONN_SK,
+                Some((
+                    "org_id = :org",
+                    HashMap::from([(":org".to_owned(), s(org_id))]),
+                )),
+            )?,
+            self.delete_of(
+                marker_pk(&c.org_id, c.provider, &c.repository_full_name),
+                MARKER_SK,
+                None,
+            )?,
+            self.delete_of(conn_pk(id.as_str()), PROJECT_SK, None)?,
+        ];
+        // A failed condition: a concurrent delete got there first.
+        self.transact("TransactWriteItems (disconnect)", items)
+            .await
+    }
+
+    async fn record_delivery(
+        &self,
+        id: &ConnectionId,
+        at: DateTime<Utc>,
+        failed: bool,
+    ) -> Result<(), ConnectionError> {
+        let at_ms = at.timestamp_millis();
+        // Counters and the newer last delivery in one update; when the stored last delivery is
+        // newer (or the item is gone), the counters alone.
+        if self.add_delivery(id, at_ms, failed, true).await?
+            || self.add_delivery(id, at_ms, failed, false).await?
+        {
+            Ok(())
+        } else {
+            Err(ConnectionError::NotFound)
+        }
+    }
+
+    async fn upsert_workflow_run(&self, run: &WorkflowRun) -> Result<bool, ConnectionError> {
+        let pk = format!(
+            "RUN#{}#{}#{}",
+            run.connection_id,
+            esc(&run.run_id),
+            run.run_attempt
+        );
+        let finished = run.conclusion.is_some();
+        let updated_ms = run.updated_at.timestamp_millis();
+        let item = HashMap::from([
+            ("pk".to_owned(), s(&pk)),
+            ("sk".to_owned(), s(RUN_SK)),
+            ("updated_ms".to_owned(), n(updated_ms)),
+            ("finished".to_owned(), n(i64::from(finished))),
+            ("record".to_owned(), s(to_json(&pk, run)?)),
+        ]);
+        // The same order as `run_is_newer`: a later event, or a finished one at the same time.
+        let (condition, values) = if finished {
+            (
+                "attribute_not_exists(pk) OR updated_ms <= :u",
+                HashMap::from([(":u".to_owned(), n(updated_ms))]),
+            )
+        } else {
+            (
+                "attribute_not_exists(pk) OR updated_ms < :u OR (updated_ms = :u AND finished = :no)",
+                HashMap::from([(":u".to_owned(), n(updated_ms)), (":no".to_owned(), n(0))]),
+            )
+        };
+        self.put_if_newer("PutItem (workflow run)", item, condition, values)
+            .await
+    }
+
+    async fn get_workflow_run(
+        &self,
+        connection_id: &ConnectionId,
+        run_id: &str,
+        run_attempt: u32,
+    ) -> Result<Option<WorkflowRun>, ConnectionError> {
+        let pk = format!("RUN#{connection_id}#{}#{run_attempt}", esc(run_id));
+        self.get_item(pk, RUN_SK)
+            .await?
+            .map(|item| parse_record(&item))
+            .transpose()
+    }
+
+    async fn create_incident_once(&self, i: &Incident) -> Result<bool, ConnectionError> {
+        let once_pk = format!(
+            "INCRUN#{}#{}#{}",
+            i.connection_id,
+            esc(&i.run_id),
+            i.run_attempt
+        );
+        let once = HashMap::from([
+            ("pk".to_owned(), s(&once_pk)),
+            ("sk".to_owned(), s(INCRUN_SK)),
+            ("incident_id".to_owned(), s(i.id.as_str())),
+        ]);
+        let pk = format!("INC#{}", i.id);
+        let gsi1sk = format!("{}#{}", sortable_millis(i.created_at), i.id);
+        let mut record = HashMap::from([
+            ("pk".to_owned(), s(&pk)),
+            ("sk".to_owned(), s(INC_SK)),
+            ("gsi1pk".to_owned(), s(format!("ORGINC#{}", esc(&i.org_id)))),
+            ("gsi1sk".to_owned(), s(&gsi1sk)),
+            ("org_id".to_owned(), s(&i.org_id)),
+            ("connection_id".to_owned(), s(i.connection_id.as_str())),
+            ("repo_key".to_owned(), s(repo_key(&i.repository_full_name))),
+            ("status".to_owned(), s(&i.status)),
+            ("record".to_owned(), s(to_json(&pk, i)?)),
+        ]);
+        if let Some(pr_status) = &i.pr_status {
+            record.insert("pr_status".to_owned(), s(pr_status));
+        }
+        let mut items = vec![
+            self.put(once, Some("attribute_not_exists(pk)"))?,
+            self.put(record, Some("attribute_not_exists(pk)"))?,
+        ];
+        if let Some(branch) = &i.branch {
+            items.push(self.put(
+                HashMap::from([
+                    ("pk".to_owned(), s(&pk)),
+                    ("sk".to_owned(), s(BRANCH_SK)),
+                    (
+                        "gsi1pk".to_owned(),
+                        s(branch_gsi1pk(&i.connection_id, branch)),
+                    ),
+                    ("gsi1sk".to_owned(), s(&gsi1sk)),
+                    ("incident_id".to_owned(), s(i.id.as_str())),
+                ]),
+                None,
+            )?);
+        }
+        for _ in 0..3 {
+            if self
+                .transact("TransactWriteItems (incident)", items.clone())
+                .await?
+            {
+                return Ok(true);
+            }
+            if self.get_item(once_pk.clone(), INCRUN_SK).await?.is_some() {
+                return Ok(false);
+            }
+        }
+        Err(ConnectionError::Unavailable(format!(
+            "DynamoDB TransactWriteItems (incident): {pk} kept losing its conditional write"
+        )))
+    }
+
+    async fn get_incident(
+        &self,
+        org_id: &str,
+        id: &IncidentId,
+    ) -> Result<Option<Incident>, ConnectionError> {
+        Ok(self
+            .incident_by_id(id.as_str())
+            .await?
+            .filter(|i| i.org_id == org_id))
+    }
+
+    async fn list_incidents(
+        &self,
+        org_id: &str,
+        repository: Option<&str>,
+        status: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Incident>, ConnectionError> {
+        let repository = repository.map(repo_key);
+        // Unfiltered, a page of `limit` is enough; filtered, read ahead.
+        let page = if repository.is_none() && status.is_none() {
+            limit
+        } else {
+            QUERY_PAGE
+        };
+        let gsi1pk = format!("ORGINC#{}", esc(org_id));
+        let items = self
+            .query_gsi1(&gsi1pk, None, limit, page, |item| {
+                let r = Reader { item };
+                Ok(r.str("org_id")? == org_id
+                    && repository
+                        .as_deref()
+                        .map_or(Ok(true), |want| r.str("repo_key").map(|got| got == want))?
+                    && status.map_or(Ok(true), |want| r.str("status").map(|got| got == want))?)
+            })
+            .await?;
+        items.iter().map(parse_incident).collect()
+    }
+
+    async fn set_incident_pr_status(
+        &self,
+        org_id: &str,
+        id: &IncidentId,
+        pr_status: &str,
+    ) -> Result<(), ConnectionError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("INC#{id}"), INC_SK)))
+            .update_expression("SET pr_status = :pr")
+            .condition_expression("attribute_exists(pk) AND org_id = :org")
+            .expression_attribute_values(":pr", s(pr_status))
+            .expression_attribute_values(":org", s(org_id));
+        if self
+            .send_update("UpdateItem (incident PR status)", update)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(ConnectionError::NotFound)
+        }
+    }
+
+    async fn find_incident_by_branch(
+        &self,
+        connection_id: &ConnectionId,
+        branch: &str,
+    ) -> Result<Option<Incident>, ConnectionError> {
+        let gsi1pk = branch_gsi1pk(connection_id, branch);
+        let pointers = self.query_gsi1(&gsi1pk, None, 10, 10, |_| Ok(true)).await?;
+        for pointer in &pointers {
+            let id = Reader { item: pointer }.str("incident_id")?;
+            if let Some(incident) = self.incident_by_id(id).await? {
+                return Ok(Some(incident));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn upsert_pull_request(&self, pr: &PullRequest) -> Result<bool, ConnectionError> {
+        let pk = format!("PR#{}#{}", pr.connection_id, pr.number);
+        let updated_ms = pr.updated_at.timestamp_millis();
+        let item = HashMap::from([
+            ("pk".to_owned(), s(&pk)),
+            ("sk".to_owned(), s(PR_SK)),
+            ("updated_ms".to_owned(), n(updated_ms)),
+            ("record".to_owned(), s(to_json(&pk, pr)?)),
+        ]);
+        self.put_if_newer(
+            "PutItem (pull request)",
+            item,
+            "attribute_not_exists(pk) OR updated_ms <= :u",
+            HashMap::from([(":u".to_owned(), n(updated_ms))]),
+        )
+        .await
+    }
+
+    async fn get_pull_request(
+        &self,
+        connection_id: &ConnectionId,
+        number: u64,
+    ) -> Result<Option<PullRequest>, ConnectionError> {
+        self.get_item(format!("PR#{connection_id}#{number}"), PR_SK)
+            .await?
+            .map(|item| parse_record(&item))
+            .transpose()
+    }
+
+    async fn put_provider_token(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        provider: RepoProvider,
+        token: &StoredSecret,
+    ) -> Result<(), ConnectionError> {
+        let pk = token_pk(org_id, user_id, provider);
+        let item = HashMap::from([
+            ("pk".to_owned(), s(&pk)),
+            ("sk".to_owned(), s(TOKEN_SK)),
+            ("record".to_owned(), s(to_json(&pk, token)?)),
+        ]);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem (provider token)", &e))?;
+        Ok(())
+    }
+
+    async fn get_provider_token(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        provider: RepoProvider,
+    ) -> Result<Option<StoredSecret>, ConnectionError> {
+        self.get_item(token_pk(org_id, user_id, provider), TOKEN_SK)
+            .await?
+            .map(|item| parse_record(&item))
+            .transpose()
+    }
+}
+
+/// A user's sealed provider access token: `PTOKEN#{org}#{user}#{provider}` / `PTOKEN`.
+const TOKEN_SK: &str = "PTOKEN";
+
+fn token_pk(org_id: &str, user_id: &str, provider: RepoProvider) -> String {
+    format!(
+        "PTOKEN#{}#{}#{}",
+        esc(org_id),
+        esc(user_id),
+        provider.as_str()
+    )
+}
+
+// ---- keys and items ------------------------------------------------------------------------
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn key(pk: String, sk: &str) -> Item {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+/// A value made safe to place between `#` separators.
+fn esc(v: &str) -> String {
+    v.replace('%', "%25").replace('#', "%23")
+}
+
+fn conn_pk(id: &str) -> String {
+    format!("CONN#{id}")
+}
+
+fn marker_pk(org_id: &str, provider: RepoProvider, repository_full_name: &str) -> String {
+    format!(
+        "CONNREPO#{}#{}#{}",
+        esc(org_id),
+        provider.as_str(),
+        esc(&repo_key(repository_full_name))
+    )
+}
+
+fn repo_gsi1pk(provider: RepoProvider, repository_full_name: &str) -> String {
+    format!(
+        "REPO#{}#{}",
+        provider.as_str(),
+        esc(&repo_key(repository_full_name))
+    )
+}
+
+fn branch_gsi1pk(connection_id: &ConnectionId, branch: &str) -> String {
+    format!("INCBRANCH#{connection_id}#{}", esc(branch))
+}
+
+fn to_json<T: Serialize>(key: &str, value: &T) -> Result<String, ConnectionError> {
+    serde_json::to_string(value).map_err(|e| json_corrupt(key, &e))
+}
+
+fn connection_item(c: &Connection) -> Result<Item, ConnectionError> {
+    let mut item = HashMap::from([
+        ("pk".to_owned(), s(conn_pk(c.id.as_str()))),
+        ("sk".to_owned(), s(CONN_SK)),
+        (
+            "gsi1pk".to_owned(),
+            s(format!("ORGCONN#{}", esc(&c.org_id))),
+        ),
+        (
+            "gsi1sk".to_owned(),
+            s(format!("{}#{}", sortable_millis(c.created_at), c.id)),
+        ),
+        ("org_id".to_owned(), s(&c.org_id)),
+        ("provider".to_owned(), s(c.provider.as_str())),
+        ("repo_key".to_owned(), s(repo_key(&c.repository_full_name))),
+        (
+            "total_deliveries".to_owned(),
+            n(i64::try_from(c.total_deliveries).unwrap_or(i64::MAX)),
+        ),
+        (
+            "failed_deliveries".to_owned(),
+            n(i64::try_from(c.failed_deliveries).unwrap_or(i64::MAX)),
+        ),
+        ("record".to_owned(), s(to_json(c.id.as_str(), c)?)),
+    ]);
+    if let Some(project_id) = &c.project_id {
+        item.insert("project_id".to_owned(), s(project_id));
+    }
+    if let Some(at) = c.webhook_last_delivery_at {
+        item.insert("last_delivery_at".to_owned(), n(at.timestamp_millis()));
+    }
+    Ok(item)
+}
+
+/// Reads attributes of one item, naming the item (never its contents) when one is wrong.
+struct Reader<'a> {
+    item: &'a Item,
+}
+
+impl<'a> Reader<'a> {
+    fn key(&self) -> String {
+        match self.item.get("pk") {
+            Some(AttributeValue::S(pk)) => pk.clone(),
+            _ => "<no pk>".to_owned(),
+        }
+    }
+
+    fn corrupt(&self, reason: &str) -> ConnectionError {
+        corrupt(self.key(), reason)
+    }
+
+    fn opt_str(&self, name: &str) -> Result<Option<&'a str>, ConnectionError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(v)) => Ok(Some(v)),
+            Some(_) => Err(self.corrupt(&format!("attribute {name} is not a string"))),
+        }
+    }
+
+    fn str(&self, name: &str) -> Result<&'a str, ConnectionError> {
+        self.opt_str(name)?
+            .ok_or_else(|| self.corrupt(&format!("attribute {name} is missing")))
+    }
+
+    fn opt_i64(&self, name: &str) -> Result<Option<i64>, ConnectionError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(v)) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| self.corrupt(&format!("attribute {name} is not an integer"))),
+            Some(_) => Err(self.corrupt(&format!("attribute {name} is not a number"))),
+        }
+    }
+
+    fn record<T: DeserializeOwned>(&self) -> Result<T, ConnectionError> {
+        serde_json::from_str(self.str("record")?).map_err(|e| json_corrupt(self.key(), &e))
+    }
+}
+
+fn parse_record<T: DeserializeOwned>(item: &Item) -> Result<T, ConnectionError> {
+    Reader { item }.record()
+}
+
+fn parse_connection(item: &Item) -> Result<Connection, ConnectionError> {
+    let r = Reader { item };
+    let mut c: Connection = r.record()?;
+    let count = |name: &str| -> Result<u64, ConnectionError> {
+        u64::try_from(r.opt_i64(name)?.unwrap_or(0))
+            .map_err(|_| r.corrupt(&format!("attribute {name} is negative")))
+    };
+    c.total_deliveries = count("total_deliveries")?;
+    c.failed_deliveries = count("failed_deliveries")?;
+    c.webhook_last_delivery_at = r
+        .opt_i64("last_delivery_at")?
+        .map(|ms| {
+            DateTime::from_timestamp_millis(ms)
+                .ok_or_else(|| r.corrupt("attribute last_delivery_at is out of range"))
+        })
+        .transpose()?;
+    Ok(c)
+}
+
+fn parse_incident(item: &Item) -> Result<Incident, ConnectionError> {
+    let r = Reader { item };
+    let mut i: Incident = r.record()?;
+    i.pr_status = r.opt_str("pr_status")?.map(str::to_owned);
+    Ok(i)
+}
+
+// ---- errors --------------------------------------------------------------------------------
+
+enum TxFailure {
+    /// A condition of the transaction failed.
+    Condition,
+    /// It collided with a concurrent transaction on one of its items: try again.
+    Conflict,
+    Other(ConnectionError),
+}
+
+fn classify(op: &str, err: SdkError<TransactWriteItemsError>) -> TxFailure {
+    let service = match err {
+        SdkError::ServiceError(e) => e.into_err(),
+        other => return TxFailure::Other(unavailable(op, &other)),
+    };
+    match service {
+        TransactWriteItemsError::TransactionCanceledException(cancelled) => {
+            let codes: Vec<&str> = cancelled
+                .cancellation_reasons()
+                .iter()
+                .filter_map(|r| r.code())
+                .collect();
+            // Without reasons (some emulators), the message lists them.
+            let message = cancelled.message().unwrap_or_default();
+            let has =
+                |code: &str| codes.contains(&code) || (codes.is_empty() && message.contains(code));
+            if has("ConditionalCheckFailed") {
+                TxFailure::Condition
+            } else if has("TransactionConflict") {
+                TxFailure::Conflict
+            } else {
+                TxFailure::Other(unavailable(op, &cancelled))
+            }
+        }
+        TransactWriteItemsError::TransactionInProgressException(_) => TxFailure::Conflict,
+        other => TxFailure::Other(unavailable(op, &other)),
+    }
+}
+
+/// A pause before trying again after losing to a concurrent transaction.
+async fn backoff(attempt: u32) {
+    let jitter = rand::random::<u64>() % 20;
+    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt) + jitter)).await;
+}
+
+fn unavailable(op: &str, err: &(dyn std::error::Error + 'static)) -> ConnectionError {
+    ConnectionError::Unavailable(format!("DynamoDB {op}: {}", error_chain(err)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::connections::conformance::connection;
+
+    #[test]
+    fn keys_cannot_be_forged_with_separators() {
+        assert_ne!(
+            marker_pk("a#github#x", RepoProvider::Github, "y"),
+            marker_pk("a", RepoProvider::Github, "x#github#y")
+        );
+        assert_eq!(
+            marker_pk("org", RepoProvider::Gitlab, "Group/Sub/Proj"),
+            "CONNREPO#org#gitlab#group/sub/proj"
+        );
+        assert_eq!(esc("50%#1"), "50%25%231");
+    }
+
+    #[test]
+    fn a_connection_item_round_trips_with_counters_from_their_attributes() {
+        let mut c = connection("org-a", "Owner/Repo");
+        c.total_deliveries = 5;
+        c.failed_deliveries = 2;
+        c.webhook_last_delivery_at = DateTime::from_timestamp_millis(1_700_000_000_000);
+        let mut item = connection_item(&c).unwrap();
+        assert_eq!(item["repo_key"], s("owner/repo"));
+        assert_eq!(item["gsi1pk"], s("ORGCONN#org-a"));
+        assert_eq!(parse_connection(&item).unwrap(), c);
+        item.insert("total_deliveries".into(), n(6));
+        assert_eq!(parse_connection(&item).unwrap().total_deliveries, 6);
+    }
+
+    #[test]
+    fn a_corrupt_item_names_its_key_but_not_its_contents() {
+        let c = connection("org-a", "owner/repo");
+        let mut item = connection_item(&c).unwrap();
+        let sealed = c.secret.unwrap().sealed;
+        item.insert("record".into(), s(format!("{{\"sealed\": \"{sealed}\"")));
+        let err = parse_connection(&item).unwrap_err().to_string();
+        assert!(err.contains(&format!("CONN#{}", c.id)), "{err}");
+        assert!(!err.contains(&sealed), "{err}");
+    }
+}

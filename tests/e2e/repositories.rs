@@ -1,0 +1,535 @@
+//! Repository connections over HTTP against a running local server, with a stub that answers
+//! as the GitHub and GitLab REST APIs do: connect creates the hook with a fresh secret,
+//! rotate pushes a new one, disconnect deletes it, provider failures leave the connection
+//! saved as `failed` with a reason, and no org ever sees another's connections.
+
+use hookline::auth::{LocalIssuer, OrgId, Scope, UserId};
+use hookline::clock::SystemClock;
+use hookline::config::Settings;
+use hookline::hooks::stub::HookApiStub;
+use hookline::ports::sqlite::Durability;
+use hookline::providers::ProviderSecrets;
+use hookline::runtime::local::{
+    embedded_app, with_repositories, RepositoriesConfig, Server, LOCAL_QUEUE,
+};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Api {
+    server: Server,
+    stub: HookApiStub,
+    issuer: LocalIssuer,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+async fn spawn() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let stub = HookApiStub::start().await;
+    let app = embedded_app(
+        dir.path(),
+        ProviderSecrets::default(),
+        Settings::default(),
+        LOCAL_QUEUE,
+        Durability::Normal,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let config = RepositoriesConfig {
+        github_api_url: stub.url().to_string(),
+        gitlab_url: stub.url().to_string(),
+        auth: None,
+        rotation_overlap: Duration::from_secs(3600),
+    };
+    let app = with_repositories(
+        app,
+        dir.path(),
+        "https://hooks.example.com",
+        config,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let server = Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)
+        .await
+        .unwrap();
+    let issuer = LocalIssuer::open(dir.path()).unwrap();
+    Api {
+        server,
+        stub,
+        issuer,
+        http: reqwest::Client::new(),
+        dir,
+    }
+}
+
+impl Api {
+    fn token(&self, org: &str, scopes: &[Scope]) -> String {
+        let scopes: BTreeSet<Scope> = scopes.iter().copied().collect();
+        self.issuer.issue(
+            &OrgId::from(org),
+            &UserId::from("user-1"),
+            &scopes,
+            Duration::from_secs(600),
+        )
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.server.url()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn register_github_token(&self, token: &str) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                "/api/v1/provider-tokens/github",
+                Some(token),
+                Some(json!({"access_token": "gho_stub_token"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            !body.to_string().contains("gho_stub_token"),
+            "a provider token is never returned"
+        );
+    }
+}
+
+const ALL: &[Scope] = &[Scope::ReposRead, Scope::ReposWrite];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_a_repository_creates_its_hook_with_a_fresh_secret() {
+    let api = spawn().await;
+    let token = api.token("org-a", ALL);
+    api.register_github_token(&token).await;
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/repositories/connect",
+            Some(&token),
+            Some(json!({"repository_full_name": "octo/hello"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(body["id"].as_str().unwrap().starts_with("rpc_"));
+    assert_eq!(body["repository_full_name"], "octo/hello");
+    assert_eq!(body["webhook_status"], "active");
+    assert_eq!(
+        body["webhook_url"],
+        "https://hooks.example.com/api/v1/webhooks/github"
+    );
+    assert_eq!(
+        body["webhook_events"],
+        json!(["workflow_run", "pull_request", "push"])
+    );
+    assert!(body["webhook_created_at"].is_string());
+
+    let hooks = api.stub.hooks("octo/hello");
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(body["webhook_id"], hooks[0].id.to_string());
+    let secret = hooks[0]
+        .secret
+        .clone()
+        .expect("the hook was created with a secret");
+    assert_eq!(secret.expose().len(), 64);
+    assert!(secret.expose().chars().all(|c| c.is_ascii_hexdigit()));
+
+    // The secret is in no response and in no data file (only its ciphertext is stored).
+    let id = body["id"].as_str().unwrap().to_string();
+    let (_, got) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/repositories/connections/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    let (_, list) = api
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/repositories/connections",
+            Some(&token),
+            None,
+        )
+        .await;
+    for text in [body.to_string(), got.to_string(), list.to_string()] {
+        assert!(
+            !text.contains(secret.expose()),
+            "a response holds the webhook secret"
+        );
+    }
+    for file in std::fs::read_dir(api.dir.path()).unwrap() {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap();
+        assert!(
+            !bytes.windows(64).any(|w| w == secret.expose().as_bytes()),
+            "a data file holds the secret"
+        );
+        assert!(
+            !bytes.windows(14).any(|w| w == b"gho_stub_token"),
+            "a data file holds the access token"
+        );
+    }
+    assert_eq!(list["connections"].as_array().unwrap().len(), 1);
+    api.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_the_same_repository_twice_answers_409_with_the_existing_id() {
+    let api = spawn().await;
+    let token = api.token("org-a", ALL);
+    api.register_github_token(&token).await;
+    let body = json!({"repository_full_name": "octo/twice"});
+    let (_, first) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/repositories/connect",
+            Some(&token),
+            Some(body.clone()),
+        )
+        .await;
+    let (status, second) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/repositories/connect",
+            Some(&token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 409, "{second}");
+    assert_eq!(second["connection_id"], first["id"]);
+    assert_eq!(api.stub.hooks("octo/twice").len(), 1, "no second hook");
+    api.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_failure_keeps_the_connection_as_failed_with_a_reason_and_retry_fixes_it() {
+    let api = spawn().await;
+    let token = api.token("org-a", ALL);
+    // No access token registered yet: the connection is kept, failed, and says what to do.
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/repositories/connect",
+            Some(&token),
+            Some(json!({"repository_full_name": "octo/later"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["webhook_status"], "failed");
+    assert!(
+        body["webhook_status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("provider-tokens"),
+        "{body}"
+    );
+    let id = body["id"].as_str().unwrap().to_string();
+
+    // The provider refuses (403): still kept, with the provider's reason.
+    api.register_github_token(&token).await;
+    api.stub.fail_next(
+        "octo/later",
+        403,
+        json!({"message": "Must have admin rights to Repository."}),
+    );
+    let (_, retried) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/repositories/connections/{id}/webhook/retry"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(retried["webhook_status"], "failed", "{retried}");
+
+    let (status, fixed) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/repositories/connections/{id}/webhook/retry"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{fixed}");
+    assert_eq!(fixed["webhook_status"], "active");
+    let (_, st) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/repositories/connections/{id}/webhook/status"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(st["status"], "active");
+    assert_eq!(st["total_deliveries"], 0);
+    api.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_pushes_a_new_secret_and_disconnecting_deletes_the_hook() {
+    let api = spawn().await;
+    let token = api.token("org-a", ALL);
+    api.register_github_token(&token).await;
+    let (_, c) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/repositories/connect",
+            Some(&token),
+            Some(json!({"repository_full_name": "octo/rot"})),
+        )
+        .await;
+    let id = c["id"].as_str().unwrap().to_string();
+    let before = api.stub.hooks("octo/rot")[0].secret.clone().unwrap();
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/repositories/connections/{id}/webhook/rotate"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let after = api.stub.hooks("octo/rot")[0].secret.clone().unwrap();
+    assert_ne!(before, after, "the provider got a new secret");
+
+    let (status, patched) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/repositories/connections/{id}"),
+            Some(&token),
+            Some(json!({"is_enabled": false, "webhook_events": ["workflow_run"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["is_enabled"], false);
+    assert_eq!(
+        api.stub.hooks("octo/rot")[0].events,
+        vec!["workflow_run".to_string()]
+    );
+
+    let (status, gone) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/repositories/connections/{id}?delete_webhook=true"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{gone}");
+    assert_eq!(gone["success"], true);
+    assert_eq!(gone["webhook_deleted"], true);
+    assert_eq!(gone["repository_full_name"], "octo/rot");
+    assert!(
+        api.stub.requests().iter().any(|r| r.method == "DELETE"),
+        "a DELETE reached the provider"
+    );
+    assert!(api.stub.hooks("octo/rot").is_empty());
+    let (status, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/repositories/connections/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    api.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_already_gone_still_disconnects() {
+    let api = spawn().await;
+    let token = api.token("org-a", ALL);
+    api.register_github_token(&token).await;
+    let (_, c) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/repositories/connect",
+            Some(&token),
+            Some(json!({"repository_full_name": "octo/gone"})),
+        )
+        .await;
+    let hook_id = api.stub.hooks("octo/gone")[0].id;
+    assert!(api.stub.remove_hook(hook_id));
+    let (status, gone) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!(
+                "/api/v1/repositories/connections/{}",
+                c["id"].as_str().unwrap()
+            ),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{gone}");
+    assert_eq!(gone["success"], true);
+    assert_eq!(gone["webhook_deleted"], false);
+    api.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_needs_a_token_the_right_scope_and_the_right_org() {
+    let api = spawn().await;
+    let owner = api.token("org-a", ALL);
+    api.register_github_token(&owner).await;
+    let (_, c) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/repositories/connect",
+            Some(&owner),
+            Some(json!({"repository_full_name": "octo/mine"})),
+        )
+        .await;
+    let id = c["id"].as_str().unwrap().to_string();
+    let other_org = api.token("org-b", &[Scope::Admin]);
+    let read_only = api.token("org-a", &[Scope::ReposRead]);
+    let routes: Vec<(reqwest::Method, String, Option<Value>, bool)> = vec![
+        (
+            reqwest::Method::GET,
+            format!("/api/v1/repositories/connections/{id}"),
+            None,
+            false,
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/api/v1/repositories/connections/{id}"),
+            Some(json!({"is_enabled": false})),
+            true,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/api/v1/repositories/connections/{id}/webhook/status"),
+            None,
+            false,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/repositories/connections/{id}/webhook/retry"),
+            None,
+            true,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/repositories/connections/{id}/webhook/rotate"),
+            None,
+            true,
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/api/v1/repositories/connections/{id}"),
+            None,
+            true,
+        ),
+    ];
+    for (method, path, body, writes) in &routes {
+        let (status, _) = api.call(method.clone(), path, None, body.clone()).await;
+        assert_eq!(status, 401, "{method} {path} without a token");
+        let (status, _) = api
+            .call(method.clone(), path, Some("not-a-jwt"), body.clone())
+            .await;
+        assert_eq!(status, 401, "{method} {path} with a malformed token");
+        let (status, res) = api
+            .call(method.clone(), path, Some(&other_org), body.clone())
+            .await;
+        assert_eq!(
+            status, 404,
+            "{method} {path} from another org must be 404, got {res}"
+        );
+        if *writes {
+            let (status, _) = api
+                .call(method.clone(), path, Some(&read_only), body.clone())
+                .await;
+            assert_eq!(status, 403, "{method} {path} needs repos:write");
+        }
+    }
+    let (_, list) = api
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/repositories/connections",
+            Some(&other_org),
+            None,
+        )
+        .await;
+    assert_eq!(list["connections"], json!([]), "another org lists nothing");
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/repositories/connect",
+            Some(&read_only),
+            Some(json!({"repository_full_name": "octo/x"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // The owner's connection is untouched by all of the above.
+    let (status, mine) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/repositories/connections/{id}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(mine["is_enabled"], true);
+    api.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_400_and_nothing_is_saved() {
+    let api = spawn().await;
+    let token = api.token("org-a", ALL);
+    for body in [
+        json!({"repository_full_name": "not-a-repo"}),
+        json!({"repository_full_name": "octo/x", "unknown": 1}),
+        json!({"repository_full_name": "octo/x", "webhook_events": []}),
+        json!({}),
+    ] {
+        let (status, res) = api
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/repositories/connect",
+                Some(&token),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, 400, "{body} → {res}");
+        assert!(res["message"].is_string());
+    }
+    let (_, list) = api
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/repositories/connections",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(list["connections"], json!([]));
+    assert!(
+        api.stub.requests().is_empty(),
+        "nothing reached the provider"
+    );
+    api.server.shutdown().await;
+}
