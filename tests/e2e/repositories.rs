@@ -26,6 +26,10 @@ struct Api {
 }
 
 async fn spawn() -> Api {
+    spawn_with_overlap(Duration::from_secs(3600)).await
+}
+
+async fn spawn_with_overlap(rotation_overlap: Duration) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let stub = HookApiStub::start().await;
     let app = embedded_app(
@@ -41,7 +45,7 @@ async fn spawn() -> Api {
         github_api_url: stub.url().to_string(),
         gitlab_url: stub.url().to_string(),
         auth: None,
-        rotation_overlap: Duration::from_secs(3600),
+        rotation_overlap,
     };
     let app = with_repositories(
         app,
@@ -118,6 +122,132 @@ impl Api {
 }
 
 const ALL: &[Scope] = &[Scope::ReposRead, Scope::ReposWrite];
+
+/// A real GitHub workflow_run payload for `acme/hookline-demo`.
+fn workflow_run_failure() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../events/payloads/github-workflow-run-failure.json"
+    ))
+    .unwrap()
+}
+
+impl Api {
+    /// POST the payload to the GitHub route as GitHub would, signed with `secret`.
+    async fn deliver(&self, secret: &str) -> (u16, Value) {
+        use hookline::providers::simulate::{sign, Simulation};
+        let body = workflow_run_failure();
+        let url = format!("{}/api/v1/webhooks/github", self.server.url());
+        let signed = sign(&Simulation {
+            source: hookline::model::Source::Github,
+            secret,
+            url: Some(&url),
+            body: &body,
+            event: Some("workflow_run"),
+            now: chrono::Utc::now(),
+            delivery_id: None,
+        })
+        .unwrap();
+        let mut req = self.http.post(&signed.url).body(signed.body);
+        for (k, v) in &signed.headers {
+            req = req.header(k, v);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn connect_demo(&self, token: &str) -> String {
+        self.register_github_token(token).await;
+        let (status, c) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/repositories/connect",
+                Some(token),
+                Some(json!({"repository_full_name": "acme/hookline-demo"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{c}");
+        c["id"].as_str().unwrap().to_string()
+    }
+
+    fn hook_secret(&self) -> String {
+        self.stub.hooks("acme/hookline-demo")[0]
+            .secret
+            .clone()
+            .unwrap()
+            .expose()
+            .to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_for_a_connected_repository_verifies_with_that_repositorys_secret() {
+    let api = spawn().await;
+    let token = api.token("org-a", ALL);
+    api.connect_demo(&token).await;
+    let secret = api.hook_secret();
+    let (status, body) = api.deliver(&secret).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "queued");
+    // No global GITHUB_WEBHOOK_SECRET here, and another secret does not pass.
+    let (status, _) = api.deliver("a-guess-at-the-secret").await;
+    assert_eq!(status, 401);
+    api.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rotation_both_secrets_verify_inside_the_overlap_and_only_the_new_one_after() {
+    let api = spawn_with_overlap(Duration::from_secs(2)).await;
+    let token = api.token("org-a", ALL);
+    let id = api.connect_demo(&token).await;
+    let old = api.hook_secret();
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/repositories/connections/{id}/webhook/rotate"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let new = api.hook_secret();
+    assert_ne!(old, new);
+    assert_eq!(api.deliver(&new).await.0, 202, "the new secret verifies");
+    assert_eq!(
+        api.deliver(&old).await.0,
+        202,
+        "the old secret verifies inside the overlap"
+    );
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(
+        api.deliver(&old).await.0,
+        401,
+        "the old secret is refused after the overlap"
+    );
+    assert_eq!(api.deliver(&new).await.0, 202);
+    api.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_connection_accepts_deliveries_and_records_them_as_skipped() {
+    let api = spawn().await;
+    let token = api.token("org-a", ALL);
+    let id = api.connect_demo(&token).await;
+    let (status, _) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/repositories/connections/{id}"),
+            Some(&token),
+            Some(json!({"is_enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = api.deliver(&api.hook_secret()).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "skipped");
+    api.server.shutdown().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_a_repository_creates_its_hook_with_a_fresh_secret() {

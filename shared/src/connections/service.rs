@@ -592,6 +592,65 @@ impl Repositories {
     }
 }
 
+/// Inbound GitHub and GitLab deliveries find their connection by the repository they name
+/// (GitHub `repository.full_name`; GitLab `project.id`, else `project.path_with_namespace`).
+#[async_trait::async_trait]
+impl crate::pipeline::ConnectionSecrets for Repositories {
+    async fn candidates(
+        &self,
+        source: Source,
+        body: &[u8],
+    ) -> Result<Vec<crate::pipeline::Candidate>, String> {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return Ok(Vec::new());
+        };
+        let text = |path: &str| v.pointer(path).and_then(|x| x.as_str()).map(str::to_owned);
+        let found = match source {
+            Source::Github => match text("/repository/full_name") {
+                Some(name) => {
+                    self.store
+                        .find_by_repository(RepoProvider::Github, &name)
+                        .await
+                }
+                None => Ok(Vec::new()),
+            },
+            Source::Gitlab => {
+                let by_id = match v.pointer("/project/id").map(|id| id.to_string()) {
+                    Some(id) => self
+                        .store
+                        .find_by_project_id(&id)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                    None => Vec::new(),
+                };
+                match (by_id.is_empty(), text("/project/path_with_namespace")) {
+                    (true, Some(path)) => {
+                        self.store
+                            .find_by_repository(RepoProvider::Gitlab, &path)
+                            .await
+                    }
+                    _ => Ok(by_id),
+                }
+            }
+            _ => Ok(Vec::new()),
+        }
+        .map_err(|e| e.to_string())?;
+        let now = self.clock.now();
+        let mut out = Vec::with_capacity(found.len());
+        for c in &found {
+            let secrets = self
+                .verifying_secrets(c, now)
+                .await
+                .map_err(|e| e.to_string())?;
+            out.push(crate::pipeline::Candidate {
+                enabled: c.is_enabled,
+                secrets,
+            });
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,7 +85,7 @@ impl InboundError {
 /// What a 2xx answer says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Accepted {
-    /// `queued` (202) or `duplicate` (200).
+    /// `queued` or `skipped` (202), or `duplicate` (200).
     pub status: &'static str,
     pub source: Source,
     pub delivery_id: String,
@@ -98,6 +98,22 @@ pub struct Pipeline {
     secrets: Arc<ProviderSecrets>,
     clock: Arc<dyn Clock>,
     settings: Settings,
+    connections: Option<Arc<dyn ConnectionSecrets>>,
+}
+
+/// A connected repository a delivery may belong to, with every secret that may have signed
+/// it right now (the current one, and a rotated-out one inside its overlap window).
+pub struct Candidate {
+    pub enabled: bool,
+    pub secrets: Vec<crate::secret::Secret>,
+}
+
+/// Finds the connections of the repository a GitHub or GitLab delivery names, so it is
+/// verified with that repository's own secret (DESIGN.md §1.2).
+#[async_trait::async_trait]
+pub trait ConnectionSecrets: Send + Sync + 'static {
+    /// Empty when the delivery names no connected repository (the global secret applies).
+    async fn candidates(&self, source: Source, body: &[u8]) -> Result<Vec<Candidate>, String>;
 }
 
 /// A verified, described delivery ready to record.
@@ -129,7 +145,59 @@ impl Pipeline {
             secrets,
             clock,
             settings,
+            connections: None,
         }
+    }
+
+    /// The same pipeline, verifying connected repositories with their own secrets.
+    pub fn with_connections(&self, connections: Arc<dyn ConnectionSecrets>) -> Self {
+        Self {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            secrets: self.secrets.clone(),
+            clock: self.clock.clone(),
+            settings: self.settings.clone(),
+            connections: Some(connections),
+        }
+    }
+
+    /// Verify with the connection's secrets when the delivery names a connected repository,
+    /// else with the global provider secret. `Some(false)` means a disabled connection.
+    async fn verify(
+        &self,
+        source: Source,
+        req: &Inbound,
+        ctx: &VerifyContext,
+    ) -> Result<(crate::providers::Verified, Option<bool>), InboundError> {
+        let provider = provider(source);
+        let candidates = match &self.connections {
+            Some(c)
+                if matches!(source, Source::Github | Source::Gitlab) && !req.body.is_empty() =>
+            {
+                c.candidates(source, &req.body)
+                    .await
+                    .map_err(InboundError::Unavailable)?
+            }
+            _ => Vec::new(),
+        };
+        if candidates.is_empty() {
+            return Ok((provider.verify(req, &self.secrets, ctx)?, None));
+        }
+        let mut last = VerifyError::Mismatch;
+        for candidate in &candidates {
+            for secret in &candidate.secrets {
+                let mut secrets = (*self.secrets).clone();
+                match source {
+                    Source::Github => secrets.github_webhook_secret = Some(secret.clone()),
+                    _ => secrets.gitlab_webhook_token = Some(secret.clone()),
+                }
+                match provider.verify(req, &secrets, ctx) {
+                    Ok(v) => return Ok((v, Some(candidate.enabled))),
+                    Err(e) => last = e,
+                }
+            }
+        }
+        Err(InboundError::Unauthorized(last))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -148,7 +216,8 @@ impl Pipeline {
                     source = %source, delivery_id = %accepted.delivery_id,
                     outcome = accepted.status, latency_ms, "delivery accepted"
                 );
-                let code = if accepted.status == "queued" {
+                // Taken (queued, or skipped for a disabled connection): 202; a duplicate: 200.
+                let code = if accepted.status != "duplicate" {
                     StatusCode::ACCEPTED
                 } else {
                     StatusCode::OK
@@ -204,7 +273,7 @@ impl Pipeline {
             now,
             public_base_url,
         };
-        let verified = provider.verify(req, &self.secrets, &ctx)?;
+        let (verified, connection_enabled) = self.verify(source, req, &ctx).await?;
         let described = provider.describe(req)?;
         let payload_sha256 = sha256_hex(&req.body);
         let delivery_id = described
@@ -219,13 +288,16 @@ impl Pipeline {
             signature_verified: verified == crate::providers::Verified::Signature,
             received_at: now,
         };
+        if connection_enabled == Some(false) {
+            return self.record_skipped(&arrival).await.map(Answer::Delivery);
+        }
         self.record_and_enqueue(&arrival, &req.body)
             .await
             .map(Answer::Delivery)
     }
 
-    async fn record_and_enqueue(&self, a: &Arrival, body: &[u8]) -> Result<Accepted, InboundError> {
-        let new = NewDelivery {
+    fn new_delivery(&self, a: &Arrival) -> NewDelivery {
+        NewDelivery {
             key: a.key.clone(),
             source: a.source,
             delivery_id: a.delivery_id.clone(),
@@ -235,7 +307,36 @@ impl Pipeline {
             received_at: a.received_at,
             enqueue_lease_until: lease(a.received_at, self.settings.enqueue_lease),
             expires_at: lease(a.received_at, self.settings.delivery_ttl),
-        };
+        }
+    }
+
+    /// A delivery for a disabled connection: accepted and logged as skipped, never processed.
+    async fn record_skipped(&self, a: &Arrival) -> Result<Accepted, InboundError> {
+        match self
+            .store
+            .record(&self.new_delivery(a))
+            .await
+            .map_err(unavailable)?
+        {
+            RecordOutcome::Recorded => {
+                let outcome = crate::model::DeliveryOutcome {
+                    status: DeliveryStatus::Skipped,
+                    error: Some("the repository's connection is disabled".into()),
+                    processed_at: self.clock.now(),
+                    duration_ms: 0,
+                };
+                self.store
+                    .finish(&a.key, &outcome)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(self.accepted("skipped", a))
+            }
+            RecordOutcome::Exists(_) => Ok(self.accepted("duplicate", a)),
+        }
+    }
+
+    async fn record_and_enqueue(&self, a: &Arrival, body: &[u8]) -> Result<Accepted, InboundError> {
+        let new = self.new_delivery(a);
         let outcome = self.store.record(&new).await.map_err(unavailable)?;
         let existing = match outcome {
             RecordOutcome::Recorded => return self.enqueue(a, body).await,

@@ -120,6 +120,9 @@ pub fn with_repositories(
     use crate::connections::service::{Repositories, Settings, StoredProviderTokens};
     use crate::ports::connections::embedded::EmbeddedConnectionStore;
     use crate::ports::keys::{embedded::LocalKeys, CachedKeys, KeyService};
+    // The provider OAuth routes come with the repository routes (client ids from the env).
+    let oauth = crate::api::oauth::OAuthSettings::from_env();
+    app = with_oauth(app, data_dir, webhook_base_url, oauth, config.auth.clone(), clock.clone())?;
     let db = Database::open(data_dir, Durability::Full).map_err(|e| e.to_string())?;
     let store: Arc<dyn crate::ports::connections::ConnectionStore> =
         Arc::new(EmbeddedConnectionStore::new(db));
@@ -138,6 +141,13 @@ pub fn with_repositories(
             .authenticator(),
     };
     let tokens = Arc::new(StoredProviderTokens::new(store.clone(), keys.clone()));
+    app.worker = Arc::new(app.worker.with_dispatcher(
+        crate::worker::Dispatcher::with_repositories(app.store.clone(), store.clone()),
+    ));
+    app.incidents = Some(Arc::new(crate::api::incidents::IncidentsApi::new(
+        auth.clone(),
+        store.clone(),
+    )));
     let repos = Repositories::new(
         store,
         keys,
@@ -152,10 +162,62 @@ pub fn with_repositories(
             rotation_overlap: config.rotation_overlap,
         },
     );
+    let repos = Arc::new(repos);
+    // GitHub and GitLab deliveries for connected repositories verify with their own secret.
+    app.pipeline = Arc::new(app.pipeline.with_connections(repos.clone()));
     app.repositories = Some(Arc::new(crate::api::repositories::RepositoriesApi::new(
+        auth, repos, tokens,
+    )));
+    Ok(app)
+}
+
+/// Add (or replace) the provider OAuth routes: tokens sealed with the data dir's master key
+/// into its database, states signed with `settings.state_key` or else the data dir's
+/// `oauth-state.key`, callbacks at `webhook_base_url` unless the settings name one.
+pub fn with_oauth(
+    mut app: App,
+    data_dir: &Path,
+    webhook_base_url: &str,
+    mut settings: crate::api::oauth::OAuthSettings,
+    auth: Option<crate::auth::Authenticator>,
+    clock: Arc<dyn Clock>,
+) -> Result<App, String> {
+    use crate::connections::service::StoredProviderTokens;
+    use crate::ports::connections::embedded::EmbeddedConnectionStore;
+    use crate::ports::keys::{embedded::LocalKeys, CachedKeys};
+    let db = Database::open(data_dir, Durability::Full).map_err(|e| e.to_string())?;
+    let keys = CachedKeys::new(LocalKeys::open_or_create(data_dir).map_err(|e| e.to_string())?);
+    let tokens = StoredProviderTokens::new(
+        Arc::new(EmbeddedConnectionStore::new(db)),
+        Arc::new(keys),
+    );
+    let auth = match auth {
+        Some(auth) => auth,
+        None => crate::auth::LocalIssuer::open(data_dir)
+            .map_err(|e| {
+                format!(
+                    "cannot open the dev token key in {}: {e}",
+                    data_dir.display()
+                )
+            })?
+            .authenticator(),
+    };
+    if settings.state_key.is_none() {
+        settings.state_key = Some(crate::api::oauth::local_state_key(data_dir).map_err(|e| {
+            format!(
+                "cannot open the OAuth state key in {}: {e}",
+                data_dir.display()
+            )
+        })?);
+    }
+    if settings.public_base_url.is_none() {
+        settings.public_base_url = Some(webhook_base_url.to_string());
+    }
+    app.oauth = Some(Arc::new(crate::api::oauth::OAuthApi::new(
         auth,
-        Arc::new(repos),
-        tokens,
+        Arc::new(tokens),
+        settings,
+        clock,
     )));
     Ok(app)
 }
@@ -183,6 +245,26 @@ pub fn router(app: &App) -> Router {
         router = router
             .route("/api/v1/repositories/{*rest}", api.clone())
             .route("/api/v1/provider-tokens/{*rest}", api);
+    }
+    if app.incidents.is_some() {
+        let api = any(
+            |State(app): State<App>, req: axum::extract::Request| async move {
+                to_axum(incidents(app, req).await)
+            },
+        );
+        router = router
+            .route("/api/v1/incidents", api.clone())
+            .route("/api/v1/incidents/{*rest}", api);
+    }
+    if app.oauth.is_some() {
+        router = router.route(
+            "/api/v1/oauth/{*rest}",
+            any(
+                |State(app): State<App>, req: axum::extract::Request| async move {
+                    to_axum(oauth(app, req).await)
+                },
+            ),
+        );
     }
     router
         .fallback(|| async {
@@ -212,6 +294,26 @@ async fn repositories(app: App, req: axum::extract::Request) -> Response {
             "request bodies here are at most 64 KiB",
         ),
     }
+}
+
+async fn oauth(app: App, req: axum::extract::Request) -> Response {
+    let Some(api) = app.oauth.clone() else {
+        return crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route");
+    };
+    // Every OAuth route is a GET: the body is never read.
+    let (parts, _body) = req.into_parts();
+    api.handle(Request::from_parts(parts, bytes::Bytes::new()))
+        .await
+}
+
+async fn incidents(app: App, req: axum::extract::Request) -> Response {
+    let Some(api) = app.incidents.clone() else {
+        return crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route");
+    };
+    // Only GETs: the body is not read.
+    let (parts, _) = req.into_parts();
+    api.handle(Request::from_parts(parts, bytes::Bytes::new()))
+        .await
 }
 
 async fn inbound(app: App, source: Source, req: axum::extract::Request) -> Response {
