@@ -98,6 +98,8 @@ def apigw_event(
     query: list[tuple[str, str]] | None = None,
     base64_body: bool = False,
     at: int = EPOCH,
+    route: str | None = None,
+    path_parameters: dict[str, str] | None = None,
 ) -> dict:
     """An HTTP API payload-2.0 event as API Gateway hands it to Lambda: headers lower-cased,
     multi-valued query joined by commas, the body text or base64."""
@@ -114,9 +116,10 @@ def apigw_event(
     if body is None:
         del all_headers["content-length"]
     all_headers.update({k.lower(): v for k, v in headers.items()})
+    route_key = f"{method} {route or path}"
     event = {
         "version": "2.0",
-        "routeKey": f"{method} {path}",
+        "routeKey": route_key,
         "rawPath": path,
         "rawQueryString": raw_query,
         "headers": dict(sorted(all_headers.items())),
@@ -126,6 +129,8 @@ def apigw_event(
         for k, v in query:
             params[k] = f"{params[k]},{v}" if k in params else v
         event["queryStringParameters"] = params
+    if path_parameters:
+        event["pathParameters"] = path_parameters
     event["requestContext"] = {
         "accountId": ACCOUNT_ID,
         "apiId": API_ID,
@@ -139,7 +144,7 @@ def apigw_event(
             "userAgent": user_agent,
         },
         "requestId": request_id,
-        "routeKey": f"{method} {path}",
+        "routeKey": route_key,
         "stage": "$default",
         "time": datetime.fromtimestamp(at, timezone.utc).strftime("%d/%b/%Y:%H:%M:%S +0000"),
         "timeEpoch": at * 1000,
@@ -674,6 +679,89 @@ def whatsapp_verify():
     )
 
 
+# --------------------------------------------------------------------------------------------
+# The authenticated API functions. Their bearer token is a placeholder in the shape of a
+# Hookline JWT (EdDSA, the claims the API reads) that verifies nowhere: a function answers it
+# 401. Swap in a real one (`hookline token --org org_acme --user user_mona --scopes ...`) to
+# invoke them for real; shared/tests/lambda_events.rs does that.
+# --------------------------------------------------------------------------------------------
+
+API_ORG = "org_acme"
+API_USER = "user_mona"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def placeholder_jwt(scope: str) -> str:
+    header = {"alg": "EdDSA", "typ": "JWT", "kid": "local-0000000000000000"}
+    claims = {
+        "iss": "hookline-local",
+        "aud": "hookline",
+        "sub": API_USER,
+        "org_id": API_ORG,
+        "scope": scope,
+        "iat": EPOCH,
+        "exp": EPOCH + 3600,
+        "jti": "00000000-0000-4000-8000-000000000000",
+    }
+    signature = b"placeholder signature: replace this token".ljust(64, b".")
+    return ".".join([b64url(compact(header)), b64url(compact(claims)), b64url(signature)])
+
+
+def api_event(name: str, path: str, *, route: str, proxy: str | None, scope: str | None,
+              request_id: str, query: list[tuple[str, str]] | None = None):
+    headers = {
+        "accept": "application/json",
+        "user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
+    }
+    if scope is not None:
+        headers["authorization"] = "Bearer " + placeholder_jwt(scope)
+    return name, apigw_event(
+        "GET", path, headers, None,
+        source_ip="203.0.113.24", request_id=request_id, query=query,
+        route=route, path_parameters={"proxy": proxy} if proxy else None,
+    )
+
+
+def repositories_list_connections():
+    return api_event(
+        "repositories-api-list-connections.json", "/api/v1/repositories/connections",
+        route="/api/v1/repositories/{proxy+}", proxy="connections", scope="repos:read",
+        request_id="XyZ7cGhpoAMEgDw=", query=[("limit", "20")],
+    )
+
+
+def oauth_authorize():
+    return api_event(
+        "oauth-api-github-authorize.json", "/api/v1/oauth/github/authorize",
+        route="/api/v1/oauth/{proxy+}", proxy="github/authorize", scope="repos:write",
+        request_id="XyZ8cGhpoAMEhDw=", query=[("format", "json")],
+    )
+
+
+def oauth_callback():
+    # What GitHub's redirect brings back: no bearer token, a code and the state Hookline
+    # signed (this one is not signed by any server's key: it is refused as invalid_state).
+    state = b64url(compact({"u": API_USER, "o": API_ORG, "p": "github", "t": EPOCH,
+                            "n": "AAAAAAAAAAAAAAAAAAAAAA"})) + "." + b64url(b"\0" * 32)
+    return api_event(
+        "oauth-api-github-callback.json", "/api/v1/oauth/github/callback",
+        route="/api/v1/oauth/{proxy+}", proxy="github/callback", scope=None,
+        request_id="XyZ9cGhpoAMEiDw=", query=[("code", "0f3c9a2b7d5e4c1a8b6f"), ("state", state)],
+    )
+
+
+def incidents_list():
+    return api_event(
+        "incidents-api-list.json", "/api/v1/incidents",
+        route="/api/v1/incidents", proxy=None, scope="repos:read",
+        request_id="XyZAcGhpoAMEjDw=",
+        query=[("repository", "acme/hookline-demo"), ("status", "open")],
+    )
+
+
 def sqs_delivery(push_event: dict):
     """The worker's SQS event: one message carrying the envelope the pipeline enqueues for the
     github-push.json delivery (same delivery id, same raw body)."""
@@ -724,6 +812,10 @@ def build(stripe_ts: int) -> dict[str, dict]:
             twilio_inbound_message(),
             whatsapp_message(),
             whatsapp_verify(),
+            repositories_list_connections(),
+            oauth_authorize(),
+            oauth_callback(),
+            incidents_list(),
         ]
     )
     name, sqs = sqs_delivery(events["github-push.json"])

@@ -204,3 +204,150 @@ async fn a_stale_stripe_event_is_refused_against_the_real_clock() {
         .unwrap()
         .is_empty());
 }
+
+// ---- The API functions' sample events (repositories-api, oauth-api, incidents-api) ----
+
+/// An app serving the API routes over the embedded adapters, with OAuth against the stub.
+async fn api_app(dir: &std::path::Path, stub: &hookline::hooks::stub::HookApiStub) -> App {
+    use hookline::runtime::local::{with_oauth, with_repositories, RepositoriesConfig};
+    let app = app(dir);
+    let clock: Arc<dyn hookline::clock::Clock> = Arc::new(hookline::clock::SystemClock);
+    let app = with_repositories(
+        app,
+        dir,
+        "https://hooks.example.com",
+        RepositoriesConfig {
+            github_api_url: stub.url().to_string(),
+            gitlab_url: stub.url().to_string(),
+            auth: None,
+            rotation_overlap: Duration::from_secs(3600),
+        },
+        clock.clone(),
+    )
+    .unwrap();
+    let oauth = hookline::api::oauth::OAuthSettings {
+        client: stub.oauth(),
+        github: Some(stub.oauth_app()),
+        gitlab: Some(stub.oauth_app()),
+        state_key: None,
+        public_base_url: None,
+        success_url: None,
+        state_max_age: hookline::hooks::oauth::OAuthState::MAX_AGE,
+    };
+    with_oauth(app, dir, "https://hooks.example.com", oauth, None, clock).unwrap()
+}
+
+async fn invoke_api(
+    handler: &hookline::runtime::lambda::ApiHandler,
+    req: lambda_http::Request,
+) -> (u16, serde_json::Value) {
+    let res = hookline::runtime::lambda::handle_api_http(handler, req)
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body = match res.into_body() {
+        lambda_http::Body::Text(t) => t,
+        lambda_http::Body::Binary(b) => String::from_utf8(b).unwrap(),
+        lambda_http::Body::Empty => String::new(),
+    };
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+    )
+}
+
+/// A token the data dir's dev key signed, for the user and org the sample events name.
+fn bearer(dir: &std::path::Path, scopes: &[hookline::auth::Scope]) -> http::HeaderValue {
+    let issuer = hookline::auth::LocalIssuer::open(dir).unwrap();
+    let token = issuer.issue(
+        &hookline::auth::OrgId::from("org_acme"),
+        &hookline::auth::UserId::from("user_mona"),
+        &scopes.iter().copied().collect(),
+        Duration::from_secs(600),
+    );
+    http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap()
+}
+
+#[tokio::test]
+async fn the_api_sample_events_are_answered_by_their_functions() {
+    use hookline::auth::Scope;
+    use hookline::runtime::lambda::ApiHandler;
+    let dir = tempfile::tempdir().unwrap();
+    let stub = hookline::hooks::stub::HookApiStub::start().await;
+    let app = api_app(dir.path(), &stub).await;
+    let repositories = ApiHandler::Repositories(app.repositories.clone().unwrap());
+    let oauth = ApiHandler::Oauth(app.oauth.clone().unwrap());
+    let incidents = ApiHandler::Incidents(app.incidents.clone().unwrap());
+    let cases = [
+        (
+            &repositories,
+            "repositories-api-list-connections.json",
+            Scope::ReposRead,
+        ),
+        (&oauth, "oauth-api-github-authorize.json", Scope::ReposWrite),
+        (&incidents, "incidents-api-list.json", Scope::ReposRead),
+    ];
+    for (handler, name, scope) in cases {
+        // As shipped, the placeholder token verifies nowhere.
+        let (status, body) = invoke_api(handler, http_event(name)).await;
+        assert_eq!(status, 401, "{name}: {body}");
+        assert_eq!(body["error"], "unauthorized", "{name}");
+
+        // With a real token for the same user and org, the function answers.
+        let mut req = http_event(name);
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, bearer(dir.path(), &[scope]));
+        let (status, body) = invoke_api(handler, req).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        match name {
+            "repositories-api-list-connections.json" => {
+                assert_eq!(body["connections"], serde_json::json!([]))
+            }
+            "oauth-api-github-authorize.json" => {
+                let url = body["authorize_url"].as_str().unwrap();
+                assert!(url.starts_with(&format!("{}/login/oauth/authorize?", stub.url())));
+                assert_eq!(
+                    body["redirect_uri"],
+                    "https://hooks.example.com/api/v1/oauth/github/callback"
+                );
+            }
+            _ => assert!(body.is_object(), "{name}: {body}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_oauth_callback_sample_event_is_refused_until_its_state_is_genuine() {
+    use hookline::hooks::oauth::OAuthState;
+    use hookline::runtime::lambda::ApiHandler;
+    let dir = tempfile::tempdir().unwrap();
+    let stub = hookline::hooks::stub::HookApiStub::start().await;
+    let app = api_app(dir.path(), &stub).await;
+    let oauth = ApiHandler::Oauth(app.oauth.clone().unwrap());
+
+    let (status, body) = invoke_api(&oauth, http_event("oauth-api-github-callback.json")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_state");
+
+    // The same redirect with a state this server signed, and a code the stub granted.
+    let text = event("oauth-api-github-callback.json");
+    let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let canned_state = parsed["queryStringParameters"]["state"].as_str().unwrap();
+    let code = parsed["queryStringParameters"]["code"].as_str().unwrap();
+    let key = hookline::api::oauth::local_state_key(dir.path()).unwrap();
+    let state = OAuthState::sign(
+        &key,
+        "user_mona",
+        "org_acme",
+        hookline::hooks::HookProvider::GitHub,
+        chrono::Utc::now(),
+    );
+    let token = stub.grant_code(code);
+    let patched = text.replace(canned_state, &state);
+    let parsed: lambda_http::request::LambdaRequest = serde_json::from_str(&patched).unwrap();
+    let (status, body) = invoke_api(&oauth, lambda_http::Request::from(parsed)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["connected"], true);
+    assert_eq!(body["provider"], "github");
+    assert!(!body.to_string().contains(token.expose()));
+}

@@ -47,10 +47,64 @@ pub async fn aws_app() -> Result<App, Error> {
     ))
 }
 
+/// The connection store, when this deployment manages repository connections
+/// (`HOOKLINE_KMS_KEY_ID` is set by the template).
+fn aws_connections(
+    sdk: &aws_config::SdkConfig,
+) -> Result<Option<Arc<dyn crate::ports::connections::ConnectionStore>>, Error> {
+    if crate::config::var("HOOKLINE_KMS_KEY_ID").is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(
+        crate::ports::connections::aws::DynamoConnectionStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            required("HOOKLINE_TABLE")?,
+        ),
+    )))
+}
+
+/// GitHub and GitLab deliveries of connected repositories verify with the repository's own
+/// secret, opened with KMS (and cached while the Lambda is warm).
+async fn with_connection_secrets(app: &App, source: Source) -> Result<Arc<Pipeline>, Error> {
+    use crate::connections::service::{
+        Repositories, Settings as RepoSettings, StoredProviderTokens,
+    };
+    use crate::ports::keys::{aws::KmsKeys, CachedKeys, KeyService};
+    if !matches!(source, Source::Github | Source::Gitlab) {
+        return Ok(app.pipeline.clone());
+    }
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let Some(store) = aws_connections(&sdk)? else {
+        return Ok(app.pipeline.clone());
+    };
+    let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(KmsKeys::new(
+        aws_sdk_kms::Client::new(&sdk),
+        required("HOOKLINE_KMS_KEY_ID")?,
+    )));
+    let tokens = Arc::new(StoredProviderTokens::new(store.clone(), keys.clone()));
+    // Only `candidates` is used here: the hook clients are never called by a webhook.
+    let repos = Repositories::new(
+        store,
+        keys,
+        tokens,
+        Arc::new(crate::hooks::github::GitHubHooks::new(
+            "https://api.github.com",
+        )),
+        Arc::new(crate::hooks::gitlab::GitLabHooks::new("https://gitlab.com")),
+        Arc::new(SystemClock),
+        RepoSettings {
+            webhook_base_url: crate::config::var("WEBHOOK_BASE_URL").unwrap_or_default(),
+            rotation_overlap: std::time::Duration::from_secs(3600),
+        },
+    );
+    Ok(Arc::new(app.pipeline.with_connections(Arc::new(repos))))
+}
+
 /// Run an inbound webhook function for `source`.
 pub async fn run_inbound(source: Source) -> Result<(), Error> {
     super::init_tracing();
-    let app = aws_app().await?;
+    let mut app = aws_app().await?;
+    app.pipeline = with_connection_secrets(&app, source).await?;
     let pipeline = app.pipeline.clone();
     lambda_http::run(lambda_http::service_fn(move |req| {
         let pipeline = pipeline.clone();
@@ -87,7 +141,14 @@ pub async fn handle_http(
 pub async fn run_worker() -> Result<(), Error> {
     super::init_tracing();
     let app = aws_app().await?;
-    let worker = app.worker.clone();
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    // Connected repositories get workflow runs, incidents and pull requests too.
+    let worker = match aws_connections(&sdk)? {
+        Some(connections) => Arc::new(app.worker.with_dispatcher(
+            crate::worker::Dispatcher::with_repositories(app.store.clone(), connections),
+        )),
+        None => app.worker.clone(),
+    };
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let worker = worker.clone();
         async move { Ok::<_, Error>(handle_sqs(&worker, event.payload).await) }
@@ -112,4 +173,199 @@ pub async fn handle_sqs(worker: &Worker, event: SqsEvent) -> SqsBatchResponse {
             .map(|item_identifier| BatchItemFailure { item_identifier })
             .collect(),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The authenticated API functions (repositories-api, oauth-api, …).
+
+/// The route groups served by their own API function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `/api/v1/repositories/…` and `/api/v1/provider-tokens/…`.
+    Repositories,
+    /// `/api/v1/oauth/…`.
+    Oauth,
+    /// `/api/v1/incidents` and `/api/v1/incidents/…`.
+    Incidents,
+}
+
+/// One API function's handler, built once per cold start.
+#[derive(Clone)]
+pub enum ApiHandler {
+    Repositories(Arc<crate::api::repositories::RepositoriesApi>),
+    Oauth(Arc<crate::api::oauth::OAuthApi>),
+    Incidents(Arc<crate::api::incidents::IncidentsApi>),
+    /// A configuration this function cannot serve without: every request answers a 503 that
+    /// names the variable to set (visible to the caller, unlike a failed cold start).
+    Misconfigured(String),
+}
+
+impl ApiHandler {
+    pub async fn handle(&self, req: Request) -> crate::http::Response {
+        match self {
+            ApiHandler::Repositories(api) => api.handle(req).await,
+            ApiHandler::Oauth(api) => api.handle(req).await,
+            ApiHandler::Incidents(api) => api.handle(req).await,
+            ApiHandler::Misconfigured(message) => crate::http::problem(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "not_configured",
+                message.clone(),
+            ),
+        }
+    }
+}
+
+/// The provider secret's values (`HOOKLINE_SECRETS_ID`, a JSON object of strings): OAuth
+/// client secrets, the OAuth state key, an HS256 JWT secret. Never logged.
+async fn secret_values(
+    sdk: &aws_config::SdkConfig,
+) -> Result<std::collections::HashMap<String, String>, Error> {
+    let id = required("HOOKLINE_SECRETS_ID")?;
+    let out = aws_sdk_secretsmanager::Client::new(sdk)
+        .get_secret_value()
+        .secret_id(&id)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "Secrets Manager GetSecretValue {id}: {}",
+                crate::ports::store::aws::error_chain(&e)
+            )
+        })?;
+    serde_json::from_str(out.secret_string().unwrap_or("{}"))
+        .map_err(|_| format!("secret {id} is not a JSON object of NAME: value strings").into())
+}
+
+/// Build the handler for `api` over DynamoDB (`HOOKLINE_TABLE`) and KMS
+/// (`HOOKLINE_KMS_KEY_ID`, decrypted secrets cached per warm Lambda), with bearer tokens
+/// verified per the `HOOKLINE_JWT_*` variables (required here: there is no dev key on AWS).
+/// Secrets (`HOOKLINE_JWT_HS256_SECRET`, `*_OAUTH_CLIENT_SECRET`, `HOOKLINE_OAUTH_STATE_KEY`)
+/// may live in the provider secret; the environment wins where both set one.
+pub async fn aws_api(api: Api) -> Result<ApiHandler, Error> {
+    use crate::connections::service::{
+        Repositories, Settings as RepoSettings, StoredProviderTokens,
+    };
+    use crate::ports::connections::aws::DynamoConnectionStore;
+    use crate::ports::connections::ConnectionStore;
+    use crate::ports::keys::{aws::KmsKeys, CachedKeys, KeyService};
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let secrets = secret_values(&sdk).await?;
+    let lookup = |name: &str| {
+        crate::config::var(name)
+            .or_else(|| secrets.get(name).filter(|v| !v.trim().is_empty()).cloned())
+    };
+    let auth = match crate::auth::AuthConfig::from_lookup(lookup)
+        .map(|c| c.map(crate::auth::Authenticator::new))
+    {
+        Ok(Some(Ok(auth))) => auth,
+        Ok(Some(Err(e))) | Err(e) => {
+            tracing::error!(error = %e, "the API cannot verify bearer tokens");
+            return Ok(ApiHandler::Misconfigured(format!(
+                "bearer tokens cannot be verified: {e}"
+            )));
+        }
+        Ok(None) => {
+            tracing::error!("no HOOKLINE_JWT_* configuration: the API refuses every request");
+            return Ok(ApiHandler::Misconfigured(
+                "bearer tokens cannot be verified: set HOOKLINE_JWT_ISSUER, \
+                 HOOKLINE_JWT_AUDIENCE and one of HOOKLINE_JWT_JWKS_URL, \
+                 HOOKLINE_JWT_PUBLIC_KEY or HOOKLINE_JWT_HS256_SECRET"
+                    .into(),
+            ));
+        }
+    };
+    let store: Arc<dyn ConnectionStore> = Arc::new(DynamoConnectionStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        required("HOOKLINE_TABLE")?,
+    ));
+    let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(KmsKeys::new(
+        aws_sdk_kms::Client::new(&sdk),
+        required("HOOKLINE_KMS_KEY_ID")?,
+    )));
+    let tokens = Arc::new(StoredProviderTokens::new(store.clone(), keys.clone()));
+    Ok(match api {
+        Api::Repositories => {
+            let Some(base) = crate::config::var("WEBHOOK_BASE_URL") else {
+                return Ok(ApiHandler::Misconfigured(
+                    "WEBHOOK_BASE_URL (the WebhookBaseUrl parameter) must be set: the hooks \
+                     Hookline creates point at it"
+                        .into(),
+                ));
+            };
+            let overlap = match crate::config::var("HOOKLINE_SECRET_ROTATION_OVERLAP_SECS") {
+                Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                    format!(
+                        "HOOKLINE_SECRET_ROTATION_OVERLAP_SECS must be a whole number, got {v:?}"
+                    )
+                })?,
+                None => 3600,
+            };
+            let repos = Repositories::new(
+                store,
+                keys,
+                tokens.clone(),
+                Arc::new(crate::hooks::github::GitHubHooks::new(
+                    crate::config::var("GITHUB_API_URL")
+                        .unwrap_or_else(|| "https://api.github.com".into()),
+                )),
+                Arc::new(crate::hooks::gitlab::GitLabHooks::new(
+                    crate::config::var("GITLAB_URL").unwrap_or_else(|| "https://gitlab.com".into()),
+                )),
+                Arc::new(SystemClock),
+                RepoSettings {
+                    webhook_base_url: base,
+                    rotation_overlap: std::time::Duration::from_secs(overlap),
+                },
+            );
+            ApiHandler::Repositories(Arc::new(crate::api::repositories::RepositoriesApi::new(
+                auth,
+                Arc::new(repos),
+                tokens,
+            )))
+        }
+        Api::Incidents => ApiHandler::Incidents(Arc::new(
+            crate::api::incidents::IncidentsApi::new(auth, store),
+        )),
+        Api::Oauth => ApiHandler::Oauth(Arc::new(crate::api::oauth::OAuthApi::new(
+            auth,
+            tokens,
+            crate::api::oauth::OAuthSettings::from_lookup(lookup),
+            Arc::new(SystemClock),
+        ))),
+    })
+}
+
+/// Run an API function for `api`.
+pub async fn run_api(api: Api) -> Result<(), Error> {
+    super::init_tracing();
+    let handler = aws_api(api).await?;
+    lambda_http::run(lambda_http::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { handle_api_http(&handler, req).await }
+    }))
+    .await
+}
+
+/// One API Gateway request through an API handler.
+pub async fn handle_api_http(
+    handler: &ApiHandler,
+    req: lambda_http::Request,
+) -> Result<lambda_http::Response<Body>, Error> {
+    let (parts, body) = req.into_parts();
+    let bytes = match body {
+        Body::Empty => Bytes::new(),
+        Body::Text(text) => Bytes::from(text),
+        Body::Binary(raw) => Bytes::from(raw),
+    };
+    let res = handler.handle(Request::from_parts(parts, bytes)).await;
+    let (parts, body) = res.into_parts();
+    let body = if body.is_empty() {
+        Body::Empty
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(text) => Body::Text(text),
+            Err(e) => Body::Binary(e.into_bytes()),
+        }
+    };
+    Ok(lambda_http::Response::from_parts(parts, body))
 }

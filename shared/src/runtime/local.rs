@@ -122,7 +122,14 @@ pub fn with_repositories(
     use crate::ports::keys::{embedded::LocalKeys, CachedKeys, KeyService};
     // The provider OAuth routes come with the repository routes (client ids from the env).
     let oauth = crate::api::oauth::OAuthSettings::from_env();
-    app = with_oauth(app, data_dir, webhook_base_url, oauth, config.auth.clone(), clock.clone())?;
+    app = with_oauth(
+        app,
+        data_dir,
+        webhook_base_url,
+        oauth,
+        config.auth.clone(),
+        clock.clone(),
+    )?;
     let db = Database::open(data_dir, Durability::Full).map_err(|e| e.to_string())?;
     let store: Arc<dyn crate::ports::connections::ConnectionStore> =
         Arc::new(EmbeddedConnectionStore::new(db));
@@ -187,10 +194,8 @@ pub fn with_oauth(
     use crate::ports::keys::{embedded::LocalKeys, CachedKeys};
     let db = Database::open(data_dir, Durability::Full).map_err(|e| e.to_string())?;
     let keys = CachedKeys::new(LocalKeys::open_or_create(data_dir).map_err(|e| e.to_string())?);
-    let tokens = StoredProviderTokens::new(
-        Arc::new(EmbeddedConnectionStore::new(db)),
-        Arc::new(keys),
-    );
+    let tokens =
+        StoredProviderTokens::new(Arc::new(EmbeddedConnectionStore::new(db)), Arc::new(keys));
     let auth = match auth {
         Some(auth) => auth,
         None => crate::auth::LocalIssuer::open(data_dir)

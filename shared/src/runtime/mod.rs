@@ -22,6 +22,10 @@ pub struct App {
     pub queue: Arc<dyn Queue>,
     /// The repository-connection routes, where this app serves them.
     pub repositories: Option<Arc<crate::api::repositories::RepositoriesApi>>,
+    /// The incidents routes, where this app serves them.
+    pub incidents: Option<Arc<crate::api::incidents::IncidentsApi>>,
+    /// The provider OAuth routes, where this app serves them.
+    pub oauth: Option<Arc<crate::api::oauth::OAuthApi>>,
 }
 
 impl App {
@@ -51,6 +55,8 @@ impl App {
             store,
             queue,
             repositories: None,
+            incidents: None,
+            oauth: None,
         }
     }
 }

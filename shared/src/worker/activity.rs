@@ -35,7 +35,7 @@ fn first(p: &Payload, paths: &[&[&str]]) -> Option<String> {
 }
 
 /// Provider timestamps: RFC 3339, GitLab's `2024-01-02 10:00:00 UTC`, or epoch (s or ms).
-fn timestamp(raw: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn timestamp(raw: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
         return Some(t.with_timezone(&Utc));
     }

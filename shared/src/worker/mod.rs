@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod activity;
+pub mod repositories;
 
 /// A queued delivery as the worker reads it, with its payload decoded once.
 #[derive(Debug, Clone)]
@@ -141,6 +142,21 @@ impl Dispatcher {
             .on(Source::Github, "ping", skip_ping)
             .otherwise(Arc::new(activity::RecordActivity::new(store)))
     }
+
+    /// [`standard`](Self::standard), plus the connected-repository handlers for every GitHub
+    /// and GitLab event but the ping: runs, incidents, jobs and PRs of connected repositories.
+    pub fn with_repositories(
+        store: Arc<dyn DeliveryStore>,
+        connections: Arc<dyn crate::ports::connections::ConnectionStore>,
+    ) -> Self {
+        let repos: Arc<dyn Handler> = Arc::new(repositories::RepositoryEvents::new(
+            store.clone(),
+            connections,
+        ));
+        Self::standard(store)
+            .on_source(Source::Github, repos.clone())
+            .on_source(Source::Gitlab, repos)
+    }
 }
 
 struct SkipPing;
@@ -182,6 +198,17 @@ impl Worker {
             clock,
             lease: settings.process_lease,
             delivery_ttl: settings.delivery_ttl,
+        }
+    }
+
+    /// The same worker with other handlers.
+    pub fn with_dispatcher(&self, dispatcher: Dispatcher) -> Self {
+        Self {
+            store: self.store.clone(),
+            dispatcher,
+            clock: self.clock.clone(),
+            lease: self.lease,
+            delivery_ttl: self.delivery_ttl,
         }
     }
 
