@@ -117,7 +117,6 @@ pub fn with_repositories(
     config: RepositoriesConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<App, String> {
-    use crate::connections::service::{Repositories, Settings, StoredProviderTokens};
     use crate::ports::connections::embedded::EmbeddedConnectionStore;
     use crate::ports::keys::{embedded::LocalKeys, CachedKeys, KeyService};
     // The provider OAuth routes come with the repository routes (client ids from the env).
@@ -136,7 +135,7 @@ pub fn with_repositories(
     let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(
         LocalKeys::open_or_create(data_dir).map_err(|e| e.to_string())?,
     ));
-    let auth = match config.auth {
+    let auth = match config.auth.clone() {
         Some(auth) => auth,
         None => crate::auth::LocalIssuer::open(data_dir)
             .map_err(|e| {
@@ -147,6 +146,30 @@ pub fn with_repositories(
             })?
             .authenticator(),
     };
+    Ok(with_repositories_over(
+        app,
+        store,
+        keys,
+        auth,
+        webhook_base_url,
+        config,
+        clock,
+    ))
+}
+
+/// Add the repository-connection routes, the incidents routes, the connected-repository
+/// worker handlers and per-repository verification to an app, over any connection store and
+/// key service (embedded locally; DynamoDB and KMS on moto in tests).
+pub fn with_repositories_over(
+    mut app: App,
+    store: Arc<dyn crate::ports::connections::ConnectionStore>,
+    keys: Arc<dyn crate::ports::keys::KeyService>,
+    auth: crate::auth::Authenticator,
+    webhook_base_url: &str,
+    config: RepositoriesConfig,
+    clock: Arc<dyn Clock>,
+) -> App {
+    use crate::connections::service::{Repositories, Settings, StoredProviderTokens};
     let tokens = Arc::new(StoredProviderTokens::new(store.clone(), keys.clone()));
     app.worker = Arc::new(app.worker.with_dispatcher(
         crate::worker::Dispatcher::with_repositories(app.store.clone(), store.clone()),
@@ -175,7 +198,7 @@ pub fn with_repositories(
     app.repositories = Some(Arc::new(crate::api::repositories::RepositoriesApi::new(
         auth, repos, tokens,
     )));
-    Ok(app)
+    app
 }
 
 /// Add (or replace) the provider OAuth routes: tokens sealed with the data dir's master key
