@@ -6,16 +6,19 @@
 //! token is configured and the request carries a `webhook-signature`, that signature must be
 //! valid — a bad signature is never rescued by a good token.
 
-use super::github::{json_object, non_empty_header};
+use super::github::{header, json_object, non_empty_header};
 use super::mac::ct_eq;
 use super::standard_webhooks;
 use super::{
     Described, Inbound, ParseError, Provider, ProviderSecrets, Verified, VerifyContext, VerifyError,
 };
 use crate::model::Source;
+use http::HeaderName;
 use serde::Deserialize;
 
 pub const TOKEN_HEADER: &str = "X-Gitlab-Token";
+/// [`TOKEN_HEADER`] pre-parsed, for the lookup on every delivery.
+const TOKEN_HEADER_NAME: HeaderName = HeaderName::from_static("x-gitlab-token");
 pub const EVENT_HEADER: &str = "X-Gitlab-Event";
 pub const EVENT_UUID_HEADER: &str = "X-Gitlab-Event-UUID";
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
@@ -72,13 +75,13 @@ impl Provider for GitLab {
         }
         let token = secrets.gitlab_webhook_token.as_ref();
         let signing = secrets.gitlab_signing_token.as_ref();
-        let signature = req.header(standard_webhooks::SIGNATURE_HEADER);
+        let signature = header(req, &standard_webhooks::SIGNATURE_NAME);
 
         if let (Some(signing), Some(signature)) = (signing, signature) {
             standard_webhooks::verify(
                 signing.expose(),
-                req.header(standard_webhooks::ID_HEADER),
-                req.header(standard_webhooks::TIMESTAMP_HEADER),
+                header(req, &standard_webhooks::ID_NAME),
+                header(req, &standard_webhooks::TIMESTAMP_NAME),
                 &req.body,
                 Some(signature),
                 ctx.now,
@@ -88,7 +91,7 @@ impl Provider for GitLab {
         }
         match (token, signing) {
             (Some(token), _) => {
-                verify_token(token.as_bytes(), req.header(TOKEN_HEADER))?;
+                verify_token(token.as_bytes(), header(req, &TOKEN_HEADER_NAME))?;
                 Ok(Verified::Signature)
             }
             (None, Some(_)) => Err(VerifyError::MissingHeader(

@@ -11,9 +11,12 @@ use super::{
     Described, Inbound, ParseError, Provider, ProviderSecrets, Verified, VerifyContext, VerifyError,
 };
 use crate::model::Source;
+use http::HeaderName;
 use serde::Deserialize;
 
 pub const SIGNATURE_HEADER: &str = "X-Hub-Signature";
+/// [`SIGNATURE_HEADER`] pre-parsed, for the lookup on every delivery.
+const SIGNATURE_NAME: HeaderName = HeaderName::from_static("x-hub-signature");
 pub const DELIVERY_HEADER: &str = "X-Atlassian-Webhook-Identifier";
 pub const SECRET_QUERY_PARAM: &str = "secret";
 
@@ -63,7 +66,7 @@ impl Provider for Jira {
             return Ok(Verified::Unsigned);
         };
         // Either method is enough; when both fail, the header's reason is the one reported.
-        let header_error = match req.header(SIGNATURE_HEADER) {
+        let header_error = match github::header(req, &SIGNATURE_NAME) {
             Some(h) => match verify_signature(secret.as_bytes(), &req.body, Some(h)) {
                 Ok(()) => return Ok(Verified::Signature),
                 Err(e) => Some(e),

@@ -5,18 +5,22 @@
 //! (Stripe sends several while a secret is rolled); other schemes (`v0`, test-mode extras) are
 //! ignored. The timestamp must be within 300 s of now, either way.
 
-use super::github::json_object;
-use super::mac::{ct_eq, hmac_sha256};
+use super::github::{ct_eq_mac, decode_hex, header as header_value, json_object};
+use super::mac::hmac_sha256;
 use super::{
     Described, Inbound, ParseError, Provider, ProviderSecrets, Verified, VerifyContext, VerifyError,
 };
 use crate::model::Source;
 use chrono::{DateTime, Utc};
+use http::HeaderName;
 use serde::Deserialize;
 
 pub const SIGNATURE_HEADER: &str = "Stripe-Signature";
 pub const SECRET_NAME: &str = "STRIPE_WEBHOOK_SECRET";
 pub const TOLERANCE_SECS: i64 = 300;
+
+/// [`SIGNATURE_HEADER`] pre-parsed, for the lookup on every delivery.
+const SIGNATURE_NAME: HeaderName = HeaderName::from_static("stripe-signature");
 
 /// The hex `v1` signature of `body` at time `t`.
 pub fn signature(secret: &str, body: &[u8], t: i64) -> String {
@@ -24,7 +28,9 @@ pub fn signature(secret: &str, body: &[u8], t: i64) -> String {
 }
 
 fn mac(secret: &str, body: &[u8], t: i64) -> [u8; 32] {
-    let t = t.to_string();
+    // Formatted on the stack: no allocation per delivery.
+    let mut t_text = itoa::Buffer::new();
+    let t = t_text.format(t);
     hmac_sha256(secret.as_bytes(), &[t.as_bytes(), b".", body])
 }
 
@@ -41,30 +47,69 @@ pub struct SignatureHeader<'a> {
     pub v1: Vec<&'a str>,
 }
 
-/// Split a `Stripe-Signature` value: exactly one numeric `t`, at least one `v1`.
-pub fn parse_header(value: &str) -> Result<SignatureHeader<'_>, VerifyError> {
+/// The `key=value` items of a `Stripe-Signature` value, the key trimmed; items without `=` are
+/// skipped.
+fn items(value: &str) -> impl Iterator<Item = (&str, &str)> {
+    value
+        .split(',')
+        .filter_map(|item| item.split_once('='))
+        .map(|(key, val)| (key.trim(), val))
+}
+
+/// The `v1` values of a `Stripe-Signature` value, trimmed, in order.
+fn v1_values(value: &str) -> impl Iterator<Item = &str> {
+    items(value)
+        .filter(|(key, _)| *key == "v1")
+        .map(|(_, val)| val.trim())
+}
+
+/// What one pass over a `Stripe-Signature` value finds: the timestamp, checked as
+/// [`parse_header`] checks it (exactly one numeric `t`, at least one `v1`), the first `v1` and how
+/// many there are, so the usual single `v1` needs no second pass.
+struct Scanned<'a> {
+    timestamp: i64,
+    first_v1: &'a str,
+    v1_count: usize,
+}
+
+fn scan_header(value: &str) -> Result<Scanned<'_>, VerifyError> {
     let malformed = VerifyError::MalformedHeader(SIGNATURE_HEADER);
     let mut timestamp = None;
-    let mut v1 = Vec::new();
-    for item in value.split(',') {
-        let Some((key, val)) = item.split_once('=') else {
-            continue;
-        };
-        match key.trim() {
+    let (mut first_v1, mut v1_count) = ("", 0);
+    for (key, val) in items(value) {
+        match key {
             "t" => {
                 if timestamp.is_some() {
                     return Err(malformed);
                 }
                 timestamp = Some(val.trim().parse::<i64>().map_err(|_| malformed.clone())?);
             }
-            "v1" => v1.push(val.trim()),
+            "v1" => {
+                if v1_count == 0 {
+                    first_v1 = val.trim();
+                }
+                v1_count += 1;
+            }
             _ => {}
         }
     }
     match timestamp {
-        Some(timestamp) if !v1.is_empty() => Ok(SignatureHeader { timestamp, v1 }),
+        Some(timestamp) if v1_count > 0 => Ok(Scanned {
+            timestamp,
+            first_v1,
+            v1_count,
+        }),
         _ => Err(malformed),
     }
+}
+
+/// Split a `Stripe-Signature` value: exactly one numeric `t`, at least one `v1`.
+pub fn parse_header(value: &str) -> Result<SignatureHeader<'_>, VerifyError> {
+    let timestamp = scan_header(value)?.timestamp;
+    Ok(SignatureHeader {
+        timestamp,
+        v1: v1_values(value).collect(),
+    })
 }
 
 /// Check a `Stripe-Signature` value (`None` when absent) over the raw body at `now`.
@@ -76,18 +121,21 @@ pub fn verify(
     tolerance_secs: i64,
 ) -> Result<(), VerifyError> {
     let header = header.ok_or(VerifyError::MissingHeader(SIGNATURE_HEADER))?;
-    let parsed = parse_header(header)?;
-    if (now.timestamp() - parsed.timestamp).abs() > tolerance_secs {
+    let scanned = scan_header(header)?;
+    if (now.timestamp() - scanned.timestamp).abs() > tolerance_secs {
         return Err(VerifyError::StaleTimestamp { tolerance_secs });
     }
-    let expected = mac(secret, body, parsed.timestamp);
-    // Every candidate is compared, so the time taken does not say which one matched.
-    let mut matched = false;
-    for candidate in parsed.v1 {
-        if let Ok(given) = hex::decode(candidate) {
-            matched |= ct_eq(&expected, &given);
-        }
-    }
+    let expected = mac(secret, body, scanned.timestamp);
+    // Every candidate is compared, so the time taken does not say which one matched. A value
+    // that is not 64 hex digits cannot match, as before.
+    let matches = |candidate: &str| {
+        decode_hex::<32>(candidate).is_some_and(|given| ct_eq_mac(&expected, &given))
+    };
+    let matched = if scanned.v1_count == 1 {
+        matches(scanned.first_v1)
+    } else {
+        v1_values(header).fold(false, |matched, candidate| matched | matches(candidate))
+    };
     if matched {
         Ok(())
     } else {
@@ -120,7 +168,7 @@ impl Provider for Stripe {
         verify(
             secret.expose(),
             &req.body,
-            req.header(SIGNATURE_HEADER),
+            header_value(req, &SIGNATURE_NAME),
             ctx.now,
             TOLERANCE_SECS,
         )?;

@@ -4,28 +4,45 @@
 //! Behind API Gateway the function cannot see the URL Twilio signed, so it is rebuilt from
 //! `WEBHOOK_BASE_URL` + path + raw query. JSON bodies (Twilio adds `bodySHA256=<hex>` to the
 //! URL) are signed over the URL alone, and the body must hash to that `bodySHA256`.
+//!
+//! Verification runs on every callback, so it allocates as little as it can: the URL is fed to
+//! the MAC in pieces, and form values are percent-decoded in stack-sized chunks straight into the
+//! MAC (bit for bit what `url::form_urlencoded` decodes, which the tests check).
 
-use super::github::non_empty_header;
-use super::mac::{ct_eq, hmac_sha1};
+use super::github::{ct_eq_mac, decode_hex, header, hex_digit, non_empty_header};
+use super::standard_webhooks::{decode_base64, Padding};
 use super::{
     Described, Inbound, ParseError, Provider, ProviderSecrets, Verified, VerifyContext, VerifyError,
 };
 use crate::model::Source;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use http::HeaderName;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 pub const SIGNATURE_HEADER: &str = "X-Twilio-Signature";
 pub const IDEMPOTENCY_HEADER: &str = "I-Twilio-Idempotency-Token";
 pub const BODY_SHA256_PARAM: &str = "bodySHA256";
 pub const SECRET_NAME: &str = "TWILIO_AUTH_TOKEN";
 
+/// [`SIGNATURE_HEADER`] pre-parsed, for the lookup on every callback.
+const SIGNATURE_NAME: HeaderName = HeaderName::from_static("x-twilio-signature");
+
+type HmacSha1 = Hmac<sha1::Sha1>;
+
 /// The URL Twilio signed: the public base URL (without a trailing slash) + path + `?query`.
 pub fn request_url(public_base_url: &str, path: &str, query: Option<&str>) -> String {
+    url_parts(public_base_url, path, query).concat()
+}
+
+/// [`request_url`] as the pieces to concatenate, so it can be fed to a MAC without building it.
+fn url_parts<'a>(public_base_url: &'a str, path: &'a str, query: Option<&'a str>) -> [&'a str; 4] {
     let base = public_base_url.trim_end_matches('/');
     match query.filter(|q| !q.is_empty()) {
-        Some(q) => format!("{base}{path}?{q}"),
-        None => format!("{base}{path}"),
+        Some(q) => [base, path, "?", q],
+        None => [base, path, "", ""],
     }
 }
 
@@ -49,13 +66,340 @@ fn mac<K: AsRef<str>, V: AsRef<str>>(auth_token: &[u8], url: &str, params: &[(K,
         .map(|(k, v)| (k.as_ref(), v.as_ref()))
         .collect();
     sorted.sort_unstable();
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + 2 * sorted.len());
-    parts.push(url.as_bytes());
+    let mut mac = url_mac(auth_token, &[url]);
     for (k, v) in &sorted {
-        parts.push(k.as_bytes());
-        parts.push(v.as_bytes());
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
     }
-    hmac_sha1(auth_token, &parts)
+    mac.finalize().into_bytes().into()
+}
+
+/// An HMAC-SHA1 keyed with the auth token that has been fed the URL (given in pieces).
+fn url_mac(auth_token: &[u8], url: &[&str]) -> HmacSha1 {
+    let mut mac = HmacSha1::new_from_slice(auth_token).expect("HMAC takes any key length");
+    for part in url {
+        mac.update(part.as_bytes());
+    }
+    mac
+}
+
+/// The MAC of a form-encoded body posted to `url` (in pieces): the parameters decoded as
+/// `url::form_urlencoded::parse` decodes them, sorted by key then value. Keys are decoded up
+/// front (they are short, and borrowed unless escaped); values are decoded straight into the MAC
+/// in sorted order, except where several share a key and their decoded values set the order.
+fn form_mac(auth_token: &[u8], url: &[&str], body: &[u8]) -> [u8; 20] {
+    // Most callbacks carry 10–25 parameters; one small allocation, more only for long forms.
+    let mut params: Vec<(Cow<'_, [u8]>, &[u8])> = Vec::with_capacity(24);
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (sequence, next) = match memchr::memchr(b'&', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &[][..]),
+        };
+        rest = next;
+        if sequence.is_empty() {
+            continue;
+        }
+        // Keys are short: the `=` is a few bytes in.
+        let (key, value) = match sequence.iter().position(|b| *b == b'=') {
+            Some(i) => (&sequence[..i], &sequence[i + 1..]),
+            None => (sequence, &[][..]),
+        };
+        params.push((decode_key(key), value));
+    }
+    // Keys mostly differ in their first byte: compare that before calling `memcmp`.
+    params.sort_unstable_by(|(a, _), (b, _)| {
+        a.first()
+            .cmp(&b.first())
+            .then_with(|| a.as_ref().cmp(b.as_ref()))
+    });
+
+    let mut mac = url_mac(auth_token, url);
+    let mut buf = None;
+    let mut rest = &params[..];
+    while let Some((key, _)) = rest.first() {
+        let run = rest.iter().take_while(|(k, _)| k == key).count();
+        let (same_key, next) = rest.split_at(run);
+        rest = next;
+        if let [(key, value)] = same_key {
+            mac.update(key);
+            update_decoded(&mut mac, value, &mut buf);
+        } else {
+            // A repeated key (several media URLs, say): its values are ordered decoded.
+            let mut values: Vec<Cow<'_, str>> =
+                same_key.iter().map(|(_, v)| decode_component(v)).collect();
+            values.sort_unstable();
+            for value in &values {
+                mac.update(key);
+                mac.update(value.as_bytes());
+            }
+        }
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// One component (key or value) of a form or query, decoded as `url::form_urlencoded` does:
+/// `+` is a space, `%XX` a byte (a `%` not followed by two hex digits stays as it is), and the
+/// result is read as UTF-8 with each invalid sequence replaced by U+FFFD.
+fn decode_component(raw: &[u8]) -> Cow<'_, str> {
+    if is_plain(raw) {
+        return String::from_utf8_lossy(raw);
+    }
+    let mut decoded = Vec::with_capacity(raw.len());
+    decode_append(raw, &mut decoded);
+    match String::from_utf8(decoded) {
+        Ok(text) => Cow::Owned(text),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
+/// [`decode_component`] as the bytes of its text, borrowed without a UTF-8 check beyond
+/// "all ASCII" in the usual case: keys are only sorted and fed to the MAC (and the order of
+/// `str` is the order of its bytes).
+fn decode_key(raw: &[u8]) -> Cow<'_, [u8]> {
+    if is_plain(raw) && raw.is_ascii() {
+        return Cow::Borrowed(raw);
+    }
+    match decode_component(raw) {
+        Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+        Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+    }
+}
+
+/// Nothing to decode: no `+` and no `%`. (A short one — most are keys and ids — is looked
+/// through whole, which compiles to a few vector compares, cheaper than a call to `memchr`.)
+fn is_plain(raw: &[u8]) -> bool {
+    if raw.len() <= 64 {
+        !raw.iter()
+            .fold(false, |found, b| found | (*b == b'%') | (*b == b'+'))
+    } else {
+        memchr::memchr2(b'%', b'+', raw).is_none()
+    }
+}
+
+/// UTF-8, checked the quick way first.
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+}
+
+/// Percent-decode all of `raw` onto the end of `out` (bytes, not yet read as UTF-8).
+fn decode_append(raw: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + raw.len(), 0);
+    let written = percent_decode_into(raw, &mut out[start..]).written;
+    out.truncate(start + written);
+}
+
+/// How much of a value is decoded at a time: big enough that the MAC is fed in long runs, small
+/// enough to stay in L1 and to zero once per request.
+const DECODE_CHUNK: usize = 2048;
+
+/// Feed the MAC the decoded form of one value, as [`decode_component`] would produce it, without
+/// building it. A value without escapes (most of them) is fed as it is; others are decoded a
+/// stack buffer at a time (`buf`, set up on first use and shared by the values of a request) and
+/// checked as UTF-8 on the way, a character cut by the buffer's end being carried over. A value
+/// that is not UTF-8 — never one Twilio sends — has its remainder decoded at once and replaced
+/// as `String::from_utf8_lossy` replaces it.
+fn update_decoded(mac: &mut HmacSha1, raw: &[u8], buf: &mut Option<[u8; DECODE_CHUNK]>) {
+    if is_plain(raw) && is_utf8(raw) {
+        mac.update(raw);
+        return;
+    }
+    let buf = buf.get_or_insert([0u8; DECODE_CHUNK]);
+    let mut carried = 0;
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let progress = percent_decode_into(rest, &mut buf[carried..]);
+        rest = &rest[progress.used..];
+        let filled = carried + progress.written;
+        if progress.ascii && carried == 0 {
+            mac.update(&buf[..filled]);
+            continue;
+        }
+        match std::str::from_utf8(&buf[..filled]) {
+            Ok(_) => {
+                mac.update(&buf[..filled]);
+                carried = 0;
+            }
+            Err(e) if e.error_len().is_none() && !rest.is_empty() => {
+                // A character cut by the buffer's end: finish it with the next chunk.
+                let valid = e.valid_up_to();
+                mac.update(&buf[..valid]);
+                buf.copy_within(valid..filled, 0);
+                carried = filled - valid;
+            }
+            Err(e) => {
+                // Everything before `valid` is whole characters, so the lossy reading of the
+                // whole value is that prefix followed by the lossy reading of the remainder.
+                let valid = e.valid_up_to();
+                mac.update(&buf[..valid]);
+                let mut remainder = buf[valid..filled].to_vec();
+                decode_append(rest, &mut remainder);
+                mac.update(String::from_utf8_lossy(&remainder).as_bytes());
+                return;
+            }
+        }
+    }
+}
+
+/// How far [`percent_decode_into`] got.
+struct Progress {
+    /// Bytes of the input used.
+    used: usize,
+    /// Bytes of the output written.
+    written: usize,
+    /// Every byte written is ASCII. (`false` can be wrong — a byte looked at but not yet used
+    /// counts — `true` cannot.)
+    ascii: bool,
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit set in each byte of `word` that is exactly `byte`, and in no other.
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    !(((x & LOW7) + LOW7) | x | LOW7)
+}
+
+/// `word` with each `+` made a space (`+` ^ 0x0B is a space).
+fn plus_to_space(word: u64) -> u64 {
+    word ^ ((bytes_equal(word, b'+') >> 7) * 0x0B)
+}
+
+/// The eight bytes at `at`, little-endian.
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The byte `%XX` stands for, if `h` and `l` are both hex digits.
+fn escaped(h: u8, l: u8) -> Option<u8> {
+    Some((hex_digit(h)? << 4) | hex_digit(l)?)
+}
+
+/// The bytes of one block of input (and a word of slack) with each `+` already a space.
+const BLOCK: usize = 64;
+type Spaced = [u8; BLOCK + 8];
+
+/// Copy `spaced[from..to]` to `out` at `*o`, a word at a time, and move `*o` past it. The last
+/// word may write up to 7 bytes past the run: the caller leaves that room, and what it writes
+/// next overwrites them.
+fn copy_run(spaced: &Spaced, from: usize, to: usize, out: &mut [u8], o: &mut usize) {
+    let (mut s, mut d) = (from, *o);
+    while s < to {
+        out[d..d + 8].copy_from_slice(&spaced[s..s + 8]);
+        s += 8;
+        d += 8;
+    }
+    *o += to - from;
+}
+
+/// Percent-decode from `raw` into `out` until either runs out: `+` becomes a space and `%XX` a
+/// byte, and a `%` without two hex digits after it stays as it is. Each step writes exactly one
+/// byte, so `raw.len()` bytes of `out` always suffice.
+///
+/// This costs as much as the SHA-1 that follows, so it works a word at a time. In 64-byte blocks
+/// (while there is room): every `+` is replaced and every `%` found eight bytes at a time, then
+/// the runs between escapes are copied a word at a time; the cost of an escape is a few
+/// instructions, not a chain of dependent loads. The remainder goes a word at a time up to each
+/// `%`, then a byte at a time.
+fn percent_decode_into(raw: &[u8], out: &mut [u8]) -> Progress {
+    let (mut i, mut o) = (0, 0);
+    // Every byte written is OR-ed in (with a few more), for `Progress::ascii`.
+    let mut seen = 0u64;
+
+    // A block needs the two bytes after it (for an escape at its end), and room for itself and
+    // the spill of a word copy.
+    while let (Some(block), true) = (raw.get(i..i + BLOCK + 2), o + BLOCK + 8 <= out.len()) {
+        let mut spaced: Spaced = [0; BLOCK + 8];
+        let mut percents = [0u64; BLOCK / 8];
+        for (w, percent) in percents.iter_mut().enumerate() {
+            let word = word_at(block, 8 * w);
+            seen |= word;
+            spaced[8 * w..8 * w + 8].copy_from_slice(&plus_to_space(word).to_le_bytes());
+            *percent = bytes_equal(word, b'%');
+        }
+        // The plain run not yet copied starts here.
+        let mut run = 0;
+        for (w, mut percent) in percents.into_iter().enumerate() {
+            while percent != 0 {
+                let p = 8 * w + (percent.trailing_zeros() / 8) as usize;
+                percent &= percent - 1;
+                // A `%` without two hex digits after it is a plain byte of the run. (One with
+                // them is never among another's digits, so `p >= run`.)
+                if let Some(byte) = escaped(block[p + 1], block[p + 2]) {
+                    copy_run(&spaced, run, p, out, &mut o);
+                    out[o] = byte;
+                    seen |= u64::from(byte);
+                    o += 1;
+                    run = p + 3;
+                }
+            }
+        }
+        // An escape at the very end used the next block's first bytes.
+        copy_run(&spaced, run.min(BLOCK), BLOCK, out, &mut o);
+        i += run.max(BLOCK);
+    }
+
+    while i < raw.len() && o < out.len() {
+        if let (Some(chunk), Some(dest)) = (raw.get(i..i + 8), out.get_mut(o..o + 8)) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            seen |= word;
+            dest.copy_from_slice(&plus_to_space(word).to_le_bytes());
+            // The lowest byte that is `%` (the bits above it may be wrong, the lowest is not).
+            let y = word ^ (ONES * u64::from(b'%'));
+            let percent = y.wrapping_sub(ONES) & !y & HIGH;
+            if percent == 0 {
+                i += 8;
+                o += 8;
+                continue;
+            }
+            let plain = (percent.trailing_zeros() / 8) as usize;
+            i += plain;
+            o += plain;
+        }
+        // One step: raw[i] is a `%`, or the word path had no room.
+        let byte = match raw[i] {
+            b'%' => match raw.get(i + 1..i + 3).and_then(|d| escaped(d[0], d[1])) {
+                Some(byte) => {
+                    i += 2;
+                    byte
+                }
+                None => b'%',
+            },
+            b'+' => b' ',
+            b => b,
+        };
+        out[o] = byte;
+        seen |= u64::from(byte);
+        i += 1;
+        o += 1;
+    }
+    Progress {
+        used: i,
+        written: o,
+        ascii: seen & HIGH == 0,
+    }
+}
+
+/// The value of the first query parameter named `name`, decoded: what
+/// `url::form_urlencoded::parse(query).find(..)` gives, borrowed unless it had escapes.
+fn query_value<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
+    let decode = |text: &'a str| {
+        if memchr::memchr2(b'%', b'+', text.as_bytes()).is_some() {
+            decode_component(text.as_bytes())
+        } else {
+            Cow::Borrowed(text)
+        }
+    };
+    query
+        .split('&')
+        .filter(|sequence| !sequence.is_empty())
+        .find_map(|sequence| {
+            let (key, value) = sequence.split_once('=').unwrap_or((sequence, ""));
+            (decode(key) == name).then(|| decode(value))
+        })
 }
 
 /// The `X-Twilio-Signature` Twilio sends for a form-encoded body posted to `url`.
@@ -79,12 +423,12 @@ pub fn sign_json(auth_token: &[u8], url: &str, body: &[u8]) -> (String, String) 
 
 fn check_signature(expected: &[u8; 20], header: Option<&str>) -> Result<(), VerifyError> {
     let header = header.ok_or(VerifyError::MissingHeader(SIGNATURE_HEADER))?;
-    let given = B64
-        .decode(header.trim())
-        .ok()
-        .filter(|b| b.len() == 20)
-        .ok_or(VerifyError::MalformedHeader(SIGNATURE_HEADER))?;
-    if ct_eq(expected, &given) {
+    // Decoded onto the stack, as `STANDARD` decodes; anything but 20 bytes is malformed.
+    let mut given = [0u8; 20];
+    if decode_base64(header.trim(), Padding::Canonical, &mut given) != Some(20) {
+        return Err(VerifyError::MalformedHeader(SIGNATURE_HEADER));
+    }
+    if ct_eq_mac(expected, &given) {
         Ok(())
     } else {
         Err(VerifyError::Mismatch)
@@ -98,9 +442,7 @@ pub fn verify_form(
     body: &[u8],
     header: Option<&str>,
 ) -> Result<(), VerifyError> {
-    // Borrowed where no escape needed decoding: no copy of a large message text.
-    let params: Vec<_> = url::form_urlencoded::parse(body).collect();
-    check_signature(&mac(auth_token, url, &params), header)
+    check_signature(&form_mac(auth_token, &[url], body), header)
 }
 
 /// Check a request whose parameters are not signed (a JSON body): the signature covers `url`
@@ -113,10 +455,26 @@ pub fn verify_json(
     body_sha256: Option<&str>,
     header: Option<&str>,
 ) -> Result<(), VerifyError> {
-    check_signature(&mac::<&str, &str>(auth_token, url, &[]), header)?;
+    check_json(auth_token, &[url], body, body_sha256, header)
+}
+
+/// [`verify_json`] with the URL in pieces.
+fn check_json(
+    auth_token: &[u8],
+    url: &[&str],
+    body: &[u8],
+    body_sha256: Option<&str>,
+    header: Option<&str>,
+) -> Result<(), VerifyError> {
+    check_signature(
+        &url_mac(auth_token, url).finalize().into_bytes().into(),
+        header,
+    )?;
     if let Some(claimed) = body_sha256 {
-        let claimed = hex::decode(claimed.trim()).map_err(|_| VerifyError::Mismatch)?;
-        if !ct_eq(&Sha256::digest(body), &claimed) {
+        // Anything but 64 hex digits cannot match.
+        let claimed: [u8; 32] = decode_hex(claimed.trim()).ok_or(VerifyError::Mismatch)?;
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        if !ct_eq_mac(&digest, &claimed) {
             return Err(VerifyError::Mismatch);
         }
     }
@@ -124,7 +482,7 @@ pub fn verify_json(
 }
 
 fn is_form(req: &Inbound) -> bool {
-    match req.header("content-type") {
+    match header(req, &http::header::CONTENT_TYPE) {
         None => true,
         Some(ct) => ct.split(';').next().is_some_and(|m| {
             m.trim()
@@ -158,12 +516,19 @@ impl Provider for Twilio {
         let base = ctx.public_base_url.as_deref().ok_or(VerifyError::Invalid(
             "WEBHOOK_BASE_URL is not set; Twilio signatures cannot be checked",
         ))?;
-        let url = request_url(base, &req.path, req.query.as_deref());
-        let header = req.header(SIGNATURE_HEADER);
-        match req.query_param(BODY_SHA256_PARAM) {
-            Some(hash) => verify_json(token.as_bytes(), &url, &req.body, Some(&hash), header)?,
-            None if is_form(req) => verify_form(token.as_bytes(), &url, &req.body, header)?,
-            None => verify_json(token.as_bytes(), &url, &req.body, None, header)?,
+        let url = url_parts(base, &req.path, req.query.as_deref());
+        let token = token.as_bytes();
+        let sig_header = header(req, &SIGNATURE_NAME);
+        let body_sha256 = req
+            .query
+            .as_deref()
+            .and_then(|q| query_value(q, BODY_SHA256_PARAM));
+        match body_sha256 {
+            Some(hash) => check_json(token, &url, &req.body, Some(&hash), sig_header)?,
+            None if is_form(req) => {
+                check_signature(&form_mac(token, &url, &req.body), sig_header)?;
+            }
+            None => check_json(token, &url, &req.body, None, sig_header)?,
         }
         Ok(Verified::Signature)
     }
@@ -459,5 +824,204 @@ mod tests {
         }
         let json = json_request("bodySHA256=00", None, JSON_BODY);
         assert_eq!(Twilio.describe(&json).unwrap().event_type, "twilio");
+    }
+
+    /// The reference: parameters as `url::form_urlencoded` decodes them, sorted and signed.
+    fn reference_mac(url: &str, body: &[u8]) -> [u8; 20] {
+        let params: Vec<_> = url::form_urlencoded::parse(body).collect();
+        mac(TOKEN.as_bytes(), url, &params)
+    }
+
+    /// A deterministic stream of pseudo-random numbers (xorshift64).
+    fn rng(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// Bodies built from the fragments where decoding is easy to get wrong: escapes cut short,
+    /// non-hex escapes, `+` next to escapes, multi-byte and invalid UTF-8, raw and escaped.
+    fn tricky_body(next: &mut impl FnMut() -> u64, pieces: usize) -> Vec<u8> {
+        const FRAGMENTS: [&[u8]; 30] = [
+            b"a",
+            b"Body",
+            b"Media",
+            b"=",
+            b"&",
+            b"&&",
+            b"%",
+            b"%4",
+            b"%41",
+            b"%zz",
+            b"%G1",
+            b"+",
+            b"%2B",
+            b"%2b",
+            b"%25",
+            b"%26",
+            b"%3D",
+            b"%C3%A9",
+            b"%C3",
+            b"%A9",
+            b"%FF",
+            "\u{e9}".as_bytes(),
+            b"\xff",
+            b"\xc3",
+            b"%E2%82%AC",
+            b"%F0%9F%98%80",
+            b"%F0%9F",
+            b"Hello+world%21+",
+            b"0123456789abcdef",
+            b"%%41",
+        ];
+        let mut body = Vec::new();
+        for _ in 0..pieces {
+            body.extend_from_slice(FRAGMENTS[(next() % FRAGMENTS.len() as u64) as usize]);
+        }
+        body
+    }
+
+    #[test]
+    fn the_form_mac_is_the_mac_of_the_form_urlencoded_parameters() {
+        let url = "https://example.com/hook?x=1";
+        for body in [
+            &b""[..],
+            b"&",
+            b"=",
+            b"a",
+            b"a=",
+            b"=a",
+            b"a=1&a=1",
+            b"b=2&a=1&a=0&a=10",
+            b"x=%",
+            b"x=%4",
+            b"x=%4g%41",
+            b"x=%%41",
+            b"x=+%2B+",
+            b"x=%C3%A9&%C3%A9=x",
+            b"x=%C3&x=%C3%A9",
+            b"x=%FF%FE&y=\xff",
+            b"Media=b&Media=a&Media=%61",
+        ] {
+            assert_eq!(
+                form_mac(TOKEN.as_bytes(), &[url], body),
+                reference_mac(url, body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let mut next = rng(0x9E37_79B9_7F4A_7C15);
+        for round in 0..2000 {
+            let body = tricky_body(&mut next, 1 + round % 60);
+            assert_eq!(
+                form_mac(TOKEN.as_bytes(), &[url], &body),
+                reference_mac(url, &body),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+
+    #[test]
+    fn long_values_decode_the_same_across_the_buffer_boundary() {
+        // Multi-byte characters, escapes and invalid sequences at every offset around the end
+        // of the buffer that values are decoded in.
+        let url = "https://example.com/hook";
+        let mut next = rng(42);
+        for filler in DECODE_CHUNK - 20..DECODE_CHUNK + 10 {
+            for tail in [
+                &b"%E2%82%AC%E2%82%AC"[..],
+                "\u{20ac}\u{20ac}".as_bytes(),
+                b"%F0%9F%98%80x",
+                b"%E2%82",
+                b"%E2%82x%E2",
+                b"\xe2\x82",
+                b"%FFabc",
+                b"%4",
+            ] {
+                let mut body = b"To=%2B1&Body=".to_vec();
+                body.extend((0..filler).map(|i| b"ab+c"[i % 4]));
+                body.extend_from_slice(tail);
+                body.extend_from_slice(&tricky_body(&mut next, 3));
+                assert_eq!(
+                    form_mac(TOKEN.as_bytes(), &[url], &body),
+                    reference_mac(url, &body),
+                    "filler {filler}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn decoding_matches_form_urlencoded_for_any_output_room() {
+        let mut next = rng(7);
+        for round in 0..1000 {
+            let raw: Vec<u8> = tricky_body(&mut next, 1 + round % 100)
+                .into_iter()
+                .filter(|b| *b != b'&')
+                .collect();
+            let expected = url::form_urlencoded::parse(&[b"k=", &raw[..]].concat())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap();
+            assert_eq!(decode_component(&raw), expected);
+            // Decoding in pieces, as `update_decoded` does, gives the same bytes.
+            let mut whole = Vec::new();
+            decode_append(&raw, &mut whole);
+            for room in (1..12).chain(70..76).chain([100, 200, 400]) {
+                let (mut pieces, mut rest, mut out) = (Vec::new(), &raw[..], [0u8; 400]);
+                while !rest.is_empty() {
+                    let progress = percent_decode_into(rest, &mut out[..room]);
+                    let written = &out[..progress.written];
+                    assert!(progress.used > 0 && !written.is_empty());
+                    assert!(!progress.ascii || written.is_ascii());
+                    pieces.extend_from_slice(written);
+                    rest = &rest[progress.used..];
+                }
+                assert_eq!(pieces, whole);
+            }
+        }
+    }
+
+    #[test]
+    fn the_body_sha256_query_value_is_found_as_form_urlencoded_finds_it() {
+        for query in [
+            "",
+            "&",
+            "bodySHA256",
+            "bodySHA256=",
+            "bodySHA256=ab&bodySHA256=cd",
+            "x=1&bodySHA256=ab%20",
+            "body%53HA256=ab",
+            "bodySHA256+=ab",
+            "a=b&&bodySHA256=+ab+",
+            "bodySHA256%3Dab=cd",
+        ] {
+            let req = inbound(Method::POST, "/", Some(query), &[], "x");
+            assert_eq!(
+                query_value(query, BODY_SHA256_PARAM).map(Cow::into_owned),
+                req.query_param(BODY_SHA256_PARAM),
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_rebuilt_url_is_the_one_fed_to_the_mac() {
+        assert_eq!(
+            request_url("https://h.example/", "/p", Some("a=1")),
+            "https://h.example/p?a=1"
+        );
+        assert_eq!(
+            request_url("https://h.example//", "/p", Some("")),
+            "https://h.example/p"
+        );
+        assert_eq!(
+            request_url("https://h.example", "/p", None),
+            "https://h.example/p"
+        );
     }
 }

@@ -71,7 +71,11 @@ impl Provider for WhatsApp {
             .whatsapp_app_secret
             .as_ref()
             .ok_or(VerifyError::NotConfigured(SECRET_NAME))?;
-        verify_signature(secret.as_bytes(), &req.body, req.header(SIGNATURE_HEADER))?;
+        verify_signature(
+            secret.as_bytes(),
+            &req.body,
+            github::header(req, &github::SIGNATURE_NAME),
+        )?;
         Ok(Verified::Signature)
     }
 
