@@ -11,7 +11,8 @@ root = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/hookline/ta
 
 
 def median_ns(group: str, bench: str) -> float | None:
-    path = root / group.replace("/", "_") / bench.replace("/", "_") / "new" / "estimates.json"
+    # criterion keeps `group/bench/param` as `group_with_underscores/bench/param`
+    path = root / group.replace("/", "_") / bench / "new" / "estimates.json"
     if not path.exists():
         return None
     return json.loads(path.read_text())["median"]["point_estimate"]
@@ -55,6 +56,6 @@ print("| pipeline (verify → record → enqueue), GitHub push 2.7 KB | concurre
 print("|---|---|---|---|")
 for mode in ("fsync-every-commit", "fsync-at-checkpoint"):
     for n in (1, 64):
-        v = median_ns("pipeline_github-push", f"{mode}/{n}") or median_ns("pipeline/github-push", f"{mode}/{n}")
+        v = median_ns("pipeline/github-push", f"{mode}/{n}")
         if v:
             print(f"| {mode} | {n} | {fmt(v)} | {n / (v / 1e9):,.0f} |")
