@@ -2,105 +2,29 @@
 //! repository's failed workflow run, delivered as GitHub delivers it, becomes one incident that
 //! its org lists and reads, and that no other org sees.
 
-use hookline::auth::{LocalIssuer, OrgId, Scope, UserId};
-use hookline::clock::SystemClock;
-use hookline::config::Settings;
-use hookline::hooks::stub::HookApiStub;
+use hookline::auth::Scope;
 use hookline::model::Source;
-use hookline::ports::sqlite::Durability;
 use hookline::providers::simulate::{self, Simulation};
-use hookline::runtime::local::{
-    embedded_app, with_repositories, RepositoriesConfig, Server, LOCAL_QUEUE,
-};
-use hookline_e2e::{dev_secrets, payload, WAIT_LIMIT};
+use hookline_e2e::{dev_secrets, payload, ApiServer, WAIT_LIMIT};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Api {
-    server: Server,
-    stub: HookApiStub,
-    issuer: LocalIssuer,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
+type Api = ApiServer;
 
 async fn spawn() -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let stub = HookApiStub::start().await;
-    let app = embedded_app(
-        dir.path(),
-        dev_secrets(),
-        Settings::default(),
-        LOCAL_QUEUE,
-        Durability::Normal,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    let config = RepositoriesConfig {
-        github_api_url: stub.url().to_string(),
-        gitlab_url: stub.url().to_string(),
-        auth: None,
-        rotation_overlap: Duration::from_secs(3600),
-    };
-    let app = with_repositories(
-        app,
-        dir.path(),
-        "https://hooks.example.com",
-        config,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    let server = Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)
-        .await
-        .unwrap();
-    let issuer = LocalIssuer::open(dir.path()).unwrap();
-    Api {
-        server,
-        stub,
-        issuer,
-        http: reqwest::Client::new(),
-        _dir: dir,
-    }
+    ApiServer::spawn(dev_secrets(), Duration::from_secs(3600)).await
 }
 
-impl Api {
-    fn token(&self, org: &str, scopes: &[Scope]) -> String {
-        let scopes: BTreeSet<Scope> = scopes.iter().copied().collect();
-        self.issuer.issue(
-            &OrgId::from(org),
-            &UserId::from("user-1"),
-            &scopes,
-            Duration::from_secs(600),
-        )
-    }
+/// Helpers these tests add to the shared harness.
+trait IncidentCalls {
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value);
+    async fn connect(&self, token: &str, repo: &str) -> String;
+    async fn deliver_signed(&self, body: &[u8], secret: &str) -> u16;
+    async fn deliver(&self, body: &[u8], hook_secret: &str);
+    async fn wait_for_incidents(&self, token: &str, repo: &str, n: usize) -> Vec<Value>;
+}
 
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.server.url()));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
-        let text = res.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
+impl IncidentCalls for Api {
     async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, token, None).await
     }

@@ -3,107 +3,31 @@
 //! rotate pushes a new one, disconnect deletes it, provider failures leave the connection
 //! saved as `failed` with a reason, and no org ever sees another's connections.
 
-use hookline::auth::{LocalIssuer, OrgId, Scope, UserId};
-use hookline::clock::SystemClock;
-use hookline::config::Settings;
-use hookline::hooks::stub::HookApiStub;
-use hookline::ports::sqlite::Durability;
+use hookline::auth::Scope;
 use hookline::providers::ProviderSecrets;
-use hookline::runtime::local::{
-    embedded_app, with_repositories, RepositoriesConfig, Server, LOCAL_QUEUE,
-};
+use hookline_e2e::ApiServer;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-struct Api {
-    server: Server,
-    stub: HookApiStub,
-    issuer: LocalIssuer,
-    http: reqwest::Client,
-    dir: tempfile::TempDir,
-}
+type Api = ApiServer;
 
 async fn spawn() -> Api {
     spawn_with_overlap(Duration::from_secs(3600)).await
 }
 
 async fn spawn_with_overlap(rotation_overlap: Duration) -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let stub = HookApiStub::start().await;
-    let app = embedded_app(
-        dir.path(),
-        ProviderSecrets::default(),
-        Settings::default(),
-        LOCAL_QUEUE,
-        Durability::Normal,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    let config = RepositoriesConfig {
-        github_api_url: stub.url().to_string(),
-        gitlab_url: stub.url().to_string(),
-        auth: None,
-        rotation_overlap,
-    };
-    let app = with_repositories(
-        app,
-        dir.path(),
-        "https://hooks.example.com",
-        config,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    let server = Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)
-        .await
-        .unwrap();
-    let issuer = LocalIssuer::open(dir.path()).unwrap();
-    Api {
-        server,
-        stub,
-        issuer,
-        http: reqwest::Client::new(),
-        dir,
-    }
+    ApiServer::spawn(ProviderSecrets::default(), rotation_overlap).await
 }
 
-impl Api {
-    fn token(&self, org: &str, scopes: &[Scope]) -> String {
-        let scopes: BTreeSet<Scope> = scopes.iter().copied().collect();
-        self.issuer.issue(
-            &OrgId::from(org),
-            &UserId::from("user-1"),
-            &scopes,
-            Duration::from_secs(600),
-        )
-    }
+/// Helpers these tests add to the shared harness.
+trait RepositoryCalls {
+    async fn register_github_token(&self, token: &str);
+    async fn deliver(&self, secret: &str) -> (u16, Value);
+    async fn connect_demo(&self, token: &str) -> String;
+    fn hook_secret(&self) -> String;
+}
 
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.server.url()));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
-        let text = res.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
+impl RepositoryCalls for Api {
     async fn register_github_token(&self, token: &str) {
         let (status, body) = self
             .call(
@@ -119,20 +43,7 @@ impl Api {
             "a provider token is never returned"
         );
     }
-}
 
-const ALL: &[Scope] = &[Scope::ReposRead, Scope::ReposWrite];
-
-/// A real GitHub workflow_run payload for `acme/hookline-demo`.
-fn workflow_run_failure() -> Vec<u8> {
-    std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../events/payloads/github-workflow-run-failure.json"
-    ))
-    .unwrap()
-}
-
-impl Api {
     /// POST the payload to the GitHub route as GitHub would, signed with `secret`.
     async fn deliver(&self, secret: &str) -> (u16, Value) {
         use hookline::providers::simulate::{sign, Simulation};
@@ -179,6 +90,17 @@ impl Api {
             .expose()
             .to_string()
     }
+}
+
+const ALL: &[Scope] = &[Scope::ReposRead, Scope::ReposWrite];
+
+/// A real GitHub workflow_run payload for `acme/hookline-demo`.
+fn workflow_run_failure() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../events/payloads/github-workflow-run-failure.json"
+    ))
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
