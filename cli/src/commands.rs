@@ -96,9 +96,9 @@ pub async fn serve(
         );
     }
     println!(
-        "  API      {}/api/v1/repositories/connect, …/connections[/ID[/webhook/status|retry|rotate]], /api/v1/provider-tokens/{{github|gitlab}}  (bearer token: `hookline token --data-dir {}`)",
-        server.url(),
-        data_dir.display()
+        "  API       {url}/api/v1/repositories/connect, …/connections[/ID[/webhook/status|retry|rotate]]\n            {url}/api/v1/provider-tokens/{{github|gitlab}}, {url}/api/v1/oauth/{{github|gitlab}}/authorize\n            {url}/api/v1/incidents[/ID]   (bearer token: `hookline token --data-dir {dir} --org O --user U --scopes \"repos:read repos:write\"`)",
+        url = server.url(),
+        dir = data_dir.display()
     );
     println!(
         "Providers post to {base}<route> (WEBHOOK_BASE_URL{}).",
