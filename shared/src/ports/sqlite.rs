@@ -42,6 +42,8 @@ type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
 pub struct Database {
     jobs: mpsc::Sender<Job>,
     path: Arc<PathBuf>,
+    /// Idle read-only connections for [`Database::read`]; WAL lets them read beside the writer.
+    readers: Arc<std::sync::Mutex<Vec<Connection>>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -201,11 +203,43 @@ impl Database {
         Ok(Self {
             jobs,
             path: Arc::new(path),
+            readers: Arc::new(std::sync::Mutex::new(Vec::new())),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Run a read-only `op` on a reader connection, beside the writer instead of in its queue:
+    /// lookups on the hot path (which connection owns this repository?) never wait behind
+    /// writes. It sees everything committed before it started.
+    pub async fn read<T, F>(&self, op: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => {
+                    let conn = Connection::open_with_flags(
+                        path.as_path(),
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                    )?;
+                    conn.busy_timeout(Duration::from_secs(5))?;
+                    conn
+                }
+            };
+            let result = op(&conn);
+            readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            result
+        })
+        .await
+        .map_err(|e| DbError(format!("a database reader failed: {e}")))?
     }
 
     /// Run `op` inside the writer's current transaction; its result is handed back once that

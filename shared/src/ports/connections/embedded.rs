@@ -240,7 +240,7 @@ impl ConnectionStore for EmbeddedConnectionStore {
         let key = repo_key(repository_full_name);
         let rows = self
             .db
-            .call(move |conn| {
+            .read(move |conn| {
                 let mut stmt = conn.prepare_cached(&format!(
                     "SELECT {CONNECTION_COLUMNS} FROM connections \
                      WHERE provider = ?1 AND repo_key = ?2 ORDER BY created_at, id"
@@ -261,7 +261,7 @@ impl ConnectionStore for EmbeddedConnectionStore {
         let project_id = project_id.to_owned();
         let rows = self
             .db
-            .call(move |conn| {
+            .read(move |conn| {
                 let mut stmt = conn.prepare_cached(&format!(
                     "SELECT {CONNECTION_COLUMNS} FROM connections \
                      WHERE project_id = ?1 AND provider = ?2 ORDER BY created_at, id"
