@@ -356,4 +356,9 @@ mod tests {
         let req = post(&[("X-Gitlab-Event", "Push Hook")], &b"push"[..]);
         assert!(GitLab.describe(&req).is_err());
     }
+
+    #[test]
+    fn the_pre_parsed_header_name_is_the_header() {
+        assert_eq!(TOKEN_HEADER_NAME, TOKEN_HEADER);
+    }
 }

@@ -236,4 +236,9 @@ mod tests {
             assert!(Jira.describe(&post(&[], body)).is_err());
         }
     }
+
+    #[test]
+    fn the_pre_parsed_header_name_is_the_header() {
+        assert_eq!(SIGNATURE_NAME, SIGNATURE_HEADER);
+    }
 }

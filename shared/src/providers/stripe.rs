@@ -449,4 +449,9 @@ mod tests {
             assert!(Stripe.describe(&request(None, body)).is_err());
         }
     }
+
+    #[test]
+    fn the_pre_parsed_header_name_is_the_header() {
+        assert_eq!(SIGNATURE_NAME, SIGNATURE_HEADER);
+    }
 }

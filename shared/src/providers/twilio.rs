@@ -10,7 +10,6 @@
 //! MAC (bit for bit what `url::form_urlencoded` decodes, which the tests check).
 
 use super::github::{ct_eq_mac, decode_hex, header, hex_digit, non_empty_header};
-use super::standard_webhooks::{decode_base64, Padding};
 use super::{
     Described, Inbound, ParseError, Provider, ProviderSecrets, Verified, VerifyContext, VerifyError,
 };
@@ -423,12 +422,13 @@ pub fn sign_json(auth_token: &[u8], url: &str, body: &[u8]) -> (String, String) 
 
 fn check_signature(expected: &[u8; 20], header: Option<&str>) -> Result<(), VerifyError> {
     let header = header.ok_or(VerifyError::MissingHeader(SIGNATURE_HEADER))?;
-    // Decoded onto the stack, as `STANDARD` decodes; anything but 20 bytes is malformed.
-    let mut given = [0u8; 20];
-    if decode_base64(header.trim(), Padding::Canonical, &mut given) != Some(20) {
-        return Err(VerifyError::MalformedHeader(SIGNATURE_HEADER));
-    }
-    if ct_eq_mac(expected, &given) {
+    // Decoded onto the stack; anything but 20 bytes is malformed.
+    let mut given = [0u8; 32];
+    let given: &[u8; 20] = match B64.decode_slice(header.trim(), &mut given) {
+        Ok(20) => given.first_chunk().expect("20 bytes"),
+        _ => return Err(VerifyError::MalformedHeader(SIGNATURE_HEADER)),
+    };
+    if ct_eq_mac(expected, given) {
         Ok(())
     } else {
         Err(VerifyError::Mismatch)
@@ -1023,5 +1023,10 @@ mod tests {
             request_url("https://h.example", "/p", None),
             "https://h.example/p"
         );
+    }
+
+    #[test]
+    fn the_pre_parsed_header_name_is_the_header() {
+        assert_eq!(SIGNATURE_NAME, SIGNATURE_HEADER);
     }
 }
