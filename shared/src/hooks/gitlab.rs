@@ -383,28 +383,7 @@ fn map_error(answer: ErrorAnswer, what: &str, secrets: &[&Secret]) -> HookError 
                 message,
             }
         }
-        StatusCode::NOT_FOUND => HookError::NotFound {
-            provider: PROVIDER,
-            what: what.to_string(),
-        },
-        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => HookError::Validation {
-            provider: PROVIDER,
-            status,
-            message,
-        },
-        StatusCode::TOO_MANY_REQUESTS => HookError::RateLimited {
-            provider: PROVIDER,
-            retry_after_secs: answer.retry_after(),
-        },
-        s if s.is_server_error() => HookError::Unavailable {
-            provider: PROVIDER,
-            status,
-        },
-        _ => HookError::Unexpected {
-            provider: PROVIDER,
-            status,
-            message,
-        },
+        _ => answer.common_error(PROVIDER, what, message),
     }
 }
 

@@ -576,6 +576,38 @@ impl ErrorAnswer {
     pub(crate) fn retry_after(&self) -> Option<u64> {
         self.header("retry-after").and_then(|v| v.parse().ok())
     }
+
+    /// Every status GitHub and GitLab answer alike; each client maps 401 and 403 itself.
+    pub(crate) fn common_error(
+        &self,
+        provider: HookProvider,
+        what: &str,
+        message: String,
+    ) -> HookError {
+        use reqwest::StatusCode;
+        let status = self.status;
+        match StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR) {
+            StatusCode::NOT_FOUND => HookError::NotFound {
+                provider,
+                what: what.to_string(),
+            },
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => HookError::Validation {
+                provider,
+                status,
+                message,
+            },
+            StatusCode::TOO_MANY_REQUESTS => HookError::RateLimited {
+                provider,
+                retry_after_secs: self.retry_after(),
+            },
+            s if s.is_server_error() => HookError::Unavailable { provider, status },
+            _ => HookError::Unexpected {
+                provider,
+                status,
+                message,
+            },
+        }
+    }
 }
 
 /// Render a provider's `message`/`errors`/`error` fields as one line.
