@@ -5,6 +5,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::{json, problem, text, Request, Response};
 use crate::model::{sha256_hex, DeliveryKey, DeliveryStatus, Envelope, NewDelivery, Source};
+use crate::ports::intake::AtomicIntake;
 use crate::ports::queue::Queue;
 use crate::ports::store::{DeliveryStore, RecordOutcome};
 use crate::providers::{
@@ -92,6 +93,7 @@ pub struct Accepted {
 }
 
 /// The inbound pipeline over its ports. Cheap to share: build it once per cold start.
+#[derive(Clone)]
 pub struct Pipeline {
     store: Arc<dyn DeliveryStore>,
     queue: Arc<dyn Queue>,
@@ -99,6 +101,8 @@ pub struct Pipeline {
     clock: Arc<dyn Clock>,
     settings: Settings,
     connections: Option<Arc<dyn ConnectionSecrets>>,
+    /// Records and queues a new delivery in one step, where the store and queue allow it.
+    intake: Option<Arc<dyn AtomicIntake>>,
 }
 
 /// A connected repository a delivery may belong to, with every secret that may have signed
@@ -146,18 +150,24 @@ impl Pipeline {
             clock,
             settings,
             connections: None,
+            intake: None,
         }
     }
 
     /// The same pipeline, verifying connected repositories with their own secrets.
     pub fn with_connections(&self, connections: Arc<dyn ConnectionSecrets>) -> Self {
         Self {
-            store: self.store.clone(),
-            queue: self.queue.clone(),
-            secrets: self.secrets.clone(),
-            clock: self.clock.clone(),
-            settings: self.settings.clone(),
             connections: Some(connections),
+            ..self.clone()
+        }
+    }
+
+    /// The same pipeline, recording and queueing each new delivery in one step through
+    /// `intake` (which must write to this pipeline's store and queue).
+    pub fn with_atomic_intake(&self, intake: Arc<dyn AtomicIntake>) -> Self {
+        Self {
+            intake: Some(intake),
+            ..self.clone()
         }
     }
 
@@ -337,10 +347,23 @@ impl Pipeline {
 
     async fn record_and_enqueue(&self, a: &Arrival, body: &[u8]) -> Result<Accepted, InboundError> {
         let new = self.new_delivery(a);
-        let outcome = self.store.record(&new).await.map_err(unavailable)?;
-        let existing = match outcome {
-            RecordOutcome::Recorded => return self.enqueue(a, body).await,
-            RecordOutcome::Exists(existing) => existing,
+        let existing = match &self.intake {
+            Some(intake) => {
+                let message = envelope_message(a, body);
+                let queued_at = self.clock.now();
+                match intake
+                    .record_and_send(&new, &message, queued_at)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    RecordOutcome::Recorded => return Ok(self.accepted("queued", a)),
+                    RecordOutcome::Exists(existing) => existing,
+                }
+            }
+            None => match self.store.record(&new).await.map_err(unavailable)? {
+                RecordOutcome::Recorded => return self.enqueue(a, body).await,
+                RecordOutcome::Exists(existing) => existing,
+            },
         };
         if existing.payload_sha256 != a.payload_sha256 {
             return Err(InboundError::PayloadMismatch(a.delivery_id.clone()));
@@ -380,8 +403,7 @@ impl Pipeline {
     }
 
     async fn enqueue(&self, a: &Arrival, body: &[u8]) -> Result<Accepted, InboundError> {
-        let envelope = Envelope::new(a.source, &a.delivery_id, &a.event_type, a.received_at, body);
-        let message = serde_json::to_string(&envelope).expect("an envelope always serialises");
+        let message = envelope_message(a, body);
         // Taken before the send: the message is visible to the worker before send returns.
         let queued_at = self.clock.now();
         if let Err(e) = self.queue.send(&message, Duration::ZERO).await {
@@ -410,6 +432,12 @@ impl Pipeline {
 enum Answer {
     Delivery(Accepted),
     Challenge(String),
+}
+
+/// The queue message of a delivery: its envelope as JSON.
+fn envelope_message(a: &Arrival, body: &[u8]) -> String {
+    let envelope = Envelope::new(a.source, &a.delivery_id, &a.event_type, a.received_at, body);
+    serde_json::to_string(&envelope).expect("an envelope always serialises")
 }
 
 fn unavailable(e: impl std::fmt::Display) -> InboundError {

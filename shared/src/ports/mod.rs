@@ -1,7 +1,9 @@
 //! Ports: what the domain needs from the outside world. Each has exactly two adapters, AWS
 //! (`aws.rs`) and embedded (`embedded.rs`), and one conformance suite both must pass.
+//! `intake` is the exception: a capability only the embedded adapters have together.
 
 pub mod connections;
+pub mod intake;
 pub mod keys;
 pub mod queue;
 pub mod secrets;

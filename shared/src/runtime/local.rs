@@ -7,6 +7,7 @@ use crate::config::Settings;
 use crate::http::{json, Request, Response};
 use crate::model::Source;
 use crate::pipeline::InboundError;
+use crate::ports::intake::EmbeddedIntake;
 use crate::ports::queue::embedded::EmbeddedQueue;
 use crate::ports::queue::{Queue, QueueSettings};
 use crate::ports::sqlite::{Database, DbError, Durability};
@@ -44,13 +45,20 @@ pub fn embedded_app(
         process_lease: queue_settings.visibility_timeout,
         ..settings
     };
-    Ok(App::assemble(
-        Arc::new(EmbeddedStore::new(db.clone())),
-        Arc::new(EmbeddedQueue::new(db, queue_settings)),
+    let queue = EmbeddedQueue::new(db.clone(), queue_settings);
+    let mut app = App::assemble(
+        Arc::new(EmbeddedStore::new(db)),
+        Arc::new(queue.clone()),
         secrets,
         clock,
         settings,
-    ))
+    );
+    // The store and queue share one file: record and enqueue each delivery in one commit.
+    app.pipeline = Arc::new(
+        app.pipeline
+            .with_atomic_intake(Arc::new(EmbeddedIntake::new(queue))),
+    );
+    Ok(app)
 }
 
 /// The default local app: system clock, fsync on every commit.

@@ -238,19 +238,16 @@ impl ConnectionStore for EmbeddedConnectionStore {
         repository_full_name: &str,
     ) -> Result<Vec<Connection>, ConnectionError> {
         let key = repo_key(repository_full_name);
-        let rows = self
-            .db
-            .read(move |conn| {
-                let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT {CONNECTION_COLUMNS} FROM connections \
+        let rows = self.db.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CONNECTION_COLUMNS} FROM connections \
                      WHERE provider = ?1 AND repo_key = ?2 ORDER BY created_at, id"
-                ))?;
-                let rows = stmt
-                    .query_map(params![provider.as_str(), key], read_connection_row)?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
-            .await?;
+            ))?;
+            let rows = stmt
+                .query_map(params![provider.as_str(), key], read_connection_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })?;
         parse_all(rows, ConnectionRow::parse)
     }
 
@@ -259,22 +256,19 @@ impl ConnectionStore for EmbeddedConnectionStore {
         project_id: &str,
     ) -> Result<Vec<Connection>, ConnectionError> {
         let project_id = project_id.to_owned();
-        let rows = self
-            .db
-            .read(move |conn| {
-                let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT {CONNECTION_COLUMNS} FROM connections \
+        let rows = self.db.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CONNECTION_COLUMNS} FROM connections \
                      WHERE project_id = ?1 AND provider = ?2 ORDER BY created_at, id"
-                ))?;
-                let rows = stmt
-                    .query_map(
-                        params![project_id, RepoProvider::Gitlab.as_str()],
-                        read_connection_row,
-                    )?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
-            .await?;
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![project_id, RepoProvider::Gitlab.as_str()],
+                    read_connection_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })?;
         parse_all(rows, ConnectionRow::parse)
     }
 

@@ -31,6 +31,16 @@ impl EmbeddedQueue {
         }
     }
 
+    /// The database this queue's messages live in.
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Wake receivers waiting for a message (after one was committed outside `send`).
+    pub(crate) fn notify_sent(&self) {
+        self.sent.notify_waiters();
+    }
+
     async fn take(
         &self,
         queue: &'static str,
@@ -85,6 +95,20 @@ impl EmbeddedQueue {
     }
 }
 
+/// Put a message on the main queue, visible after `delay`; its id.
+pub(crate) fn insert_message(
+    conn: &rusqlite::Connection,
+    body: &str,
+    delay: Duration,
+) -> Result<i64, DbError> {
+    let now = now_millis();
+    conn.prepare_cached(
+        "INSERT INTO messages (queue, body, visible_at, sent_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![MAIN, body, now + delay.as_millis() as i64, now])?;
+    Ok(conn.last_insert_rowid())
+}
+
 fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -104,23 +128,10 @@ impl Queue for EmbeddedQueue {
         let body = body.to_owned();
         let message_id = self
             .db
-            .call(move |conn| {
-                let now = now_millis();
-                conn.prepare_cached(
-                    "INSERT INTO messages (queue, body, visible_at, sent_at) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![
-                    MAIN,
-                    body,
-                    now + delay.as_millis() as i64,
-                    now
-                ])?;
-                Ok(conn.last_insert_rowid().to_string())
-            })
+            .call(move |conn| insert_message(conn, &body, delay))
             .await?;
         self.sent.notify_waiters();
-        Ok(message_id)
+        Ok(message_id.to_string())
     }
 
     async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {

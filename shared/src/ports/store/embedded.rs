@@ -2,7 +2,7 @@
 //! file, with the same conditional-write semantics as the DynamoDB store.
 
 use super::{Claim, DeliveryQuery, DeliveryStore, RecordOutcome, StoreError};
-use crate::model::{Activity, Delivery, DeliveryKey, DeliveryOutcome, NewDelivery};
+use crate::model::{Activity, Delivery, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDelivery};
 use crate::ports::sqlite::{from_millis, millis, Database, DbError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -67,6 +67,45 @@ fn get(conn: &Connection, key: &str) -> Result<Option<Delivery>, DbError> {
         .optional()?)
 }
 
+/// Create the record of a new delivery unless a live one exists: `received`, or `queued` at
+/// `queued_at` when its message goes on the queue in the same transaction (`ports::intake`).
+pub(crate) fn insert_new(
+    conn: &Connection,
+    new: &NewDelivery,
+    queued_at: Option<i64>,
+) -> Result<RecordOutcome, DbError> {
+    let key = new.key.as_str();
+    // An expired record counts as absent, as with DynamoDB's lazy TTL.
+    if let Some(existing) = get(conn, key)? {
+        if existing.expires_at.timestamp() >= new.received_at.timestamp() {
+            return Ok(RecordOutcome::Exists(existing));
+        }
+    }
+    let status = match queued_at {
+        Some(_) => DeliveryStatus::Queued,
+        None => DeliveryStatus::Received,
+    };
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO deliveries (key, source, delivery_id, event_type, status, \
+         payload_sha256, signature_verified, received_at, queued_at, enqueue_lease_until, \
+         expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        key,
+        new.source.as_str(),
+        new.delivery_id,
+        new.event_type,
+        status.as_str(),
+        new.payload_sha256,
+        new.signature_verified,
+        millis(new.received_at),
+        queued_at,
+        millis(new.enqueue_lease_until),
+        new.expires_at.timestamp(),
+    ])?;
+    Ok(RecordOutcome::Recorded)
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Unavailable(e.to_string())
@@ -79,34 +118,7 @@ impl DeliveryStore for EmbeddedStore {
         let new = new.clone();
         Ok(self
             .db
-            .call(move |conn| {
-                let key = new.key.as_str();
-                // An expired record counts as absent, as with DynamoDB's lazy TTL.
-                let now_secs = new.received_at.timestamp();
-                if let Some(existing) = get(conn, key)? {
-                    if existing.expires_at.timestamp() >= now_secs {
-                        return Ok(RecordOutcome::Exists(existing));
-                    }
-                }
-                conn.prepare_cached(
-                    "INSERT OR REPLACE INTO deliveries (key, source, delivery_id, event_type, \
-                     status, payload_sha256, signature_verified, received_at, \
-                     enqueue_lease_until, expires_at) \
-                     VALUES (?1, ?2, ?3, ?4, 'received', ?5, ?6, ?7, ?8, ?9)",
-                )?
-                .execute(params![
-                    key,
-                    new.source.as_str(),
-                    new.delivery_id,
-                    new.event_type,
-                    new.payload_sha256,
-                    new.signature_verified,
-                    millis(new.received_at),
-                    millis(new.enqueue_lease_until),
-                    new.expires_at.timestamp(),
-                ])?;
-                Ok(RecordOutcome::Recorded)
-            })
+            .call(move |conn| insert_new(conn, &new, None))
             .await?)
     }
 
@@ -291,7 +303,6 @@ impl DeliveryStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DeliveryStatus;
     use crate::ports::sqlite::Durability;
     use std::sync::Arc;
 

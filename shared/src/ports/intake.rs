@@ -1,0 +1,170 @@
+//! Recording a delivery and queueing it as one step.
+//!
+//! The pipeline needs both to happen or neither. Across DynamoDB and SQS there is no shared
+//! transaction, so it takes three steps with an enqueue lease between them (record, send,
+//! mark queued; a provider retry finishes what a failed attempt left `received`). The
+//! embedded store and queue live in one SQLite file, and there one transaction does it: one
+//! commit per delivery instead of three, and no record is ever left received-but-not-queued.
+
+use crate::model::NewDelivery;
+use crate::ports::queue::embedded::{insert_message, EmbeddedQueue};
+use crate::ports::store::embedded::insert_new;
+use crate::ports::store::{RecordOutcome, StoreError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+#[async_trait]
+pub trait AtomicIntake: Send + Sync + 'static {
+    /// Record `new` as `queued` at `queued_at` and send `message` to the queue, both or
+    /// neither. A live record with the same key wins: nothing is written and it is returned.
+    async fn record_and_send(
+        &self,
+        new: &NewDelivery,
+        message: &str,
+        queued_at: DateTime<Utc>,
+    ) -> Result<RecordOutcome, StoreError>;
+}
+
+/// The embedded store and queue in one transaction. Built from the queue, whose database
+/// the embedded store shares (one data dir, one file).
+#[derive(Debug, Clone)]
+pub struct EmbeddedIntake {
+    queue: EmbeddedQueue,
+}
+
+impl EmbeddedIntake {
+    pub fn new(queue: EmbeddedQueue) -> Self {
+        Self { queue }
+    }
+}
+
+#[async_trait]
+impl AtomicIntake for EmbeddedIntake {
+    async fn record_and_send(
+        &self,
+        new: &NewDelivery,
+        message: &str,
+        queued_at: DateTime<Utc>,
+    ) -> Result<RecordOutcome, StoreError> {
+        let new = new.clone();
+        let message = message.to_owned();
+        let queued_at = crate::ports::sqlite::millis(queued_at);
+        let outcome = self
+            .queue
+            .database()
+            .call(move |conn| {
+                let outcome = insert_new(conn, &new, Some(queued_at))?;
+                if outcome == RecordOutcome::Recorded {
+                    insert_message(conn, &message, Duration::ZERO)?;
+                }
+                Ok(outcome)
+            })
+            .await?;
+        if outcome == RecordOutcome::Recorded {
+            self.queue.notify_sent();
+        }
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeliveryStatus, Source};
+    use crate::ports::queue::conformance::SETTINGS;
+    use crate::ports::queue::Queue;
+    use crate::ports::sqlite::{Database, Durability};
+    use crate::ports::store::conformance::new_delivery;
+    use crate::ports::store::embedded::EmbeddedStore;
+    use crate::ports::store::DeliveryStore;
+
+    fn open(dir: &std::path::Path) -> (EmbeddedStore, EmbeddedQueue, EmbeddedIntake) {
+        let db = Database::open(dir, Durability::Normal).unwrap();
+        let queue = EmbeddedQueue::new(db.clone(), SETTINGS);
+        (
+            EmbeddedStore::new(db),
+            queue.clone(),
+            EmbeddedIntake::new(queue),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_new_delivery_is_recorded_queued_and_its_message_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue, intake) = open(dir.path());
+        let now = Utc::now();
+        let new = new_delivery(Source::Github, "atomic-1", now);
+        let outcome = intake.record_and_send(&new, "m1", now).await.unwrap();
+        assert_eq!(outcome, RecordOutcome::Recorded);
+        let got = store.get(&new.key).await.unwrap().unwrap();
+        assert_eq!(got.status, DeliveryStatus::Queued);
+        assert_eq!(
+            got.queued_at.map(|t| t.timestamp_millis()),
+            Some(now.timestamp_millis())
+        );
+        let messages = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].body, "m1");
+    }
+
+    #[tokio::test]
+    async fn a_copy_of_a_live_delivery_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, queue, intake) = open(dir.path());
+        let now = Utc::now();
+        let new = new_delivery(Source::Stripe, "atomic-2", now);
+        intake.record_and_send(&new, "first", now).await.unwrap();
+        let again = intake.record_and_send(&new, "second", now).await.unwrap();
+        match again {
+            RecordOutcome::Exists(existing) => assert_eq!(existing.status, DeliveryStatus::Queued),
+            other => panic!("expected the first record back, got {other:?}"),
+        }
+        let messages = queue.receive(10, Duration::ZERO).await.unwrap();
+        let bodies: Vec<_> = messages.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["first"], "the copy must not be queued");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_is_woken_by_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, queue, intake) = open(dir.path());
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.receive(1, Duration::from_secs(20)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = Utc::now();
+        let new = new_delivery(Source::Jira, "atomic-3", now);
+        intake.record_and_send(&new, "wake", now).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the receiver was not woken")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got[0].body, "wake");
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_leaves_no_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _queue, intake) = open(dir.path());
+        // A constraint the message insert will break, added behind the adapters' backs, so the
+        // second half of the transaction fails after the first has run.
+        let raw = rusqlite::Connection::open(dir.path().join("hookline.db")).unwrap();
+        raw.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages \
+             BEGIN SELECT RAISE(ABORT, 'queue is full'); END;",
+        )
+        .unwrap();
+        drop(raw);
+        let now = Utc::now();
+        let new = new_delivery(Source::Github, "atomic-4", now);
+        let err = intake
+            .record_and_send(&new, "lost?", now)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("queue is full"), "{err}");
+        assert!(store.get(&new.key).await.unwrap().is_none());
+    }
+}
