@@ -765,14 +765,14 @@ def incidents_list():
 def sqs_delivery(push_event: dict):
     """The worker's SQS event: one message carrying the envelope the pipeline enqueues for the
     github-push.json delivery (same delivery id, same raw body)."""
-    envelope = {
+    head = {
         "source": "github",
         "delivery_id": push_event["headers"]["x-github-delivery"],
         "event_type": push_event["headers"]["x-github-event"],
         "received_at": iso(EPOCH),
-        "body": push_event["body"],
     }
-    body = compact(envelope).decode()
+    # Envelope::to_message: the head as one line of JSON, a newline, the body as sent.
+    body = compact(head).decode() + "\n" + push_event["body"]
     sent_ms = EPOCH * 1000 + 42
     event = {
         "Records": [

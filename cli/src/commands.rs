@@ -235,7 +235,7 @@ pub async fn dead_letters(data_dir: &Path, redrive: bool) -> Result<ExitCode> {
         println!("The dead-letter queue is empty.");
     }
     for m in &dead {
-        let summary: Option<hookline::model::Envelope> = serde_json::from_str(&m.body).ok();
+        let summary = hookline::model::Envelope::from_message(&m.body).ok();
         match summary {
             Some(e) => println!(
                 "{} {} {} {}",

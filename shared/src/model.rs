@@ -227,7 +227,8 @@ pub struct Envelope {
     pub delivery_id: String,
     pub event_type: String,
     pub received_at: DateTime<Utc>,
-    /// The exact bytes the provider sent: UTF-8 text as is, anything else base64.
+    /// The exact bytes the provider sent: text as is, anything else (bytes that are not UTF-8,
+    /// or characters an SQS message may not hold) base64.
     pub body: String,
     #[serde(default, skip_serializing_if = "is_false")]
     pub body_base64: bool,
@@ -235,6 +236,32 @@ pub struct Envelope {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// The first line of a queue message: the envelope without its body.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvelopeHead<'a> {
+    source: Source,
+    #[serde(borrow)]
+    delivery_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    received_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    body_base64: bool,
+}
+
+/// Characters an SQS message body may not contain (its allowed set is tab, newline, carriage
+/// return, and U+0020 upward except U+FFFE and U+FFFF). JSON escaped them; a raw body can't.
+fn sqs_refuses(text: &str) -> bool {
+    // One pass without early exits, which the compiler vectorises: every delivery goes
+    // through here. 0xEF leads U+FFFE and U+FFFF (and other characters): look closer then.
+    let (controls, ef) = text.bytes().fold((0usize, 0usize), |(c, e), b| {
+        let control = (b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r');
+        (c + usize::from(control), e + usize::from(b == 0xEF))
+    });
+    controls > 0 || (ef > 0 && text.contains(['\u{fffe}', '\u{ffff}']))
 }
 
 impl Envelope {
@@ -247,8 +274,8 @@ impl Envelope {
     ) -> Self {
         use base64::Engine;
         let (body, body_base64) = match std::str::from_utf8(raw) {
-            Ok(text) => (text.to_owned(), false),
-            Err(_) => (base64::engine::general_purpose::STANDARD.encode(raw), true),
+            Ok(text) if !sqs_refuses(text) => (text.to_owned(), false),
+            _ => (base64::engine::general_purpose::STANDARD.encode(raw), true),
         };
         Self {
             source,
@@ -271,6 +298,43 @@ impl Envelope {
         } else {
             Ok(self.body.as_bytes().to_vec())
         }
+    }
+
+    /// The queue message: the envelope's other fields as one line of JSON, a newline, then the
+    /// body as it is. Escaping the body into a JSON string was the costliest step of taking a
+    /// delivery, and the worker had to unescape it again.
+    pub fn to_message(&self) -> String {
+        let head = EnvelopeHead {
+            source: self.source,
+            delivery_id: self.delivery_id.as_str().into(),
+            event_type: self.event_type.as_str().into(),
+            received_at: self.received_at,
+            body_base64: self.body_base64,
+        };
+        // Compact JSON escapes every newline inside a string: the first one ends the head.
+        let mut message = serde_json::to_string(&head).expect("an envelope head always serialises");
+        message.reserve(1 + self.body.len());
+        message.push('\n');
+        message.push_str(&self.body);
+        message
+    }
+
+    /// Read a queue message: the form [`Envelope::to_message`] writes, or a whole envelope as
+    /// one JSON object (messages queued by earlier versions, hand-written test events).
+    pub fn from_message(message: &str) -> Result<Self, serde_json::Error> {
+        if let Some((head, body)) = message.split_once('\n') {
+            if let Ok(head) = serde_json::from_str::<EnvelopeHead<'_>>(head) {
+                return Ok(Self {
+                    source: head.source,
+                    delivery_id: head.delivery_id.into_owned(),
+                    event_type: head.event_type.into_owned(),
+                    received_at: head.received_at,
+                    body: body.to_owned(),
+                    body_base64: head.body_base64,
+                });
+            }
+        }
+        serde_json::from_str(message)
     }
 }
 
@@ -315,6 +379,51 @@ mod tests {
         let text = Envelope::new(Source::Github, "x", "push", Utc::now(), b"{\"a\":1}");
         assert!(!text.body_base64);
         assert_eq!(text.raw_body().unwrap(), b"{\"a\":1}");
+    }
+
+    #[test]
+    fn a_message_carries_the_body_unescaped_and_reads_back_whole() {
+        let body = "{\"a\": \"line one\\nline two\"}\n";
+        let env = Envelope::new(Source::Github, "d-1", "push", Utc::now(), body.as_bytes());
+        let message = env.to_message();
+        assert!(message.ends_with(&format!("\n{body}")), "{message}");
+        assert_eq!(message.matches('\n').count(), 2, "the head is one line");
+        assert_eq!(Envelope::from_message(&message).unwrap(), env);
+    }
+
+    #[test]
+    fn a_body_sqs_cannot_carry_travels_as_base64() {
+        let raw = "Body=bell\u{7}";
+        let env = Envelope::new(Source::Twilio, "x", "message", Utc::now(), raw.as_bytes());
+        assert!(env.body_base64);
+        let back = Envelope::from_message(&env.to_message()).unwrap();
+        assert_eq!(back.raw_body().unwrap(), raw.as_bytes());
+        assert!(!env.to_message().bytes().any(|b| b == 7));
+        for refused in ["nul\u{0}", "\u{fffe}", "x\u{ffff}y"] {
+            let env = Envelope::new(Source::Github, "x", "push", Utc::now(), refused.as_bytes());
+            assert!(env.body_base64, "{refused:?}");
+        }
+        // Tabs, newlines and other characters led by 0xEF (fullwidth forms, a BOM) go as text.
+        for kept in ["{\n\t\"a\": 1\r\n}", "\u{ff21}\u{feff}", ""] {
+            let env = Envelope::new(Source::Github, "x", "push", Utc::now(), kept.as_bytes());
+            assert!(!env.body_base64, "{kept:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_in_the_earlier_one_object_form_still_reads() {
+        let at = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let old = r#"{"source":"github","delivery_id":"d-2","event_type":"push","received_at":"2026-01-01T00:00:00Z","body":"{\"x\":1}"}"#;
+        let env = Envelope::from_message(old).unwrap();
+        assert_eq!(
+            env,
+            Envelope::new(Source::Github, "d-2", "push", at, b"{\"x\":1}")
+        );
+        // Pretty-printed, as a hand-written event may be: newlines, but no head line.
+        let pretty = serde_json::to_string_pretty(&env).unwrap();
+        assert_eq!(Envelope::from_message(&pretty).unwrap(), env);
     }
 
     #[test]

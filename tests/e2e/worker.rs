@@ -67,7 +67,7 @@ async fn wait_for_dead_letter(app: &TestApp) -> Envelope {
             .expect("read the dead-letter queue");
         if let Some(m) = dead.first() {
             assert_eq!(dead.len(), 1, "{dead:?}");
-            return serde_json::from_str(&m.body).expect("a dead letter is a queue envelope");
+            return Envelope::from_message(&m.body).expect("a dead letter is a queue envelope");
         }
         if started.elapsed() > WAIT_LIMIT {
             panic!(

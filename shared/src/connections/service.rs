@@ -592,31 +592,6 @@ impl Repositories {
     }
 }
 
-/// The fields of a GitHub or GitLab payload that name its repository. Read with a typed
-/// struct rather than a `serde_json::Value`: every inbound delivery goes through this, and
-/// building a tree of the whole payload was a tenth of the local server's CPU.
-#[derive(serde::Deserialize)]
-struct GithubPayload {
-    repository: Option<GithubRepository>,
-}
-
-#[derive(serde::Deserialize)]
-struct GitlabPayload {
-    project: Option<GitlabProject>,
-}
-
-#[derive(serde::Deserialize)]
-struct GithubRepository {
-    full_name: Option<String>,
-}
-
-#[derive(serde::Deserialize, Default)]
-struct GitlabProject {
-    /// A number in GitLab's payloads; kept as JSON so any form is matched as written.
-    id: Option<serde_json::Value>,
-    path_with_namespace: Option<String>,
-}
-
 /// Inbound GitHub and GitLab deliveries find their connection by the repository they name
 /// (GitHub `repository.full_name`; GitLab `project.id`, else `project.path_with_namespace`).
 #[async_trait::async_trait]
@@ -624,37 +599,30 @@ impl crate::pipeline::ConnectionSecrets for Repositories {
     async fn candidates(
         &self,
         source: Source,
-        body: &[u8],
+        repository: &crate::providers::RepositoryRef,
     ) -> Result<Vec<crate::pipeline::Candidate>, String> {
         let found = match source {
-            Source::Github => match serde_json::from_slice::<GithubPayload>(body)
-                .ok()
-                .and_then(|p| p.repository?.full_name)
-            {
+            Source::Github => match &repository.full_name {
                 Some(name) => {
                     self.store
-                        .find_by_repository(RepoProvider::Github, &name)
+                        .find_by_repository(RepoProvider::Github, name)
                         .await
                 }
                 None => Ok(Vec::new()),
             },
             Source::Gitlab => {
-                let project = serde_json::from_slice::<GitlabPayload>(body)
-                    .ok()
-                    .and_then(|p| p.project)
-                    .unwrap_or_default();
-                let by_id = match project.id {
+                let by_id = match &repository.project_id {
                     Some(id) => self
                         .store
-                        .find_by_project_id(&id.to_string())
+                        .find_by_project_id(id)
                         .await
                         .map_err(|e| e.to_string())?,
                     None => Vec::new(),
                 };
-                match (by_id.is_empty(), project.path_with_namespace) {
+                match (by_id.is_empty(), &repository.full_name) {
                     (true, Some(path)) => {
                         self.store
-                            .find_by_repository(RepoProvider::Gitlab, &path)
+                            .find_by_repository(RepoProvider::Gitlab, path)
                             .await
                     }
                     _ => Ok(by_id),

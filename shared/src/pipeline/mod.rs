@@ -9,7 +9,8 @@ use crate::ports::intake::AtomicIntake;
 use crate::ports::queue::Queue;
 use crate::ports::store::{DeliveryStore, RecordOutcome};
 use crate::providers::{
-    provider, Handshake, Inbound, ParseError, ProviderSecrets, VerifyContext, VerifyError,
+    provider, Handshake, Inbound, ParseError, ProviderSecrets, RepositoryRef, VerifyContext,
+    VerifyError,
 };
 use chrono::{DateTime, Utc};
 use http::{HeaderValue, Method, StatusCode};
@@ -117,7 +118,11 @@ pub struct Candidate {
 #[async_trait::async_trait]
 pub trait ConnectionSecrets: Send + Sync + 'static {
     /// Empty when the delivery names no connected repository (the global secret applies).
-    async fn candidates(&self, source: Source, body: &[u8]) -> Result<Vec<Candidate>, String>;
+    async fn candidates(
+        &self,
+        source: Source,
+        repository: &RepositoryRef,
+    ) -> Result<Vec<Candidate>, String>;
 }
 
 /// A verified, described delivery ready to record.
@@ -177,17 +182,15 @@ impl Pipeline {
         &self,
         source: Source,
         req: &Inbound,
+        repository: Option<&RepositoryRef>,
         ctx: &VerifyContext,
     ) -> Result<(crate::providers::Verified, Option<bool>), InboundError> {
         let provider = provider(source);
-        let candidates = match &self.connections {
-            Some(c)
-                if matches!(source, Source::Github | Source::Gitlab) && !req.body.is_empty() =>
-            {
-                c.candidates(source, &req.body)
-                    .await
-                    .map_err(InboundError::Unavailable)?
-            }
+        let candidates = match (&self.connections, repository) {
+            (Some(c), Some(repository)) if matches!(source, Source::Github | Source::Gitlab) => c
+                .candidates(source, repository)
+                .await
+                .map_err(InboundError::Unavailable)?,
             _ => Vec::new(),
         };
         if candidates.is_empty() {
@@ -283,8 +286,12 @@ impl Pipeline {
             now,
             public_base_url,
         };
-        let (verified, connection_enabled) = self.verify(source, req, &ctx).await?;
-        let described = provider.describe(req)?;
+        // Read once, before verifying: the repository it names picks the secret. A payload
+        // that cannot be read still fails verification first (401 before 400).
+        let described = provider.describe(req);
+        let repository = described.as_ref().ok().map(|d| &d.repository);
+        let (verified, connection_enabled) = self.verify(source, req, repository, &ctx).await?;
+        let described = described?;
         let payload_sha256 = sha256_hex(&req.body);
         let delivery_id = described
             .delivery_id
@@ -436,8 +443,7 @@ enum Answer {
 
 /// The queue message of a delivery: its envelope as JSON.
 fn envelope_message(a: &Arrival, body: &[u8]) -> String {
-    let envelope = Envelope::new(a.source, &a.delivery_id, &a.event_type, a.received_at, body);
-    serde_json::to_string(&envelope).expect("an envelope always serialises")
+    Envelope::new(a.source, &a.delivery_id, &a.event_type, a.received_at, body).to_message()
 }
 
 fn unavailable(e: impl std::fmt::Display) -> InboundError {

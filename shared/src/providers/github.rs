@@ -5,7 +5,10 @@
 
 use super::mac::hmac_sha256;
 use super::VerifyError;
-use super::{Described, Inbound, ParseError, Provider, ProviderSecrets, Verified, VerifyContext};
+use super::{
+    Described, Inbound, ParseError, Provider, ProviderSecrets, RepositoryRef, Verified,
+    VerifyContext,
+};
 use crate::model::Source;
 use http::HeaderName;
 use serde::de::DeserializeOwned;
@@ -187,17 +190,21 @@ impl Provider for GitHub {
     fn describe(&self, req: &Inbound) -> Result<Described, ParseError> {
         let event_type = non_empty_header(req, EVENT_HEADER)
             .ok_or_else(|| ParseError(format!("missing {EVENT_HEADER} header")))?;
-        json_object::<AnyObject>(&req.body)?;
+        let body: Body = json_object(&req.body)?;
         Ok(Described {
             delivery_id: non_empty_header(req, DELIVERY_HEADER),
             event_type,
+            repository: body.repository,
         })
     }
 }
 
-/// Any JSON object: its members are skipped, not built.
+/// A GitHub payload: any JSON object; only the repository it names is kept.
 #[derive(Deserialize)]
-struct AnyObject {}
+struct Body {
+    #[serde(default)]
+    repository: RepositoryRef,
+}
 
 #[cfg(test)]
 pub(super) mod test_support {
@@ -391,7 +398,24 @@ mod tests {
             Ok(Described {
                 delivery_id: Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
                 event_type: "workflow_run".into(),
+                ..Default::default()
             })
+        );
+    }
+
+    #[test]
+    fn describe_names_the_repository_the_payload_is_about() {
+        let body = br#"{"ref":"refs/heads/main","repository":{"id":1,"full_name":"acme/demo"}}"#;
+        let req = post(&[("X-GitHub-Event", "push")], &body[..]);
+        let named = GitHub.describe(&req).unwrap().repository;
+        assert_eq!(named.full_name.as_deref(), Some("acme/demo"));
+        let odd = post(
+            &[("X-GitHub-Event", "push")],
+            &br#"{"repository":"acme/demo"}"#[..],
+        );
+        assert_eq!(
+            GitHub.describe(&odd).unwrap().repository,
+            RepositoryRef::default()
         );
     }
 

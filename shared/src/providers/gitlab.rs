@@ -10,7 +10,8 @@ use super::github::{header, json_object, non_empty_header};
 use super::mac::ct_eq;
 use super::standard_webhooks;
 use super::{
-    Described, Inbound, ParseError, Provider, ProviderSecrets, Verified, VerifyContext, VerifyError,
+    Described, Inbound, ParseError, Provider, ProviderSecrets, RepositoryRef, Verified,
+    VerifyContext, VerifyError,
 };
 use crate::model::Source;
 use http::HeaderName;
@@ -114,6 +115,7 @@ impl Provider for GitLab {
         Ok(Described {
             delivery_id,
             event_type,
+            repository: body.project,
         })
     }
 }
@@ -121,6 +123,8 @@ impl Provider for GitLab {
 #[derive(Deserialize)]
 struct Body {
     object_kind: Option<String>,
+    #[serde(default)]
+    project: RepositoryRef,
 }
 
 #[cfg(test)]
@@ -318,6 +322,10 @@ mod tests {
             Ok(Described {
                 delivery_id: Some("idem-1".into()),
                 event_type: "pipeline".into(),
+                repository: RepositoryRef {
+                    full_name: None,
+                    project_id: Some("7".into()),
+                },
             })
         );
         let uuid = post(&[("X-Gitlab-Event-UUID", "uuid-1")], BODY);

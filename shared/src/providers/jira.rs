@@ -95,6 +95,7 @@ impl Provider for Jira {
         Ok(Described {
             delivery_id: non_empty_header(req, DELIVERY_HEADER),
             event_type,
+            ..Default::default()
         })
     }
 }
@@ -220,6 +221,7 @@ mod tests {
             Ok(Described {
                 delivery_id: Some("12345".into()),
                 event_type: "jira:issue_created".into(),
+                ..Default::default()
             })
         );
         let bare = post(&[], BODY);

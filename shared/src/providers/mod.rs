@@ -7,6 +7,7 @@ use crate::secret::Secret;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, Method};
+use serde::Deserialize;
 
 pub mod github;
 pub mod gitlab;
@@ -128,12 +129,97 @@ pub enum VerifyError {
 #[error("{0}")]
 pub struct ParseError(pub String);
 
-/// What the pipeline needs to know about a verified request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the pipeline needs to know about a request. Read before verifying, so the payload is
+/// parsed once; the pipeline still answers a failed verification (401) before a failed read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Described {
     /// The provider's delivery id; `None` means "use the body's SHA-256".
     pub delivery_id: Option<String>,
     pub event_type: String,
+    /// The repository a GitHub or GitLab payload names: its connection's secret verifies it.
+    pub repository: RepositoryRef,
+}
+
+/// A repository as a payload names it (GitHub `repository`, GitLab `project`). Read leniently:
+/// a member of another shape is left out, never an error, since naming no repository only
+/// means the global secret applies.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RepositoryRef {
+    /// GitHub `repository.full_name`; GitLab `project.path_with_namespace`.
+    pub full_name: Option<String>,
+    /// The named object's `id`, as written (GitLab connections are found by project id).
+    pub project_id: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RepositoryRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RepositoryVisitor)
+    }
+}
+
+struct RepositoryVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RepositoryVisitor {
+    type Value = RepositoryRef;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = RepositoryRef::default();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "full_name" | "path_with_namespace" => {
+                    if let Scalar(Some(name)) = map.next_value()? {
+                        out.full_name = Some(name);
+                    }
+                }
+                "id" => out.project_id = map.next_value::<Scalar>()?.0,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(RepositoryRef::default())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(RepositoryRef::default())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(RepositoryRef::default())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(RepositoryRef::default())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(RepositoryRef::default())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(RepositoryRef::default())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(RepositoryRef::default())
+    }
+}
+
+/// A string or a number as text; any other value as `None`.
+struct Scalar(Option<String>);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Scalar(match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Some(s),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }))
+    }
 }
 
 /// The answer to a provider's GET handshake (WhatsApp's `hub.challenge`).
@@ -202,5 +288,40 @@ pub mod mac {
     /// Constant-time equality (length is not secret).
     pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
         a.len() == b.len() && bool::from(a.ct_eq(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RepositoryRef;
+
+    fn read(json: &str) -> RepositoryRef {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_repository_is_read_from_either_providers_names() {
+        let github = read(r#"{"id":812345678,"full_name":"acme/demo","owner":{"login":"acme"}}"#);
+        assert_eq!(github.full_name.as_deref(), Some("acme/demo"));
+        let gitlab = read(r#"{"id":60123456,"path_with_namespace":"acme/sub/demo"}"#);
+        assert_eq!(gitlab.full_name.as_deref(), Some("acme/sub/demo"));
+        assert_eq!(gitlab.project_id.as_deref(), Some("60123456"));
+        assert_eq!(
+            read(r#"{"id":"gid://7"}"#).project_id.as_deref(),
+            Some("gid://7")
+        );
+    }
+
+    #[test]
+    fn a_repository_of_another_shape_names_nothing_and_is_no_error() {
+        for odd in [
+            "null",
+            "\"acme/demo\"",
+            "42",
+            "[1,{\"full_name\":\"x\"}]",
+            r#"{"full_name":{"nested":true},"id":[1]}"#,
+        ] {
+            assert_eq!(read(odd), RepositoryRef::default(), "{odd}");
+        }
     }
 }

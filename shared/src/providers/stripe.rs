@@ -188,6 +188,7 @@ impl Provider for Stripe {
         Ok(Described {
             delivery_id: Some(id),
             event_type,
+            ..Default::default()
         })
     }
 }
@@ -302,6 +303,7 @@ mod tests {
             Ok(Described {
                 delivery_id: Some("evt_1I1lRDCAi9F65qzmBGkbFoBI".into()),
                 event_type: "customer.updated".into(),
+                ..Default::default()
             })
         );
     }
@@ -439,6 +441,7 @@ mod tests {
             Ok(Described {
                 delivery_id: Some("evt_1".into()),
                 event_type: "invoice.paid".into(),
+                ..Default::default()
             })
         );
         for body in [

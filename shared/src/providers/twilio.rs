@@ -551,6 +551,7 @@ impl Provider for Twilio {
         Ok(Described {
             delivery_id,
             event_type: event_type.to_owned(),
+            ..Default::default()
         })
     }
 }
@@ -798,6 +799,7 @@ mod tests {
             Ok(Described {
                 delivery_id: None,
                 event_type: "message_status".into(),
+                ..Default::default()
             })
         );
         req.headers.insert(

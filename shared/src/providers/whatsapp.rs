@@ -100,6 +100,7 @@ impl Provider for WhatsApp {
         Ok(Described {
             delivery_id: None,
             event_type,
+            ..Default::default()
         })
     }
 
@@ -287,6 +288,7 @@ mod tests {
             Ok(Described {
                 delivery_id: None,
                 event_type: "whatsapp_business_account.messages".into(),
+                ..Default::default()
             })
         );
     }

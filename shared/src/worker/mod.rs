@@ -225,7 +225,7 @@ impl Worker {
 
     /// Process one message; `Ok` means it may be deleted from the queue.
     pub async fn process(&self, message: &WorkerMessage) -> Result<(), WorkerError> {
-        let envelope: Envelope = match serde_json::from_str(&message.body) {
+        let envelope = match Envelope::from_message(&message.body) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(message_id = %message.message_id, error = %e, "unreadable queue message; leaving it for the dead-letter queue");
