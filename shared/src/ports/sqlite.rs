@@ -168,7 +168,26 @@ fn connect(path: &Path, durability: Durability) -> Result<Connection, DbError> {
     conn.pragma_update(None, "cache_size", -65536)?;
     conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoints run on their own thread (`checkpointer`); the writer checkpoints itself
+    // only if the WAL grows this long (~80 MB) regardless.
+    conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
     Ok(conn)
+}
+
+/// How often the checkpointer copies committed pages from the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Copy the WAL into the database file beside the writer. A checkpoint run by the writer
+/// after a commit held up every delivery waiting for the next commit; a PASSIVE one on its
+/// own connection neither waits for the writer nor blocks it. Stops when the database's
+/// last handle is dropped.
+fn checkpointer(conn: Connection, alive: std::sync::Weak<PathBuf>) {
+    while alive.strong_count() > 0 {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "a background checkpoint failed; the writer's own will catch up");
+        }
+    }
 }
 
 impl Database {
@@ -179,7 +198,14 @@ impl Database {
         let path = dir.join("hookline.db");
         let conn = connect(&path, durability)?;
         conn.execute_batch(SCHEMA)?;
-        Self::start(conn, path, "BEGIN IMMEDIATE")
+        let checkpoints = connect(&path, durability)?;
+        let db = Self::start(conn, path, "BEGIN IMMEDIATE")?;
+        let alive = Arc::downgrade(&db.path);
+        std::thread::Builder::new()
+            .name("hookline-checkpoint".into())
+            .spawn(move || checkpointer(checkpoints, alive))
+            .map_err(|e| DbError(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(db)
     }
 
     /// Open an existing data dir to read only, beside a server that writes to it: WAL lets a
@@ -231,7 +257,6 @@ impl Database {
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
                 )?;
                 conn.busy_timeout(Duration::from_secs(5))?;
-                conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
                 conn
             }
         };
