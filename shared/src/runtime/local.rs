@@ -16,6 +16,7 @@ use crate::providers::ProviderSecrets;
 use crate::worker::{Worker, WorkerMessage};
 use axum::extract::State;
 use axum::routing::{any, get};
+use axum::serve::ListenerExt;
 use axum::Router;
 use http::StatusCode;
 use std::net::SocketAddr;
@@ -436,6 +437,12 @@ impl Server {
     pub async fn start(app: App, addr: SocketAddr, worker_loops: usize) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        // Answers are small and final: send each at once rather than wait on Nagle's algorithm.
+        let listener = listener.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "could not set TCP_NODELAY on a connection");
+            }
+        });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let router = router(&app);
         let mut http_stop = stopped.clone();
