@@ -50,6 +50,12 @@ for name, bare in verifiers:
         ratio = f"{v / b:.2f}" if v and b else "— (no MAC)"
         cells.append(f"{fmt(v) if v else '?'} | {ratio}")
     print(f"| {name} | " + " | ".join(cells) + " |")
+cells = []
+for s in sizes:
+    v = median_ns(f"verify/{s}", "form_decode_url_crate")
+    b = median_ns(f"verify/{s}", "hmac_sha1")
+    cells.append(f"{fmt(v) if v else '?'} | {v / b:.2f}" if v and b else "? | ?")
+print("| form decoding alone (`url` crate) | " + " | ".join(cells) + " |")
 
 print()
 print("| pipeline (verify → record → enqueue), GitHub push 2.7 KB | concurrency | per batch | deliveries/s |")

@@ -2,6 +2,8 @@
 //! process (`hookline deliveries`) can read while the server writes. Every call runs on one
 //! writer thread that commits a batch of calls at a time (group commit): each caller gets its
 //! answer only after its batch is durably committed, and one fsync covers many deliveries.
+//! The fsync (`syncer`) and the checkpoints (`checkpointer`) run on threads of their own, so
+//! the writer never waits for the disk.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
