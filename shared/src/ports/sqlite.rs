@@ -39,22 +39,32 @@ pub enum Durability {
 type Finish = Box<dyn FnOnce(Result<(), DbError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
 
-/// A handle on the database file; clone it freely.
+/// A handle on the database file; clone it freely. Its threads stop with its last clone.
 #[derive(Clone)]
 pub struct Database {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     jobs: mpsc::Sender<Job>,
-    path: Arc<PathBuf>,
+    path: PathBuf,
     /// Idle read-only connections for [`Database::read`]; WAL lets them read beside the writer.
-    readers: Arc<std::sync::Mutex<Vec<Connection>>>,
+    readers: std::sync::Mutex<Vec<Connection>>,
 }
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Database")
-            .field("path", &self.path)
+            .field("path", &self.inner.path)
             .finish()
     }
 }
+
+/// The databases this process has open for writing, by file: a second `open` of a data dir
+/// shares the first one's writer, as SQLite allows one writer at a time anyway (three writer
+/// threads on one file, as the local server's parts once made, queued on its lock).
+static OPEN: std::sync::Mutex<Vec<(PathBuf, std::sync::Weak<Inner>)>> =
+    std::sync::Mutex::new(Vec::new());
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -183,7 +193,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// after a commit held up every delivery waiting for the next commit; a PASSIVE one on its
 /// own connection neither waits for the writer nor blocks it. Stops when the database's
 /// last handle is dropped.
-fn checkpointer(conn: Connection, alive: std::sync::Weak<PathBuf>) {
+fn checkpointer(conn: Connection, alive: std::sync::Weak<Inner>) {
     while alive.strong_count() > 0 {
         std::thread::sleep(CHECKPOINT_EVERY);
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
@@ -193,10 +203,29 @@ fn checkpointer(conn: Connection, alive: std::sync::Weak<PathBuf>) {
 }
 
 impl Database {
-    /// Open (creating if needed) `hookline.db` in `dir`, and start its writer thread.
+    /// Open (creating if needed) `hookline.db` in `dir`, and start its writer thread. While a
+    /// handle on it is alive, opening it again in this process returns that handle (with the
+    /// durability it was opened with).
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, DbError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| DbError(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|e| DbError(format!("cannot open data dir {}: {e}", dir.display())))?;
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(_, db)| db.strong_count() > 0);
+        if let Some(inner) = open
+            .iter()
+            .find(|(p, _)| *p == dir)
+            .and_then(|(_, db)| db.upgrade())
+        {
+            return Ok(Self { inner });
+        }
+        let db = Self::open_new(&dir, durability)?;
+        open.push((dir, Arc::downgrade(&db.inner)));
+        Ok(db)
+    }
+
+    fn open_new(dir: &Path, durability: Durability) -> Result<Self, DbError> {
         let path = dir.join("hookline.db");
         let conn = connect(&path)?;
         conn.execute_batch(SCHEMA)?;
@@ -214,7 +243,7 @@ impl Database {
             }
         };
         let db = Self::start(conn, path, "BEGIN IMMEDIATE", synced)?;
-        let alive = Arc::downgrade(&db.path);
+        let alive = Arc::downgrade(&db.inner);
         std::thread::Builder::new()
             .name("hookline-checkpoint".into())
             .spawn(move || checkpointer(checkpoints, alive))
@@ -246,14 +275,16 @@ impl Database {
             .spawn(move || writer(conn, rx, begin, synced))
             .map_err(|e| DbError(format!("cannot start the database thread: {e}")))?;
         Ok(Self {
-            jobs,
-            path: Arc::new(path),
-            readers: Arc::new(std::sync::Mutex::new(Vec::new())),
+            inner: Arc::new(Inner {
+                jobs,
+                path,
+                readers: std::sync::Mutex::new(Vec::new()),
+            }),
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     /// Run a read-only `op` on a reader connection, beside the writer instead of in its queue:
@@ -267,12 +298,17 @@ impl Database {
     where
         F: FnOnce(&Connection) -> Result<T, DbError>,
     {
-        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let pooled = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
         let conn = match pooled {
             Some(conn) => conn,
             None => {
                 let conn = Connection::open_with_flags(
-                    self.path.as_path(),
+                    self.inner.path.as_path(),
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
                 )?;
                 conn.busy_timeout(Duration::from_secs(5))?;
@@ -280,7 +316,8 @@ impl Database {
             }
         };
         let result = op(&conn);
-        self.readers
+        self.inner
+            .readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
@@ -302,7 +339,8 @@ impl Database {
                 let _ = tx.send(committed.and(result));
             })
         });
-        self.jobs
+        self.inner
+            .jobs
             .send(job)
             .map_err(|_| DbError("the database thread has stopped".into()))?;
         rx.await
@@ -467,6 +505,24 @@ mod tests {
         std::fs::remove_file(dir.path().join("hookline.db-wal")).unwrap();
         let err = insert_activity(&db, "unsynced").await.unwrap_err();
         assert!(err.0.contains("cannot sync"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn one_data_dir_has_one_writer_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Database::open(dir.path(), Durability::Full).unwrap();
+        let again = Database::open(&dir.path().join("."), Durability::Normal).unwrap();
+        assert!(Arc::ptr_eq(&first.inner, &again.inner));
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Database::open(other_dir.path(), Durability::Full).unwrap();
+        assert!(!Arc::ptr_eq(&first.inner, &other.inner));
+        // Once every handle is gone, the next open starts afresh (and sees what was written).
+        insert_activity(&first, "before").await.unwrap();
+        let old = Arc::downgrade(&first.inner);
+        drop((first, again));
+        assert_eq!(old.strong_count(), 0);
+        let reopened = Database::open(dir.path(), Durability::Full).unwrap();
+        insert_activity(&reopened, "after").await.unwrap();
     }
 
     #[tokio::test]
