@@ -176,13 +176,7 @@ impl Provider for GitHub {
         secrets: &ProviderSecrets,
         _ctx: &VerifyContext,
     ) -> Result<Verified, VerifyError> {
-        if req.body.is_empty() {
-            return Err(VerifyError::EmptyBody);
-        }
-        let secret = secrets
-            .github_webhook_secret
-            .as_ref()
-            .ok_or(VerifyError::NotConfigured(SECRET_NAME))?;
+        let secret = super::body_and_secret(req, &secrets.github_webhook_secret, SECRET_NAME)?;
         verify_signature(secret.as_bytes(), &req.body, header(req, &SIGNATURE_NAME))?;
         Ok(Verified::Signature)
     }

@@ -124,6 +124,19 @@ pub enum VerifyError {
     Invalid(&'static str),
 }
 
+/// The opening of every verification that needs a secret: a body to check, and the secret
+/// to check it with (`name` is the setting that holds it, for the error).
+pub(crate) fn body_and_secret<'a>(
+    req: &Inbound,
+    secret: &'a Option<Secret>,
+    name: &'static str,
+) -> Result<&'a Secret, VerifyError> {
+    if req.body.is_empty() {
+        return Err(VerifyError::EmptyBody);
+    }
+    secret.as_ref().ok_or(VerifyError::NotConfigured(name))
+}
+
 /// Why a verified request could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

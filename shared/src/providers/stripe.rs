@@ -158,13 +158,7 @@ impl Provider for Stripe {
         secrets: &ProviderSecrets,
         ctx: &VerifyContext,
     ) -> Result<Verified, VerifyError> {
-        if req.body.is_empty() {
-            return Err(VerifyError::EmptyBody);
-        }
-        let secret = secrets
-            .stripe_webhook_secret
-            .as_ref()
-            .ok_or(VerifyError::NotConfigured(SECRET_NAME))?;
+        let secret = super::body_and_secret(req, &secrets.stripe_webhook_secret, SECRET_NAME)?;
         verify(
             secret.expose(),
             &req.body,

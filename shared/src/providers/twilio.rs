@@ -506,13 +506,7 @@ impl Provider for Twilio {
         secrets: &ProviderSecrets,
         ctx: &VerifyContext,
     ) -> Result<Verified, VerifyError> {
-        if req.body.is_empty() {
-            return Err(VerifyError::EmptyBody);
-        }
-        let token = secrets
-            .twilio_auth_token
-            .as_ref()
-            .ok_or(VerifyError::NotConfigured(SECRET_NAME))?;
+        let token = super::body_and_secret(req, &secrets.twilio_auth_token, SECRET_NAME)?;
         let base = ctx.public_base_url.as_deref().ok_or(VerifyError::Invalid(
             "WEBHOOK_BASE_URL is not set; Twilio signatures cannot be checked",
         ))?;

@@ -64,13 +64,7 @@ impl Provider for WhatsApp {
         secrets: &ProviderSecrets,
         _ctx: &VerifyContext,
     ) -> Result<Verified, VerifyError> {
-        if req.body.is_empty() {
-            return Err(VerifyError::EmptyBody);
-        }
-        let secret = secrets
-            .whatsapp_app_secret
-            .as_ref()
-            .ok_or(VerifyError::NotConfigured(SECRET_NAME))?;
+        let secret = super::body_and_secret(req, &secrets.whatsapp_app_secret, SECRET_NAME)?;
         verify_signature(
             secret.as_bytes(),
             &req.body,
