@@ -36,7 +36,7 @@ use crate::connections::{
     Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, StoredSecret,
     WorkflowRun,
 };
-use crate::ports::store::aws::{error_chain, GSI1};
+use crate::ports::store::aws::{error_chain, Gsi1Query};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -110,42 +110,25 @@ impl DynamoConnectionStore {
     async fn query_gsi1(
         &self,
         gsi1pk: &str,
-        mut start: Option<Item>,
+        start: Option<Item>,
         want: usize,
         page: usize,
         mut keep: impl FnMut(&Item) -> Result<bool, ConnectionError>,
     ) -> Result<Vec<Item>, ConnectionError> {
-        let mut out = Vec::new();
-        if want == 0 {
-            return Ok(out);
-        }
-        loop {
-            let answer = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(GSI1)
-                .key_condition_expression("gsi1pk = :pk")
-                .expression_attribute_values(":pk", s(gsi1pk))
-                .scan_index_forward(false)
-                .limit(page.clamp(1, QUERY_PAGE) as i32)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Query", &e))?;
-            for item in answer.items() {
-                if keep(item)? {
-                    out.push(item.clone());
-                    if out.len() >= want {
-                        return Ok(out);
-                    }
-                }
-            }
-            match answer.last_evaluated_key {
-                Some(next) if !next.is_empty() => start = Some(next),
-                _ => return Ok(out),
-            }
-        }
+        let query = Gsi1Query {
+            client: &self.client,
+            table: &self.table,
+            gsi1pk,
+            start,
+            want,
+            page,
+        };
+        query
+            .run(
+                |item| Ok(keep(item)?.then(|| item.clone())),
+                |e| unavailable("Query", e),
+            )
+            .await
     }
 
     /// The connections named (`connection_id`) by the gsi1 items of one partition, read

@@ -29,7 +29,7 @@ use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
-type Item = HashMap<String, AttributeValue>;
+pub(crate) type Item = HashMap<String, AttributeValue>;
 
 /// The name of the one global secondary index.
 pub const GSI1: &str = "gsi1";
@@ -78,46 +78,23 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// Query one `gsi1` partition newest first, keeping the items `keep` accepts, until
+    /// Query one `gsi1` partition newest first, keeping the items `parse` accepts, until
     /// `limit` are kept or the partition ends.
     async fn query_gsi1<T>(
         &self,
         gsi1pk: &str,
         limit: usize,
-        mut parse: impl FnMut(&Item) -> Result<Option<T>, StoreError>,
+        parse: impl FnMut(&Item) -> Result<Option<T>, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
-        let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(GSI1)
-                .key_condition_expression("gsi1pk = :pk")
-                .expression_attribute_values(":pk", s(gsi1pk))
-                .scan_index_forward(false)
-                .limit(limit.clamp(1, PAGE_MAX) as i32)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Query", e))?;
-            for item in page.items() {
-                if let Some(parsed) = parse(item)? {
-                    out.push(parsed);
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
-                }
-            }
-            match page.last_evaluated_key {
-                Some(next) if !next.is_empty() => start = Some(next),
-                _ => return Ok(out),
-            }
-        }
+        let query = Gsi1Query {
+            client: &self.client,
+            table: &self.table,
+            gsi1pk,
+            start: None,
+            want: limit,
+            page: limit,
+        };
+        query.run(parse, |e| unavailable_err("Query", e)).await
     }
 
     async fn list_source(
@@ -691,6 +668,62 @@ where
 
 fn unavailable_err(op: &str, err: &(dyn std::error::Error + 'static)) -> StoreError {
     StoreError::Unavailable(format!("DynamoDB {op}: {}", error_chain(err)))
+}
+
+/// A Query of one `gsi1` partition, newest (highest `gsi1sk`) first, shared by the delivery
+/// log and the connection store.
+pub(crate) struct Gsi1Query<'a> {
+    pub client: &'a Client,
+    pub table: &'a str,
+    pub gsi1pk: &'a str,
+    /// Where to go on from (exclusive); `None` from the newest.
+    pub start: Option<Item>,
+    /// How many kept items end the query early.
+    pub want: usize,
+    /// Items one request reads (at most 1,000).
+    pub page: usize,
+}
+
+impl Gsi1Query<'_> {
+    /// Each item goes to `keep`, which returns it parsed when it counts; `unavailable` turns a
+    /// failed request into the caller's error.
+    pub async fn run<T, E>(
+        mut self,
+        mut keep: impl FnMut(&Item) -> Result<Option<T>, E>,
+        unavailable: impl Fn(&(dyn std::error::Error + 'static)) -> E,
+    ) -> Result<Vec<T>, E> {
+        let mut out = Vec::new();
+        if self.want == 0 {
+            return Ok(out);
+        }
+        loop {
+            let answer = self
+                .client
+                .query()
+                .table_name(self.table)
+                .index_name(GSI1)
+                .key_condition_expression("gsi1pk = :pk")
+                .expression_attribute_values(":pk", s(self.gsi1pk))
+                .scan_index_forward(false)
+                .limit(self.page.clamp(1, PAGE_MAX) as i32)
+                .set_exclusive_start_key(self.start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable(&e))?;
+            for item in answer.items() {
+                if let Some(kept) = keep(item)? {
+                    out.push(kept);
+                    if out.len() >= self.want {
+                        return Ok(out);
+                    }
+                }
+            }
+            match answer.last_evaluated_key {
+                Some(next) if !next.is_empty() => self.start = Some(next),
+                _ => return Ok(out),
+            }
+        }
+    }
 }
 
 /// Every message of an error's source chain, joined with ": ". Unlike the SDK's
