@@ -521,18 +521,6 @@ impl RepositoryEvents {
         ev: RunEvent,
         now: DateTime<Utc>,
     ) -> Result<(), ConnectionError> {
-        // Jobs attached before this event are kept.
-        let mut failed_jobs = self
-            .connections
-            .get_workflow_run(&c.id, &ev.run_id, ev.attempt)
-            .await?
-            .map(|r| r.failed_jobs)
-            .unwrap_or_default();
-        for j in &ev.failed_jobs {
-            if !failed_jobs.contains(j) {
-                failed_jobs.push(j.clone());
-            }
-        }
         let failed = ev.failed();
         let run = WorkflowRun {
             org_id: c.org_id.clone(),
@@ -547,7 +535,8 @@ impl RepositoryEvents {
             sha: ev.sha,
             run_number: ev.run_number,
             url: ev.url,
-            failed_jobs,
+            // Added to the jobs already attached (the store keeps them all).
+            failed_jobs: ev.failed_jobs,
             created_at: ev.created_at,
             updated_at: ev.updated_at,
         };
@@ -604,45 +593,28 @@ impl RepositoryEvents {
             Some(a) => a,
             None => self.latest_attempt(&c.id, &job.run_id).await?,
         };
-        // Read, add, write at the stored `updated_at`; a newer event written in between makes
-        // the write a no-op, so read again.
-        for _ in 0..3 {
-            let mut run = match self
-                .connections
-                .get_workflow_run(&c.id, &job.run_id, attempt)
-                .await?
-            {
-                Some(run) => run,
-                // The job came first: a placeholder any event about the run replaces (the
-                // epoch is older than all of them), keeping its failed jobs.
-                None => WorkflowRun {
-                    org_id: c.org_id.clone(),
-                    connection_id: c.id.clone(),
-                    repository_full_name: c.repository_full_name.clone(),
-                    run_id: job.run_id.clone(),
-                    run_attempt: attempt,
-                    name: job.workflow.clone().unwrap_or_else(|| "workflow".into()),
-                    status: "in_progress".into(),
-                    conclusion: None,
-                    branch: job.branch.clone(),
-                    sha: job.sha.clone(),
-                    run_number: None,
-                    url: None,
-                    failed_jobs: Vec::new(),
-                    created_at: None,
-                    updated_at: DateTime::<Utc>::UNIX_EPOCH,
-                },
-            };
-            if run.failed_jobs.contains(&job.job) {
-                return Ok(());
-            }
-            run.failed_jobs.push(job.job.clone());
-            if self.connections.upsert_workflow_run(&run).await? {
-                return Ok(());
-            }
-        }
-        tracing::warn!(connection_id = %c.id, run_id = %job.run_id, "could not attach a failed job to its run after three tries");
-        Ok(())
+        // The job may come first: then this placeholder stands for the run until any event
+        // about the run replaces it (the epoch is older than all of them).
+        let placeholder = WorkflowRun {
+            org_id: c.org_id.clone(),
+            connection_id: c.id.clone(),
+            repository_full_name: c.repository_full_name.clone(),
+            run_id: job.run_id.clone(),
+            run_attempt: attempt,
+            name: job.workflow.clone().unwrap_or_else(|| "workflow".into()),
+            status: "in_progress".into(),
+            conclusion: None,
+            branch: job.branch.clone(),
+            sha: job.sha.clone(),
+            run_number: None,
+            url: None,
+            failed_jobs: Vec::new(),
+            created_at: None,
+            updated_at: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        self.connections
+            .add_failed_job(&placeholder, &job.job)
+            .await
     }
 
     async fn pull_request(

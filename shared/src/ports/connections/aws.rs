@@ -29,7 +29,7 @@
 //! records they name are then read consistently.
 
 use super::{
-    corrupt, decode_cursor, encode_cursor, json_corrupt, repo_key, sortable_millis,
+    corrupt, decode_cursor, encode_cursor, json_corrupt, merge_jobs, repo_key, sortable_millis,
     ConnectionError, ConnectionStore, MAX_PAGE,
 };
 use crate::connections::{
@@ -531,35 +531,82 @@ impl ConnectionStore for DynamoConnectionStore {
     }
 
     async fn upsert_workflow_run(&self, run: &WorkflowRun) -> Result<bool, ConnectionError> {
-        let pk = format!(
-            "RUN#{}#{}#{}",
-            run.connection_id,
-            esc(&run.run_id),
-            run.run_attempt
-        );
+        let pk = run_pk(&run.connection_id, &run.run_id, run.run_attempt);
         let finished = run.conclusion.is_some();
         let updated_ms = run.updated_at.timestamp_millis();
-        let item = HashMap::from([
-            ("pk".to_owned(), s(&pk)),
-            ("sk".to_owned(), s(RUN_SK)),
-            ("updated_ms".to_owned(), n(updated_ms)),
-            ("finished".to_owned(), n(i64::from(finished))),
-            ("record".to_owned(), s(to_json(&pk, run)?)),
-        ]);
         // The same order as `run_is_newer`: a later event, or a finished one at the same time.
-        let (condition, values) = if finished {
-            (
-                "attribute_not_exists(pk) OR updated_ms <= :u",
-                HashMap::from([(":u".to_owned(), n(updated_ms))]),
-            )
+        let condition = if finished {
+            "attribute_not_exists(pk) OR updated_ms <= :u"
         } else {
-            (
-                "attribute_not_exists(pk) OR updated_ms < :u OR (updated_ms = :u AND finished = :no)",
-                HashMap::from([(":u".to_owned(), n(updated_ms)), (":no".to_owned(), n(0))]),
-            )
+            "attribute_not_exists(pk) OR updated_ms < :u OR (updated_ms = :u AND finished = :no)"
         };
-        self.put_if_newer("PutItem (workflow run)", item, condition, values)
-            .await
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), RUN_SK)))
+            .condition_expression(condition)
+            .expression_attribute_names("#r", "record")
+            .expression_attribute_values(":u", n(updated_ms))
+            .expression_attribute_values(":f", n(i64::from(finished)))
+            .expression_attribute_values(":r", s(to_json(&pk, run)?));
+        if !finished {
+            update = update.expression_attribute_values(":no", n(0));
+        }
+        // Failed jobs are a string set beside the record: ADD is a union, atomic on the item.
+        let set = "SET updated_ms = :u, finished = :f, #r = :r";
+        let jobs = merge_jobs(&[], &run.failed_jobs);
+        update = if jobs.is_empty() {
+            update.update_expression(set)
+        } else {
+            update
+                .update_expression(format!("{set} ADD failed_jobs :jobs"))
+                .expression_attribute_values(":jobs", AttributeValue::Ss(jobs.clone()))
+        };
+        if self
+            .send_update("UpdateItem (workflow run)", update)
+            .await?
+        {
+            return Ok(true);
+        }
+        // An older event: its state is not written, but the jobs it saw failing still count.
+        if !jobs.is_empty() {
+            let add = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(pk, RUN_SK)))
+                .update_expression("ADD failed_jobs :jobs")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":jobs", AttributeValue::Ss(jobs));
+            self.send_update("UpdateItem (failed jobs)", add).await?;
+        }
+        Ok(false)
+    }
+
+    async fn add_failed_job(
+        &self,
+        placeholder: &WorkflowRun,
+        job: &str,
+    ) -> Result<(), ConnectionError> {
+        let p = placeholder;
+        let pk = run_pk(&p.connection_id, &p.run_id, p.run_attempt);
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), RUN_SK)))
+            .update_expression(
+                "SET #r = if_not_exists(#r, :r), updated_ms = if_not_exists(updated_ms, :u), \
+                 finished = if_not_exists(finished, :f) ADD failed_jobs :jobs",
+            )
+            .expression_attribute_names("#r", "record")
+            .expression_attribute_values(":r", s(to_json(&pk, p)?))
+            .expression_attribute_values(":u", n(p.updated_at.timestamp_millis()))
+            .expression_attribute_values(":f", n(i64::from(p.conclusion.is_some())))
+            .expression_attribute_values(":jobs", AttributeValue::Ss(vec![job.to_owned()]));
+        self.send_update("UpdateItem (failed job)", update).await?;
+        Ok(())
     }
 
     async fn get_workflow_run(
@@ -568,11 +615,19 @@ impl ConnectionStore for DynamoConnectionStore {
         run_id: &str,
         run_attempt: u32,
     ) -> Result<Option<WorkflowRun>, ConnectionError> {
-        let pk = format!("RUN#{connection_id}#{}#{run_attempt}", esc(run_id));
-        self.get_item(pk, RUN_SK)
+        let Some(item) = self
+            .get_item(run_pk(connection_id, run_id, run_attempt), RUN_SK)
             .await?
-            .map(|item| parse_record(&item))
-            .transpose()
+        else {
+            return Ok(None);
+        };
+        let mut run: WorkflowRun = parse_record(&item)?;
+        let added = match item.get("failed_jobs") {
+            Some(AttributeValue::Ss(jobs)) => jobs.as_slice(),
+            _ => &[],
+        };
+        run.failed_jobs = merge_jobs(&run.failed_jobs, added);
+        Ok(Some(run))
     }
 
     async fn create_incident_once(&self, i: &Incident) -> Result<bool, ConnectionError> {
@@ -833,6 +888,10 @@ fn repo_gsi1pk(provider: RepoProvider, repository_full_name: &str) -> String {
         provider.as_str(),
         esc(&repo_key(repository_full_name))
     )
+}
+
+fn run_pk(connection_id: &ConnectionId, run_id: &str, attempt: u32) -> String {
+    format!("RUN#{connection_id}#{}#{attempt}", esc(run_id))
 }
 
 fn branch_gsi1pk(connection_id: &ConnectionId, branch: &str) -> String {

@@ -481,6 +481,97 @@ pub async fn concurrent_deliveries_are_all_counted(store: Arc<dyn ConnectionStor
 
 // ---- workflow runs -------------------------------------------------------------------------
 
+pub async fn failed_jobs_only_grow_whatever_order_events_come_in(store: &dyn ConnectionStore) {
+    let c = connection(&org(), "owner/jobs");
+    let jobs = |run: Option<WorkflowRun>| run.expect("stored").failed_jobs;
+    // The job first: a placeholder run holds it.
+    let mut placeholder = workflow_run(&c, "77", 1, 0);
+    placeholder.name = "placeholder".to_owned();
+    store.add_failed_job(&placeholder, "lint").await.unwrap();
+    let got = store
+        .get_workflow_run(&c.id, "77", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.name.as_str(), got.failed_jobs.clone()),
+        ("placeholder", vec!["lint".to_owned()])
+    );
+    // The run's event replaces the placeholder and keeps the job, adding its own.
+    let mut run = workflow_run(&c, "77", 1, 30);
+    run.failed_jobs = vec!["build".to_owned()];
+    assert!(store.upsert_workflow_run(&run).await.unwrap());
+    let got = store
+        .get_workflow_run(&c.id, "77", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.name, "CI");
+    assert_eq!(got.failed_jobs, ["build", "lint"]);
+    // A later job never touches the run's state; the same job twice is kept once.
+    store.add_failed_job(&placeholder, "test").await.unwrap();
+    store.add_failed_job(&placeholder, "lint").await.unwrap();
+    let got = store
+        .get_workflow_run(&c.id, "77", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.name.as_str(), got.updated_at), ("CI", t(30)));
+    assert_eq!(got.failed_jobs, ["build", "lint", "test"]);
+    // An older event is not written, but the jobs it saw failing are kept; a newer one that
+    // names none drops none.
+    let mut late = workflow_run(&c, "77", 1, 10);
+    late.failed_jobs = vec!["audit".to_owned()];
+    assert!(!store.upsert_workflow_run(&late).await.unwrap());
+    let mut newer = workflow_run(&c, "77", 1, 40);
+    newer.conclusion = Some("failure".to_owned());
+    assert!(store.upsert_workflow_run(&newer).await.unwrap());
+    let got = store.get_workflow_run(&c.id, "77", 1).await.unwrap();
+    assert_eq!(got.as_ref().map(|r| r.updated_at), Some(t(40)));
+    assert_eq!(jobs(got), ["audit", "build", "lint", "test"]);
+}
+
+pub async fn concurrent_job_and_run_events_keep_every_failed_job(store: Arc<dyn ConnectionStore>) {
+    let c = connection(&org(), "owner/racing");
+    let placeholder = workflow_run(&c, "88", 1, 0);
+    // A burst of job events and run events for one run, all at once (the worker handles a
+    // batch's messages concurrently, and Lambda many batches side by side).
+    let tasks = (0..12).map(|i| {
+        let store = store.clone();
+        let placeholder = placeholder.clone();
+        let mut run = workflow_run(&c, "88", 1, 10 + i);
+        run.failed_jobs = vec![format!("run-job-{i:02}")];
+        tokio::spawn(async move {
+            if i % 2 == 0 {
+                store
+                    .add_failed_job(&placeholder, &format!("job-{i:02}"))
+                    .await?;
+            } else {
+                store.upsert_workflow_run(&run).await?;
+            }
+            Ok::<_, ConnectionError>(())
+        })
+    });
+    for done in futures::future::join_all(tasks).await {
+        done.unwrap().unwrap();
+    }
+    let got = store
+        .get_workflow_run(&c.id, "88", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let want: Vec<String> = (0..12)
+        .map(|i| match i % 2 {
+            0 => format!("job-{i:02}"),
+            _ => format!("run-job-{i:02}"),
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(got.failed_jobs, want);
+    assert_eq!(got.updated_at, t(21), "the newest run event's state wins");
+}
+
 pub async fn an_older_workflow_run_event_does_not_overwrite_a_newer(store: &dyn ConnectionStore) {
     let c = connection(&org(), "owner/ci");
     let mut done = workflow_run(&c, "9001", 1, 20);
@@ -869,6 +960,11 @@ macro_rules! connections_conformance {
                 an_older_workflow_run_event_does_not_overwrite_a_newer,
                 borrowed
             );
+            case!(
+                failed_jobs_only_grow_whatever_order_events_come_in,
+                borrowed
+            );
+            case!(concurrent_job_and_run_events_keep_every_failed_job, shared);
             case!(an_incident_is_created_once_per_run_attempt, borrowed);
             case!(only_one_of_many_concurrent_incident_creates_wins, shared);
             case!(incidents_are_org_scoped_filtered_and_newest_first, borrowed);

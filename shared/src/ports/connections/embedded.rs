@@ -4,8 +4,8 @@
 //! the write that depends on it are atomic; the UNIQUE indexes back the uniqueness rules up.
 
 use super::{
-    corrupt, decode_cursor, encode_cursor, json_corrupt, repo_key, run_is_newer, ConnectionError,
-    ConnectionStore, MAX_PAGE,
+    corrupt, decode_cursor, encode_cursor, json_corrupt, merge_jobs, repo_key, run_is_newer,
+    ConnectionError, ConnectionStore, MAX_PAGE,
 };
 use crate::connections::{
     Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, StoredSecret,
@@ -37,6 +37,56 @@ impl From<DbError> for ConnectionError {
 
 fn to_json<T: Serialize>(key: &str, value: &T) -> Result<String, ConnectionError> {
     serde_json::to_string(value).map_err(|e| json_corrupt(key, &e))
+}
+
+/// The row of one workflow run attempt, read and written inside one writer call (so the
+/// read-merge-write of its failed jobs is atomic: the writer runs one call at a time).
+struct RunKey {
+    connection_id: String,
+    run_id: String,
+    attempt: u32,
+}
+
+impl RunKey {
+    fn of(run: &WorkflowRun) -> Self {
+        Self {
+            connection_id: run.connection_id.as_str().to_owned(),
+            run_id: run.run_id.clone(),
+            attempt: run.run_attempt,
+        }
+    }
+
+    /// `(updated_at, finished, record)` of the stored run.
+    fn stored(&self, conn: &Sql) -> Result<Option<(i64, bool, String)>, DbError> {
+        Ok(conn
+            .prepare_cached(
+                "SELECT updated_at, finished, record FROM workflow_runs \
+                 WHERE connection_id = ?1 AND run_id = ?2 AND run_attempt = ?3",
+            )?
+            .query_row(
+                params![self.connection_id, self.run_id, self.attempt],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    fn write(&self, conn: &Sql, at: (i64, bool), run: &WorkflowRun) -> Result<(), DbError> {
+        let record = serde_json::to_string(run).map_err(|e| DbError(e.to_string()))?;
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO workflow_runs \
+             (connection_id, run_id, run_attempt, updated_at, finished, record) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            self.connection_id,
+            self.run_id,
+            self.attempt,
+            at.0,
+            at.1,
+            record
+        ])?;
+        Ok(())
+    }
 }
 
 fn from_json<T: DeserializeOwned>(key: &str, record: &str) -> Result<T, ConnectionError> {
@@ -348,44 +398,67 @@ impl ConnectionStore for EmbeddedConnectionStore {
 
     async fn upsert_workflow_run(&self, run: &WorkflowRun) -> Result<bool, ConnectionError> {
         let key = format!("{}#{}#{}", run.connection_id, run.run_id, run.run_attempt);
-        let record = to_json(&key, run)?;
-        let (connection_id, run_id, attempt) = (
-            run.connection_id.as_str().to_owned(),
-            run.run_id.clone(),
-            run.run_attempt,
-        );
+        let mut run = run.clone();
         let new = (millis(run.updated_at), run.conclusion.is_some());
-        Ok(self
-            .db
+        self.db
             .call(move |conn| {
-                let stored: Option<(i64, bool)> = conn
-                    .prepare_cached(
-                        "SELECT updated_at, finished FROM workflow_runs \
-                         WHERE connection_id = ?1 AND run_id = ?2 AND run_attempt = ?3",
-                    )?
-                    .query_row(params![connection_id, run_id, attempt], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?;
-                if stored.is_some_and(|stored| !run_is_newer(new, stored)) {
-                    return Ok(false);
+                let id = RunKey::of(&run);
+                let Some((stored_at, stored_finished, record)) = id.stored(conn)? else {
+                    run.failed_jobs = merge_jobs(&[], &run.failed_jobs);
+                    id.write(conn, new, &run)?;
+                    return Ok(Ok(true));
+                };
+                let mut stored: WorkflowRun = match from_json(&key, &record) {
+                    Ok(stored) => stored,
+                    Err(corrupt) => return Ok(Err(corrupt)),
+                };
+                let jobs = merge_jobs(&stored.failed_jobs, &run.failed_jobs);
+                if run_is_newer(new, (stored_at, stored_finished)) {
+                    run.failed_jobs = jobs;
+                    id.write(conn, new, &run)?;
+                    return Ok(Ok(true));
                 }
-                conn.prepare_cached(
-                    "INSERT OR REPLACE INTO workflow_runs \
-                     (connection_id, run_id, run_attempt, updated_at, finished, record) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![
-                    connection_id,
-                    run_id,
-                    attempt,
-                    new.0,
-                    new.1,
-                    record
-                ])?;
-                Ok(true)
+                if jobs != stored.failed_jobs {
+                    stored.failed_jobs = jobs;
+                    id.write(conn, (stored_at, stored_finished), &stored)?;
+                }
+                Ok(Ok(false))
             })
-            .await?)
+            .await?
+    }
+
+    async fn add_failed_job(
+        &self,
+        placeholder: &WorkflowRun,
+        job: &str,
+    ) -> Result<(), ConnectionError> {
+        let p = placeholder;
+        let key = format!("{}#{}#{}", p.connection_id, p.run_id, p.run_attempt);
+        let (mut placeholder, job) = (placeholder.clone(), vec![job.to_owned()]);
+        self.db
+            .call(move |conn| {
+                let id = RunKey::of(&placeholder);
+                let Some((stored_at, stored_finished, record)) = id.stored(conn)? else {
+                    placeholder.failed_jobs = merge_jobs(&placeholder.failed_jobs, &job);
+                    let at = (
+                        millis(placeholder.updated_at),
+                        placeholder.conclusion.is_some(),
+                    );
+                    id.write(conn, at, &placeholder)?;
+                    return Ok(Ok(()));
+                };
+                let mut stored: WorkflowRun = match from_json(&key, &record) {
+                    Ok(stored) => stored,
+                    Err(corrupt) => return Ok(Err(corrupt)),
+                };
+                let jobs = merge_jobs(&stored.failed_jobs, &job);
+                if jobs != stored.failed_jobs {
+                    stored.failed_jobs = jobs;
+                    id.write(conn, (stored_at, stored_finished), &stored)?;
+                }
+                Ok(Ok(()))
+            })
+            .await?
     }
 
     async fn get_workflow_run(

@@ -108,8 +108,19 @@ pub trait ConnectionStore: Send + Sync + 'static {
     /// Store the run's latest state, keyed by (connection, run id, attempt). An event older
     /// than the stored one (`updated_at`, to the millisecond) is not written; at the same
     /// `updated_at`, a finished run (`conclusion` set) is not overwritten by an unfinished one.
-    /// True when this event was written.
+    /// True when this event was written. Failed jobs only grow: the stored ones are kept and
+    /// `run.failed_jobs` added, whether or not the rest of the event is written.
     async fn upsert_workflow_run(&self, run: &WorkflowRun) -> Result<bool, ConnectionError>;
+
+    /// Add `job` to the failed jobs of the run `placeholder` names (connection, run id,
+    /// attempt) in one atomic step, so a job event and a run event for the same run at the
+    /// same moment both keep what they bring. A run not stored yet is stored as
+    /// `placeholder`, which any event about the run replaces.
+    async fn add_failed_job(
+        &self,
+        placeholder: &WorkflowRun,
+        job: &str,
+    ) -> Result<(), ConnectionError>;
 
     async fn get_workflow_run(
         &self,
@@ -232,6 +243,13 @@ pub fn valid_cursor(cursor: &str) -> bool {
 }
 
 /// Whether a workflow-run event (updated ms, finished) may replace the stored one.
+/// A run's failed jobs after adding `new` to `stored`: each once, sorted by name (the order
+/// both adapters return them in, since DynamoDB keeps them as a set).
+pub(crate) fn merge_jobs(stored: &[String], new: &[String]) -> Vec<String> {
+    let all: std::collections::BTreeSet<&String> = stored.iter().chain(new).collect();
+    all.into_iter().cloned().collect()
+}
+
 pub(crate) fn run_is_newer(new: (i64, bool), stored: (i64, bool)) -> bool {
     new.0 > stored.0 || (new.0 == stored.0 && (new.1 || !stored.1))
 }
