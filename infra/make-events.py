@@ -100,6 +100,7 @@ def apigw_event(
     at: int = EPOCH,
     route: str | None = None,
     path_parameters: dict[str, str] | None = None,
+    cookies: list[str] | None = None,
 ) -> dict:
     """An HTTP API payload-2.0 event as API Gateway hands it to Lambda: headers lower-cased,
     multi-valued query joined by commas, the body text or base64."""
@@ -124,6 +125,9 @@ def apigw_event(
         "rawQueryString": raw_query,
         "headers": dict(sorted(all_headers.items())),
     }
+    if cookies:
+        # Payload 2.0 hands the request's cookies over apart from its headers.
+        event["cookies"] = cookies
     if query:
         params: dict[str, str] = {}
         for k, v in query:
@@ -711,7 +715,8 @@ def placeholder_jwt(scope: str) -> str:
 
 
 def api_event(name: str, path: str, *, route: str, proxy: str | None, scope: str | None,
-              request_id: str, query: list[tuple[str, str]] | None = None):
+              request_id: str, query: list[tuple[str, str]] | None = None,
+              cookies: list[str] | None = None):
     headers = {
         "accept": "application/json",
         "user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
@@ -721,7 +726,7 @@ def api_event(name: str, path: str, *, route: str, proxy: str | None, scope: str
     return name, apigw_event(
         "GET", path, headers, None,
         source_ip="203.0.113.24", request_id=request_id, query=query,
-        route=route, path_parameters={"proxy": proxy} if proxy else None,
+        route=route, path_parameters={"proxy": proxy} if proxy else None, cookies=cookies,
     )
 
 
@@ -743,13 +748,16 @@ def oauth_authorize():
 
 def oauth_callback():
     # What GitHub's redirect brings back: no bearer token, a code and the state Hookline
-    # signed (this one is not signed by any server's key: it is refused as invalid_state).
+    # signed (this one is not signed by any server's key: it is refused as invalid_state),
+    # with the cookie authorize set in the browser that started it (its value the nonce).
+    nonce = "AAAAAAAAAAAAAAAAAAAAAA"
     state = b64url(compact({"u": API_USER, "o": API_ORG, "p": "github", "t": EPOCH,
-                            "n": "AAAAAAAAAAAAAAAAAAAAAA"})) + "." + b64url(b"\0" * 32)
+                            "n": nonce})) + "." + b64url(b"\0" * 32)
     return api_event(
         "oauth-api-github-callback.json", "/api/v1/oauth/github/callback",
         route="/api/v1/oauth/{proxy+}", proxy="github/callback", scope=None,
         request_id="XyZ9cGhpoAMEiDw=", query=[("code", "0f3c9a2b7d5e4c1a8b6f"), ("state", state)],
+        cookies=[f"hookline_oauth_github={nonce}"],
     )
 
 

@@ -335,7 +335,7 @@ async fn the_oauth_callback_sample_event_is_refused_until_its_state_is_genuine()
     let canned_state = parsed["queryStringParameters"]["state"].as_str().unwrap();
     let code = parsed["queryStringParameters"]["code"].as_str().unwrap();
     let key = hookline::api::oauth::local_state_key(dir.path()).unwrap();
-    let state = OAuthState::sign(
+    let (state, signed) = OAuthState::issue(
         &key,
         "user_mona",
         "org_acme",
@@ -343,7 +343,13 @@ async fn the_oauth_callback_sample_event_is_refused_until_its_state_is_genuine()
         chrono::Utc::now(),
     );
     let token = stub.grant_code(code);
-    let patched = text.replace(canned_state, &state);
+    // The browser that started it holds the cookie with the state's nonce.
+    let canned_cookie = parsed["cookies"][0].as_str().unwrap();
+    assert!(canned_cookie.starts_with("hookline_oauth_github="));
+    let patched = text.replace(canned_state, &state).replace(
+        canned_cookie,
+        &format!("hookline_oauth_github={}", signed.nonce),
+    );
     let parsed: lambda_http::request::LambdaRequest = serde_json::from_str(&patched).unwrap();
     let (status, body) = invoke_api(&oauth, lambda_http::Request::from(parsed)).await;
     assert_eq!(status, 200, "{body}");

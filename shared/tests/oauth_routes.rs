@@ -31,6 +31,8 @@ struct Env {
     issuer: LocalIssuer,
     http: reqwest::Client,
     dir: tempfile::TempDir,
+    /// The test browser's cookies for the server (name, value), as a browser keeps them.
+    cookies: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 fn stub_settings(stub: &HookApiStub) -> OAuthSettings {
@@ -95,12 +97,14 @@ async fn spawn_with(tweak: impl FnOnce(OAuthSettings) -> OAuthSettings) -> Env {
             .build()
             .unwrap(),
         dir,
+        cookies: Default::default(),
     }
 }
 
 struct Answer {
     status: u16,
     location: Option<String>,
+    set_cookies: Vec<String>,
     body: Value,
     raw: String,
 }
@@ -126,11 +130,47 @@ impl Env {
         } else {
             format!("{}{path_or_url}", self.server.url())
         };
+        let ours = url.starts_with(&self.server.url());
         let mut req = self.http.get(url);
         if let Some(t) = bearer {
             req = req.bearer_auth(t);
         }
-        answer(req.send().await.unwrap()).await
+        let jar = self.cookies.lock().unwrap().clone();
+        if ours && !jar.is_empty() {
+            let header: Vec<String> = jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            req = req.header("cookie", header.join("; "));
+        }
+        let res = answer(req.send().await.unwrap()).await;
+        if ours {
+            for set in &res.set_cookies {
+                let (name, value) = set.split(';').next().unwrap().split_once('=').unwrap();
+                self.keep_cookie(name, value);
+            }
+        }
+        res
+    }
+
+    fn keep_cookie(&self, name: &str, value: &str) {
+        let mut jar = self.cookies.lock().unwrap();
+        jar.retain(|(k, _)| k != name);
+        jar.push((name.to_owned(), value.to_owned()));
+    }
+
+    /// As if the next request came from another browser.
+    fn forget_cookies(&self) {
+        self.cookies.lock().unwrap().clear();
+    }
+
+    /// A state signed here (not through authorize), and the cookie of the browser it was
+    /// issued to.
+    fn issue_state(&self, provider: HookProvider, issued_at: chrono::DateTime<Utc>) -> String {
+        let (value, state) =
+            OAuthState::issue(&self.state_key(), "user-1", "org-a", provider, issued_at);
+        self.keep_cookie(
+            &format!("hookline_oauth_{}", provider.as_str()),
+            &state.nonce,
+        );
+        value
     }
 
     async fn authorize(&self, provider: &str, bearer: &str) -> Answer {
@@ -164,10 +204,17 @@ async fn answer(res: reqwest::Response) -> Answer {
         .headers()
         .get("location")
         .map(|l| l.to_str().unwrap().to_string());
+    let set_cookies = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
     let raw = res.text().await.unwrap();
     Answer {
         status,
         location,
+        set_cookies,
         body: serde_json::from_str(&raw).unwrap_or(Value::Null),
         raw,
     }
@@ -435,14 +482,66 @@ async fn a_tampered_or_foreign_state_is_refused_and_nothing_is_exchanged() {
 }
 
 #[tokio::test]
+async fn a_state_is_accepted_only_from_the_browser_that_asked_for_it() {
+    let env = spawn().await;
+    // The attacker starts a flow with their own Hookline account...
+    let a = env.authorize("github", &env.writer()).await;
+    assert_eq!(a.status, 302, "{}", a.raw);
+    let cookie = a
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with("hookline_oauth_github="))
+        .expect("authorize binds the state to this browser");
+    for attribute in [
+        "Path=/api/v1/oauth/github/callback",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Max-Age=600",
+        "Secure",
+    ] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    let state = query(a.location.as_deref().unwrap(), "state").unwrap();
+    // ...and the victim's browser, which never asked, comes back with a granted code.
+    env.forget_cookies();
+    env.stub.grant_code("code-victim");
+    env.stub.clear_requests();
+    let res = env
+        .callback("github", &[("code", "code-victim"), ("state", &state)])
+        .await;
+    assert_eq!(res.status, 400, "{}", res.raw);
+    assert_eq!(res.body["error"], "invalid_state");
+    assert!(res.body["message"]
+        .as_str()
+        .unwrap()
+        .contains("this browser did not start"));
+    assert!(env.stub.requests().is_empty(), "no code is exchanged");
+    // Another browser's cookie does not fit this state either.
+    let _ = env.state("github").await;
+    let res = env
+        .callback("github", &[("code", "code-victim"), ("state", &state)])
+        .await;
+    assert_eq!(res.body["error"], "invalid_state", "{}", res.raw);
+    // A GitLab flow in the same browser keeps its own cookie beside GitHub's.
+    let gitlab = env.state("gitlab").await;
+    let github = env.state("github").await;
+    env.stub.grant_code("code-own");
+    let ok = env
+        .callback("github", &[("code", "code-own"), ("state", &github)])
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    env.stub.grant_code("code-own-2");
+    let ok = env
+        .callback("gitlab", &[("code", "code-own-2"), ("state", &gitlab)])
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+}
+
+#[tokio::test]
 async fn a_state_older_than_ten_minutes_is_expired() {
     let env = spawn().await;
     env.stub.grant_code("code-old");
-    let key = env.state_key();
-    let old = OAuthState::sign(
-        &key,
-        "user-1",
-        "org-a",
+    let old = env.issue_state(
         HookProvider::GitHub,
         Utc::now() - ChronoDuration::seconds(11 * 60),
     );
@@ -454,10 +553,7 @@ async fn a_state_older_than_ten_minutes_is_expired() {
     assert!(res.body["message"].as_str().unwrap().contains("10 minutes"));
 
     // Nine minutes old is fine.
-    let recent = OAuthState::sign(
-        &key,
-        "user-1",
-        "org-a",
+    let recent = env.issue_state(
         HookProvider::GitHub,
         Utc::now() - ChronoDuration::seconds(9 * 60),
     );

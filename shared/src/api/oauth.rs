@@ -5,7 +5,8 @@
 //!   with a signed `state` naming the user, org and provider (`?format=json` answers
 //!   `{"authorize_url": …}` instead, for single-page apps that navigate themselves).
 //! - `GET …/callback?code=…&state=…` (no bearer token: the provider's redirect carries none;
-//!   the state, MAC'd with a server key and at most 10 minutes old, says who started it):
+//!   the state, MAC'd with a server key and at most 10 minutes old, says who started it, and
+//!   is accepted only with the `hookline_oauth_{provider}` cookie authorize set in the browser):
 //!   exchanges the code, checks the token may manage hooks, and stores it sealed for that
 //!   org and user, as `PUT /api/v1/provider-tokens/{provider}` does. The token is never
 //!   returned.
@@ -185,6 +186,42 @@ fn redirect(location: &str) -> Response {
     no_store(res)
 }
 
+/// The cookie that binds a state to the browser that asked for it (one per provider, so two
+/// flows in one browser do not clobber each other).
+fn cookie_name(provider: HookProvider) -> String {
+    format!("hookline_oauth_{}", provider.as_str())
+}
+
+/// Set at authorize, sent back only to the callback: HttpOnly, and `SameSite=Lax` so the
+/// provider's top-level redirect carries it. `Secure` whenever the callback is https.
+fn binding_cookie(
+    provider: HookProvider,
+    nonce: &str,
+    max_age: Duration,
+    secure: bool,
+) -> HeaderValue {
+    let value = format!(
+        "{}={nonce}; Path=/api/v1/oauth/{}/callback; Max-Age={}; HttpOnly; SameSite=Lax{}",
+        cookie_name(provider),
+        provider.as_str(),
+        max_age.as_secs(),
+        if secure { "; Secure" } else { "" },
+    );
+    HeaderValue::from_str(&value).expect("a nonce is base64url")
+}
+
+/// Whether the request carries the binding cookie for `nonce` (compared in constant time).
+fn presents_binding(req: &Request, provider: HookProvider, nonce: &str) -> bool {
+    let name = cookie_name(provider);
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(k, v)| k == name && crate::providers::mac::ct_eq(v.as_bytes(), nonce.as_bytes()))
+}
+
 fn no_store(mut res: Response) -> Response {
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -285,12 +322,18 @@ impl OAuthApi {
                 "the request has no Host header to build the callback URL from: set WEBHOOK_BASE_URL",
             );
         };
-        let state = OAuthState::sign(
+        let (state, signed) = OAuthState::issue(
             key,
             principal.user_id.as_str(),
             principal.org_id.as_str(),
             provider,
             self.clock.now(),
+        );
+        let cookie = binding_cookie(
+            provider,
+            &signed.nonce,
+            self.settings.state_max_age,
+            redirect_uri.starts_with("https://"),
         );
         let url = self.settings.client.authorize_url(
             provider,
@@ -305,7 +348,7 @@ impl OAuthApi {
             user_id = principal.user_id.as_str(),
             "OAuth authorization started"
         );
-        match query_param(req.uri(), "format").as_deref() {
+        let mut res = match query_param(req.uri(), "format").as_deref() {
             Some("json") => no_store(json(
                 StatusCode::OK,
                 &serde_json::json!({
@@ -316,8 +359,10 @@ impl OAuthApi {
                 }),
             )),
             None | Some("redirect") => redirect(&url),
-            Some(_) => bad("invalid_request", "format must be json or redirect"),
-        }
+            Some(_) => return bad("invalid_request", "format must be json or redirect"),
+        };
+        res.headers_mut().append(header::SET_COOKIE, cookie);
+        res
     }
 
     fn state_key(&self) -> Option<&Secret> {
@@ -388,6 +433,27 @@ impl OAuthApi {
                 format!(
                     "the state was issued for {}, not {name}: start again",
                     state.provider.display_name()
+                ),
+            );
+        }
+        // The state must come back to the browser it was issued to: otherwise anyone could
+        // start a flow with their own Hookline account and send the provider's authorize link
+        // to someone else, whose account the callback would then store under theirs.
+        if !presents_binding(req, provider, &state.nonce) {
+            tracing::warn!(
+                provider = provider.as_str(),
+                org_id = state.org.as_str(),
+                security = true,
+                "OAuth callback from a browser that did not start the authorization"
+            );
+            return bad(
+                "invalid_state",
+                format!(
+                    "this browser did not start the authorization (its {} cookie is missing or \
+                     belongs to another one): start again from /api/v1/oauth/{}/authorize in \
+                     this browser",
+                    cookie_name(provider),
+                    provider.as_str()
                 ),
             );
         }

@@ -413,6 +413,18 @@ impl OAuthState {
         provider: HookProvider,
         now: DateTime<Utc>,
     ) -> String {
+        Self::issue(key, user, org, provider, now).0
+    }
+
+    /// [`OAuthState::sign`], also handing back what was signed (its nonce binds the state to
+    /// the browser that asked for it).
+    pub fn issue(
+        key: &Secret,
+        user: &str,
+        org: &str,
+        provider: HookProvider,
+        now: DateTime<Utc>,
+    ) -> (String, OAuthState) {
         let state = OAuthState {
             user: user.to_string(),
             org: org.to_string(),
@@ -422,7 +434,7 @@ impl OAuthState {
         };
         let payload = B64.encode(serde_json::to_vec(&state).expect("a state serialises"));
         let mac = hmac_sha256(key.as_bytes(), &[STATE_DOMAIN, payload.as_bytes()]);
-        format!("{payload}.{}", B64.encode(mac))
+        (format!("{payload}.{}", B64.encode(mac)), state)
     }
 
     /// Check the MAC (constant time), then the age; return what was signed.
