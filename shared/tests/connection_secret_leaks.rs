@@ -70,6 +70,7 @@ async fn no_log_line_response_or_data_file_holds_a_connection_secret() {
         gitlab_url: stub.url().to_string(),
         auth: None,
         rotation_overlap: Duration::from_secs(3600),
+        oauth: None,
     };
     let app = with_repositories(
         app,

@@ -221,6 +221,7 @@ async fn api_app(dir: &std::path::Path, stub: &hookline::hooks::stub::HookApiStu
             gitlab_url: stub.url().to_string(),
             auth: None,
             rotation_overlap: Duration::from_secs(3600),
+            oauth: None,
         },
         clock.clone(),
     )

@@ -63,6 +63,7 @@ async fn spawn_with(tweak: impl FnOnce(OAuthSettings) -> OAuthSettings) -> Env {
         Arc::new(SystemClock),
     )
     .unwrap();
+    let settings = tweak(stub_settings(&stub));
     let app = with_repositories(
         app,
         dir.path(),
@@ -72,19 +73,12 @@ async fn spawn_with(tweak: impl FnOnce(OAuthSettings) -> OAuthSettings) -> Env {
             gitlab_url: stub.url().to_string(),
             auth: None,
             rotation_overlap: Duration::from_secs(3600),
+            oauth: Some(settings.clone()),
         },
         Arc::new(SystemClock),
     )
     .unwrap();
-    let app = with_oauth(
-        app,
-        dir.path(),
-        BASE,
-        tweak(stub_settings(&stub)),
-        None,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    let app = with_oauth(app, dir.path(), BASE, settings, None, Arc::new(SystemClock)).unwrap();
     let server = Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)
         .await
         .unwrap();
@@ -315,6 +309,73 @@ async fn a_github_round_trip_stores_a_token_the_repositories_api_then_uses() {
         .unwrap();
     let theirs = answer(res).await;
     assert_ne!(theirs.body["webhook_status"], "active", "{}", theirs.raw);
+}
+
+#[tokio::test]
+async fn an_expiring_gitlab_token_is_renewed_before_a_hook_call() {
+    let env = spawn().await;
+    // GitLab tokens that expire within the renewal margin: every use renews first.
+    env.stub.set_gitlab_token_lifetime(60);
+    let state = env.state("gitlab").await;
+    let first = env.stub.grant_code("code-r");
+    let done = env
+        .callback("gitlab", &[("code", "code-r"), ("state", &state)])
+        .await;
+    assert_eq!(done.status, 200, "{}", done.raw);
+    // The granted token no longer works at GitLab: only a renewed one can create the hook.
+    env.stub.revoke_token(first.expose());
+    let connect = |repo: &'static str| {
+        let env = &env;
+        async move {
+            let res = env
+                .http
+                .post(format!("{}/api/v1/repositories/connect", env.server.url()))
+                .bearer_auth(env.writer())
+                .json(&json!({"repository_full_name": repo, "provider": "gitlab"}))
+                .send()
+                .await
+                .unwrap();
+            answer(res).await
+        }
+    };
+    for repo in ["acme/renewed-once", "acme/renewed-twice"] {
+        let connected = connect(repo).await;
+        assert_eq!(connected.status, 201, "{}", connected.raw);
+        assert_eq!(
+            connected.body["webhook_status"], "active",
+            "{}",
+            connected.raw
+        );
+    }
+    let requests = env.stub.requests();
+    let renewals = requests
+        .iter()
+        .filter(|r| r.path == "/oauth/token" && r.body["grant_type"] == "refresh_token")
+        .count();
+    assert_eq!(
+        renewals, 2,
+        "each use renewed, with the refresh token of the one before"
+    );
+    let used: Vec<String> = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/hooks"))
+        .map(|r| r.token.clone().expect("a token").expose().to_owned())
+        .collect();
+    assert_eq!(used.len(), 2);
+    assert!(
+        used.iter().all(|t| t != first.expose()),
+        "never the expired token"
+    );
+
+    // A grant GitLab no longer renews: the answer says to connect again, and how.
+    env.stub.forget_refresh_tokens();
+    let refused = connect("acme/not-renewed").await;
+    assert_ne!(refused.body["webhook_status"], "active", "{}", refused.raw);
+    assert!(
+        refused.raw.contains("/api/v1/oauth/gitlab/authorize"),
+        "{}",
+        refused.raw
+    );
 }
 
 #[tokio::test]

@@ -62,6 +62,7 @@ async fn a_connected_repository_on_dynamodb_sqs_and_kms_turns_a_failed_run_into_
             gitlab_url: stub.url().to_string(),
             auth: None,
             rotation_overlap: Duration::from_secs(3600),
+            oauth: None,
         },
         Arc::new(SystemClock),
     );

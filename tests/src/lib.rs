@@ -847,6 +847,7 @@ impl ApiServer {
             gitlab_url: stub.url().to_string(),
             auth: None,
             rotation_overlap,
+            oauth: None,
         };
         let app =
             with_repositories(app, dir.path(), "https://hooks.example.com", config, clock).unwrap();

@@ -498,12 +498,7 @@ impl OAuthApi {
         }
         if let Err(e) = self
             .tokens
-            .put(
-                &state.org,
-                &state.user,
-                repo_provider(provider),
-                &token.token,
-            )
+            .put_granted(&state.org, &state.user, repo_provider(provider), &token)
             .await
         {
             tracing::error!(error = %e, provider = provider.as_str(), "could not store an OAuth token");

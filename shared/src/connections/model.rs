@@ -96,6 +96,17 @@ pub struct StoredSecret {
     pub valid_until: Option<DateTime<Utc>>,
 }
 
+/// A user's provider access token as stored: sealed, with when it expires (`valid_until`)
+/// and, for OAuth tokens that expire (GitLab's last two hours), the sealed refresh token that
+/// renews it. Records written before refresh tokens were kept read as having none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredProviderToken {
+    #[serde(flatten)]
+    pub access: StoredSecret,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
+}
+
 /// A connected repository.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Connection {

@@ -3,7 +3,9 @@
 //! rotates, retries and removes them. A provider failure never loses the connection: it is
 //! saved with `webhook_status: failed` and a reason the user can act on.
 
-use super::model::{Connection, ConnectionId, RepoProvider, StoredSecret, WebhookStatus};
+use super::model::{
+    Connection, ConnectionId, RepoProvider, StoredProviderToken, StoredSecret, WebhookStatus,
+};
 use crate::clock::Clock;
 use crate::hooks::{Deleted, HookClient, HookSpec};
 use crate::model::Source;
@@ -91,26 +93,79 @@ pub trait ProviderTokens: Send + Sync + 'static {
 }
 
 /// Provider access tokens kept sealed in the connection store, one per (org, user, provider).
+/// With [`StoredProviderTokens::with_refresh`], an OAuth token that has expired (or is about
+/// to) is renewed with its refresh token before it is handed out.
 pub struct StoredProviderTokens {
     store: Arc<dyn ConnectionStore>,
     keys: Arc<dyn KeyService>,
+    refresh: Option<Refresh>,
 }
 
+/// How expiring OAuth tokens are renewed: the providers' token endpoints and the OAuth apps.
+struct Refresh {
+    client: crate::hooks::oauth::OAuthClient,
+    github: Option<crate::hooks::oauth::OAuthApp>,
+    gitlab: Option<crate::hooks::oauth::OAuthApp>,
+    clock: Arc<dyn Clock>,
+}
+
+/// A token this close to its expiry is renewed first: a hook call must not race the expiry.
+const REFRESH_MARGIN: chrono::Duration = chrono::Duration::seconds(120);
+
+/// What a user's provider secret is sealed under: whose it is, and which of the two it is
+/// (the KMS key policy lets each function use only the purposes it needs).
 fn token_context(org_id: &str, user_id: &str, provider: RepoProvider) -> EncryptionContext {
+    user_context(org_id, user_id, provider, "provider_token")
+}
+
+fn refresh_context(org_id: &str, user_id: &str, provider: RepoProvider) -> EncryptionContext {
+    user_context(org_id, user_id, provider, "provider_refresh_token")
+}
+
+fn user_context(
+    org_id: &str,
+    user_id: &str,
+    provider: RepoProvider,
+    purpose: &str,
+) -> EncryptionContext {
     EncryptionContext::new([
         ("org", org_id),
         ("user", user_id),
         ("provider", provider.as_str()),
-        ("purpose", "provider_token"),
+        ("purpose", purpose),
     ])
+}
+
+fn unreadable(what: &str) -> ConnectError {
+    ConnectError::Unavailable(format!("a stored {what} is unreadable"))
 }
 
 impl StoredProviderTokens {
     pub fn new(store: Arc<dyn ConnectionStore>, keys: Arc<dyn KeyService>) -> Self {
-        Self { store, keys }
+        Self {
+            store,
+            keys,
+            refresh: None,
+        }
     }
 
-    /// Register (replace) a user's access token; it is never returned.
+    /// Renew expiring OAuth tokens through `settings`' token endpoints and apps.
+    pub fn with_refresh(
+        mut self,
+        settings: &crate::api::oauth::OAuthSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        self.refresh = Some(Refresh {
+            client: settings.client.clone(),
+            github: settings.github.clone(),
+            gitlab: settings.gitlab.clone(),
+            clock,
+        });
+        self
+    }
+
+    /// Register (replace) a user's access token, one that does not expire (a personal access
+    /// token); it is never returned.
     pub async fn put(
         &self,
         org_id: &str,
@@ -118,18 +173,145 @@ impl StoredProviderTokens {
         provider: RepoProvider,
         token: &Secret,
     ) -> Result<(), ConnectError> {
-        let sealed = self
+        self.put_token(org_id, user_id, provider, token, None, None)
+            .await
+    }
+
+    /// Register (replace) an OAuth grant: the access token, when it expires, and the refresh
+    /// token that renews it.
+    pub async fn put_granted(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        provider: RepoProvider,
+        granted: &crate::hooks::oauth::AccessToken,
+    ) -> Result<(), ConnectError> {
+        self.put_token(
+            org_id,
+            user_id,
+            provider,
+            &granted.token,
+            granted.expires_at,
+            granted.refresh_token.as_ref(),
+        )
+        .await
+    }
+
+    async fn put_token(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        provider: RepoProvider,
+        token: &Secret,
+        expires_at: Option<DateTime<Utc>>,
+        refresh: Option<&Secret>,
+    ) -> Result<(), ConnectError> {
+        let seal =
+            |sealed: Sealed| serde_json::to_string(&sealed).expect("a sealed secret serialises");
+        let access = self
             .keys
             .seal(token, &token_context(org_id, user_id, provider))
             .await?;
-        let stored = StoredSecret {
-            sealed: serde_json::to_string(&sealed).expect("a sealed secret serialises"),
-            valid_until: None,
+        let refresh = match refresh {
+            Some(r) => Some(seal(
+                self.keys
+                    .seal(r, &refresh_context(org_id, user_id, provider))
+                    .await?,
+            )),
+            None => None,
+        };
+        let stored = StoredProviderToken {
+            access: StoredSecret {
+                sealed: seal(access),
+                valid_until: expires_at,
+            },
+            refresh,
         };
         Ok(self
             .store
             .put_provider_token(org_id, user_id, provider, &stored)
             .await?)
+    }
+
+    async fn open_access(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        provider: RepoProvider,
+        stored: &StoredProviderToken,
+    ) -> Result<Secret, ConnectError> {
+        let sealed: Sealed =
+            serde_json::from_str(&stored.access.sealed).map_err(|_| unreadable("access token"))?;
+        Ok(self
+            .keys
+            .open(&sealed, &token_context(org_id, user_id, provider))
+            .await?)
+    }
+
+    /// Trade the stored refresh token for a new grant and store it. GitLab hands out a new
+    /// refresh token each time and the old one stops working, so when two calls refresh at
+    /// once the loser finds the winner's grant stored and uses that.
+    async fn renew(
+        &self,
+        refresh: &Refresh,
+        org_id: &str,
+        user_id: &str,
+        provider: RepoProvider,
+        stored: &StoredProviderToken,
+    ) -> Result<Secret, ConnectError> {
+        let hook_provider = match provider {
+            RepoProvider::Github => crate::hooks::HookProvider::GitHub,
+            RepoProvider::Gitlab => crate::hooks::HookProvider::GitLab,
+        };
+        let name = hook_provider.display_name();
+        let reconnect = |why: String| {
+            ConnectError::Provider(format!(
+                "the {name} authorization has expired and {why}: connect {name} again at \
+                 /api/v1/oauth/{}/authorize",
+                provider.as_str()
+            ))
+        };
+        let app = match provider {
+            RepoProvider::Github => refresh.github.as_ref(),
+            RepoProvider::Gitlab => refresh.gitlab.as_ref(),
+        }
+        .ok_or_else(|| reconnect("this server has no OAuth app to renew it with".into()))?;
+        let sealed: Sealed = serde_json::from_str(stored.refresh.as_deref().unwrap_or_default())
+            .map_err(|_| unreadable("refresh token"))?;
+        let refresh_token = self
+            .keys
+            .open(&sealed, &refresh_context(org_id, user_id, provider))
+            .await?;
+        let now = refresh.clock.now();
+        match refresh
+            .client
+            .refresh(hook_provider, app, &refresh_token, now)
+            .await
+        {
+            Ok(granted) => {
+                self.put_granted(org_id, user_id, provider, &granted)
+                    .await?;
+                tracing::info!(
+                    provider = provider.as_str(),
+                    org_id,
+                    user_id,
+                    "renewed an expiring OAuth token"
+                );
+                Ok(granted.token)
+            }
+            Err(e) => {
+                let current = self
+                    .store
+                    .get_provider_token(org_id, user_id, provider)
+                    .await?;
+                match current {
+                    Some(current) if current.access != stored.access => {
+                        self.open_access(org_id, user_id, provider, &current).await
+                    }
+                    _ => Err(reconnect(format!("could not be renewed ({e})"))),
+                }
+            }
+        }
     }
 }
 
@@ -148,13 +330,19 @@ impl ProviderTokens for StoredProviderTokens {
         else {
             return Ok(None);
         };
-        let sealed: Sealed = serde_json::from_str(&stored.sealed)
-            .map_err(|_| ConnectError::Unavailable("a stored access token is unreadable".into()))?;
-        Ok(Some(
-            self.keys
-                .open(&sealed, &token_context(org_id, user_id, provider))
-                .await?,
-        ))
+        if let (Some(refresh), Some(expires), Some(_)) =
+            (&self.refresh, stored.access.valid_until, &stored.refresh)
+        {
+            if refresh.clock.now() + REFRESH_MARGIN >= expires {
+                return self
+                    .renew(refresh, org_id, user_id, provider, &stored)
+                    .await
+                    .map(Some);
+            }
+        }
+        self.open_access(org_id, user_id, provider, &stored)
+            .await
+            .map(Some)
     }
 }
 

@@ -103,6 +103,8 @@ struct Inner {
     revoked: HashSet<String>,
     github_scopes: String,
     gitlab_scopes: String,
+    /// `expires_in` of the GitLab tokens the token endpoint hands out (GitLab: 7200).
+    gitlab_token_lifetime: i64,
     max_per_page: usize,
     requests: Vec<StubRequest>,
     codes: HashMap<String, String>,
@@ -154,6 +156,7 @@ impl HookApiStub {
             revoked: HashSet::new(),
             github_scopes: "admin:repo_hook, repo".into(),
             gitlab_scopes: "api".into(),
+            gitlab_token_lifetime: 7200,
             max_per_page: 100,
             requests: Vec::new(),
             codes: HashMap::new(),
@@ -280,6 +283,16 @@ impl HookApiStub {
     /// `false`: every token is refused (401 "Bad credentials" / "401 Unauthorized").
     pub fn set_token_valid(&self, valid: bool) {
         self.lock().tokens_valid = valid;
+    }
+
+    /// How long the GitLab tokens handed out from now on last (`expires_in`, seconds).
+    pub fn set_gitlab_token_lifetime(&self, secs: i64) {
+        self.lock().gitlab_token_lifetime = secs;
+    }
+
+    /// Forget every refresh token handed out: refreshing fails as with a revoked grant.
+    pub fn forget_refresh_tokens(&self) {
+        self.lock().refresh_tokens.clear();
     }
 
     /// Refuse one token from now on.
@@ -1144,7 +1157,7 @@ impl Inner {
             json!({
                 "access_token": token,
                 "token_type": "Bearer",
-                "expires_in": 7200,
+                "expires_in": self.gitlab_token_lifetime,
                 "refresh_token": refresh,
                 "scope": self.gitlab_scopes,
                 "created_at": Utc::now().timestamp(),

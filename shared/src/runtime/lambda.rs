@@ -282,7 +282,12 @@ pub async fn aws_api(api: Api) -> Result<ApiHandler, Error> {
         aws_sdk_kms::Client::new(&sdk),
         required("HOOKLINE_KMS_KEY_ID")?,
     )));
-    let tokens = Arc::new(StoredProviderTokens::new(store.clone(), keys.clone()));
+    let tokens = Arc::new(
+        StoredProviderTokens::new(store.clone(), keys.clone()).with_refresh(
+            &crate::api::oauth::OAuthSettings::from_lookup(lookup),
+            Arc::new(SystemClock),
+        ),
+    );
     Ok(match api {
         Api::Repositories => {
             let Some(base) = crate::config::var("WEBHOOK_BASE_URL") else {

@@ -89,6 +89,9 @@ pub struct RepositoriesConfig {
     pub auth: Option<crate::auth::Authenticator>,
     /// How long a rotated-out webhook secret still verifies deliveries.
     pub rotation_overlap: Duration,
+    /// The OAuth apps and endpoints, for the OAuth routes and for renewing expiring OAuth
+    /// tokens before a hook call; `None` reads them from the environment.
+    pub oauth: Option<crate::api::oauth::OAuthSettings>,
 }
 
 impl RepositoriesConfig {
@@ -113,6 +116,7 @@ impl RepositoriesConfig {
                 .unwrap_or_else(|| "https://gitlab.com".into()),
             auth,
             rotation_overlap: Duration::from_secs(overlap),
+            oauth: None,
         })
     }
 }
@@ -129,7 +133,10 @@ pub fn with_repositories(
     use crate::ports::connections::embedded::EmbeddedConnectionStore;
     use crate::ports::keys::{embedded::LocalKeys, CachedKeys, KeyService};
     // The provider OAuth routes come with the repository routes (client ids from the env).
-    let oauth = crate::api::oauth::OAuthSettings::from_env();
+    let oauth = config
+        .oauth
+        .clone()
+        .unwrap_or_else(crate::api::oauth::OAuthSettings::from_env);
     app = with_oauth(
         app,
         data_dir,
@@ -179,7 +186,13 @@ pub fn with_repositories_over(
     clock: Arc<dyn Clock>,
 ) -> App {
     use crate::connections::service::{Repositories, Settings, StoredProviderTokens};
-    let tokens = Arc::new(StoredProviderTokens::new(store.clone(), keys.clone()));
+    let oauth = config
+        .oauth
+        .clone()
+        .unwrap_or_else(crate::api::oauth::OAuthSettings::from_env);
+    let tokens = Arc::new(
+        StoredProviderTokens::new(store.clone(), keys.clone()).with_refresh(&oauth, clock.clone()),
+    );
     app.worker = Arc::new(app.worker.with_dispatcher(
         crate::worker::Dispatcher::with_repositories(app.store.clone(), store.clone()),
     ));

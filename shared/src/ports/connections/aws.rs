@@ -33,7 +33,7 @@ use super::{
     ConnectionError, ConnectionStore, MAX_PAGE,
 };
 use crate::connections::{
-    Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, StoredSecret,
+    Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, StoredProviderToken,
     WorkflowRun,
 };
 use crate::ports::store::aws::{error_chain, Gsi1Query};
@@ -807,7 +807,7 @@ impl ConnectionStore for DynamoConnectionStore {
         org_id: &str,
         user_id: &str,
         provider: RepoProvider,
-        token: &StoredSecret,
+        token: &StoredProviderToken,
     ) -> Result<(), ConnectionError> {
         let pk = token_pk(org_id, user_id, provider);
         let item = HashMap::from([
@@ -830,7 +830,7 @@ impl ConnectionStore for DynamoConnectionStore {
         org_id: &str,
         user_id: &str,
         provider: RepoProvider,
-    ) -> Result<Option<StoredSecret>, ConnectionError> {
+    ) -> Result<Option<StoredProviderToken>, ConnectionError> {
         self.get_item(token_pk(org_id, user_id, provider), TOKEN_SK)
             .await?
             .map(|item| parse_record(&item))

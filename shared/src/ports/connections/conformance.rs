@@ -850,10 +850,21 @@ pub async fn the_newest_pull_request_state_wins(store: &dyn ConnectionStore) {
 }
 
 pub async fn provider_tokens_are_kept_per_org_user_and_provider(store: &dyn ConnectionStore) {
-    use crate::connections::StoredSecret;
-    let sealed = |v: &str| StoredSecret {
-        sealed: v.to_owned(),
-        valid_until: None,
+    use crate::connections::{StoredProviderToken, StoredSecret};
+    let sealed = |v: &str| StoredProviderToken {
+        access: StoredSecret {
+            sealed: v.to_owned(),
+            valid_until: None,
+        },
+        refresh: None,
+    };
+    // An OAuth grant: when it expires, and its refresh token.
+    let granted = StoredProviderToken {
+        access: StoredSecret {
+            sealed: "gitlab".to_owned(),
+            valid_until: Some(t(7200)),
+        },
+        refresh: Some("gitlab-refresh".to_owned()),
     };
     let (org, other_org) = (
         format!("org-{}", uuid::Uuid::new_v4()),
@@ -875,7 +886,7 @@ pub async fn provider_tokens_are_kept_per_org_user_and_provider(store: &dyn Conn
         .await
         .unwrap();
     store
-        .put_provider_token(&org, "u1", RepoProvider::Gitlab, &sealed("gitlab"))
+        .put_provider_token(&org, "u1", RepoProvider::Gitlab, &granted)
         .await
         .unwrap();
     assert_eq!(
@@ -890,7 +901,7 @@ pub async fn provider_tokens_are_kept_per_org_user_and_provider(store: &dyn Conn
             .get_provider_token(&org, "u1", RepoProvider::Gitlab)
             .await
             .unwrap(),
-        Some(sealed("gitlab"))
+        Some(granted)
     );
     assert_eq!(
         store

@@ -8,7 +8,7 @@ use super::{
     ConnectionError, ConnectionStore, MAX_PAGE,
 };
 use crate::connections::{
-    Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, StoredSecret,
+    Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, StoredProviderToken,
     WorkflowRun,
 };
 use crate::ports::sqlite::{from_millis, millis, Database, DbError};
@@ -660,7 +660,7 @@ impl ConnectionStore for EmbeddedConnectionStore {
         org_id: &str,
         user_id: &str,
         provider: RepoProvider,
-        token: &StoredSecret,
+        token: &StoredProviderToken,
     ) -> Result<(), ConnectionError> {
         let key = format!("{org_id}#{user_id}#{}", provider.as_str());
         let record = to_json(&key, token)?;
@@ -683,7 +683,7 @@ impl ConnectionStore for EmbeddedConnectionStore {
         org_id: &str,
         user_id: &str,
         provider: RepoProvider,
-    ) -> Result<Option<StoredSecret>, ConnectionError> {
+    ) -> Result<Option<StoredProviderToken>, ConnectionError> {
         let key = format!("{org_id}#{user_id}#{}", provider.as_str());
         let (org_id, user_id) = (org_id.to_owned(), user_id.to_owned());
         let record: Option<String> = self

@@ -11,7 +11,7 @@
 //! record keeps the name as given.
 
 use crate::connections::{
-    Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, StoredSecret,
+    Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, StoredProviderToken,
     WorkflowRun,
 };
 use async_trait::async_trait;
@@ -185,13 +185,14 @@ pub trait ConnectionStore: Send + Sync + 'static {
     // ---- provider access tokens ------------------------------------------------------------
 
     /// Store (replace) the sealed access token a user of an org registered for a provider
-    /// (OAuth or a personal access token): hooks are managed with it.
+    /// (OAuth, with its refresh token where it expires, or a personal access token): hooks
+    /// are managed with it.
     async fn put_provider_token(
         &self,
         org_id: &str,
         user_id: &str,
         provider: RepoProvider,
-        token: &StoredSecret,
+        token: &StoredProviderToken,
     ) -> Result<(), ConnectionError>;
 
     async fn get_provider_token(
@@ -199,7 +200,7 @@ pub trait ConnectionStore: Send + Sync + 'static {
         org_id: &str,
         user_id: &str,
         provider: RepoProvider,
-    ) -> Result<Option<StoredSecret>, ConnectionError>;
+    ) -> Result<Option<StoredProviderToken>, ConnectionError>;
 }
 
 // ---- shared by both adapters ---------------------------------------------------------------
