@@ -441,7 +441,7 @@ enum Answer {
     Challenge(String),
 }
 
-/// The queue message of a delivery: its envelope as JSON.
+/// The queue message of a delivery: its envelope (`Envelope::to_message`).
 fn envelope_message(a: &Arrival, body: &[u8]) -> String {
     Envelope::new(a.source, &a.delivery_id, &a.event_type, a.received_at, body).to_message()
 }

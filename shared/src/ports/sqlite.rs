@@ -394,25 +394,25 @@ fn writer(
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
-        let unsynced = match (&synced, committed) {
+        let answer = match (&synced, committed) {
             // Answered once the WAL is on disk, while this thread goes on with the next batch.
-            (Some(syncer), Ok(())) => match syncer.send((finishes, Ok(()))) {
+            (Some(syncer), Ok(())) => match syncer.send(finishes) {
                 Ok(()) => continue,
-                Err(mpsc::SendError((finishes, _))) => (
-                    finishes,
-                    Err(DbError("the database sync thread has stopped".into())),
-                ),
+                Err(mpsc::SendError(unsent)) => {
+                    finishes = unsent;
+                    Err(DbError("the database sync thread has stopped".into()))
+                }
             },
-            (_, committed) => (finishes, committed),
+            (_, committed) => committed,
         };
-        finish_all(unsynced);
+        finish_all(finishes, answer);
     }
 }
 
-/// A committed batch: its callers, and how its transaction ended.
-type Committed = (Vec<Finish>, Result<(), DbError>);
+/// The callers of a batch whose transaction committed, waiting for the WAL to reach the disk.
+type Committed = Vec<Finish>;
 
-fn finish_all((finishes, result): Committed) {
+fn finish_all(finishes: Vec<Finish>, result: Result<(), DbError>) {
     for finish in finishes {
         finish(result.clone());
     }
@@ -428,8 +428,8 @@ fn syncer(wal: &Path, batches: mpsc::Receiver<Committed>) {
         let mut ready = vec![first];
         ready.extend(batches.try_iter());
         let synced = sync_wal(wal, &mut file);
-        for (finishes, committed) in ready {
-            finish_all((finishes, committed.and(synced.clone())));
+        for finishes in ready {
+            finish_all(finishes, synced.clone());
         }
     }
 }
