@@ -116,14 +116,17 @@ pub enum Scope {
     ReposRead,
     ReposWrite,
     WebhooksManage,
+    /// Publish events (`POST /api/v1/events`) without managing endpoints.
+    EventsWrite,
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [
+    pub const ALL: [Scope; 5] = [
         Scope::ReposRead,
         Scope::ReposWrite,
         Scope::WebhooksManage,
+        Scope::EventsWrite,
         Scope::Admin,
     ];
 
@@ -132,6 +135,7 @@ impl Scope {
             Scope::ReposRead => "repos:read",
             Scope::ReposWrite => "repos:write",
             Scope::WebhooksManage => "webhooks:manage",
+            Scope::EventsWrite => "events:write",
             Scope::Admin => "admin",
         }
     }
@@ -170,7 +174,9 @@ impl fmt::Display for Scope {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scope {0:?} (known: repos:read, repos:write, webhooks:manage, admin)")]
+#[error(
+    "unknown scope {0:?} (known: repos:read, repos:write, webhooks:manage, events:write, admin)"
+)]
 pub struct UnknownScope(pub String);
 
 impl FromStr for Scope {

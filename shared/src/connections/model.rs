@@ -1,50 +1,9 @@
 //! Repository connections (DESIGN.md §1.2, seeds 001 and 004): a repository an org connected,
 //! the webhook Hookline manages on it, and the sealed per-repository secret.
 
+use crate::ids::typed_id;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::fmt;
-
-macro_rules! typed_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
-
-        impl $name {
-            pub const PREFIX: &'static str = $prefix;
-
-            /// A fresh random id: the prefix and 22 base62 characters (~131 bits).
-            pub fn generate() -> Self {
-                use rand::Rng;
-                const ALPHABET: &[u8] =
-                    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-                let mut rng = rand::thread_rng();
-                let tail: String =
-                    (0..22).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect();
-                Self(format!("{}{}", $prefix, tail))
-            }
-
-            /// An id read back from storage or a URL; `None` if it lacks the prefix.
-            pub fn parse(raw: &str) -> Option<Self> {
-                (raw.starts_with($prefix) && raw.len() > $prefix.len()
-                    && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-                    .then(|| Self(raw.to_string()))
-            }
-
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
 
 typed_id!(
     /// A repository connection: `rpc_…`.

@@ -5,6 +5,9 @@
 pub mod connections;
 pub mod intake;
 pub mod keys;
+pub mod mail;
+pub mod orgs;
+pub mod outbound;
 pub mod queue;
 pub mod secrets;
 pub mod sqlite;

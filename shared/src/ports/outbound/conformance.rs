@@ -1,0 +1,1 @@
+//! Placeholder: written in a follow-up commit.
