@@ -12,7 +12,7 @@ use hookline::outbound::model::{
     EventId, NewEvent, DEFAULT_SIGNATURE_HEADER,
 };
 use hookline::ports::outbound::aws::DynamoOutboundStore;
-use hookline::ports::outbound::{Appended, OutboundStore};
+use hookline::ports::outbound::{Appended, DeliveryFilter, OutboundStore};
 use hookline::ports::secrets::aws::sdk_config_for;
 use hookline::ports::store::aws::create_table;
 use std::collections::HashSet;
@@ -341,4 +341,97 @@ async fn endpoints_are_counted_listed_oldest_first_and_kept_to_their_org() {
         ..made[2].clone()
     };
     assert!(store.update_endpoint(&foreign).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliveries_are_listed_newest_first_by_page_and_narrowed_by_every_filter() {
+    let (_, store) = fresh_store().await;
+    let (ep1, ep2) = (EndpointId::generate(), EndpointId::generate());
+    let mut made = Vec::new();
+    for i in 0..6 {
+        let ep = if i % 2 == 0 { &ep1 } else { &ep2 };
+        let mut d = delivery("org#a", ep, &format!("e{i}"), i);
+        if i == 3 {
+            d.status = DeliveryStatus::DeadLettered;
+            d.event_type = "lead_won".to_owned();
+        }
+        assert!(store.create_delivery(&d).await.unwrap());
+        made.push(d);
+    }
+    store
+        .create_delivery(&delivery("org", &ep1, "e0", 0))
+        .await
+        .unwrap();
+    let newest_first: Vec<Delivery> = made.iter().rev().cloned().collect();
+
+    let all = DeliveryFilter::default();
+    let (first, next) = store.list_deliveries("org#a", &all, 4, None).await.unwrap();
+    assert_eq!(first, newest_first[..4].to_vec());
+    let (rest, last) = store.list_deliveries("org#a", &all, 4, next).await.unwrap();
+    assert_eq!(rest, newest_first[4..].to_vec());
+    assert_eq!(last, None);
+
+    let ids = |page: Vec<Delivery>| page.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    let by = |filter: DeliveryFilter| {
+        let store = store.clone();
+        async move {
+            let (page, _) = store
+                .list_deliveries("org#a", &filter, 100, None)
+                .await
+                .unwrap();
+            page
+        }
+    };
+    let on_ep1 = by(DeliveryFilter {
+        endpoint_id: Some(ep1.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        ids(on_ep1),
+        vec![made[4].id.clone(), made[2].id.clone(), made[0].id.clone()]
+    );
+    for filter in [
+        DeliveryFilter {
+            status: Some(DeliveryStatus::DeadLettered),
+            ..Default::default()
+        },
+        DeliveryFilter {
+            event_type: Some("lead_won".to_owned()),
+            ..Default::default()
+        },
+        DeliveryFilter {
+            event_id: Some(EventId::parse("e3").unwrap()),
+            endpoint_id: Some(ep2.clone()),
+            ..Default::default()
+        },
+    ] {
+        assert_eq!(ids(by(filter).await), vec![made[3].id.clone()]);
+    }
+    let since = by(DeliveryFilter {
+        since: Some(at(4)),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(since), vec![made[5].id.clone(), made[4].id.clone()]);
+    // Filtered pages go on from their cursor too.
+    let narrowed = DeliveryFilter {
+        endpoint_id: Some(ep2.clone()),
+        ..Default::default()
+    };
+    let (one, next) = store
+        .list_deliveries("org#a", &narrowed, 1, None)
+        .await
+        .unwrap();
+    let (two, _) = store
+        .list_deliveries("org#a", &narrowed, 1, next)
+        .await
+        .unwrap();
+    assert_eq!(ids(one), vec![made[5].id.clone()]);
+    assert_eq!(ids(two), vec![made[3].id.clone()]);
+    let (none, end) = store
+        .list_deliveries("org#a", &all, 10, Some("not-a-cursor".to_owned()))
+        .await
+        .unwrap();
+    assert!(none.is_empty() && end.is_none());
 }
