@@ -164,6 +164,69 @@ CREATE TABLE IF NOT EXISTS provider_tokens (
     record TEXT NOT NULL,
     PRIMARY KEY (org_id, user_id, provider)
 );
+-- Outbound webhooks (ports::outbound): each record serialised in `record`, plus the columns
+-- the lookups and the conditional writes use.
+CREATE TABLE IF NOT EXISTS outbound_endpoints (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbound_endpoints_by_org
+    ON outbound_endpoints (org_id, created_at, id);
+-- One row per org that has published or been dispatched: its last seq and the cursor.
+CREATE TABLE IF NOT EXISTS outbound_streams (
+    org_id TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    cursor INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbound_streams_behind ON outbound_streams (org_id)
+    WHERE cursor < last_seq;
+CREATE TABLE IF NOT EXISTS outbound_events (
+    org_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (org_id, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS outbound_events_by_seq ON outbound_events (org_id, seq);
+CREATE TABLE IF NOT EXISTS outbound_deliveries (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL,
+    endpoint_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    lease_until INTEGER,
+    created_at INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbound_deliveries_by_org
+    ON outbound_deliveries (org_id, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS outbound_deliveries_by_endpoint
+    ON outbound_deliveries (org_id, endpoint_id, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS outbound_deliveries_by_event
+    ON outbound_deliveries (org_id, event_id, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS outbound_deliveries_by_status
+    ON outbound_deliveries (org_id, status, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS outbound_deliveries_by_type
+    ON outbound_deliveries (org_id, event_type, created_at DESC, id DESC);
+CREATE TABLE IF NOT EXISTS outbound_attempts (
+    delivery_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    org_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (delivery_id, number)
+);
+-- Sends taken per endpoint and wall-clock second; rows older than a minute are pruned.
+CREATE TABLE IF NOT EXISTS outbound_send_slots (
+    endpoint_id TEXT NOT NULL,
+    second INTEGER NOT NULL,
+    taken INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, second)
+);
+CREATE INDEX IF NOT EXISTS outbound_send_slots_by_second ON outbound_send_slots (second);
 "#;
 
 /// A connection that writes. Its commits never wait for the disk themselves

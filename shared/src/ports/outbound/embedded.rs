@@ -1,1 +1,725 @@
-//! Placeholder: written in a follow-up commit.
+//! The embedded outbound store: the `outbound_*` tables of the local SQLite file (schema in
+//! `ports::sqlite`). Every write is one closure on the database's single writer thread, inside
+//! its transaction, so a condition and the write that depends on it are atomic; reads run
+//! beside the writer on a reader connection and see everything committed before them.
+
+use super::{
+    decode_cursor, encode_cursor, json_corrupt, Appended, DeliveryFilter, OutboundError,
+    OutboundStore, MAX_PAGE,
+};
+use crate::outbound::model::{
+    Attempt, Delivery, DeliveryId, Endpoint, EndpointId, Event, EventId, NewEvent,
+};
+use crate::ports::sqlite::{millis, Database, DbError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// How long a send slot's row is kept after its second (seconds): long enough for any
+/// deliverer still counting in it, short enough that the table stays small.
+const SEND_SLOT_KEEP_SECS: i64 = 60;
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedOutboundStore {
+    db: Database,
+}
+
+impl EmbeddedOutboundStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+impl From<DbError> for OutboundError {
+    fn from(e: DbError) -> Self {
+        OutboundError::Unavailable(e.0)
+    }
+}
+
+fn to_json<T: Serialize>(key: &str, value: &T) -> Result<String, OutboundError> {
+    serde_json::to_string(value).map_err(|e| json_corrupt(key, &e))
+}
+
+fn from_json<T: DeserializeOwned>(key: &str, record: &str) -> Result<T, OutboundError> {
+    serde_json::from_str(record).map_err(|e| json_corrupt(key, &e))
+}
+
+/// A count or number the model keeps unsigned, as SQLite's signed integer.
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `(key, record)` rows of one query.
+fn records(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<(String, String)>, DbError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn parse_all<T: DeserializeOwned>(rows: Vec<(String, String)>) -> Result<Vec<T>, OutboundError> {
+    rows.iter().map(|(key, r)| from_json(key, r)).collect()
+}
+
+/// Where a keyset page starts: after the cursor's (created_at, id), or from the first row
+/// (`None`); an unreadable cursor is an empty last page (`Err(())`).
+fn page_start(cursor: Option<&str>) -> Result<Option<(i64, String)>, ()> {
+    match cursor.map(decode_cursor) {
+        None => Ok(None),
+        Some(Some(after)) => Ok(Some(after)),
+        Some(None) => Err(()),
+    }
+}
+
+/// The outcome of an append, decided on the writer thread.
+enum Append {
+    Created(Event),
+    /// The stored record of the event with that id.
+    Existing(String),
+    Corrupt(OutboundError),
+}
+
+/// The columns of a delivery row, taken from its record.
+fn delivery_columns(d: &Delivery) -> [Value; 8] {
+    [
+        Value::Text(d.id.as_str().to_owned()),
+        Value::Text(d.org_id.clone()),
+        Value::Text(d.endpoint_id.as_str().to_owned()),
+        Value::Text(d.event_id.as_str().to_owned()),
+        Value::Text(d.event_type.clone()),
+        Value::Text(d.status.as_str().to_owned()),
+        Value::Integer(i64::from(d.attempts)),
+        d.lease_until
+            .map(|l| Value::Integer(millis(l)))
+            .unwrap_or(Value::Null),
+    ]
+}
+
+#[async_trait]
+impl OutboundStore for EmbeddedOutboundStore {
+    async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<(), OutboundError> {
+        let record = to_json(endpoint.id.as_str(), endpoint)?;
+        let (id, org_id, created_at) = (
+            endpoint.id.as_str().to_owned(),
+            endpoint.org_id.clone(),
+            millis(endpoint.created_at),
+        );
+        Ok(self
+            .db
+            .call(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO outbound_endpoints (id, org_id, created_at, record) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![id, org_id, created_at, record])?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn get_endpoint(
+        &self,
+        org_id: &str,
+        id: &EndpointId,
+    ) -> Result<Option<Endpoint>, OutboundError> {
+        let rows = self.db.read(|conn| {
+            records(
+                conn,
+                "SELECT id, record FROM outbound_endpoints WHERE id = ?1 AND org_id = ?2",
+                [id.as_str(), org_id],
+            )
+        })?;
+        Ok(parse_all(rows)?.pop())
+    }
+
+    async fn list_endpoints(
+        &self,
+        org_id: &str,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<Endpoint>, Option<String>), OutboundError> {
+        let limit = limit.min(MAX_PAGE);
+        let Ok(after) = page_start(cursor.as_deref()) else {
+            return Ok((Vec::new(), None));
+        };
+        if limit == 0 {
+            return Ok((Vec::new(), None));
+        }
+        // Keyset pagination on (created_at, id), oldest first.
+        let (after_ms, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        let rows = self.db.read(|conn| {
+            records(
+                conn,
+                "SELECT id, record FROM outbound_endpoints \
+                 WHERE org_id = ?1 AND (created_at, id) > (?2, ?3) \
+                 ORDER BY created_at, id LIMIT ?4",
+                params![org_id, after_ms, after_id, limit as i64 + 1],
+            )
+        })?;
+        let more = rows.len() > limit;
+        let mut page: Vec<Endpoint> = parse_all(rows)?;
+        page.truncate(limit);
+        let next = match page.last() {
+            Some(last) if more => Some(encode_cursor(last.created_at, last.id.as_str())),
+            _ => None,
+        };
+        Ok((page, next))
+    }
+
+    async fn count_endpoints(&self, org_id: &str) -> Result<u64, OutboundError> {
+        let count: i64 = self.db.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT count(*) FROM outbound_endpoints WHERE org_id = ?1")?
+                .query_row([org_id], |r| r.get(0))?)
+        })?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn update_endpoint(&self, endpoint: &Endpoint) -> Result<(), OutboundError> {
+        let record = to_json(endpoint.id.as_str(), endpoint)?;
+        let (id, org_id, created_at) = (
+            endpoint.id.as_str().to_owned(),
+            endpoint.org_id.clone(),
+            millis(endpoint.created_at),
+        );
+        let changed = self
+            .db
+            .call(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "UPDATE outbound_endpoints SET created_at = ?3, record = ?4 \
+                         WHERE id = ?1 AND org_id = ?2",
+                    )?
+                    .execute(params![id, org_id, created_at, record])?)
+            })
+            .await?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(OutboundError::NotFound)
+        }
+    }
+
+    async fn delete_endpoint(&self, org_id: &str, id: &EndpointId) -> Result<bool, OutboundError> {
+        let (org_id, id) = (org_id.to_owned(), id.as_str().to_owned());
+        Ok(self
+            .db
+            .call(move |conn| {
+                let deleted = conn
+                    .prepare_cached("DELETE FROM outbound_endpoints WHERE id = ?1 AND org_id = ?2")?
+                    .execute([id, org_id])?;
+                Ok(deleted == 1)
+            })
+            .await?)
+    }
+
+    async fn append_event(&self, event: &NewEvent) -> Result<Appended, OutboundError> {
+        let new = event.clone();
+        let key = format!("{}#{}", new.org_id, new.id);
+        let outcome = self
+            .db
+            .call(move |conn| {
+                let existing: Option<String> = conn
+                    .prepare_cached(
+                        "SELECT record FROM outbound_events WHERE org_id = ?1 AND id = ?2",
+                    )?
+                    .query_row([new.org_id.as_str(), new.id.as_str()], |r| r.get(0))
+                    .optional()?;
+                if let Some(record) = existing {
+                    return Ok(Append::Existing(record));
+                }
+                // The writer runs one call at a time, so reading the last seq and taking the
+                // next is atomic: no gaps, no two events on one seq.
+                let last: i64 = conn
+                    .prepare_cached("SELECT last_seq FROM outbound_streams WHERE org_id = ?1")?
+                    .query_row([new.org_id.as_str()], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
+                let seq = last + 1;
+                let event = Event {
+                    id: new.id,
+                    org_id: new.org_id,
+                    event_type: new.event_type,
+                    created_at: new.created_at,
+                    data: new.data,
+                    seq: seq as u64,
+                };
+                // Serialised before anything is written, so a failure leaves no seq taken.
+                let record = match to_json(&format!("{}#{}", event.org_id, event.id), &event) {
+                    Ok(record) => record,
+                    Err(corrupt) => return Ok(Append::Corrupt(corrupt)),
+                };
+                conn.prepare_cached(
+                    "INSERT INTO outbound_streams (org_id, last_seq) VALUES (?1, ?2) \
+                     ON CONFLICT (org_id) DO UPDATE SET last_seq = excluded.last_seq",
+                )?
+                .execute(params![event.org_id, seq])?;
+                conn.prepare_cached(
+                    "INSERT INTO outbound_events (org_id, id, seq, record) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![event.org_id, event.id.as_str(), seq, record])?;
+                Ok(Append::Created(event))
+            })
+            .await?;
+        match outcome {
+            Append::Created(event) => Ok(Appended::Created(event)),
+            Append::Existing(record) => Ok(Appended::Existing(from_json(&key, &record)?)),
+            Append::Corrupt(e) => Err(e),
+        }
+    }
+
+    async fn get_event(&self, org_id: &str, id: &EventId) -> Result<Option<Event>, OutboundError> {
+        let rows = self.db.read(|conn| {
+            records(
+                conn,
+                "SELECT org_id || '#' || id, record FROM outbound_events \
+                 WHERE org_id = ?1 AND id = ?2",
+                [org_id, id.as_str()],
+            )
+        })?;
+        Ok(parse_all(rows)?.pop())
+    }
+
+    async fn events_after(
+        &self,
+        org_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, OutboundError> {
+        let limit = int(limit as u64);
+        let rows = self.db.read(|conn| {
+            records(
+                conn,
+                "SELECT org_id || '#' || id, record FROM outbound_events \
+                 WHERE org_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                params![org_id, int(after), limit],
+            )
+        })?;
+        parse_all(rows)
+    }
+
+    async fn dispatch_cursor(&self, org_id: &str) -> Result<u64, OutboundError> {
+        let cursor: Option<i64> = self.db.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT cursor FROM outbound_streams WHERE org_id = ?1")?
+                .query_row([org_id], |r| r.get(0))
+                .optional()?)
+        })?;
+        Ok(cursor.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn advance_cursor(&self, org_id: &str, seq: u64) -> Result<(), OutboundError> {
+        let (org_id, seq) = (org_id.to_owned(), int(seq));
+        Ok(self
+            .db
+            .call(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO outbound_streams (org_id, cursor) VALUES (?1, ?2) \
+                     ON CONFLICT (org_id) DO UPDATE \
+                     SET cursor = MAX(cursor, excluded.cursor)",
+                )?
+                .execute(params![org_id, seq])?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn orgs_behind(&self, limit: usize) -> Result<Vec<String>, OutboundError> {
+        let limit = int(limit as u64);
+        Ok(self.db.read(|conn| {
+            // The same condition as the partial index `outbound_streams_behind`, so it is used.
+            let mut stmt = conn.prepare_cached(
+                "SELECT org_id FROM outbound_streams WHERE cursor < last_seq LIMIT ?1",
+            )?;
+            let orgs = stmt
+                .query_map([limit], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(orgs)
+        })?)
+    }
+
+    async fn create_delivery(&self, delivery: &Delivery) -> Result<bool, OutboundError> {
+        let record = to_json(delivery.id.as_str(), delivery)?;
+        let mut values = delivery_columns(delivery).to_vec();
+        values.push(Value::Integer(millis(delivery.created_at)));
+        values.push(Value::Text(record));
+        Ok(self
+            .db
+            .call(move |conn| {
+                // OR IGNORE: the primary key (one delivery per endpoint and event) decides.
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO outbound_deliveries (id, org_id, endpoint_id, \
+                         event_id, event_type, status, attempts, lease_until, created_at, \
+                         record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )?
+                    .execute(params_from_iter(values))?;
+                Ok(inserted == 1)
+            })
+            .await?)
+    }
+
+    async fn get_delivery(
+        &self,
+        org_id: &str,
+        id: &DeliveryId,
+    ) -> Result<Option<Delivery>, OutboundError> {
+        let rows = self.db.read(|conn| {
+            records(
+                conn,
+                "SELECT id, record FROM outbound_deliveries WHERE id = ?1 AND org_id = ?2",
+                [id.as_str(), org_id],
+            )
+        })?;
+        Ok(parse_all(rows)?.pop())
+    }
+
+    async fn list_deliveries(
+        &self,
+        org_id: &str,
+        filter: &DeliveryFilter,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<Delivery>, Option<String>), OutboundError> {
+        let limit = limit.min(MAX_PAGE);
+        let Ok(after) = page_start(cursor.as_deref()) else {
+            return Ok((Vec::new(), None));
+        };
+        if limit == 0 {
+            return Ok((Vec::new(), None));
+        }
+        // Only the filters given go into the statement, so SQLite picks the index that
+        // narrows most (each is (org_id, <filter>, created_at, id)).
+        let mut sql = String::from("SELECT id, record FROM outbound_deliveries WHERE org_id = ?");
+        let mut args = vec![Value::Text(org_id.to_owned())];
+        let mut narrow = |column: &str, op: &str, value: Value| {
+            sql.push_str(&format!(" AND {column} {op} ?"));
+            args.push(value);
+        };
+        if let Some(endpoint) = &filter.endpoint_id {
+            narrow(
+                "endpoint_id",
+                "=",
+                Value::Text(endpoint.as_str().to_owned()),
+            );
+        }
+        if let Some(event) = &filter.event_id {
+            narrow("event_id", "=", Value::Text(event.as_str().to_owned()));
+        }
+        if let Some(status) = filter.status {
+            narrow("status", "=", Value::Text(status.as_str().to_owned()));
+        }
+        if let Some(event_type) = &filter.event_type {
+            narrow("event_type", "=", Value::Text(event_type.clone()));
+        }
+        if let Some(since) = filter.since {
+            narrow("created_at", ">=", Value::Integer(millis(since)));
+        }
+        // Keyset pagination on (created_at, id), newest first.
+        if let Some((before_ms, before_id)) = after {
+            sql.push_str(" AND (created_at, id) < (?, ?)");
+            args.push(Value::Integer(before_ms));
+            args.push(Value::Text(before_id));
+        }
+        sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
+        args.push(Value::Integer(limit as i64 + 1));
+        let rows = self
+            .db
+            .read(|conn| records(conn, &sql, params_from_iter(args)))?;
+        let more = rows.len() > limit;
+        let mut page: Vec<Delivery> = parse_all(rows)?;
+        page.truncate(limit);
+        let next = match page.last() {
+            Some(last) if more => Some(encode_cursor(last.created_at, last.id.as_str())),
+            _ => None,
+        };
+        Ok((page, next))
+    }
+
+    async fn claim_delivery(
+        &self,
+        id: &DeliveryId,
+        attempts_made: u32,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Delivery>, OutboundError> {
+        let id = id.as_str().to_owned();
+        let (lease_ms, now_ms) = (millis(lease_until), millis(now));
+        self.db
+            .call(move |conn| {
+                let stored: Option<(i64, Option<i64>, String)> = conn
+                    .prepare_cached(
+                        "SELECT attempts, lease_until, record FROM outbound_deliveries \
+                         WHERE id = ?1",
+                    )?
+                    .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let Some((attempts, lease, record)) = stored else {
+                    return Ok(Ok(None));
+                };
+                if attempts != i64::from(attempts_made) || lease.is_some_and(|l| l > now_ms) {
+                    return Ok(Ok(None));
+                }
+                let mut delivery: Delivery = match from_json(&id, &record) {
+                    Ok(d) => d,
+                    Err(corrupt) => return Ok(Err(corrupt)),
+                };
+                delivery.lease_until = Some(lease_until);
+                let record = match to_json(&id, &delivery) {
+                    Ok(r) => r,
+                    Err(corrupt) => return Ok(Err(corrupt)),
+                };
+                conn.prepare_cached(
+                    "UPDATE outbound_deliveries SET lease_until = ?2, record = ?3 WHERE id = ?1",
+                )?
+                .execute(params![id, lease_ms, record])?;
+                Ok(Ok(Some(delivery)))
+            })
+            .await?
+    }
+
+    async fn record_attempt(
+        &self,
+        delivery: &Delivery,
+        attempt: &Attempt,
+    ) -> Result<bool, OutboundError> {
+        let Some(before) = attempt.number.checked_sub(1) else {
+            return Ok(false);
+        };
+        let record = to_json(delivery.id.as_str(), delivery)?;
+        let attempt_key = format!("{}#{}", attempt.delivery_id, attempt.number);
+        let attempt_record = to_json(&attempt_key, attempt)?;
+        let [id, org_id, _, _, _, status, attempts, lease] = delivery_columns(delivery);
+        let (attempt_delivery, number, attempt_org) = (
+            attempt.delivery_id.as_str().to_owned(),
+            attempt.number,
+            attempt.org_id.clone(),
+        );
+        Ok(self
+            .db
+            .call(move |conn| {
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE outbound_deliveries SET status = ?3, attempts = ?4, \
+                         lease_until = ?5, record = ?6 \
+                         WHERE id = ?1 AND org_id = ?2 AND attempts = ?7",
+                    )?
+                    .execute(params![id, org_id, status, attempts, lease, record, before])?;
+                if changed != 1 {
+                    return Ok(false);
+                }
+                conn.prepare_cached(
+                    "INSERT INTO outbound_attempts (delivery_id, number, org_id, record) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    attempt_delivery,
+                    number,
+                    attempt_org,
+                    attempt_record
+                ])?;
+                Ok(true)
+            })
+            .await?)
+    }
+
+    async fn update_delivery(&self, delivery: &Delivery) -> Result<bool, OutboundError> {
+        let record = to_json(delivery.id.as_str(), delivery)?;
+        let mut values = delivery_columns(delivery).to_vec();
+        values.push(Value::Integer(millis(delivery.created_at)));
+        values.push(Value::Text(record));
+        Ok(self
+            .db
+            .call(move |conn| {
+                // `attempts` is both the condition and (unchanged) the new value.
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE outbound_deliveries SET endpoint_id = ?3, event_id = ?4, \
+                         event_type = ?5, status = ?6, lease_until = ?8, created_at = ?9, \
+                         record = ?10 WHERE id = ?1 AND org_id = ?2 AND attempts = ?7",
+                    )?
+                    .execute(params_from_iter(values))?;
+                Ok(changed == 1)
+            })
+            .await?)
+    }
+
+    async fn list_attempts(
+        &self,
+        org_id: &str,
+        id: &DeliveryId,
+    ) -> Result<Vec<Attempt>, OutboundError> {
+        let rows = self.db.read(|conn| {
+            records(
+                conn,
+                "SELECT delivery_id || '#' || number, record FROM outbound_attempts \
+                 WHERE delivery_id = ?1 AND org_id = ?2 ORDER BY number",
+                [id.as_str(), org_id],
+            )
+        })?;
+        parse_all(rows)
+    }
+
+    async fn take_send_slot(
+        &self,
+        endpoint: &EndpointId,
+        second: i64,
+        limit: u32,
+    ) -> Result<bool, OutboundError> {
+        if limit == 0 {
+            return Ok(false);
+        }
+        let endpoint = endpoint.as_str().to_owned();
+        Ok(self
+            .db
+            .call(move |conn| {
+                conn.prepare_cached("DELETE FROM outbound_send_slots WHERE second < ?1")?
+                    .execute([second.saturating_sub(SEND_SLOT_KEEP_SECS)])?;
+                // The upsert's WHERE refuses the increment once `limit` are taken: no row
+                // changes, and the caller waits for the next second.
+                let taken = conn
+                    .prepare_cached(
+                        "INSERT INTO outbound_send_slots (endpoint_id, second, taken) \
+                         VALUES (?1, ?2, 1) ON CONFLICT (endpoint_id, second) \
+                         DO UPDATE SET taken = taken + 1 WHERE taken < ?3",
+                    )?
+                    .execute(params![endpoint, second, limit])?;
+                Ok(taken == 1)
+            })
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::outbound::conformance::{
+        after, attempt, delivery_for, endpoint, new_event, t,
+    };
+    use crate::ports::sqlite::Durability;
+    use std::sync::Arc;
+
+    async fn fresh() -> (tempfile::TempDir, Arc<dyn OutboundStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        (dir, Arc::new(EmbeddedOutboundStore::new(db)))
+    }
+
+    crate::outbound_conformance!(fresh());
+
+    #[tokio::test]
+    async fn endpoints_events_and_deliveries_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let open =
+            || EmbeddedOutboundStore::new(Database::open(dir.path(), Durability::Full).unwrap());
+        let ep = endpoint("org-a");
+        let (event, delivered) = {
+            let store = open();
+            store.create_endpoint(&ep).await.unwrap();
+            let event = store
+                .append_event(&new_event("org-a", "invoice.paid"))
+                .await
+                .unwrap()
+                .event()
+                .clone();
+            store.advance_cursor("org-a", 1).await.unwrap();
+            let d = delivery_for(&ep, &event);
+            assert!(store.create_delivery(&d).await.unwrap());
+            let a1 = attempt(&d, 1, true);
+            let delivered = after(&d, &a1);
+            assert!(store.record_attempt(&delivered, &a1).await.unwrap());
+            (event, delivered)
+        };
+        let reopened = open();
+        assert_eq!(
+            reopened.get_endpoint("org-a", &ep.id).await.unwrap(),
+            Some(ep.clone())
+        );
+        assert_eq!(
+            reopened.get_event("org-a", &event.id).await.unwrap(),
+            Some(event.clone())
+        );
+        assert_eq!(
+            reopened.get_delivery("org-a", &delivered.id).await.unwrap(),
+            Some(delivered.clone())
+        );
+        assert_eq!(
+            reopened
+                .list_attempts("org-a", &delivered.id)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(reopened.dispatch_cursor("org-a").await.unwrap(), 1);
+        // The stream carries on from where it was.
+        let next = reopened
+            .append_event(&new_event("org-a", "invoice.paid"))
+            .await
+            .unwrap();
+        assert_eq!(next.event().seq, 2);
+    }
+
+    #[tokio::test]
+    async fn send_slots_of_seconds_past_a_minute_ago_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        let store = EmbeddedOutboundStore::new(db.clone());
+        let second = t(0).timestamp();
+        let (old, recent) = (EndpointId::generate(), EndpointId::generate());
+        assert!(store.take_send_slot(&old, second, 5).await.unwrap());
+        assert!(store.take_send_slot(&recent, second + 30, 5).await.unwrap());
+        assert!(store.take_send_slot(&recent, second + 61, 5).await.unwrap());
+        let rows: Vec<(String, i64)> = db
+            .read(|conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT endpoint_id, second FROM outbound_send_slots ORDER BY second",
+                )?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (recent.as_str().to_owned(), second + 30),
+                (recent.as_str().to_owned(), second + 61)
+            ],
+            "the row of a second more than a minute old is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_is_named_by_key_without_its_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        let store = EmbeddedOutboundStore::new(db.clone());
+        let ep = endpoint("org-a");
+        store.create_endpoint(&ep).await.unwrap();
+        let id = ep.id.as_str().to_owned();
+        db.call(move |conn| {
+            conn.execute(
+                "UPDATE outbound_endpoints SET record = '{\"url\":\"whsec_leaked\"' WHERE id = ?1",
+                [id],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let err = store.get_endpoint("org-a", &ep.id).await.unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains(ep.id.as_str()), "{shown}");
+        assert!(!shown.contains("whsec_leaked"), "{shown}");
+    }
+}
