@@ -38,6 +38,8 @@ async fn fresh_store() -> ((), Arc<dyn OutboundStore>) {
     ((), Arc::new(DynamoOutboundStore::new(client, table)))
 }
 
+hookline::outbound_conformance!(fresh_store());
+
 fn at(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
 }
