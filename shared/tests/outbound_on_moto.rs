@@ -29,13 +29,23 @@ fn moto_endpoint() -> String {
 }
 
 async fn fresh_store() -> ((), Arc<dyn OutboundStore>) {
+    let mut lambdas = lambdas(1).await;
+    ((), lambdas.remove(0))
+}
+
+/// `n` stores on one fresh table, each with its own client, as `n` Lambdas would have.
+async fn lambdas(n: usize) -> Vec<Arc<dyn OutboundStore>> {
     let config = sdk_config_for(Some(&moto_endpoint())).await;
-    let client = aws_sdk_dynamodb::Client::new(&config);
     let table = format!("hookline-outbound-{}", uuid::Uuid::new_v4());
-    create_table(&client, &table)
+    create_table(&aws_sdk_dynamodb::Client::new(&config), &table)
         .await
         .expect("create the test table in moto");
-    ((), Arc::new(DynamoOutboundStore::new(client, table)))
+    (0..n)
+        .map(|_| {
+            let client = aws_sdk_dynamodb::Client::new(&config);
+            Arc::new(DynamoOutboundStore::new(client, &table)) as Arc<dyn OutboundStore>
+        })
+        .collect()
 }
 
 hookline::outbound_conformance!(fresh_store());
@@ -116,9 +126,10 @@ fn attempt(d: &Delivery, number: u32) -> Attempt {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_appends_from_many_lambdas_number_the_stream_without_gaps() {
-    let (_, store) = fresh_store().await;
+    let lambdas = lambdas(8).await;
+    let store = lambdas[0].clone();
     let appends = (0..24).map(|i| {
-        let store = store.clone();
+        let store = lambdas[i % lambdas.len()].clone();
         tokio::spawn(async move {
             store
                 .append_event(&new_event("org-a", &format!("e{i}")))
@@ -144,9 +155,10 @@ async fn concurrent_appends_from_many_lambdas_number_the_stream_without_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_republished_id_racing_itself_creates_one_event() {
-    let (_, store) = fresh_store().await;
-    let appends = (0..8).map(|_| {
-        let store = store.clone();
+    let lambdas = lambdas(8).await;
+    let store = lambdas[0].clone();
+    let appends = lambdas.iter().map(|lambda| {
+        let store = lambda.clone();
         tokio::spawn(async move { store.append_event(&new_event("org-a", "order-42")).await })
     });
     let outcomes: Vec<Appended> = futures::future::join_all(appends)

@@ -26,6 +26,10 @@
 //! the sparse `OBEHIND#…` partitions (8 of them, by a hash of the org, so no one partition
 //! takes every org's appends) hold exactly the orgs with work left. Record reads are
 //! consistent; the gsi1 lists are eventually consistent, as DynamoDB's indexes are.
+//!
+//! An append reads the head's `last_seq` and writes head (conditional on that value), event and
+//! id marker in one transaction; a loser reads again. Appends of one process to one org take
+//! turns on a local lock first, so only appends from different Lambdas race.
 
 use super::{
     decode_cursor, encode_cursor, json_corrupt, Appended, DeliveryFilter, OutboundError,
@@ -50,6 +54,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 type Item = HashMap<String, AttributeValue>;
@@ -71,11 +76,17 @@ const QUERY_PAGE: usize = 1000;
 /// How long a send-slot counter outlives its second (DynamoDB deletes it lazily after that).
 const SLOT_TTL_SECS: i64 = 60;
 
+/// How many locks this process's appends are spread over (by a hash of the org).
+const APPEND_LOCKS: usize = 64;
+
 /// The AWS adapter of [`OutboundStore`].
 #[derive(Debug, Clone)]
 pub struct DynamoOutboundStore {
     client: Client,
     table: String,
+    /// Appends to one org from this process take turns: the conditional head decides between
+    /// Lambdas, but N tasks of one process racing for each seq would cost O(N²) transactions.
+    append_locks: Arc<[tokio::sync::Mutex<()>; APPEND_LOCKS]>,
 }
 
 /// One Query: a partition of the table or of gsi1, a range of its sort key, a filter.
@@ -105,6 +116,7 @@ impl DynamoOutboundStore {
         Self {
             client,
             table: table.into(),
+            append_locks: Arc::new(std::array::from_fn(|_| tokio::sync::Mutex::new(()))),
         }
     }
 
@@ -517,6 +529,8 @@ impl OutboundStore for DynamoOutboundStore {
         let org = &event.org_id;
         let head_pk = stream_pk(org);
         let marker_pk = marker_pk(org, &event.id);
+        let stripe = usize::from(Sha256::digest(org.as_bytes())[1]) % APPEND_LOCKS;
+        let _turn = self.append_locks[stripe].lock().await;
         for attempt in 1..=APPEND_ATTEMPTS {
             let last_seq = match self.get_item(head_pk.clone(), HEAD_SK).await? {
                 None => 0,
