@@ -164,6 +164,17 @@ CREATE TABLE IF NOT EXISTS provider_tokens (
     record TEXT NOT NULL,
     PRIMARY KEY (org_id, user_id, provider)
 );
+CREATE TABLE IF NOT EXISTS org_profiles (
+    org_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS org_notices (
+    org_id TEXT NOT NULL,
+    notice_key TEXT NOT NULL,
+    claimed_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (org_id, notice_key)
+);
 "#;
 
 /// A connection that writes. Its commits never wait for the disk themselves
