@@ -4,6 +4,7 @@
 
 pub mod incidents;
 pub mod oauth;
+pub mod org;
 pub mod repositories;
 
 use crate::http::{problem, Response};

@@ -227,6 +227,17 @@ CREATE TABLE IF NOT EXISTS outbound_send_slots (
     PRIMARY KEY (endpoint_id, second)
 );
 CREATE INDEX IF NOT EXISTS outbound_send_slots_by_second ON outbound_send_slots (second);
+CREATE TABLE IF NOT EXISTS org_profiles (
+    org_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS org_notices (
+    org_id TEXT NOT NULL,
+    notice_key TEXT NOT NULL,
+    claimed_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (org_id, notice_key)
+);
 "#;
 
 /// A connection that writes. Its commits never wait for the disk themselves

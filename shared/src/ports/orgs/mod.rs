@@ -34,3 +34,22 @@ pub trait OrgStore: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> Result<bool, OrgError>;
 }
+
+/// How long a claimed notice is remembered: past this, the same key may be claimed (and the
+/// notice sent) again. DynamoDB's TTL removes the marker around then; the embedded store keeps
+/// it and compares the time. Long enough that no retry or replay of its cause comes later.
+pub const NOTICE_RETENTION: chrono::Duration = chrono::Duration::days(400);
+
+/// A record that does not parse, named by key: serde_json's own message can quote the value
+/// it choked on, so only the kind of error and its position are kept.
+pub(crate) fn json_corrupt(key: impl Into<String>, e: &serde_json::Error) -> OrgError {
+    OrgError::Corrupt {
+        key: key.into(),
+        reason: format!(
+            "unreadable record ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    }
+}
