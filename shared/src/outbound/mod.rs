@@ -3,3 +3,6 @@
 //! delivery per subscribed endpoint, and the deliverer that signs and sends them with retries.
 
 pub mod model;
+pub mod sender;
+pub mod signing;
+pub mod ssrf;
