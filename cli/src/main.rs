@@ -2,6 +2,7 @@
 //! each provider does.
 
 mod commands;
+mod listen;
 mod token;
 
 // The local server allocates per request on several threads; glibc malloc spent a tenth of
@@ -82,6 +83,9 @@ enum Command {
         #[command(flatten)]
         signing: commands::Signing,
     },
+    /// Receive Hookline's outbound deliveries locally: verify both signatures, print each one,
+    /// optionally forward it.
+    Listen(listen::ListenArgs),
     /// Print a bearer token the local server accepts (signed with the data dir's dev key).
     Token(token::TokenArgs),
 }
@@ -112,6 +116,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Sign { provider, signing } => commands::sign(provider, &signing),
         Command::Send { provider, signing } => commands::send(provider, &signing).await,
+        Command::Listen(args) => listen::listen(&args).await,
         Command::Token(args) => token::token(&args),
     };
     match result {

@@ -4,3 +4,6 @@
 
 pub mod model;
 pub mod notify;
+pub mod sender;
+pub mod signing;
+pub mod ssrf;
