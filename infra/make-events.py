@@ -716,15 +716,19 @@ def placeholder_jwt(scope: str) -> str:
 
 def api_event(name: str, path: str, *, route: str, proxy: str | None, scope: str | None,
               request_id: str, query: list[tuple[str, str]] | None = None,
-              cookies: list[str] | None = None):
+              cookies: list[str] | None = None, method: str = "GET", body: dict | None = None):
     headers = {
         "accept": "application/json",
         "user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
     }
     if scope is not None:
         headers["authorization"] = "Bearer " + placeholder_jwt(scope)
+    raw = None
+    if body is not None:
+        headers["content-type"] = "application/json"
+        raw = compact(body)
     return name, apigw_event(
-        "GET", path, headers, None,
+        method, path, headers, raw,
         source_ip="203.0.113.24", request_id=request_id, query=query,
         route=route, path_parameters={"proxy": proxy} if proxy else None, cookies=cookies,
     )
@@ -768,6 +772,79 @@ def incidents_list():
         request_id="XyZAcGhpoAMEjDw=",
         query=[("repository", "acme/hookline-demo"), ("status", "open")],
     )
+
+
+def endpoints_create():
+    return api_event(
+        "endpoints-api-create.json", "/api/v1/endpoints",
+        route="/api/v1/endpoints", proxy=None, scope="webhooks:manage",
+        request_id="XyZBcGhpoAMEkDw=", method="POST",
+        body={"url": "https://receiver.example.com/hookline", "event_types": ["invoice.paid", "github.*"],
+              "description": "Billing system"},
+    )
+
+
+def endpoints_list_deliveries():
+    return api_event(
+        "endpoints-api-list-deliveries.json", "/api/v1/deliveries",
+        route="/api/v1/deliveries", proxy=None, scope="webhooks:manage",
+        request_id="XyZCcGhpoAMElDw=", query=[("status", "dead_lettered"), ("limit", "20")],
+    )
+
+
+def events_publish():
+    return api_event(
+        "events-api-publish.json", "/api/v1/events",
+        route="/api/v1/events", proxy=None, scope="events:write",
+        request_id="XyZDcGhpoAMEmDw=", method="POST",
+        body={"type": "invoice.paid", "id": "inv_2026_0042_paid",
+              "data": {"invoice_id": "inv_2026_0042", "amount": 4200, "currency": "eur"}},
+    )
+
+
+def sqs_record(message_id: str, body: str, queue: str, offset_ms: int) -> dict:
+    sent_ms = EPOCH * 1000 + offset_ms
+    return {
+        "messageId": message_id,
+        "receiptHandle": "AQEB" + base64.b64encode(hashlib.sha256(message_id.encode()).digest() * 3).decode(),
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": str(sent_ms),
+            "SenderId": "AROAEXAMPLEROLEID:hookline-EventsApiFunction-AbC123",
+            "ApproximateFirstReceiveTimestamp": str(sent_ms + 5),
+        },
+        "messageAttributes": {},
+        "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{queue}",
+        "awsRegion": REGION,
+    }
+
+
+def sqs_dispatch():
+    """The dispatcher's SQS event: "org_acme has new events"."""
+    body = compact({"org_id": API_ORG}).decode()
+    return "sqs-dispatch.json", {"Records": [sqs_record(
+        "7b0c3a52-9f1e-4c8e-a1d4-3f6b2c9e8d71", body, "hookline-outbound-dispatch", 11)]}
+
+
+def dispatch_sweep():
+    """What the dispatcher's schedule (EventBridge Scheduler) sends: no Records, a sweep."""
+    return "dispatcher-sweep.json", {}
+
+
+def sqs_outbound_delivery():
+    """The deliverer's SQS event: the first attempt at one delivery."""
+    body = compact({
+        "delivery_id": "dlv_0f3k8m2q9r7t5v1w3x6y8z0a2b",
+        "org_id": API_ORG,
+        "attempts_made": 0,
+        "due_at_ms": 0,
+        "manual": False,
+    }).decode()
+    return "sqs-outbound-delivery.json", {"Records": [sqs_record(
+        "c4d8e2f6-1a3b-4c5d-9e7f-0a1b2c3d4e5f", body, "hookline-outbound-deliveries", 23)]}
 
 
 def sqs_delivery(push_event: dict):
@@ -824,6 +901,12 @@ def build(stripe_ts: int) -> dict[str, dict]:
             oauth_authorize(),
             oauth_callback(),
             incidents_list(),
+            endpoints_create(),
+            endpoints_list_deliveries(),
+            events_publish(),
+            sqs_dispatch(),
+            dispatch_sweep(),
+            sqs_outbound_delivery(),
         ]
     )
     name, sqs = sqs_delivery(events["github-push.json"])
@@ -839,7 +922,8 @@ def payloads(events: dict[str, dict]) -> dict[str, bytes]:
     """The raw body of every POST event, for `hookline send --file events/payloads/...`."""
     out = {}
     for name, event in events.items():
-        if "Records" in event or event["requestContext"]["http"]["method"] != "POST":
+        if ("Records" in event or "requestContext" not in event
+                or event["requestContext"]["http"]["method"] != "POST" or "-api-" in name):
             continue
         body = event.get("body") or ""
         raw = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode("utf-8")

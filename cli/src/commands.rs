@@ -12,7 +12,8 @@ use hookline::ports::store::embedded::EmbeddedStore;
 use hookline::ports::store::{DeliveryQuery, DeliveryStore};
 use hookline::providers::simulate::{self, Simulation};
 use hookline::runtime::local::{
-    default_embedded_app, with_repositories, RepositoriesConfig, Server,
+    default_embedded_app, with_outbound, with_repositories, OutboundConfig, RepositoriesConfig,
+    Server,
 };
 use std::io::Write;
 use std::net::SocketAddr;
@@ -38,6 +39,18 @@ pub async fn serve(
         .with_context(|| format!("opening the data dir {}", data_dir.display()))?;
     let repositories = RepositoriesConfig::from_env().map_err(anyhow::Error::msg)?;
     let app = with_repositories(app, data_dir, &base, repositories, Arc::new(SystemClock))
+        .map_err(anyhow::Error::msg)?;
+    // Outbound settings come from the environment, then the env file (OUTBOUND_ALLOW_CIDRS
+    // there lets a local receiver such as `hookline listen` be an endpoint).
+    let file: std::collections::HashMap<String, String> = dotenvy::from_path_iter(env_file)
+        .map(|entries| entries.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    let lookup = |name: &str| {
+        hookline::config::var(name)
+            .or_else(|| file.get(name).filter(|v| !v.trim().is_empty()).cloned())
+    };
+    let outbound = OutboundConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    let app = with_outbound(app, data_dir, outbound, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;
     let server = Server::start(app, addr, worker_loops)
         .await
@@ -97,6 +110,11 @@ pub async fn serve(
     }
     println!(
         "  API       {url}/api/v1/repositories/connect, …/connections[/ID[/webhook/status|retry|rotate]]\n            {url}/api/v1/provider-tokens/{{github|gitlab}}, {url}/api/v1/oauth/{{github|gitlab}}/authorize\n            {url}/api/v1/incidents[/ID]   (bearer token: `hookline token --data-dir {dir} --org O --user U --scopes \"repos:read repos:write\"`)",
+        url = server.url(),
+        dir = data_dir.display()
+    );
+    println!(
+        "  Outbound  {url}/api/v1/endpoints[/ID[/secret|/secret/rotate|/test|/recover]], {url}/api/v1/events, {url}/api/v1/deliveries[/ID[/attempts|/retry]], {url}/api/v1/event-types, {url}/api/v1/org\n            (bearer token: `hookline token --data-dir {dir} --org O --user U --scopes \"webhooks:manage admin\"`; receive with `hookline listen --secret whsec_…`; mail lands in `hookline outbox`)",
         url = server.url(),
         dir = data_dir.display()
     );

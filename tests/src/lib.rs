@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 pub use hookline;
 
+pub mod outbound;
+
 /// The dev secrets of `events/README.md`: every payload in `events/` is signed for them.
 pub const GITHUB_SECRET: &str = "dev-github-secret";
 pub const GITLAB_TOKEN: &str = "dev-gitlab-token";

@@ -2,6 +2,8 @@
 //! request with its raw body and answers a response, as the webhook pipeline does, so it runs
 //! under `lambda_http` and in the local server alike.
 
+pub mod endpoints;
+pub mod events;
 pub mod incidents;
 pub mod oauth;
 pub mod org;

@@ -50,13 +50,14 @@ impl AtomicIntake for EmbeddedIntake {
         let new = new.clone();
         let message = message.to_owned();
         let queued_at = crate::ports::sqlite::millis(queued_at);
+        let queue_name: std::sync::Arc<str> = std::sync::Arc::from(self.queue.name());
         let outcome = self
             .queue
             .database()
             .call(move |conn| {
                 let outcome = insert_new(conn, &new, Some(queued_at))?;
                 if outcome == RecordOutcome::Recorded {
-                    insert_message(conn, &message, Duration::ZERO)?;
+                    insert_message(conn, &queue_name, &message, Duration::ZERO)?;
                 }
                 Ok(outcome)
             })

@@ -187,6 +187,10 @@ pub enum Api {
     Oauth,
     /// `/api/v1/incidents` and `/api/v1/incidents/…`.
     Incidents,
+    /// `/api/v1/endpoints…`, `/api/v1/deliveries…`, `/api/v1/event-types` and `/api/v1/org`.
+    Endpoints,
+    /// `/api/v1/events…`.
+    Events,
 }
 
 /// One API function's handler, built once per cold start.
@@ -195,6 +199,12 @@ pub enum ApiHandler {
     Repositories(Arc<crate::api::repositories::RepositoriesApi>),
     Oauth(Arc<crate::api::oauth::OAuthApi>),
     Incidents(Arc<crate::api::incidents::IncidentsApi>),
+    /// The endpoints API, which also serves the org profile.
+    Endpoints(
+        Arc<crate::api::endpoints::EndpointsApi>,
+        Arc<crate::api::org::OrgApi>,
+    ),
+    Events(Arc<crate::api::events::EventsApi>),
     /// A configuration this function cannot serve without: every request answers a 503 that
     /// names the variable to set (visible to the caller, unlike a failed cold start).
     Misconfigured(String),
@@ -206,6 +216,14 @@ impl ApiHandler {
             ApiHandler::Repositories(api) => api.handle(req).await,
             ApiHandler::Oauth(api) => api.handle(req).await,
             ApiHandler::Incidents(api) => api.handle(req).await,
+            ApiHandler::Endpoints(endpoints, org) => {
+                if req.uri().path().trim_end_matches('/') == "/api/v1/org" {
+                    org.handle(req).await
+                } else {
+                    endpoints.handle(req).await
+                }
+            }
+            ApiHandler::Events(api) => api.handle(req).await,
             ApiHandler::Misconfigured(message) => crate::http::problem(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "not_configured",
@@ -337,7 +355,190 @@ pub async fn aws_api(api: Api) -> Result<ApiHandler, Error> {
             crate::api::oauth::OAuthSettings::from_lookup(lookup),
             Arc::new(SystemClock),
         ))),
+        Api::Endpoints | Api::Events => {
+            let outbound = match aws_outbound(&sdk, keys, &lookup) {
+                Ok(o) => o,
+                Err(message) => return Ok(ApiHandler::Misconfigured(message)),
+            };
+            let store = outbound.ports.store.clone();
+            if api == Api::Events {
+                ApiHandler::Events(Arc::new(crate::api::events::EventsApi::new(
+                    auth,
+                    outbound.publisher.clone(),
+                    store,
+                )))
+            } else {
+                ApiHandler::Endpoints(
+                    Arc::new(crate::api::endpoints::EndpointsApi::new(
+                        auth.clone(),
+                        outbound.endpoints.clone(),
+                        store,
+                        outbound.replay.clone(),
+                    )),
+                    Arc::new(crate::api::org::OrgApi::new(
+                        auth,
+                        outbound.ports.orgs.clone(),
+                        Arc::new(SystemClock),
+                    )),
+                )
+            }
+        }
     })
+}
+
+/// Outbound webhooks over DynamoDB (`HOOKLINE_TABLE`), SQS (`HOOKLINE_DISPATCH_QUEUE_URL`,
+/// `HOOKLINE_OUTBOUND_QUEUE_URL` and their dead-letter queues), KMS and SES
+/// (`HOOKLINE_MAIL_FROM`), with the `OUTBOUND_*` settings; an error names what to set.
+pub fn aws_outbound(
+    sdk: &aws_config::SdkConfig,
+    keys: Arc<dyn crate::ports::keys::KeyService>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::outbound::Outbound, String> {
+    let need = |name: &str| {
+        lookup(name).ok_or_else(|| format!("{name} must be set (template.yaml sets it)"))
+    };
+    let table = need("HOOKLINE_TABLE")?;
+    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let ports = crate::outbound::Ports {
+        store: Arc::new(crate::ports::outbound::aws::DynamoOutboundStore::new(
+            dynamo.clone(),
+            table.clone(),
+        )),
+        orgs: Arc::new(crate::ports::orgs::aws::DynamoOrgStore::new(dynamo, table)),
+        keys,
+        mailer: Arc::new(crate::ports::mail::aws::SesMailer::new(
+            aws_sdk_sesv2::Client::new(sdk),
+            need("HOOKLINE_MAIL_FROM")?,
+        )),
+        dispatch_queue: Arc::new(SqsQueue::new(
+            sqs.clone(),
+            need("HOOKLINE_DISPATCH_QUEUE_URL")?,
+            need("HOOKLINE_DISPATCH_DLQ_URL")?,
+        )),
+        deliveries_queue: Arc::new(SqsQueue::new(
+            sqs,
+            need("HOOKLINE_OUTBOUND_QUEUE_URL")?,
+            need("HOOKLINE_OUTBOUND_DLQ_URL")?,
+        )),
+        clock: Arc::new(SystemClock),
+    };
+    Ok(crate::outbound::Outbound::assemble(
+        ports,
+        crate::outbound::settings::OutboundSettings::from_lookup(lookup)
+            .map_err(|e| e.to_string())?,
+        crate::outbound::ssrf::AddressPolicy::from_vars(lookup).map_err(|e| e.to_string())?,
+        crate::outbound::catalog::EventCatalog::from_lookup(lookup)?,
+        crate::outbound::deliver::random_jitter(),
+    ))
+}
+
+/// The dispatcher and deliverer functions' outbound side, from the environment (they take
+/// no bearer tokens).
+async fn aws_outbound_from_env() -> Result<crate::outbound::Outbound, Error> {
+    use crate::ports::keys::{aws::KmsKeys, CachedKeys};
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let keys = Arc::new(CachedKeys::new(KmsKeys::new(
+        aws_sdk_kms::Client::new(&sdk),
+        required("HOOKLINE_KMS_KEY_ID")?,
+    )));
+    Ok(aws_outbound(&sdk, keys, &crate::config::var)?)
+}
+
+/// Run the dispatcher: SQS batches of "this org has new events" signals, and a scheduled
+/// sweep (any other event) for orgs whose signal was lost.
+pub async fn run_dispatcher() -> Result<(), Error> {
+    super::init_tracing();
+    let outbound = Arc::new(aws_outbound_from_env().await?);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let outbound = outbound.clone();
+        async move { handle_dispatch(&outbound, event.payload).await }
+    }))
+    .await
+}
+
+/// One dispatcher invocation: an SQS batch (partial failures reported per org's messages)
+/// or a schedule tick.
+pub async fn handle_dispatch(
+    outbound: &crate::outbound::Outbound,
+    payload: serde_json::Value,
+) -> Result<serde_json::Value, Error> {
+    if payload.get("Records").is_none() {
+        let done = outbound.dispatcher.sweep().await?;
+        tracing::info!(
+            events = done.events,
+            deliveries = done.deliveries,
+            "outbound sweep"
+        );
+        return Ok(serde_json::json!({ "events": done.events, "deliveries": done.deliveries }));
+    }
+    let event: SqsEvent = serde_json::from_value(payload)?;
+    let mut failures = Vec::new();
+    for record in event.records {
+        let id = record.message_id.unwrap_or_default();
+        if let Err(e) = outbound
+            .dispatcher
+            .handle_message(record.body.as_deref().unwrap_or_default())
+            .await
+        {
+            match e {
+                crate::outbound::Error::Invalid(_) => {
+                    tracing::warn!("dropping a malformed dispatch message")
+                }
+                e => {
+                    tracing::error!(error = %e, "dispatch failed; SQS will retry it");
+                    failures.push(BatchItemFailure {
+                        item_identifier: id,
+                    });
+                }
+            }
+        }
+    }
+    Ok(serde_json::to_value(SqsBatchResponse {
+        batch_item_failures: failures,
+    })?)
+}
+
+/// Run the deliverer on SQS batches of attempts, all of a batch at once, reporting partial
+/// batch failures.
+pub async fn run_deliverer() -> Result<(), Error> {
+    super::init_tracing();
+    let outbound = Arc::new(aws_outbound_from_env().await?);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let outbound = outbound.clone();
+        async move { Ok::<_, Error>(handle_deliveries(&outbound, event.payload).await) }
+    }))
+    .await
+}
+
+/// One SQS batch through the deliverer.
+pub async fn handle_deliveries(
+    outbound: &crate::outbound::Outbound,
+    event: SqsEvent,
+) -> SqsBatchResponse {
+    let results = futures::future::join_all(event.records.into_iter().map(|r| async move {
+        let id = r.message_id.unwrap_or_default();
+        let result = outbound
+            .deliverer
+            .handle_message(r.body.as_deref().unwrap_or_default())
+            .await;
+        (id, result)
+    }))
+    .await;
+    SqsBatchResponse {
+        batch_item_failures: results
+            .into_iter()
+            .filter_map(|(id, r)| match r {
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "delivery message failed; SQS will retry it");
+                    Some(BatchItemFailure {
+                        item_identifier: id,
+                    })
+                }
+            })
+            .collect(),
+    }
 }
 
 /// Run an API function for `api`.

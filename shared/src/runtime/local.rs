@@ -272,6 +272,127 @@ pub fn with_oauth(
     Ok(app)
 }
 
+/// How the local server delivers outbound webhooks.
+#[derive(Clone)]
+pub struct OutboundConfig {
+    pub settings: crate::outbound::settings::OutboundSettings,
+    /// `OUTBOUND_ALLOW_HTTP`, `OUTBOUND_ALLOW_CIDRS`.
+    pub policy: crate::outbound::ssrf::AddressPolicy,
+    pub catalog: crate::outbound::catalog::EventCatalog,
+    /// Bearer-token verification; `None` accepts the tokens `hookline token` prints.
+    pub auth: Option<crate::auth::Authenticator>,
+    /// Retry jitter; random unless a test pins it.
+    pub jitter: crate::outbound::deliver::Jitter,
+    /// How many deliveries the local deliverer sends at once.
+    pub concurrency: usize,
+}
+
+impl OutboundConfig {
+    /// From the `OUTBOUND_*` and `HOOKLINE_EVENT_TYPES*` variables as `lookup` gives them
+    /// (the environment, then the `--env-file`).
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        Ok(Self {
+            settings: crate::outbound::settings::OutboundSettings::from_lookup(lookup)
+                .map_err(|e| e.to_string())?,
+            policy: crate::outbound::ssrf::AddressPolicy::from_vars(lookup)
+                .map_err(|e| e.to_string())?,
+            catalog: crate::outbound::catalog::EventCatalog::from_lookup(lookup)?,
+            auth: crate::auth::Authenticator::from_env().map_err(|e| e.to_string())?,
+            jitter: crate::outbound::deliver::random_jitter(),
+            concurrency: 64,
+        })
+    }
+}
+
+/// The queue settings of the local outbound queues: a message whose handling failed (a store
+/// error) comes back after the attempt's timeout has surely passed.
+fn outbound_queue(settings: &crate::outbound::settings::OutboundSettings) -> QueueSettings {
+    QueueSettings {
+        visibility_timeout: settings.timeout + Duration::from_secs(30),
+        max_receive_count: 10,
+    }
+}
+
+/// Add outbound webhooks to a local app: endpoints, events and deliveries in the data dir's
+/// database, endpoint secrets sealed with its master key, mail written to its outbox, and
+/// the dispatcher and deliverer run by [`Server::start`].
+pub fn with_outbound(
+    mut app: App,
+    data_dir: &Path,
+    config: OutboundConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<App, String> {
+    use crate::ports::keys::{embedded::LocalKeys, CachedKeys};
+    let db = Database::open(data_dir, Durability::Full).map_err(|e| e.to_string())?;
+    let queues = outbound_queue(&config.settings);
+    let ports = crate::outbound::Ports {
+        store: Arc::new(crate::ports::outbound::embedded::EmbeddedOutboundStore::new(db.clone())),
+        orgs: Arc::new(crate::ports::orgs::embedded::EmbeddedOrgStore::new(
+            db.clone(),
+        )),
+        keys: Arc::new(CachedKeys::new(
+            LocalKeys::open_or_create(data_dir).map_err(|e| e.to_string())?,
+        )),
+        mailer: Arc::new(crate::ports::mail::embedded::Outbox::open(data_dir)),
+        dispatch_queue: Arc::new(EmbeddedQueue::named(
+            db.clone(),
+            "outbound-dispatch",
+            queues,
+        )),
+        deliveries_queue: Arc::new(EmbeddedQueue::named(db, "outbound-deliveries", queues)),
+        clock: clock.clone(),
+    };
+    let auth = match config.auth.clone() {
+        Some(auth) => auth,
+        None => crate::auth::LocalIssuer::open(data_dir)
+            .map_err(|e| {
+                format!(
+                    "cannot open the dev token key in {}: {e}",
+                    data_dir.display()
+                )
+            })?
+            .authenticator(),
+    };
+    app = with_outbound_over(app, ports, config, auth);
+    Ok(app)
+}
+
+/// Add outbound webhooks over any ports (embedded locally; DynamoDB, SQS, KMS and SES on moto
+/// in tests).
+pub fn with_outbound_over(
+    mut app: App,
+    ports: crate::outbound::Ports,
+    config: OutboundConfig,
+    auth: crate::auth::Authenticator,
+) -> App {
+    let outbound = Arc::new(crate::outbound::Outbound::assemble(
+        ports.clone(),
+        config.settings,
+        config.policy,
+        config.catalog,
+        config.jitter,
+    ));
+    app.endpoints_api = Some(Arc::new(crate::api::endpoints::EndpointsApi::new(
+        auth.clone(),
+        outbound.endpoints.clone(),
+        ports.store.clone(),
+        outbound.replay.clone(),
+    )));
+    app.events_api = Some(Arc::new(crate::api::events::EventsApi::new(
+        auth.clone(),
+        outbound.publisher.clone(),
+        ports.store.clone(),
+    )));
+    app.org_api = Some(Arc::new(crate::api::org::OrgApi::new(
+        auth,
+        ports.orgs.clone(),
+        ports.clock.clone(),
+    )));
+    app.outbound_concurrency = config.concurrency;
+    app.outbound = Some(outbound);
+    app
+}
+
 /// Every route of the local server.
 pub fn router(app: &App) -> Router {
     let healthz = || async { to_axum(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))) };
@@ -316,6 +437,25 @@ pub fn router(app: &App) -> Router {
             ),
         );
     }
+    if app.endpoints_api.is_some() {
+        let api = any(
+            |State(app): State<App>, req: axum::extract::Request| async move {
+                to_axum(outbound_api(app, req).await)
+            },
+        );
+        for path in [
+            "/api/v1/endpoints",
+            "/api/v1/endpoints/{*rest}",
+            "/api/v1/deliveries",
+            "/api/v1/deliveries/{*rest}",
+            "/api/v1/event-types",
+            "/api/v1/events",
+            "/api/v1/events/{*rest}",
+            "/api/v1/org",
+        ] {
+            router = router.route(path, api.clone());
+        }
+    }
     router
         .fallback(|| async {
             to_axum(crate::http::problem(
@@ -344,6 +484,36 @@ async fn repositories(app: App, req: axum::extract::Request) -> Response {
             "request bodies here are at most 64 KiB",
         ),
     }
+}
+
+/// The outbound routes: endpoints, deliveries and event types; events; the org profile.
+async fn outbound_api(app: App, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    // Events carry up to 256 KiB of data, plus the envelope around it.
+    let bytes = match axum::body::to_bytes(body, 300 * 1024).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return crate::http::problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request bodies here are at most 300 KiB",
+            )
+        }
+    };
+    let req = Request::from_parts(parts, bytes);
+    let path = req.uri().path();
+    if path.starts_with("/api/v1/events") {
+        if let Some(api) = app.events_api.clone() {
+            return api.handle(req).await;
+        }
+    } else if path.trim_end_matches('/') == "/api/v1/org" {
+        if let Some(api) = app.org_api.clone() {
+            return api.handle(req).await;
+        }
+    } else if let Some(api) = app.endpoints_api.clone() {
+        return api.handle(req).await;
+    }
+    crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
 async fn oauth(app: App, req: axum::extract::Request) -> Response {
@@ -438,6 +608,128 @@ async fn process_received(
     }
 }
 
+/// How often the local dispatcher sweeps for events a lost signal left behind.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Run the outbound dispatcher (one loop, plus a sweep every few seconds) and deliverer
+/// (`concurrency` attempts at once) until `shutdown` resolves.
+pub async fn run_outbound_loops(
+    outbound: Option<Arc<crate::outbound::Outbound>>,
+    concurrency: usize,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(outbound) = outbound else { return };
+    let dispatcher = {
+        let outbound = outbound.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let queue = outbound.ports.dispatch_queue.clone();
+            let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = sweep.tick() => {
+                        if let Err(e) = outbound.dispatcher.sweep().await {
+                            tracing::error!(error = %e, "outbound sweep failed; retrying");
+                        }
+                    }
+                    batch = queue.receive(10, Duration::from_secs(1)) => match batch {
+                        Ok(messages) => dispatch_received(&outbound, queue.as_ref(), messages).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, "dispatcher cannot read its queue; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    },
+                }
+            }
+        })
+    };
+    // Each poller takes up to 10 messages and works on them together.
+    let pollers = concurrency.div_ceil(10).max(1);
+    let deliverers: Vec<_> = (0..pollers)
+        .map(|_| {
+            let outbound = outbound.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let queue = outbound.ports.deliveries_queue.clone();
+                loop {
+                    let batch = tokio::select! {
+                        _ = shutdown.changed() => break,
+                        batch = queue.receive(10, Duration::from_secs(1)) => batch,
+                    };
+                    match batch {
+                        Ok(messages) => deliver_received(&outbound, queue.as_ref(), messages).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, "deliverer cannot read its queue; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let _ = dispatcher.await;
+    for d in deliverers {
+        let _ = d.await;
+    }
+}
+
+async fn dispatch_received(
+    outbound: &crate::outbound::Outbound,
+    queue: &dyn Queue,
+    messages: Vec<crate::ports::queue::ReceivedMessage>,
+) {
+    // One dispatch per org covers all of its signals in the batch.
+    let mut orgs: Vec<String> = Vec::new();
+    let mut done = Vec::new();
+    for m in &messages {
+        match serde_json::from_str::<crate::outbound::dispatch::DispatchMessage>(&m.body) {
+            Ok(msg) => {
+                if !orgs.contains(&msg.org_id) {
+                    orgs.push(msg.org_id);
+                }
+            }
+            Err(_) => tracing::warn!("dropping a malformed dispatch message"),
+        }
+        done.push(m.receipt.clone());
+    }
+    for org in &orgs {
+        if let Err(e) = outbound.dispatcher.dispatch(org).await {
+            // The messages stay: they come back after their visibility timeout.
+            tracing::error!(error = %e, "dispatch failed; it will be retried");
+            return;
+        }
+    }
+    for receipt in done {
+        let _ = queue.delete(&receipt).await;
+    }
+}
+
+async fn deliver_received(
+    outbound: &crate::outbound::Outbound,
+    queue: &dyn Queue,
+    messages: Vec<crate::ports::queue::ReceivedMessage>,
+) {
+    let handled = futures::future::join_all(
+        messages
+            .iter()
+            .map(|m| async move { (m, outbound.deliverer.handle_message(&m.body).await) }),
+    )
+    .await;
+    for (m, result) in handled {
+        match result {
+            Ok(_) => {
+                if let Err(e) = queue.delete(&m.receipt).await {
+                    tracing::warn!(error = %e, "could not delete a handled delivery message; it will be dropped as stale");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "delivery message failed; it will be retried");
+            }
+        }
+    }
+}
+
 /// A running local server; dropping it does not stop it, call [`Server::shutdown`].
 pub struct Server {
     pub addr: SocketAddr,
@@ -463,9 +755,14 @@ impl Server {
             let http = axum::serve(listener, router).with_graceful_shutdown(async move {
                 let _ = http_stop.changed().await;
             });
+            let outbound = run_outbound_loops(
+                app.outbound.clone(),
+                app.outbound_concurrency,
+                stopped.clone(),
+            );
             let workers =
                 run_worker_loops(app.worker.clone(), app.queue.clone(), worker_loops, stopped);
-            let (served, ()) = tokio::join!(http, workers);
+            let (served, (), ()) = tokio::join!(http, workers, outbound);
             if let Err(e) = served {
                 tracing::error!(error = %e, "local server stopped with an error");
             }

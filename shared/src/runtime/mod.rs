@@ -26,6 +26,16 @@ pub struct App {
     pub incidents: Option<Arc<crate::api::incidents::IncidentsApi>>,
     /// The provider OAuth routes, where this app serves them.
     pub oauth: Option<Arc<crate::api::oauth::OAuthApi>>,
+    /// Outbound webhooks (endpoints, events, dispatcher, deliverer), where this app runs them.
+    pub outbound: Option<Arc<crate::outbound::Outbound>>,
+    /// `/api/v1/endpoints…`, `/api/v1/deliveries…`, `/api/v1/event-types`.
+    pub endpoints_api: Option<Arc<crate::api::endpoints::EndpointsApi>>,
+    /// `/api/v1/events…`.
+    pub events_api: Option<Arc<crate::api::events::EventsApi>>,
+    /// `/api/v1/org`.
+    pub org_api: Option<Arc<crate::api::org::OrgApi>>,
+    /// How many outbound attempts the local server makes at once.
+    pub outbound_concurrency: usize,
 }
 
 impl App {
@@ -57,6 +67,11 @@ impl App {
             repositories: None,
             incidents: None,
             oauth: None,
+            outbound: None,
+            endpoints_api: None,
+            events_api: None,
+            org_api: None,
+            outbound_concurrency: 64,
         }
     }
 }

@@ -20,15 +20,37 @@ pub struct EmbeddedQueue {
     db: Database,
     settings: QueueSettings,
     sent: Arc<Notify>,
+    /// The queue's name in the `messages` table, and its dead-letter queue's.
+    main: Arc<str>,
+    dead: Arc<str>,
 }
 
 impl EmbeddedQueue {
+    /// The inbound deliveries queue (named `main`, as data dirs before named queues had it).
     pub fn new(db: Database, settings: QueueSettings) -> Self {
+        Self::named(db, MAIN, settings)
+    }
+
+    /// Another queue in the same file (`outbound-deliveries`, `outbound-dispatch`), with a
+    /// dead-letter queue of its own (`{name}.dead`).
+    pub fn named(db: Database, name: &str, settings: QueueSettings) -> Self {
+        let dead = if name == MAIN {
+            DEAD.to_owned()
+        } else {
+            format!("{name}.dead")
+        };
         Self {
             db,
             settings,
             sent: Arc::new(Notify::new()),
+            main: Arc::from(name),
+            dead: Arc::from(dead.as_str()),
         }
+    }
+
+    /// The queue's name in the file.
+    pub(crate) fn name(&self) -> &str {
+        &self.main
     }
 
     /// The database this queue's messages live in.
@@ -41,12 +63,13 @@ impl EmbeddedQueue {
         self.sent.notify_waiters();
     }
 
-    async fn take(
-        &self,
-        queue: &'static str,
-        max: u32,
-    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+    async fn take(&self, dead_letters: bool, max: u32) -> Result<Vec<ReceivedMessage>, QueueError> {
         let settings = self.settings;
+        let (queue, dead) = if dead_letters {
+            (self.dead.clone(), self.dead.clone())
+        } else {
+            (self.main.clone(), self.dead.clone())
+        };
         let max = max.clamp(1, 10) as i64;
         Ok(self
             .db
@@ -58,20 +81,20 @@ impl EmbeddedQueue {
                         "SELECT id, body, receive_count FROM messages \
                          WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at LIMIT ?3",
                     )?
-                    .query_map(params![queue, now, max], |r| {
+                    .query_map(params![&*queue, now, max], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })?
                     .collect::<Result<_, _>>()?;
                 let mut out = Vec::new();
                 for (id, body, count) in candidates {
                     let count = count as u32 + 1;
-                    if queue == MAIN && count > settings.max_receive_count {
+                    if !dead_letters && count > settings.max_receive_count {
                         // Past the redrive limit: to the dead-letter queue, as SQS does on receive.
                         conn.prepare_cached(
                             "UPDATE messages SET queue = ?2, receive_count = 0, visible_at = ?3, \
                              receipt = NULL WHERE id = ?1",
                         )?
-                        .execute(params![id, DEAD, now])?;
+                        .execute(params![id, &*dead, now])?;
                         continue;
                     }
                     // The receipt names its message, so a delete finds it by primary key.
@@ -95,9 +118,10 @@ impl EmbeddedQueue {
     }
 }
 
-/// Put a message on the main queue, visible after `delay`; its id.
+/// Put a message on `queue`, visible after `delay`; its id.
 pub(crate) fn insert_message(
     conn: &rusqlite::Connection,
+    queue: &str,
     body: &str,
     delay: Duration,
 ) -> Result<i64, DbError> {
@@ -105,7 +129,7 @@ pub(crate) fn insert_message(
     conn.prepare_cached(
         "INSERT INTO messages (queue, body, visible_at, sent_at) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![MAIN, body, now + delay.as_millis() as i64, now])?;
+    .execute(params![queue, body, now + delay.as_millis() as i64, now])?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -126,9 +150,10 @@ impl Queue for EmbeddedQueue {
             return Err(QueueError::Rejected("delay is over 15 minutes".into()));
         }
         let body = body.to_owned();
+        let queue = self.main.clone();
         let message_id = self
             .db
-            .call(move |conn| insert_message(conn, &body, delay))
+            .call(move |conn| insert_message(conn, &queue, &body, delay))
             .await?;
         self.sent.notify_waiters();
         Ok(message_id.to_string())
@@ -138,7 +163,7 @@ impl Queue for EmbeddedQueue {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.sent.notified();
-            let got = self.take(MAIN, max).await?;
+            let got = self.take(false, max).await?;
             let now = tokio::time::Instant::now();
             if !got.is_empty() || now >= deadline {
                 return Ok(got);
@@ -166,10 +191,11 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn receive_dead_letters(&self, max: u32) -> Result<Vec<ReceivedMessage>, QueueError> {
-        self.take(DEAD, max).await
+        self.take(true, max).await
     }
 
     async fn redrive(&self, max: u32) -> Result<usize, QueueError> {
+        let (main, dead) = (self.main.clone(), self.dead.clone());
         let moved = self
             .db
             .call(move |conn| {
@@ -179,7 +205,7 @@ impl Queue for EmbeddedQueue {
                          receipt = NULL WHERE id IN \
                          (SELECT id FROM messages WHERE queue = ?3 ORDER BY sent_at LIMIT ?4)",
                     )?
-                    .execute(params![MAIN, now_millis(), DEAD, max as i64])?;
+                    .execute(params![&*main, now_millis(), &*dead, max as i64])?;
                 Ok(moved)
             })
             .await?;

@@ -1,0 +1,392 @@
+//! The deliverer: makes one attempt per deliveries-queue message. It signs the envelope both
+//! ways, POSTs it through the SSRF-checked sender, records the attempt, and decides what
+//! comes next: delivered, a retry on the schedule (chained queue delays, never a sleeping
+//! process), or dead-lettered with one mail to the org's owner. A 410 disables the endpoint;
+//! so do failures that last `OUTBOUND_DISABLE_AFTER`.
+
+use super::dispatch::DeliveryMessage;
+use super::endpoints::open_secret;
+use super::model::{Attempt, AttemptId, AttemptTrigger, Delivery, DeliveryStatus, Endpoint};
+use super::notify::Notifier;
+use super::sender::{SendOutcome, Sender};
+use super::settings::OutboundSettings;
+use super::signing;
+use super::Error;
+use crate::clock::Clock;
+use crate::ports::keys::KeyService;
+use crate::ports::outbound::OutboundStore;
+use crate::ports::queue::Queue;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A number in [-1, 1] for each retry's jitter; injectable so schedules are testable.
+pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+pub fn random_jitter() -> Jitter {
+    Arc::new(|| {
+        use rand::Rng;
+        rand::thread_rng().gen_range(-1.0..=1.0)
+    })
+}
+
+/// What one message came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Delivered,
+    /// The attempt failed; the next is due then.
+    Retrying(DateTime<Utc>),
+    DeadLettered,
+    /// Not made now (not due yet, or the endpoint's rate is used up): sent on again.
+    Deferred,
+    /// Nothing to do: a stale or repeated message, a finished delivery, another deliverer's.
+    Dropped(&'static str),
+}
+
+/// How long past the attempt's timeout a deliverer owns the delivery it claimed.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// A message this early is handled now rather than sent round again.
+const EARLY_OK_MS: i64 = 500;
+/// A rate-limited attempt waits this long before it asks for a slot again.
+const RATE_WAIT: Duration = Duration::from_millis(1000);
+
+pub struct Deliverer {
+    store: Arc<dyn OutboundStore>,
+    keys: Arc<dyn KeyService>,
+    sender: Arc<Sender>,
+    queue: Arc<dyn Queue>,
+    notifier: Arc<Notifier>,
+    clock: Arc<dyn Clock>,
+    settings: OutboundSettings,
+    jitter: Jitter,
+}
+
+impl Deliverer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn OutboundStore>,
+        keys: Arc<dyn KeyService>,
+        sender: Arc<Sender>,
+        queue: Arc<dyn Queue>,
+        notifier: Arc<Notifier>,
+        clock: Arc<dyn Clock>,
+        settings: OutboundSettings,
+        jitter: Jitter,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            sender,
+            queue,
+            notifier,
+            clock,
+            settings,
+            jitter,
+        }
+    }
+
+    /// Handle one deliveries-queue message. An `Err` leaves the message on the queue to be
+    /// tried again (a store or key service that is down); anything else is done with it.
+    pub async fn handle_message(&self, body: &str) -> Result<Outcome, Error> {
+        let msg: DeliveryMessage = match serde_json::from_str(body) {
+            Ok(m) => m,
+            Err(_) => return Ok(Outcome::Dropped("not a delivery message")),
+        };
+        let now = self.clock.now();
+        if msg.due_at_ms > now.timestamp_millis() + EARLY_OK_MS {
+            self.send_on(&msg, msg.delay(now)).await?;
+            return Ok(Outcome::Deferred);
+        }
+        let Some(d) = self
+            .store
+            .get_delivery(&msg.org_id, &msg.delivery_id)
+            .await?
+        else {
+            return Ok(Outcome::Dropped("no such delivery"));
+        };
+        if d.attempts != msg.attempts_made {
+            return Ok(Outcome::Dropped("stale message: that attempt was made"));
+        }
+        let finished = matches!(
+            d.status,
+            DeliveryStatus::Delivered | DeliveryStatus::DeadLettered
+        );
+        if finished && !msg.manual {
+            return Ok(Outcome::Dropped("the delivery is finished"));
+        }
+        let endpoint = match self.store.get_endpoint(&d.org_id, &d.endpoint_id).await? {
+            Some(e) if e.enabled => e,
+            Some(_) => return self.give_up(d, "the endpoint is disabled").await,
+            None => return self.give_up(d, "the endpoint was deleted").await,
+        };
+        if let Some(limit) = endpoint.rate_limit_per_second {
+            if !self
+                .store
+                .take_send_slot(&endpoint.id, now.timestamp(), limit)
+                .await?
+            {
+                self.send_on(&msg, RATE_WAIT).await?;
+                return Ok(Outcome::Deferred);
+            }
+        }
+        let lease = chrono::Duration::from_std(self.settings.timeout + LEASE_MARGIN)
+            .unwrap_or(chrono::Duration::minutes(1));
+        let Some(d) = self
+            .store
+            .claim_delivery(&d.id, d.attempts, now + lease, now)
+            .await?
+        else {
+            return Ok(Outcome::Dropped("another deliverer has it"));
+        };
+        self.attempt(d, endpoint, msg.manual, now).await
+    }
+
+    async fn attempt(
+        &self,
+        d: Delivery,
+        endpoint: Endpoint,
+        manual: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, Error> {
+        let event = self
+            .store
+            .get_event(&d.org_id, &d.event_id)
+            .await?
+            .ok_or_else(|| {
+                Error::Unavailable(format!("event {} of {} is missing", d.event_id, d.id))
+            })?;
+        let current = open_secret(self.keys.as_ref(), &endpoint, &endpoint.secret).await?;
+        let previous = match &endpoint.previous_secret {
+            Some(p) if p.valid_until.is_some_and(|until| until > now) => {
+                Some(open_secret(self.keys.as_ref(), &endpoint, p).await?)
+            }
+            _ => None,
+        };
+        let mut signing_secrets = vec![&current];
+        signing_secrets.extend(previous.as_ref());
+        let body = event.envelope();
+        let headers = signing::sign(
+            &body,
+            event.id.as_str(),
+            now.timestamp(),
+            &signing_secrets,
+            &endpoint.signature_header,
+        );
+        let sent = self.sender.post(&endpoint.url, headers, body.into()).await;
+        let number = d.attempts + 1;
+        let attempt = Attempt {
+            id: AttemptId::generate(),
+            delivery_id: d.id.clone(),
+            org_id: d.org_id.clone(),
+            endpoint_id: d.endpoint_id.clone(),
+            number,
+            at: now,
+            url: endpoint.url.clone(),
+            status_code: sent.status,
+            duration_ms: sent.duration_ms,
+            response_body: sent.response_body.clone(),
+            error: sent.error.clone(),
+            succeeded: sent.succeeded(),
+            trigger: if manual {
+                AttemptTrigger::Manual
+            } else {
+                AttemptTrigger::Scheduled
+            },
+        };
+        let after = self.clock.now();
+        let was_finished = matches!(
+            d.status,
+            DeliveryStatus::Delivered | DeliveryStatus::DeadLettered
+        );
+        let mut next = d.clone();
+        next.attempts = number;
+        next.last_attempt_at = Some(now);
+        next.last_status_code = sent.status;
+        next.last_error = sent.error.clone();
+        next.lease_until = None;
+        next.updated_at = after;
+        next.next_attempt_at = None;
+        let gone = sent.status == Some(410);
+        next.status = if sent.succeeded() {
+            DeliveryStatus::Delivered
+        } else if gone || was_finished {
+            DeliveryStatus::DeadLettered
+        } else {
+            match self.retry_at(number, &sent, after) {
+                Some(at) => {
+                    next.next_attempt_at = Some(at);
+                    DeliveryStatus::Failed
+                }
+                None => DeliveryStatus::DeadLettered,
+            }
+        };
+        if !self.store.record_attempt(&next, &attempt).await? {
+            return Ok(Outcome::Dropped("that attempt was already recorded"));
+        }
+        tracing::info!(
+            delivery = %next.id,
+            endpoint = %endpoint.id,
+            attempt = number,
+            status = ?sent.status,
+            outcome = next.status.as_str(),
+            duration_ms = sent.duration_ms,
+            "outbound attempt"
+        );
+        self.endpoint_health(&endpoint, &sent, gone, after).await;
+        match next.status {
+            DeliveryStatus::Delivered => Ok(Outcome::Delivered),
+            DeliveryStatus::Failed => {
+                let at = next.next_attempt_at.unwrap_or(after);
+                let msg = DeliveryMessage {
+                    delivery_id: next.id.clone(),
+                    org_id: next.org_id.clone(),
+                    attempts_made: number,
+                    due_at_ms: at.timestamp_millis(),
+                    manual: false,
+                };
+                if let Err(e) = self.send_on(&msg, msg.delay(after)).await {
+                    // The attempt is recorded, so this message is stale now: say so loudly.
+                    tracing::error!(delivery = %next.id, error = %e, "could not schedule the next attempt");
+                }
+                Ok(Outcome::Retrying(at))
+            }
+            _ => {
+                if !was_finished && !gone {
+                    self.tell_dead_lettered(&next, &endpoint).await;
+                }
+                Ok(Outcome::DeadLettered)
+            }
+        }
+    }
+
+    /// When the next attempt is due after failed attempt `number`, or `None` after the last:
+    /// the schedule's wait, jittered, or a longer `Retry-After` (on 429 and 503) up to a cap.
+    fn retry_at(
+        &self,
+        number: u32,
+        sent: &SendOutcome,
+        after: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let mut wait = self.settings.retry_delay(number, (self.jitter)())?;
+        if matches!(sent.status, Some(429 | 503)) {
+            if let Some(asked) = sent.retry_after {
+                wait = wait.max(asked.min(self.settings.max_retry_after));
+            }
+        }
+        Some(after + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::days(1)))
+    }
+
+    /// A delivery that cannot be attempted any more (its endpoint is gone or disabled).
+    async fn give_up(&self, mut d: Delivery, why: &str) -> Result<Outcome, Error> {
+        if d.status == DeliveryStatus::DeadLettered {
+            return Ok(Outcome::Dropped("the delivery is finished"));
+        }
+        d.status = DeliveryStatus::DeadLettered;
+        d.next_attempt_at = None;
+        d.last_error = Some(why.to_owned());
+        d.updated_at = self.clock.now();
+        self.store.update_delivery(&d).await?;
+        Ok(Outcome::DeadLettered)
+    }
+
+    /// Keep the endpoint's failure streak, and disable it on a 410 or a streak that lasted
+    /// `OUTBOUND_DISABLE_AFTER`.
+    async fn endpoint_health(
+        &self,
+        seen: &Endpoint,
+        sent: &SendOutcome,
+        gone: bool,
+        now: DateTime<Utc>,
+    ) {
+        let ok = sent.succeeded();
+        if ok && seen.failing_since.is_none() {
+            return;
+        }
+        // Re-read: a person may have changed the endpoint while the attempt was in flight.
+        let mut e = match self.store.get_endpoint(&seen.org_id, &seen.id).await {
+            Ok(Some(e)) => e,
+            _ => return,
+        };
+        let mut disable: Option<String> = None;
+        if ok {
+            e.failing_since = None;
+        } else {
+            let since = *e.failing_since.get_or_insert(now);
+            let limit = chrono::Duration::from_std(self.settings.disable_after)
+                .unwrap_or(chrono::Duration::days(5));
+            if gone {
+                disable = Some("the endpoint answered 410 Gone".into());
+            } else if now - since >= limit {
+                disable = Some(format!(
+                    "every attempt since {} failed",
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ));
+            }
+        }
+        if let Some(reason) = &disable {
+            if !e.enabled {
+                disable = None;
+            } else {
+                e.enabled = false;
+                e.disabled_reason = Some(reason.clone());
+            }
+        }
+        e.updated_at = now;
+        if let Err(err) = self.store.update_endpoint(&e).await {
+            tracing::warn!(endpoint = %e.id, error = %err, "could not update the endpoint's health");
+            return;
+        }
+        if let Some(reason) = disable {
+            tracing::warn!(endpoint = %e.id, reason = %reason, "endpoint disabled");
+            let key = format!("endpoint_disabled#{}#{}", e.id, now.timestamp_millis());
+            let text = format!(
+                "Hookline stopped sending webhooks to your endpoint {} ({}) because {}.\n\n\
+                 Nothing more is sent to it until it is enabled again: \
+                 PATCH /api/v1/endpoints/{} with {{\"enabled\": true}}. Deliveries that failed \
+                 meanwhile can be resent with POST /api/v1/endpoints/{}/recover.\n",
+                e.url, e.id, reason, e.id, e.id
+            );
+            self.notifier
+                .tell_owner(
+                    &e.org_id,
+                    &key,
+                    "A Hookline webhook endpoint was disabled",
+                    &text,
+                )
+                .await;
+        }
+    }
+
+    async fn tell_dead_lettered(&self, d: &Delivery, e: &Endpoint) {
+        let key = format!("dead_lettered#{}", d.id);
+        let text = format!(
+            "Hookline gave up delivering event {} ({}) to your endpoint {} ({}) after {} \
+             attempts. The last one: {}.\n\nSee its attempts at GET /api/v1/deliveries/{}/attempts \
+             and send it again with POST /api/v1/deliveries/{}/retry.\n",
+            d.event_id,
+            d.event_type,
+            e.url,
+            e.id,
+            d.attempts,
+            d.last_error
+                .clone()
+                .or_else(|| d.last_status_code.map(|s| format!("HTTP {s}")))
+                .unwrap_or_else(|| "failed".into()),
+            d.id,
+            d.id
+        );
+        self.notifier
+            .tell_owner(
+                &d.org_id,
+                &key,
+                "A Hookline webhook delivery was dead-lettered",
+                &text,
+            )
+            .await;
+    }
+
+    async fn send_on(&self, msg: &DeliveryMessage, delay: Duration) -> Result<(), Error> {
+        self.queue.send(&msg.to_json(), delay).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! The dispatcher: reads an org's stream from its cursor and creates exactly one delivery per
+//! (endpoint, event) whose subscription matches, then queues it for the deliverer. A delivery's
+//! id is derived from the pair and written with a conditional put, so a crash or a rerun (or
+//! two dispatchers at once) never duplicates; the cursor moves past an event only after all
+//! its deliveries exist and are queued, so nothing is skipped.
+
+use super::catalog::TEST_EVENT;
+use super::model::{subscribed, Delivery, DeliveryId, DeliveryStatus, Endpoint, Event};
+use super::Error;
+use crate::clock::Clock;
+use crate::ports::outbound::{OutboundStore, MAX_PAGE};
+use crate::ports::queue::Queue;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// "This org has new events", on the dispatch queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchMessage {
+    pub org_id: String,
+}
+
+impl DispatchMessage {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// "Make the next attempt at this delivery", on the deliveries queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryMessage {
+    pub delivery_id: DeliveryId,
+    pub org_id: String,
+    /// The attempts the delivery had made when this message was sent: a message whose count
+    /// no longer matches is stale and dropped.
+    pub attempts_made: u32,
+    /// When the attempt is due (epoch ms). A queue delay stops at 15 minutes, so a message
+    /// that arrives early is sent on again with the rest of the wait.
+    pub due_at_ms: i64,
+    /// A person asked for this attempt (retry, recover): made whatever the status.
+    #[serde(default)]
+    pub manual: bool,
+}
+
+impl DeliveryMessage {
+    pub fn now(d: &Delivery, manual: bool) -> Self {
+        Self {
+            delivery_id: d.id.clone(),
+            org_id: d.org_id.clone(),
+            attempts_made: d.attempts,
+            due_at_ms: 0,
+            manual,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The queue delay for this message: the time left until it is due, at most 15 minutes.
+    pub fn delay(&self, now: DateTime<Utc>) -> Duration {
+        let left = self.due_at_ms - now.timestamp_millis();
+        Duration::from_millis(left.clamp(0, MAX_QUEUE_DELAY_MS) as u64)
+    }
+}
+
+/// The longest delay SQS (and so the embedded queue) takes.
+pub const MAX_QUEUE_DELAY_MS: i64 = 15 * 60 * 1000;
+
+/// How many events the dispatcher reads at a time, and how many deliveries it writes at once.
+const EVENTS_PER_READ: usize = 100;
+const FAN_OUT: usize = 32;
+
+/// What one dispatch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dispatched {
+    pub events: usize,
+    pub deliveries: usize,
+}
+
+pub struct Dispatcher {
+    store: Arc<dyn OutboundStore>,
+    deliveries: Arc<dyn Queue>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn OutboundStore>,
+        deliveries: Arc<dyn Queue>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            deliveries,
+            clock,
+        }
+    }
+
+    /// One dispatch-queue message.
+    pub async fn handle_message(&self, body: &str) -> Result<Dispatched, Error> {
+        let msg: DispatchMessage = serde_json::from_str(body)
+            .map_err(|_| Error::Invalid("not a dispatch message".into()))?;
+        self.dispatch(&msg.org_id).await
+    }
+
+    /// Fan out every event of the org past its cursor.
+    pub async fn dispatch(&self, org_id: &str) -> Result<Dispatched, Error> {
+        let mut done = Dispatched::default();
+        loop {
+            let cursor = self.store.dispatch_cursor(org_id).await?;
+            let events = self
+                .store
+                .events_after(org_id, cursor, EVENTS_PER_READ)
+                .await?;
+            if events.is_empty() {
+                return Ok(done);
+            }
+            // Endpoints are read per batch of events: one added meanwhile gets the later ones.
+            let endpoints = self.endpoints(org_id).await?;
+            for event in &events {
+                done.deliveries += self.fan_out(event, &endpoints).await?;
+                self.store.advance_cursor(org_id, event.seq).await?;
+                done.events += 1;
+            }
+        }
+    }
+
+    /// Dispatch every org whose cursor is behind (work a lost signal left): the local server
+    /// runs it every few seconds, the dispatcher Lambda on a schedule.
+    pub async fn sweep(&self) -> Result<Dispatched, Error> {
+        let mut done = Dispatched::default();
+        for org in self.store.orgs_behind(MAX_PAGE).await? {
+            let d = self.dispatch(&org).await?;
+            done.events += d.events;
+            done.deliveries += d.deliveries;
+        }
+        Ok(done)
+    }
+
+    async fn endpoints(&self, org_id: &str) -> Result<Vec<Endpoint>, Error> {
+        let mut all = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = self.store.list_endpoints(org_id, MAX_PAGE, cursor).await?;
+            all.extend(page.into_iter().filter(|e| e.enabled));
+            match next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Create and queue the event's deliveries; how many were created now.
+    async fn fan_out(&self, event: &Event, endpoints: &[Endpoint]) -> Result<usize, Error> {
+        if event.event_type == TEST_EVENT {
+            // A test event has its one delivery already (`Publisher::send_test`).
+            return Ok(0);
+        }
+        let now = self.clock.now();
+        // Futures built up front (not in a closure over borrowed items): each owns its
+        // delivery, which keeps the fan-out's future `Send` for the runtime.
+        let work: Vec<_> = endpoints
+            .iter()
+            .filter(|e| subscribed(&e.event_types, &event.event_type))
+            .map(|endpoint| {
+                self.create_and_queue(Delivery {
+                    id: DeliveryId::for_pair(&endpoint.id, &event.id),
+                    org_id: event.org_id.clone(),
+                    endpoint_id: endpoint.id.clone(),
+                    event_id: event.id.clone(),
+                    event_type: event.event_type.clone(),
+                    status: DeliveryStatus::Pending,
+                    attempts: 0,
+                    next_attempt_at: Some(now),
+                    last_attempt_at: None,
+                    last_status_code: None,
+                    last_error: None,
+                    lease_until: None,
+                    created_at: now,
+                    updated_at: now,
+                })
+            })
+            .collect();
+        let created: Vec<bool> = stream::iter(work)
+            .buffer_unordered(FAN_OUT)
+            .try_collect()
+            .await?;
+        Ok(created.into_iter().filter(|c| *c).count())
+    }
+
+    /// Create one delivery and queue it; true when this call created it.
+    async fn create_and_queue(&self, delivery: Delivery) -> Result<bool, Error> {
+        let created = self.store.create_delivery(&delivery).await?;
+        let queue_it = created
+            || self
+                .store
+                .get_delivery(&delivery.org_id, &delivery.id)
+                .await?
+                // Written by a run that stopped before queueing it: queue it now. A second
+                // message for an attempt already made is dropped by the deliverer.
+                .is_some_and(|d| d.status == DeliveryStatus::Pending && d.attempts == 0);
+        if queue_it {
+            self.deliveries
+                .send(
+                    &DeliveryMessage::now(&delivery, false).to_json(),
+                    Duration::ZERO,
+                )
+                .await?;
+        }
+        Ok(created)
+    }
+}

@@ -1,0 +1,251 @@
+//! Outbound delivery throughput and latency on this machine, with the receiver on the same
+//! cores and the ceiling measured beside it in the same run:
+//!
+//!   cargo bench -p hookline-e2e --bench outbound [-- EVENTS ENDPOINTS]
+//!
+//! 1. ceiling: a plain HTTP client posting pre-signed bodies to the same receiver, as many at
+//!    once as Hookline's deliverer sends;
+//! 2. deliveries/s: EVENTS events published to an org with ENDPOINTS endpoints, timed from the
+//!    first publish until the receiver has every delivery (each counted once: the ledger
+//!    published × endpoints = received must balance, or the run does not count);
+//! 3. publish → delivered latency, p50/p99, measured from when each event was *published*
+//!    (scheduled), not when the deliverer got round to it;
+//! 4. fan-out: one event to 1,000 endpoints, from publish until all 1,000 have it.
+
+use hookline::outbound::publish::PublishRequest;
+use hookline_e2e::outbound::{short_settings, OutboundServer};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A receiver that answers 200 at once and notes when each event id arrived.
+struct Sink {
+    url: String,
+    seen: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn sink() -> Sink {
+    use axum::routing::post;
+    let seen: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (s, c) = (seen.clone(), count.clone());
+    let app = axum::Router::new().route(
+        "/{*path}",
+        post(move |headers: http::HeaderMap| {
+            let (s, c) = (s.clone(), c.clone());
+            async move {
+                let at = Instant::now();
+                if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
+                    s.lock().unwrap().entry(id.to_owned()).or_default().push(at);
+                }
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Sink { url, seen, count }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn ceiling(url: &str, total: usize, concurrency: usize) -> f64 {
+    use futures::StreamExt;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let body = bytes::Bytes::from(
+        br#"{"id":"evt_ceiling","type":"invoice.paid","created_at":"2026-01-01T00:00:00.000Z","data":{"invoice":"in_1","amount":4200}}"#.to_vec(),
+    );
+    let started = Instant::now();
+    futures::stream::iter(0..total)
+        .map(|i| {
+            let client = client.clone();
+            let body = body.clone();
+            let url = format!("{url}/ceiling/{i}");
+            async move {
+                client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("webhook-id", "ceiling")
+                    .header("x-signature", "sha256=00")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let events: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let endpoints: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let app = OutboundServer::spawn(short_settings(5, Duration::from_secs(60))).await;
+    let outbound = app.outbound();
+    let receiver = sink().await;
+
+    // Endpoints without a test event in the way: created disabled, then enabled.
+    for i in 0..endpoints {
+        let (e, _) = outbound
+            .endpoints
+            .create(
+                "bench",
+                hookline::outbound::endpoints::CreateEndpoint {
+                    url: format!("{}/ep/{i}", receiver.url),
+                    event_types: vec!["invoice.paid".into()],
+                    description: None,
+                    signature_header: None,
+                    enabled: Some(false),
+                    rate_limit_per_second: None,
+                },
+            )
+            .await
+            .unwrap();
+        outbound
+            .endpoints
+            .update(
+                "bench",
+                &e.id,
+                hookline::outbound::endpoints::EndpointPatch {
+                    enabled: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    let total = events * endpoints;
+    let ceiling_rate = ceiling(&receiver.url, total.min(20_000), 64).await;
+    println!("ceiling: plain client, 64 at once: {ceiling_rate:.0} requests/s");
+    receiver.count.store(0, std::sync::atomic::Ordering::SeqCst);
+    receiver.seen.lock().unwrap().clear();
+
+    let mut published_at: HashMap<String, Instant> = HashMap::new();
+    let started = Instant::now();
+    for n in 0..events {
+        let at = Instant::now();
+        let appended = outbound
+            .publisher
+            .publish(
+                "bench",
+                PublishRequest {
+                    event_type: "invoice.paid".into(),
+                    data: serde_json::json!({"invoice": format!("in_{n}"), "amount": 4200}),
+                    id: None,
+                },
+            )
+            .await
+            .unwrap();
+        published_at.insert(appended.event().id.to_string(), at);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while receiver.count.load(std::sync::atomic::Ordering::SeqCst) < total {
+        assert!(Instant::now() < deadline, "not every delivery arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = receiver.seen.lock().unwrap().clone();
+    let received: usize = seen.values().map(Vec::len).sum();
+    assert_eq!(
+        received, total,
+        "ledger: published × endpoints must equal received (no loss, no duplicate)"
+    );
+    let mut latencies: Vec<Duration> = seen
+        .iter()
+        .flat_map(|(id, ats)| {
+            let published = published_at[id];
+            ats.iter().map(move |at| *at - published)
+        })
+        .collect();
+    latencies.sort();
+    let rate = total as f64 / elapsed.as_secs_f64();
+    println!(
+        "hookline: {events} events × {endpoints} endpoints = {total} deliveries in {:.2} s: {rate:.0} deliveries/s ({:.2}× the ceiling)",
+        elapsed.as_secs_f64(),
+        rate / ceiling_rate
+    );
+    println!(
+        "publish → delivered: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        percentile(&latencies, 1.0).as_secs_f64() * 1e3
+    );
+
+    // Fan-out: one event, 1,000 endpoints of another org.
+    for i in 0..1000 {
+        let (e, _) = outbound
+            .endpoints
+            .create(
+                "fanout",
+                hookline::outbound::endpoints::CreateEndpoint {
+                    url: format!("{}/fan/{i}", receiver.url),
+                    event_types: vec!["meeting.booked".into()],
+                    description: None,
+                    signature_header: None,
+                    enabled: Some(false),
+                    rate_limit_per_second: None,
+                },
+            )
+            .await
+            .unwrap();
+        outbound
+            .endpoints
+            .update(
+                "fanout",
+                &e.id,
+                hookline::outbound::endpoints::EndpointPatch {
+                    enabled: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    receiver.count.store(0, std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    outbound
+        .publisher
+        .publish(
+            "fanout",
+            PublishRequest {
+                event_type: "meeting.booked".into(),
+                data: serde_json::json!({"at": "10:00"}),
+                id: None,
+            },
+        )
+        .await
+        .unwrap();
+    while receiver.count.load(std::sync::atomic::Ordering::SeqCst) < 1000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "fan-out stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    println!(
+        "fan-out: one event to 1,000 endpoints, published → all delivered in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+}
