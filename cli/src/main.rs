@@ -3,6 +3,7 @@
 
 mod commands;
 mod listen;
+mod outbox;
 mod token;
 
 // The local server allocates per request on several threads; glibc malloc spent a tenth of
@@ -63,6 +64,14 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// List the mail a local Hookline sent (owner notices), oldest first.
+    Outbox {
+        #[arg(long, default_value = ".hookline")]
+        data_dir: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the dead-letter queue, or move its messages back to the queue.
     DeadLetters {
         #[arg(long, default_value = ".hookline")]
@@ -111,6 +120,7 @@ async fn main() -> std::process::ExitCode {
             json,
             limit,
         } => commands::activity(&data_dir, json, limit).await,
+        Command::Outbox { data_dir, json } => outbox::outbox(&data_dir, json),
         Command::DeadLetters { data_dir, redrive } => {
             commands::dead_letters(&data_dir, redrive).await
         }

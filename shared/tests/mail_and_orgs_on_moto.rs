@@ -3,7 +3,7 @@
 //! record of it (`/moto-api/data.json`), each org test runs on a fresh table.
 //!
 //! Run with `infra/with-moto.sh cargo test -p hookline-shared --test mail_and_orgs_on_moto`:
-//! without `HOOKLINE_MOTO_ENDPOINT` every test fails, it never skips.
+//! without `HOOKLINE_MOTO_ENDPOINT` every test that needs moto fails, none skips.
 
 use async_trait::async_trait;
 use hookline::ports::mail::aws::SesMailer;

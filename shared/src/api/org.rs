@@ -365,6 +365,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_store_that_cannot_write_answers_503_without_details() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Database::open(dir.path(), Durability::Normal).unwrap());
+        let issuer = LocalIssuer::ephemeral();
+        let api = OrgApi::new(
+            issuer.authenticator(),
+            Arc::new(EmbeddedOrgStore::new(
+                Database::open_read_only(dir.path()).unwrap(),
+            )),
+            Arc::new(SystemClock),
+        );
+        let f = Fixture {
+            _dir: dir,
+            issuer,
+            api,
+        };
+        let admin = f.token("org-a", &[Scope::Admin]);
+        assert_eq!(f.get(&admin).await.0, StatusCode::OK, "reads still work");
+        let (status, problem) = f
+            .patch(&admin, r#"{"owner_email":"owner@example.com"}"#)
+            .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            problem,
+            serde_json::json!({"error": "unavailable", "message": "try again shortly"})
+        );
+    }
+
+    #[tokio::test]
     async fn other_methods_and_paths_are_refused() {
         let f = fixture();
         let admin = f.token("org-a", &[Scope::Admin]);
