@@ -3,3 +3,4 @@
 //! delivery per subscribed endpoint, and the deliverer that signs and sends them with retries.
 
 pub mod model;
+pub mod sink;
