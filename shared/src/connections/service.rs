@@ -2,6 +2,10 @@
 //! fresh 256-bit webhook secret sealed by the key service, and the hook on GitHub or GitLab;
 //! rotates, retries and removes them. A provider failure never loses the connection: it is
 //! saved with `webhook_status: failed` and a reason the user can act on.
+//!
+//! With an [`EventSink`] ([`Repositories::with_events`]) a connect publishes
+//! `repository.connected` and a disconnect `repository.disconnected` into the org's outbound
+//! stream; the call has already succeeded by then, so a publish failure is only logged.
 
 use super::model::{
     Connection, ConnectionId, RepoProvider, StoredProviderToken, StoredSecret, WebhookStatus,
@@ -9,6 +13,8 @@ use super::model::{
 use crate::clock::Clock;
 use crate::hooks::{Deleted, HookClient, HookSpec};
 use crate::model::Source;
+use crate::outbound::model::EventId;
+use crate::outbound::sink::EventSink;
 use crate::ports::connections::{ConnectionError, ConnectionStore};
 use crate::ports::keys::{EncryptionContext, KeyError, KeyService, Sealed};
 use crate::secret::Secret;
@@ -361,6 +367,7 @@ pub struct Repositories {
     gitlab: Arc<dyn HookClient>,
     clock: Arc<dyn Clock>,
     settings: Settings,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 /// The encryption context of a connection's webhook secret: a sealed secret copied onto
@@ -446,6 +453,25 @@ impl Repositories {
             gitlab,
             clock,
             settings,
+            events: None,
+        }
+    }
+
+    /// Also publish `repository.connected` / `repository.disconnected` into the org's stream.
+    pub fn with_events(mut self, events: Arc<dyn EventSink>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Publish one of the connection's events; its id is derived from the connection, so a
+    /// repeated publish is a no-op. A failure is logged: the call it reports on succeeded.
+    async fn publish(&self, c: &Connection, event_type: &str, data: serde_json::Value) {
+        let Some(sink) = &self.events else {
+            return;
+        };
+        let id = EventId::derived(event_type, c.id.as_str());
+        if let Err(e) = sink.publish_own(&c.org_id, event_type, id, data).await {
+            tracing::error!(connection_id = %c.id, org_id = %c.org_id, event_type, error = %e, "could not publish a connection event");
         }
     }
 
@@ -547,6 +573,13 @@ impl Repositories {
             self.install_hook(&mut c, &secret).await;
             self.store.update(&c).await?;
         }
+        let data = serde_json::json!({
+            "connection_id": c.id,
+            "provider": c.provider,
+            "repository_full_name": c.repository_full_name,
+            "webhook_status": c.webhook_status,
+        });
+        self.publish(&c, "repository.connected", data).await;
         Ok(c)
     }
 
@@ -745,6 +778,13 @@ impl Repositories {
             (None, _) => (false, "; it had no webhook".to_string()),
         };
         self.store.delete(org_id, id).await?;
+        let data = serde_json::json!({
+            "connection_id": c.id,
+            "provider": c.provider,
+            "repository_full_name": c.repository_full_name,
+            "webhook_deleted": webhook_deleted,
+        });
+        self.publish(&c, "repository.disconnected", data).await;
         let sep = if note.starts_with(';') { "" } else { " " };
         Ok(Disconnected {
             success: true,
@@ -864,5 +904,148 @@ mod tests {
         assert_eq!(a.expose().len(), 64);
         assert!(a.expose().chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, new_webhook_secret());
+    }
+    mod events {
+        use super::super::*;
+        use crate::clock::SystemClock;
+        use crate::hooks::stub::HookApiStub;
+        use crate::outbound::sink::RecordingSink;
+        use crate::ports::connections::embedded::EmbeddedConnectionStore;
+        use crate::ports::keys::embedded::LocalKeys;
+        use crate::ports::sqlite::{Database, Durability};
+        use serde_json::json;
+
+        struct Fixture {
+            repos: Repositories,
+            sink: Arc<RecordingSink>,
+            stub: HookApiStub,
+            _dir: tempfile::TempDir,
+        }
+
+        /// The service on the embedded store and local keys, its hooks on a local stub of
+        /// GitHub's API, with a user who registered a GitHub token.
+        async fn fixture() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Database::open(dir.path(), Durability::Normal).unwrap();
+            let store: Arc<dyn ConnectionStore> = Arc::new(EmbeddedConnectionStore::new(db));
+            let keys: Arc<dyn KeyService> =
+                Arc::new(LocalKeys::open_or_create(dir.path()).unwrap());
+            let tokens = StoredProviderTokens::new(store.clone(), keys.clone());
+            tokens
+                .put(
+                    "org-a",
+                    "user-1",
+                    RepoProvider::Github,
+                    &Secret::new("ghp_test"),
+                )
+                .await
+                .unwrap();
+            let stub = HookApiStub::start().await;
+            let sink = Arc::new(RecordingSink::default());
+            let repos = Repositories::new(
+                store,
+                keys,
+                Arc::new(tokens),
+                Arc::new(stub.github()),
+                Arc::new(stub.gitlab()),
+                Arc::new(SystemClock),
+                Settings {
+                    webhook_base_url: "https://hooks.example.com".into(),
+                    rotation_overlap: Duration::from_secs(3600),
+                },
+            )
+            .with_events(sink.clone());
+            Fixture {
+                repos,
+                sink,
+                stub,
+                _dir: dir,
+            }
+        }
+
+        fn connect_request(repo: &str) -> ConnectRequest {
+            serde_json::from_value(json!({"repository_full_name": repo})).unwrap()
+        }
+
+        #[tokio::test]
+        async fn connecting_and_disconnecting_publish_their_events() {
+            let f = fixture().await;
+            let c = f
+                .repos
+                .connect("org-a", "user-1", connect_request("acme/hookline-demo"))
+                .await
+                .unwrap();
+            assert_eq!(c.webhook_status, WebhookStatus::Active);
+            assert_eq!(f.stub.hooks("acme/hookline-demo").len(), 1);
+            let connected = f.sink.of_type("repository.connected");
+            assert_eq!(connected.len(), 1);
+            assert_eq!(connected[0].org_id, "org-a");
+            assert_eq!(
+                connected[0].id,
+                EventId::derived("repository.connected", c.id.as_str())
+            );
+            assert_eq!(
+                connected[0].data,
+                json!({"connection_id": c.id, "provider": "github",
+                       "repository_full_name": "acme/hookline-demo", "webhook_status": "active"})
+            );
+
+            f.repos.disconnect("org-a", &c.id, true).await.unwrap();
+            let disconnected = f.sink.of_type("repository.disconnected");
+            assert_eq!(disconnected.len(), 1);
+            assert_eq!(
+                disconnected[0].id,
+                EventId::derived("repository.disconnected", c.id.as_str())
+            );
+            assert_eq!(
+                disconnected[0].data,
+                json!({"connection_id": c.id, "provider": "github",
+                       "repository_full_name": "acme/hookline-demo", "webhook_deleted": true})
+            );
+            assert!(f.stub.hooks("acme/hookline-demo").is_empty());
+
+            // Connected again, it is a new connection with new events.
+            let again = f
+                .repos
+                .connect("org-a", "user-1", connect_request("acme/hookline-demo"))
+                .await
+                .unwrap();
+            let ids: Vec<EventId> = f
+                .sink
+                .of_type("repository.connected")
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
+            assert_eq!(ids.len(), 2);
+            assert_ne!(ids[0], ids[1]);
+            assert_eq!(
+                ids[1],
+                EventId::derived("repository.connected", again.id.as_str())
+            );
+        }
+
+        #[tokio::test]
+        async fn a_failed_connect_publishes_nothing_and_a_failed_publish_fails_no_connect() {
+            let f = fixture().await;
+            let bad = f
+                .repos
+                .connect("org-a", "user-1", connect_request("not a repo"))
+                .await;
+            assert!(matches!(bad, Err(ConnectError::Invalid(_))));
+            assert!(f.sink.all().is_empty());
+
+            f.sink
+                .failing
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let c = f
+                .repos
+                .connect("org-a", "user-1", connect_request("acme/hookline-demo"))
+                .await
+                .unwrap();
+            assert_eq!(f.repos.get("org-a", &c.id).await.unwrap().id, c.id);
+            let gone = f.repos.disconnect("org-a", &c.id, true).await.unwrap();
+            assert!(gone.success && gone.webhook_deleted);
+            assert!(f.sink.all().is_empty());
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod replay;
 pub mod sender;
 pub mod settings;
 pub mod signing;
+pub mod sink;
 pub mod ssrf;
 
 use crate::ports::keys::KeyError;

@@ -149,12 +149,26 @@ impl Dispatcher {
         store: Arc<dyn DeliveryStore>,
         connections: Arc<dyn crate::ports::connections::ConnectionStore>,
     ) -> Self {
-        let repos: Arc<dyn Handler> = Arc::new(repositories::RepositoryEvents::new(
-            store.clone(),
-            connections,
-        ));
-        Self::standard(store)
-            .on_source(Source::Github, repos.clone())
+        let repos = repositories::RepositoryEvents::new(store.clone(), connections);
+        Self::standard(store).with_repository_handler(repos)
+    }
+
+    /// [`with_repositories`](Self::with_repositories), also publishing into each org's
+    /// outbound stream: relayed deliveries (`github.*`, `gitlab.*`), `incident.created` and
+    /// `incident.resolved`.
+    pub fn with_repositories_and_events(
+        store: Arc<dyn DeliveryStore>,
+        connections: Arc<dyn crate::ports::connections::ConnectionStore>,
+        events: Arc<dyn crate::outbound::sink::EventSink>,
+    ) -> Self {
+        let repos =
+            repositories::RepositoryEvents::new(store.clone(), connections).with_events(events);
+        Self::standard(store).with_repository_handler(repos)
+    }
+
+    fn with_repository_handler(self, repos: repositories::RepositoryEvents) -> Self {
+        let repos: Arc<dyn Handler> = Arc::new(repos);
+        self.on_source(Source::Github, repos.clone())
             .on_source(Source::Gitlab, repos)
     }
 }

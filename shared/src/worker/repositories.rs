@@ -14,14 +14,24 @@
 //! Every delivery still becomes the normal activity record. A delivery for no connected
 //! repository is only that; one whose every connection is disabled is skipped. Each matched
 //! connection counts the delivery (`record_delivery`) once the handling is done.
+//!
+//! With an [`EventSink`] ([`RepositoryEvents::with_events`]) the handler also publishes into
+//! each enabled connection's org stream: the delivery itself as `{source}.{event}` (the relay,
+//! see [`relay_type`]), `incident.created` when a run opens an incident and `incident.resolved`
+//! when a later run of the same workflow on the same branch succeeds. Every id is derived from
+//! its cause, so a redelivered or redone delivery publishes nothing new; a publish failure
+//! fails the delivery so the queue retries it.
 
 use super::activity::{normalise, timestamp};
 use super::{Event, Handled, Handler, Payload, WorkerError};
+use crate::api::incidents::IncidentView;
 use crate::connections::{
     Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, WorkflowRun,
 };
 use crate::model::{Activity, Source};
-use crate::ports::connections::{ConnectionError, ConnectionStore};
+use crate::outbound::model::{valid_event_type, EventId};
+use crate::outbound::sink::EventSink;
+use crate::ports::connections::{ConnectionError, ConnectionStore, MAX_PAGE};
 use crate::ports::store::DeliveryStore;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -38,15 +48,112 @@ pub fn fix_branch(incident: &IncidentId) -> String {
     format!("{FIX_BRANCH_PREFIX}{incident}")
 }
 
+/// A relayed payload larger than this is replaced by a stub naming the delivery, so the
+/// outbound event stays far below the store's item limit (DynamoDB's is 400 KB).
+pub const MAX_RELAYED_PAYLOAD: usize = 256 * 1024;
+
 pub struct RepositoryEvents {
     store: Arc<dyn DeliveryStore>,
     connections: Arc<dyn ConnectionStore>,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 impl RepositoryEvents {
     pub fn new(store: Arc<dyn DeliveryStore>, connections: Arc<dyn ConnectionStore>) -> Self {
-        Self { store, connections }
+        Self {
+            store,
+            connections,
+            events: None,
+        }
     }
+
+    /// Also publish relayed deliveries and incidents into each org's outbound stream.
+    pub fn with_events(mut self, events: Arc<dyn EventSink>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    async fn publish(
+        &self,
+        org_id: &str,
+        event_type: &str,
+        id: EventId,
+        data: Value,
+    ) -> Result<(), WorkerError> {
+        let Some(sink) = &self.events else {
+            return Ok(());
+        };
+        sink.publish_own(org_id, event_type, id.clone(), data)
+            .await
+            .map_err(|e| {
+                WorkerError::Handler(format!(
+                    "could not publish {event_type} {id} for org {org_id}: {e}"
+                ))
+            })
+    }
+}
+
+/// The outbound event type a relayed delivery takes: `{source}.{event}`, `None` when the
+/// provider's event name cannot make one (it is then not relayed).
+///
+/// GitHub's event is its `X-GitHub-Event` name as is (`github.workflow_run`,
+/// `github.pull_request`). GitLab's is the payload's `object_kind` the intake keeps
+/// (`gitlab.pipeline`, `gitlab.push`, `gitlab.tag_push`, `gitlab.merge_request`,
+/// `gitlab.build` for jobs, `gitlab.note`, `gitlab.issue`); a body without one is named by
+/// its `X-Gitlab-Event` header, folded the same way (`Pipeline Hook` → `pipeline`,
+/// `Job Hook` → `build`).
+pub fn relay_type(source: Source, event_type: &str) -> Option<String> {
+    let name = match source {
+        Source::Github => event_type.trim().to_owned(),
+        Source::Gitlab => {
+            let lower = event_type.trim().to_ascii_lowercase();
+            let folded = lower
+                .strip_suffix(" hook")
+                .unwrap_or(&lower)
+                .trim()
+                .replace([' ', '-'], "_");
+            match folded.as_str() {
+                "job" => "build".to_owned(),
+                _ => folded,
+            }
+        }
+        _ => return None,
+    };
+    let full = format!("{}.{name}", source.as_str());
+    (!name.is_empty() && !name.contains('.') && valid_event_type(&full)).then_some(full)
+}
+
+/// The size of the delivery's body as the provider sent it.
+fn raw_size(event: &Event) -> usize {
+    if event.envelope.body_base64 {
+        event.envelope.raw_body().map(|b| b.len()).unwrap_or(0)
+    } else {
+        event.envelope.body.len()
+    }
+}
+
+/// The id of the incident a run attempt opens: derived from (connection, run, attempt), so a
+/// redo that finds it already created can read it back.
+fn incident_id(connection: &ConnectionId, run_id: &str, attempt: u32) -> IncidentId {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(connection.as_str())
+        .chain_update([0u8])
+        .chain_update(run_id)
+        .chain_update([0u8])
+        .chain_update(attempt.to_string())
+        .finalize();
+    IncidentId::parse(&format!(
+        "{}{}",
+        IncidentId::PREFIX,
+        hex::encode(&digest[..16])
+    ))
+    .expect("a prefix and hex digits make an incident id")
+}
+
+/// An incident as its events carry it: the API's view of it.
+fn incident_data(incident: &Incident) -> Value {
+    serde_json::to_value(IncidentView::from(incident)).unwrap_or(Value::Null)
 }
 
 fn store_error(e: ConnectionError) -> WorkerError {
@@ -78,10 +185,14 @@ impl Handler for RepositoryEvents {
         } else {
             self.store.put_activity(&activity).await?;
             let kind = Kind::of(event.envelope.source, &event.envelope.event_type);
+            let mut relayed: Vec<&str> = Vec::new();
             for c in enabled {
-                self.apply(c, kind, event, body, now)
-                    .await
-                    .map_err(store_error)?;
+                // Once per org, however many of its connections the delivery matched.
+                if !relayed.contains(&c.org_id.as_str()) {
+                    self.relay(&c.org_id, event, body).await?;
+                    relayed.push(&c.org_id);
+                }
+                self.apply(c, kind, event, body, now).await?;
             }
             Handled::Processed
         };
@@ -196,6 +307,10 @@ struct RunEvent {
 impl RunEvent {
     fn failed(&self) -> bool {
         self.status == "completed" && self.conclusion.as_deref() == Some("failure")
+    }
+
+    fn succeeded(&self) -> bool {
+        self.status == "completed" && self.conclusion.as_deref() == Some("success")
     }
 }
 
@@ -469,6 +584,32 @@ impl RepositoryEvents {
         }
     }
 
+    /// Publish the delivery into the org's stream as `{source}.{event}`, with the provider's
+    /// payload as its data.
+    async fn relay(&self, org_id: &str, event: &Event, body: &Value) -> Result<(), WorkerError> {
+        if self.events.is_none() {
+            return Ok(());
+        }
+        let envelope = &event.envelope;
+        let Some(event_type) = relay_type(envelope.source, &envelope.event_type) else {
+            tracing::debug!(source = %envelope.source, delivery_id = %envelope.delivery_id, "no outbound event type for this delivery; not relayed");
+            return Ok(());
+        };
+        let size = raw_size(event);
+        let data = if size > MAX_RELAYED_PAYLOAD {
+            serde_json::json!({"truncated": true, "delivery_id": envelope.delivery_id, "size": size})
+        } else {
+            body.clone()
+        };
+        let cause = format!(
+            "{org_id}\0{}\0{}",
+            envelope.source.as_str(),
+            envelope.delivery_id
+        );
+        self.publish(org_id, &event_type, EventId::derived("relay", &cause), data)
+            .await
+    }
+
     async fn apply(
         &self,
         c: &Connection,
@@ -476,7 +617,7 @@ impl RepositoryEvents {
         event: &Event,
         body: &Value,
         now: DateTime<Utc>,
-    ) -> Result<(), ConnectionError> {
+    ) -> Result<(), WorkerError> {
         let received = event.envelope.received_at;
         let github = event.envelope.source == Source::Github;
         match kind {
@@ -497,7 +638,7 @@ impl RepositoryEvents {
                     gitlab_job(body)
                 };
                 if let Some(job) = job {
-                    self.job(c, job).await?;
+                    self.job(c, job).await.map_err(store_error)?;
                 }
             }
             Kind::PullRequest => {
@@ -507,7 +648,9 @@ impl RepositoryEvents {
                     gitlab_mr(body, received)
                 };
                 if let Some(pr) = pr {
-                    self.pull_request(c, pr, !github).await?;
+                    self.pull_request(c, pr, !github)
+                        .await
+                        .map_err(store_error)?;
                 }
             }
             Kind::Other => {}
@@ -520,8 +663,9 @@ impl RepositoryEvents {
         c: &Connection,
         ev: RunEvent,
         now: DateTime<Utc>,
-    ) -> Result<(), ConnectionError> {
+    ) -> Result<(), WorkerError> {
         let failed = ev.failed();
+        let succeeded = ev.succeeded();
         let run = WorkflowRun {
             org_id: c.org_id.clone(),
             connection_id: c.id.clone(),
@@ -540,31 +684,190 @@ impl RepositoryEvents {
             created_at: ev.created_at,
             updated_at: ev.updated_at,
         };
-        self.connections.upsert_workflow_run(&run).await?;
+        self.connections
+            .upsert_workflow_run(&run)
+            .await
+            .map_err(store_error)?;
         if failed {
-            let incident = Incident {
-                id: IncidentId::generate(),
-                org_id: c.org_id.clone(),
-                user_id: c.user_id.clone(),
-                connection_id: c.id.clone(),
-                repository_full_name: c.repository_full_name.clone(),
-                provider: c.provider,
-                run_id: run.run_id.clone(),
-                run_attempt: run.run_attempt,
-                workflow: run.name.clone(),
-                branch: run.branch.clone(),
-                sha: run.sha.clone(),
-                url: run.url.clone(),
-                status: "open".into(),
-                pr_status: None,
-                created_at: now,
+            self.open_incident(c, &run, now).await?;
+        } else if succeeded {
+            self.resolve_incidents(c, &run, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Open the run attempt's incident (once) and publish `incident.created` — also when a
+    /// previous try opened it and then failed before publishing.
+    async fn open_incident(
+        &self,
+        c: &Connection,
+        run: &WorkflowRun,
+        now: DateTime<Utc>,
+    ) -> Result<(), WorkerError> {
+        let incident = Incident {
+            id: incident_id(&c.id, &run.run_id, run.run_attempt),
+            org_id: c.org_id.clone(),
+            user_id: c.user_id.clone(),
+            connection_id: c.id.clone(),
+            repository_full_name: c.repository_full_name.clone(),
+            provider: c.provider,
+            run_id: run.run_id.clone(),
+            run_attempt: run.run_attempt,
+            workflow: run.name.clone(),
+            branch: run.branch.clone(),
+            sha: run.sha.clone(),
+            url: run.url.clone(),
+            status: "open".into(),
+            pr_status: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let created = self
+            .connections
+            .create_incident_once(&incident)
+            .await
+            .map_err(store_error)?;
+        if created {
+            tracing::info!(connection_id = %c.id, incident_id = %incident.id, run_id = %run.run_id, run_attempt = run.run_attempt, "incident opened for a failed run");
+        }
+        if self.events.is_none() {
+            return Ok(());
+        }
+        let stored = if created {
+            Some(incident)
+        } else {
+            self.incident_of_run(c, run, &incident.id)
+                .await
+                .map_err(store_error)?
+        };
+        let Some(stored) = stored else {
+            tracing::warn!(connection_id = %c.id, run_id = %run.run_id, run_attempt = run.run_attempt, "the run's incident exists but could not be read back; incident.created not published");
+            return Ok(());
+        };
+        let cause = format!("{}\0{}\0{}", c.id, run.run_id, run.run_attempt);
+        self.publish(
+            &c.org_id,
+            "incident.created",
+            EventId::derived("incident.created", &cause),
+            incident_data(&stored),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The incident a run attempt opened: by its derived id, else (opened before ids were
+    /// derived) among the repository's incidents.
+    async fn incident_of_run(
+        &self,
+        c: &Connection,
+        run: &WorkflowRun,
+        id: &IncidentId,
+    ) -> Result<Option<Incident>, ConnectionError> {
+        if let Some(i) = self.connections.get_incident(&c.org_id, id).await? {
+            return Ok(Some(i));
+        }
+        Ok(self
+            .connections
+            .list_incidents(&c.org_id, Some(&c.repository_full_name), None, MAX_PAGE)
+            .await?
+            .into_iter()
+            .find(|i| {
+                i.connection_id == c.id
+                    && i.run_id == run.run_id
+                    && i.run_attempt == run.run_attempt
+            }))
+    }
+
+    /// A successful run resolves the connection's open incidents of the same workflow on the
+    /// same branch that an earlier run (or attempt) opened, publishing `incident.resolved`.
+    async fn resolve_incidents(
+        &self,
+        c: &Connection,
+        run: &WorkflowRun,
+        now: DateTime<Utc>,
+    ) -> Result<(), WorkerError> {
+        let Some(branch) = run.branch.as_deref() else {
+            return Ok(());
+        };
+        let open = self
+            .connections
+            .list_incidents(
+                &c.org_id,
+                Some(&c.repository_full_name),
+                Some("open"),
+                MAX_PAGE,
+            )
+            .await
+            .map_err(store_error)?;
+        for incident in open.into_iter().filter(|i| {
+            i.connection_id == c.id && i.workflow == run.name && i.branch.as_deref() == Some(branch)
+        }) {
+            if !self
+                .is_later(c, run, &incident)
+                .await
+                .map_err(store_error)?
+            {
+                continue;
+            }
+            let mut data = incident_data(&Incident {
+                status: "resolved".into(),
                 updated_at: now,
-            };
-            if self.connections.create_incident_once(&incident).await? {
-                tracing::info!(connection_id = %c.id, incident_id = %incident.id, run_id = %run.run_id, run_attempt = run.run_attempt, "incident opened for a failed run");
+                ..incident.clone()
+            });
+            data["resolved_by"] = serde_json::json!({
+                "run_id": run.run_id, "run_attempt": run.run_attempt, "url": run.url,
+            });
+            // Published before the write: a crash between the two leaves the incident open,
+            // so the redo publishes the same id again (a no-op) and then resolves it. The
+            // other order would lose the event.
+            self.publish(
+                &c.org_id,
+                "incident.resolved",
+                EventId::derived("incident.resolved", incident.id.as_str()),
+                data,
+            )
+            .await?;
+            match self
+                .connections
+                .resolve_incident(&c.org_id, &incident.id, now)
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(connection_id = %c.id, incident_id = %incident.id, run_id = %run.run_id, run_attempt = run.run_attempt, "incident resolved by a successful run");
+                }
+                Ok(false) | Err(ConnectionError::NotFound) => {}
+                Err(e) => return Err(store_error(e)),
             }
         }
         Ok(())
+    }
+
+    /// Whether the successful `run` came after the one that opened `incident`: a later
+    /// attempt of the same run, a higher run number, else a later start. A success delivered
+    /// late (queues do not keep order) must not resolve a newer failure.
+    async fn is_later(
+        &self,
+        c: &Connection,
+        run: &WorkflowRun,
+        incident: &Incident,
+    ) -> Result<bool, ConnectionError> {
+        if run.run_id == incident.run_id {
+            return Ok(run.run_attempt > incident.run_attempt);
+        }
+        let Some(failed) = self
+            .connections
+            .get_workflow_run(&c.id, &incident.run_id, incident.run_attempt)
+            .await?
+        else {
+            return Ok(true);
+        };
+        Ok(match (run.run_number, failed.run_number) {
+            (Some(a), Some(b)) if a != b => a > b,
+            _ => match (run.created_at, failed.created_at) {
+                (Some(a), Some(b)) if a != b => a > b,
+                _ => run.updated_at > failed.updated_at,
+            },
+        })
     }
 
     /// The highest attempt of the run Hookline has seen (1 when none).
@@ -701,6 +1004,7 @@ impl RepositoryEvents {
 mod tests {
     use super::*;
     use crate::model::Envelope;
+    use crate::outbound::sink::RecordingSink;
     use crate::ports::connections::conformance::connection;
     use crate::ports::connections::embedded::EmbeddedConnectionStore;
     use crate::ports::sqlite::{Database, Durability};
@@ -711,6 +1015,8 @@ mod tests {
         handler: Arc<RepositoryEvents>,
         store: Arc<dyn DeliveryStore>,
         connections: Arc<dyn ConnectionStore>,
+        /// What the handler published into the orgs' outbound streams.
+        sink: Arc<RecordingSink>,
         _dir: tempfile::TempDir,
     }
 
@@ -719,10 +1025,14 @@ mod tests {
         let db = Database::open(dir.path(), Durability::Normal).unwrap();
         let store: Arc<dyn DeliveryStore> = Arc::new(EmbeddedStore::new(db.clone()));
         let connections: Arc<dyn ConnectionStore> = Arc::new(EmbeddedConnectionStore::new(db));
+        let sink = Arc::new(RecordingSink::default());
         Fixture {
-            handler: Arc::new(RepositoryEvents::new(store.clone(), connections.clone())),
+            handler: Arc::new(
+                RepositoryEvents::new(store.clone(), connections.clone()).with_events(sink.clone()),
+            ),
             store,
             connections,
+            sink,
             _dir: dir,
         }
     }
@@ -749,6 +1059,17 @@ mod tests {
                 .handle(&event(source, event_type, body), Utc::now())
                 .await
                 .unwrap()
+        }
+
+        /// The distinct ids published with `event_type`, in first-published order.
+        fn ids(&self, event_type: &str) -> Vec<EventId> {
+            let mut ids: Vec<EventId> = Vec::new();
+            for p in self.sink.of_type(event_type) {
+                if !ids.contains(&p.id) {
+                    ids.push(p.id);
+                }
+            }
+            ids
         }
 
         async fn incidents(&self, org: &str) -> Vec<Incident> {
@@ -1323,5 +1644,311 @@ mod tests {
         assert_eq!(gitlab_status("failed").1.as_deref(), Some("failure"));
         assert_eq!(gitlab_status("canceled").1.as_deref(), Some("cancelled"));
         assert_eq!(gitlab_status("pending").0, "queued");
+    }
+    /// The failed run's successful successor: the next run of CI on main.
+    fn fixed_run(repo: &str) -> Value {
+        let mut body = failed_run(repo);
+        let r = &mut body["workflow_run"];
+        r["id"] = json!(12987654999u64);
+        r["run_number"] = json!(419);
+        r["conclusion"] = json!("success");
+        r["created_at"] = json!("2026-01-01T00:10:00Z");
+        r["updated_at"] = json!("2026-01-01T00:12:00Z");
+        r["html_url"] = json!("https://github.com/acme/hookline-demo/actions/runs/12987654999");
+        body
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_publishes_one_incident_created_however_often_it_is_delivered() {
+        let f = fixture();
+        f.connect("org-a", "acme/hookline-demo").await;
+        let body = failed_run("acme/hookline-demo");
+        f.handle(Source::Github, "workflow_run", &body).await;
+        f.handle(Source::Github, "workflow_run", &body).await;
+
+        let published = f.sink.of_type("incident.created");
+        assert_eq!(
+            published.len(),
+            2,
+            "each delivery publishes; the stream keeps one"
+        );
+        assert_eq!(published[0].id, published[1].id);
+        assert_eq!(f.ids("incident.created").len(), 1);
+        let incident = f.incidents("org-a").await.remove(0);
+        let p = &published[0];
+        assert_eq!(p.org_id, "org-a");
+        assert_eq!(p.data["id"], json!(incident.id));
+        assert_eq!(p.data["status"], json!("open"));
+        assert_eq!(p.data["repository_full_name"], json!("acme/hookline-demo"));
+        assert_eq!(p.data["workflow"], json!("CI"));
+        assert_eq!(p.data["branch"], json!("main"));
+        assert_eq!(
+            p.data["url"],
+            json!("https://github.com/acme/hookline-demo/actions/runs/12987654321")
+        );
+        assert_eq!(
+            (p.data["run_id"].clone(), p.data["run_attempt"].clone()),
+            (json!("12987654321"), json!(1))
+        );
+        // The incidents API shows the same thing.
+        assert_eq!(
+            p.data,
+            serde_json::to_value(IncidentView::from(&incident)).unwrap()
+        );
+
+        // Another attempt of the run is another incident, with another event.
+        let mut second = body.clone();
+        second["workflow_run"]["run_attempt"] = json!(2);
+        f.handle(Source::Github, "workflow_run", &second).await;
+        assert_eq!(f.ids("incident.created").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_redone_delivery_publishes_nothing_new() {
+        let f = fixture();
+        f.connect("org-a", "acme/hookline-demo").await;
+        let e = event(
+            Source::Github,
+            "workflow_run",
+            &failed_run("acme/hookline-demo"),
+        );
+        f.handler.handle(&e, Utc::now()).await.unwrap();
+        let first: Vec<EventId> = f.sink.all().into_iter().map(|p| p.id).collect();
+        assert_eq!(first.len(), 2, "the relay and incident.created");
+        f.handler.handle(&e, Utc::now()).await.unwrap();
+        let second: Vec<EventId> = f.sink.all().into_iter().skip(2).map(|p| p.id).collect();
+        assert_eq!(first, second);
+    }
+
+    #[tokio::test]
+    async fn a_publish_failure_fails_the_delivery_and_the_retry_publishes_the_incident() {
+        let f = fixture();
+        let c = f.connect("org-a", "acme/hookline-demo").await;
+        let e = event(
+            Source::Github,
+            "workflow_run",
+            &failed_run("acme/hookline-demo"),
+        );
+        f.sink
+            .failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = f.handler.handle(&e, Utc::now()).await.unwrap_err();
+        assert!(matches!(err, WorkerError::Handler(_)), "{err}");
+        assert!(f.sink.all().is_empty());
+        // Not counted: the queue's retry will count it.
+        assert_eq!(f.reload(&c).await.total_deliveries, 0);
+
+        // The incident was opened before the publish failed; the retry finds it and publishes.
+        let opened = RepositoryEvents::new(f.store.clone(), f.connections.clone());
+        opened.handle(&e, Utc::now()).await.unwrap();
+        assert_eq!(f.incidents("org-a").await.len(), 1);
+        f.sink
+            .failing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        f.handler.handle(&e, Utc::now()).await.unwrap();
+        let created = f.sink.of_type("incident.created");
+        assert_eq!(created.len(), 1);
+        assert_eq!(
+            created[0].data["id"],
+            json!(f.incidents("org-a").await[0].id)
+        );
+        assert_eq!(f.sink.of_type("github.workflow_run").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_later_success_on_the_same_branch_resolves_the_incident_once() {
+        let f = fixture();
+        f.connect("org-a", "acme/hookline-demo").await;
+        f.handle(
+            Source::Github,
+            "workflow_run",
+            &failed_run("acme/hookline-demo"),
+        )
+        .await;
+        let incident = f.incidents("org-a").await.remove(0);
+        let fixed = fixed_run("acme/hookline-demo");
+        f.handle(Source::Github, "workflow_run", &fixed).await;
+        f.handle(Source::Github, "workflow_run", &fixed).await;
+
+        let i = f
+            .connections
+            .get_incident("org-a", &incident.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(i.status, "resolved");
+        assert!(i.updated_at > incident.updated_at);
+        let resolved = f.sink.of_type("incident.resolved");
+        assert_eq!(resolved.len(), 1, "the second success finds nothing open");
+        assert_eq!(
+            resolved[0].id,
+            EventId::derived("incident.resolved", incident.id.as_str())
+        );
+        assert_eq!(resolved[0].data["id"], json!(incident.id));
+        assert_eq!(resolved[0].data["status"], json!("resolved"));
+        assert_eq!(
+            resolved[0].data["resolved_by"]["run_id"],
+            json!("12987654999")
+        );
+        assert!(f
+            .connections
+            .list_incidents("org-a", None, Some("open"), 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // A successful re-run attempt of a failed run resolves that run's incident too.
+        let mut failed_again = failed_run("acme/hookline-demo");
+        failed_again["workflow_run"]["id"] = json!(12987655000u64);
+        failed_again["workflow_run"]["run_number"] = json!(420);
+        f.handle(Source::Github, "workflow_run", &failed_again)
+            .await;
+        let mut rerun = failed_again.clone();
+        rerun["workflow_run"]["run_attempt"] = json!(2);
+        rerun["workflow_run"]["conclusion"] = json!("success");
+        f.handle(Source::Github, "workflow_run", &rerun).await;
+        assert_eq!(f.ids("incident.resolved").len(), 2);
+        assert!(f
+            .connections
+            .list_incidents("org-a", None, Some("open"), 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_success_elsewhere_or_earlier_resolves_nothing() {
+        let f = fixture();
+        f.connect("org-a", "acme/hookline-demo").await;
+        f.handle(
+            Source::Github,
+            "workflow_run",
+            &failed_run("acme/hookline-demo"),
+        )
+        .await;
+
+        let mut other_branch = fixed_run("acme/hookline-demo");
+        other_branch["workflow_run"]["head_branch"] = json!("feature/x");
+        f.handle(Source::Github, "workflow_run", &other_branch)
+            .await;
+        let mut other_workflow = fixed_run("acme/hookline-demo");
+        other_workflow["workflow_run"]["id"] = json!(12987655001u64);
+        other_workflow["workflow_run"]["name"] = json!("Docs");
+        f.handle(Source::Github, "workflow_run", &other_workflow)
+            .await;
+        // An older run's success, delivered late, does not resolve a newer failure.
+        let mut older = fixed_run("acme/hookline-demo");
+        older["workflow_run"]["id"] = json!(12987654000u64);
+        older["workflow_run"]["run_number"] = json!(417);
+        older["workflow_run"]["created_at"] = json!("2025-12-31T23:00:00Z");
+        f.handle(Source::Github, "workflow_run", &older).await;
+        assert_eq!(f.incidents("org-a").await[0].status, "open");
+        assert!(f.sink.of_type("incident.resolved").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_delivery_is_relayed_to_every_enabled_connection_org_with_its_payload() {
+        let f = fixture();
+        f.connect("org-a", "acme/hookline-demo").await;
+        f.connect("org-b", "Acme/Hookline-Demo").await;
+        let mut off = f.connect("org-c", "acme/hookline-demo").await;
+        off.is_enabled = false;
+        f.connections.update(&off).await.unwrap();
+
+        let mut body = payload("github-push.json");
+        body["repository"]["full_name"] = json!("acme/hookline-demo");
+        let e = event(Source::Github, "push", &body);
+        f.handler.handle(&e, Utc::now()).await.unwrap();
+
+        let mut relayed = f.sink.of_type("github.push");
+        relayed.sort_by(|a, b| a.org_id.cmp(&b.org_id));
+        let orgs: Vec<&str> = relayed.iter().map(|p| p.org_id.as_str()).collect();
+        assert_eq!(orgs, ["org-a", "org-b"]);
+        assert!(relayed.iter().all(|p| p.data == body));
+        assert_ne!(relayed[0].id, relayed[1].id, "each org's event is its own");
+        assert_eq!(f.sink.all().len(), 2, "a push is only relayed");
+    }
+
+    #[tokio::test]
+    async fn deliveries_no_enabled_connection_takes_are_not_relayed() {
+        let f = fixture();
+        f.handle(Source::Github, "workflow_run", &failed_run("someone/else"))
+            .await;
+        let mut c = f.connect("org-a", "acme/hookline-demo").await;
+        c.is_enabled = false;
+        f.connections.update(&c).await.unwrap();
+        f.handle(
+            Source::Github,
+            "workflow_run",
+            &failed_run("acme/hookline-demo"),
+        )
+        .await;
+        assert!(f.sink.all().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_payload_over_256_kib_is_relayed_as_a_stub() {
+        let f = fixture();
+        f.connect("org-a", "acme/hookline-demo").await;
+        let mut body = payload("github-push.json");
+        body["repository"]["full_name"] = json!("acme/hookline-demo");
+        body["padding"] = json!("x".repeat(MAX_RELAYED_PAYLOAD));
+        let e = event(Source::Github, "push", &body);
+        f.handler.handle(&e, Utc::now()).await.unwrap();
+        let relayed = f.sink.of_type("github.push");
+        assert_eq!(relayed.len(), 1);
+        assert_eq!(
+            relayed[0].data,
+            json!({"truncated": true, "delivery_id": e.envelope.delivery_id,
+                   "size": serde_json::to_vec(&body).unwrap().len()})
+        );
+    }
+
+    #[tokio::test]
+    async fn gitlab_deliveries_are_relayed_under_their_object_kind() {
+        let f = fixture();
+        f.connect_gitlab("org-a", "acme/hookline-demo", "60123456")
+            .await;
+        let body = payload("gitlab-pipeline.json");
+        f.handle(Source::Gitlab, "pipeline", &body).await;
+        let relayed = f.sink.of_type("gitlab.pipeline");
+        assert_eq!(relayed.len(), 1);
+        assert_eq!(relayed[0].data, body);
+        assert_eq!(f.ids("incident.created").len(), 1);
+
+        // The pipeline passing again on main resolves it.
+        let mut fixed = body.clone();
+        fixed["object_attributes"]["id"] = json!(1604523500u64);
+        fixed["object_attributes"]["iid"] = json!(213);
+        fixed["object_attributes"]["status"] = json!("success");
+        fixed["object_attributes"]["created_at"] = json!("2026-01-01 01:00:00 UTC");
+        fixed["object_attributes"]["finished_at"] = json!("2026-01-01 01:05:00 UTC");
+        f.handle(Source::Gitlab, "pipeline", &fixed).await;
+        assert_eq!(f.incidents("org-a").await[0].status, "resolved");
+        assert_eq!(f.ids("incident.resolved").len(), 1);
+    }
+
+    #[test]
+    fn relayed_event_types_are_source_dot_event() {
+        let cases = [
+            (Source::Github, "workflow_run", Some("github.workflow_run")),
+            (Source::Github, "pull_request", Some("github.pull_request")),
+            (Source::Gitlab, "pipeline", Some("gitlab.pipeline")),
+            (
+                Source::Gitlab,
+                "merge_request",
+                Some("gitlab.merge_request"),
+            ),
+            (Source::Gitlab, "Pipeline Hook", Some("gitlab.pipeline")),
+            (Source::Gitlab, "Tag Push Hook", Some("gitlab.tag_push")),
+            (Source::Gitlab, "Job Hook", Some("gitlab.build")),
+            (Source::Gitlab, "System Hook", Some("gitlab.system")),
+            (Source::Github, "Weird.Event", None),
+            (Source::Github, "", None),
+            (Source::Stripe, "invoice.paid", None),
+        ];
+        for (source, raw, want) in cases {
+            assert_eq!(relay_type(source, raw).as_deref(), want, "{raw}");
+        }
     }
 }

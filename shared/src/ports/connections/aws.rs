@@ -757,6 +757,46 @@ impl ConnectionStore for DynamoConnectionStore {
         }
     }
 
+    async fn resolve_incident(
+        &self,
+        org_id: &str,
+        id: &IncidentId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, ConnectionError> {
+        let pk = format!("INC#{id}");
+        let Some(item) = self.get_item(pk.clone(), INC_SK).await? else {
+            return Err(ConnectionError::NotFound);
+        };
+        let r = Reader { item: &item };
+        if r.str("org_id")? != org_id {
+            return Err(ConnectionError::NotFound);
+        }
+        if r.str("status")? != "open" {
+            return Ok(false);
+        }
+        // Only the status and `updated_at` of a stored incident's record ever change (its PR
+        // status lives beside it), so the record is rewritten from this read and the write is
+        // conditioned on the status alone: of concurrent resolves, exactly one passes.
+        let mut incident: Incident = r.record()?;
+        incident.status = "resolved".to_owned();
+        incident.updated_at = at;
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk.clone(), INC_SK)))
+            .update_expression("SET #status = :resolved, #record = :record")
+            .condition_expression("org_id = :org AND #status = :open")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#record", "record")
+            .expression_attribute_values(":resolved", s("resolved"))
+            .expression_attribute_values(":open", s("open"))
+            .expression_attribute_values(":org", s(org_id))
+            .expression_attribute_values(":record", s(to_json(&pk, &incident)?));
+        self.send_update("UpdateItem (resolve incident)", update)
+            .await
+    }
+
     async fn find_incident_by_branch(
         &self,
         connection_id: &ConnectionId,

@@ -766,6 +766,97 @@ pub async fn incidents_are_org_scoped_filtered_and_newest_first(store: &dyn Conn
     );
 }
 
+pub async fn an_open_incident_is_resolved_once(store: &dyn ConnectionStore) {
+    let c = connection(&org(), "owner/resolve");
+    let open = incident(&c, "88", 1, 0);
+    assert!(store.create_incident_once(&open).await.unwrap());
+    store
+        .set_incident_pr_status(&c.org_id, &open.id, "merged")
+        .await
+        .unwrap();
+
+    // Another org cannot resolve it, and an unknown id is not found.
+    let other = org();
+    assert!(matches!(
+        store.resolve_incident(&other, &open.id, t(5)).await,
+        Err(ConnectionError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .resolve_incident(&c.org_id, &IncidentId::generate(), t(5))
+            .await,
+        Err(ConnectionError::NotFound)
+    ));
+    assert_eq!(
+        store
+            .get_incident(&c.org_id, &open.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "open"
+    );
+
+    assert!(store
+        .resolve_incident(&c.org_id, &open.id, t(10))
+        .await
+        .unwrap());
+    let mut want = open.clone();
+    want.status = "resolved".to_owned();
+    want.updated_at = t(10);
+    want.pr_status = Some("merged".to_owned());
+    assert_eq!(
+        store.get_incident(&c.org_id, &open.id).await.unwrap(),
+        Some(want.clone())
+    );
+    // The status filter sees the change too.
+    assert!(store
+        .list_incidents(&c.org_id, None, Some("open"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .list_incidents(&c.org_id, Some("owner/resolve"), Some("resolved"), 10)
+            .await
+            .unwrap(),
+        vec![want.clone()]
+    );
+
+    // Resolving it again changes nothing.
+    assert!(!store
+        .resolve_incident(&c.org_id, &open.id, t(20))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get_incident(&c.org_id, &open.id).await.unwrap(),
+        Some(want)
+    );
+}
+
+pub async fn only_one_of_many_concurrent_resolves_wins(store: Arc<dyn ConnectionStore>) {
+    let c = connection(&org(), "owner/resolve-race");
+    let open = incident(&c, "99", 1, 0);
+    assert!(store.create_incident_once(&open).await.unwrap());
+    let tasks = (0..8).map(|i| {
+        let (store, org, id) = (store.clone(), c.org_id.clone(), open.id.clone());
+        tokio::spawn(async move { store.resolve_incident(&org, &id, t(10 + i)).await })
+    });
+    let resolved = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .filter(|changed| *changed)
+        .count();
+    assert_eq!(resolved, 1);
+    let got = store
+        .get_incident(&c.org_id, &open.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.status, "resolved");
+}
+
 pub async fn the_newest_incident_on_a_branch_is_found(store: &dyn ConnectionStore) {
     let c = connection(&org(), "owner/branches");
     let mut older = incident(&c, "1", 1, 0);
@@ -979,6 +1070,8 @@ macro_rules! connections_conformance {
             case!(an_incident_is_created_once_per_run_attempt, borrowed);
             case!(only_one_of_many_concurrent_incident_creates_wins, shared);
             case!(incidents_are_org_scoped_filtered_and_newest_first, borrowed);
+            case!(an_open_incident_is_resolved_once, borrowed);
+            case!(only_one_of_many_concurrent_resolves_wins, shared);
             case!(the_newest_incident_on_a_branch_is_found, borrowed);
             case!(the_newest_pull_request_state_wins, borrowed);
             case!(provider_tokens_are_kept_per_org_user_and_provider, borrowed);

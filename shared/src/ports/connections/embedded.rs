@@ -588,6 +588,46 @@ impl ConnectionStore for EmbeddedConnectionStore {
         }
     }
 
+    async fn resolve_incident(
+        &self,
+        org_id: &str,
+        id: &IncidentId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, ConnectionError> {
+        let (org_id, id) = (org_id.to_owned(), id.as_str().to_owned());
+        // Read, check and write in one writer call: nothing runs between them. The status
+        // column (the list filter) and the record change together.
+        self.db
+            .call(move |conn| {
+                let row: Option<(String, String, String)> = conn
+                    .prepare_cached("SELECT org_id, status, record FROM incidents WHERE id = ?1")?
+                    .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let Some((_, status, record)) = row.filter(|(owner, ..)| *owner == org_id) else {
+                    return Ok(Err(ConnectionError::NotFound));
+                };
+                if status != "open" {
+                    return Ok(Ok(false));
+                }
+                let resolved = from_json::<Incident>(&id, &record).and_then(|mut i| {
+                    i.status = "resolved".to_owned();
+                    i.updated_at = at;
+                    to_json(&id, &i)
+                });
+                let record = match resolved {
+                    Ok(record) => record,
+                    Err(e) => return Ok(Err(e)),
+                };
+                conn.prepare_cached(
+                    "UPDATE incidents SET status = 'resolved', record = ?2 \
+                     WHERE id = ?1 AND status = 'open'",
+                )?
+                .execute(params![id, record])?;
+                Ok(Ok(true))
+            })
+            .await?
+    }
+
     async fn find_incident_by_branch(
         &self,
         connection_id: &ConnectionId,

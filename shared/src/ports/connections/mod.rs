@@ -161,6 +161,16 @@ pub trait ConnectionStore: Send + Sync + 'static {
         pr_status: &str,
     ) -> Result<(), ConnectionError>;
 
+    /// Mark the org's incident `resolved` (with `updated_at = at`) if it is `open`, in one
+    /// conditional write: true when this call changed it (of concurrent calls, exactly one),
+    /// false when it was not open. `NotFound` unless the incident belongs to `org_id`.
+    async fn resolve_incident(
+        &self,
+        org_id: &str,
+        id: &IncidentId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, ConnectionError>;
+
     /// The newest incident of the connection whose failing `branch` is `branch` (exact).
     /// When a fix PR's head ref carries the incident id itself, prefer
     /// [`get_incident`](Self::get_incident) with that id.
