@@ -56,8 +56,12 @@ pub fn required(name: &'static str) -> Result<String, ConfigError> {
     })
 }
 
-fn number(name: &'static str) -> Result<Option<u64>, ConfigError> {
-    var(name)
+fn number(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<u64>, ConfigError> {
+    lookup(name)
+        .filter(|v| !v.trim().is_empty())
         .map(|v| {
             v.trim().parse::<u64>().map_err(|_| ConfigError {
                 name,
@@ -70,17 +74,22 @@ fn number(name: &'static str) -> Result<Option<u64>, ConfigError> {
 
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(var)
+    }
+
+    /// The settings from `lookup` (unset or blank is `None`) instead of the environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut s = Settings {
-            public_base_url: var("WEBHOOK_BASE_URL"),
+            public_base_url: lookup("WEBHOOK_BASE_URL").filter(|v| !v.trim().is_empty()),
             ..Settings::default()
         };
-        if let Some(n) = number("HOOKLINE_MAX_BODY_BYTES")? {
+        if let Some(n) = number(&lookup, "HOOKLINE_MAX_BODY_BYTES")? {
             s.max_body_bytes = n as usize;
         }
-        if let Some(h) = number("HOOKLINE_DELIVERY_TTL_HOURS")? {
+        if let Some(h) = number(&lookup, "HOOKLINE_DELIVERY_TTL_HOURS")? {
             s.delivery_ttl = Duration::from_secs(h * 3600);
         }
-        if let Some(secs) = number("HOOKLINE_PROCESS_LEASE_SECS")? {
+        if let Some(secs) = number(&lookup, "HOOKLINE_PROCESS_LEASE_SECS")? {
             s.process_lease = Duration::from_secs(secs);
         }
         Ok(s)

@@ -3,7 +3,7 @@
 
 use super::App;
 use crate::clock::SystemClock;
-use crate::config::{required, Settings};
+use crate::config::{ConfigError, Settings};
 use crate::http::Request;
 use crate::model::Source;
 use crate::pipeline::Pipeline;
@@ -12,29 +12,58 @@ use crate::ports::secrets::aws::SecretsManagerSource;
 use crate::ports::secrets::SecretSource;
 use crate::ports::store::aws::DynamoStore;
 use crate::worker::{Worker, WorkerMessage};
+use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use bytes::Bytes;
 use lambda_http::Body;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use std::sync::Arc;
 
+/// Where a function reads its configuration variables: the process environment on Lambda
+/// ([`crate::config::var`]); a test passes exactly what template.yaml gives the function, so
+/// it never has to set process-wide variables.
+pub type Vars<'a> = &'a (dyn Fn(&str) -> Option<String> + Send + Sync);
+
+/// One variable from `env`; unset or blank is `None`, as in [`crate::config::var`].
+fn var(env: Vars, name: &str) -> Option<String> {
+    env(name).filter(|v| !v.trim().is_empty())
+}
+
+/// A variable the function cannot start without, with an error that names it.
+fn required(env: Vars, name: &'static str) -> Result<String, ConfigError> {
+    var(env, name).ok_or(ConfigError {
+        name,
+        expected: "set",
+        value: String::new(),
+    })
+}
+
+/// The SDK config a function builds its clients from (the SDK honours `AWS_ENDPOINT_URL`).
+async fn lambda_sdk() -> SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
 /// The AWS adapters, from `HOOKLINE_TABLE`, `HOOKLINE_QUEUE_URL`, `HOOKLINE_DLQ_URL` and
-/// `HOOKLINE_SECRETS_ID` (the SDK itself honours `AWS_ENDPOINT_URL`).
+/// `HOOKLINE_SECRETS_ID` in the environment.
 pub async fn aws_app() -> Result<App, Error> {
-    let settings = Settings::from_env()?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    aws_app_with(&lambda_sdk().await, &crate::config::var).await
+}
+
+/// [`aws_app`] over `sdk`, with its variables read from `env`.
+pub async fn aws_app_with(sdk: &SdkConfig, env: Vars<'_>) -> Result<App, Error> {
+    let settings = Settings::from_lookup(env)?;
     let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        required("HOOKLINE_TABLE")?,
+        aws_sdk_dynamodb::Client::new(sdk),
+        required(env, "HOOKLINE_TABLE")?,
     );
     let queue = SqsQueue::new(
-        aws_sdk_sqs::Client::new(&sdk),
-        required("HOOKLINE_QUEUE_URL")?,
-        required("HOOKLINE_DLQ_URL")?,
+        aws_sdk_sqs::Client::new(sdk),
+        required(env, "HOOKLINE_QUEUE_URL")?,
+        required(env, "HOOKLINE_DLQ_URL")?,
     );
     let secrets = SecretsManagerSource::new(
-        aws_sdk_secretsmanager::Client::new(&sdk),
-        required("HOOKLINE_SECRETS_ID")?,
+        aws_sdk_secretsmanager::Client::new(sdk),
+        required(env, "HOOKLINE_SECRETS_ID")?,
     )
     .load()
     .await?;
@@ -50,22 +79,28 @@ pub async fn aws_app() -> Result<App, Error> {
 /// The connection store, when this deployment manages repository connections
 /// (`HOOKLINE_KMS_KEY_ID` is set by the template).
 fn aws_connections(
-    sdk: &aws_config::SdkConfig,
+    sdk: &SdkConfig,
+    env: Vars,
 ) -> Result<Option<Arc<dyn crate::ports::connections::ConnectionStore>>, Error> {
-    if crate::config::var("HOOKLINE_KMS_KEY_ID").is_none() {
+    if var(env, "HOOKLINE_KMS_KEY_ID").is_none() {
         return Ok(None);
     }
     Ok(Some(Arc::new(
         crate::ports::connections::aws::DynamoConnectionStore::new(
             aws_sdk_dynamodb::Client::new(sdk),
-            required("HOOKLINE_TABLE")?,
+            required(env, "HOOKLINE_TABLE")?,
         ),
     )))
 }
 
 /// GitHub and GitLab deliveries of connected repositories verify with the repository's own
 /// secret, opened with KMS (and cached while the Lambda is warm).
-async fn with_connection_secrets(app: &App, source: Source) -> Result<Arc<Pipeline>, Error> {
+async fn with_connection_secrets(
+    app: &App,
+    source: Source,
+    sdk: &SdkConfig,
+    env: Vars<'_>,
+) -> Result<Arc<Pipeline>, Error> {
     use crate::connections::service::{
         Repositories, Settings as RepoSettings, StoredProviderTokens,
     };
@@ -73,13 +108,12 @@ async fn with_connection_secrets(app: &App, source: Source) -> Result<Arc<Pipeli
     if !matches!(source, Source::Github | Source::Gitlab) {
         return Ok(app.pipeline.clone());
     }
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let Some(store) = aws_connections(&sdk)? else {
+    let Some(store) = aws_connections(sdk, env)? else {
         return Ok(app.pipeline.clone());
     };
     let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(KmsKeys::new(
-        aws_sdk_kms::Client::new(&sdk),
-        required("HOOKLINE_KMS_KEY_ID")?,
+        aws_sdk_kms::Client::new(sdk),
+        required(env, "HOOKLINE_KMS_KEY_ID")?,
     )));
     let tokens = Arc::new(StoredProviderTokens::new(store.clone(), keys.clone()));
     // Only `candidates` is used here: the hook clients are never called by a webhook.
@@ -93,19 +127,28 @@ async fn with_connection_secrets(app: &App, source: Source) -> Result<Arc<Pipeli
         Arc::new(crate::hooks::gitlab::GitLabHooks::new("https://gitlab.com")),
         Arc::new(SystemClock),
         RepoSettings {
-            webhook_base_url: crate::config::var("WEBHOOK_BASE_URL").unwrap_or_default(),
+            webhook_base_url: var(env, "WEBHOOK_BASE_URL").unwrap_or_default(),
             rotation_overlap: std::time::Duration::from_secs(3600),
         },
     );
     Ok(Arc::new(app.pipeline.with_connections(Arc::new(repos))))
 }
 
+/// The pipeline an inbound webhook function for `source` serves, over `sdk`, with its
+/// variables read from `env`.
+pub async fn aws_inbound_with(
+    source: Source,
+    sdk: &SdkConfig,
+    env: Vars<'_>,
+) -> Result<Arc<Pipeline>, Error> {
+    let app = aws_app_with(sdk, env).await?;
+    with_connection_secrets(&app, source, sdk, env).await
+}
+
 /// Run an inbound webhook function for `source`.
 pub async fn run_inbound(source: Source) -> Result<(), Error> {
     super::init_tracing();
-    let mut app = aws_app().await?;
-    app.pipeline = with_connection_secrets(&app, source).await?;
-    let pipeline = app.pipeline.clone();
+    let pipeline = aws_inbound_with(source, &lambda_sdk().await, &crate::config::var).await?;
     lambda_http::run(lambda_http::service_fn(move |req| {
         let pipeline = pipeline.clone();
         async move { handle_http(&pipeline, source, req).await }
@@ -137,18 +180,22 @@ pub async fn handle_http(
     Ok(lambda_http::Response::from_parts(parts, body))
 }
 
-/// Run the event worker on SQS batches, reporting partial batch failures.
-pub async fn run_worker() -> Result<(), Error> {
-    super::init_tracing();
-    let app = aws_app().await?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+/// The event worker, over `sdk`, with its variables read from `env`.
+pub async fn aws_worker_with(sdk: &SdkConfig, env: Vars<'_>) -> Result<Arc<Worker>, Error> {
+    let app = aws_app_with(sdk, env).await?;
     // Connected repositories get workflow runs, incidents and pull requests too.
-    let worker = match aws_connections(&sdk)? {
+    Ok(match aws_connections(sdk, env)? {
         Some(connections) => Arc::new(app.worker.with_dispatcher(
             crate::worker::Dispatcher::with_repositories(app.store.clone(), connections),
         )),
         None => app.worker.clone(),
-    };
+    })
+}
+
+/// Run the event worker on SQS batches, reporting partial batch failures.
+pub async fn run_worker() -> Result<(), Error> {
+    super::init_tracing();
+    let worker = aws_worker_with(&lambda_sdk().await, &crate::config::var).await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let worker = worker.clone();
         async move { Ok::<_, Error>(handle_sqs(&worker, event.payload).await) }
@@ -236,9 +283,10 @@ impl ApiHandler {
 /// The provider secret's values (`HOOKLINE_SECRETS_ID`, a JSON object of strings): OAuth
 /// client secrets, the OAuth state key, an HS256 JWT secret. Never logged.
 async fn secret_values(
-    sdk: &aws_config::SdkConfig,
+    sdk: &SdkConfig,
+    env: Vars<'_>,
 ) -> Result<std::collections::HashMap<String, String>, Error> {
-    let id = required("HOOKLINE_SECRETS_ID")?;
+    let id = required(env, "HOOKLINE_SECRETS_ID")?;
     let out = aws_sdk_secretsmanager::Client::new(sdk)
         .get_secret_value()
         .secret_id(&id)
@@ -260,17 +308,20 @@ async fn secret_values(
 /// Secrets (`HOOKLINE_JWT_HS256_SECRET`, `*_OAUTH_CLIENT_SECRET`, `HOOKLINE_OAUTH_STATE_KEY`)
 /// may live in the provider secret; the environment wins where both set one.
 pub async fn aws_api(api: Api) -> Result<ApiHandler, Error> {
+    aws_api_with(api, &lambda_sdk().await, &crate::config::var).await
+}
+
+/// [`aws_api`] over `sdk`, with its variables read from `env` instead of the environment.
+pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<ApiHandler, Error> {
     use crate::connections::service::{
         Repositories, Settings as RepoSettings, StoredProviderTokens,
     };
     use crate::ports::connections::aws::DynamoConnectionStore;
     use crate::ports::connections::ConnectionStore;
     use crate::ports::keys::{aws::KmsKeys, CachedKeys, KeyService};
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let secrets = secret_values(&sdk).await?;
+    let secrets = secret_values(sdk, env).await?;
     let lookup = |name: &str| {
-        crate::config::var(name)
-            .or_else(|| secrets.get(name).filter(|v| !v.trim().is_empty()).cloned())
+        var(env, name).or_else(|| secrets.get(name).filter(|v| !v.trim().is_empty()).cloned())
     };
     let auth = match crate::auth::AuthConfig::from_lookup(lookup)
         .map(|c| c.map(crate::auth::Authenticator::new))
@@ -293,12 +344,12 @@ pub async fn aws_api(api: Api) -> Result<ApiHandler, Error> {
         }
     };
     let store: Arc<dyn ConnectionStore> = Arc::new(DynamoConnectionStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        required("HOOKLINE_TABLE")?,
+        aws_sdk_dynamodb::Client::new(sdk),
+        required(env, "HOOKLINE_TABLE")?,
     ));
     let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(KmsKeys::new(
-        aws_sdk_kms::Client::new(&sdk),
-        required("HOOKLINE_KMS_KEY_ID")?,
+        aws_sdk_kms::Client::new(sdk),
+        required(env, "HOOKLINE_KMS_KEY_ID")?,
     )));
     let tokens = Arc::new(
         StoredProviderTokens::new(store.clone(), keys.clone()).with_refresh(
@@ -308,14 +359,14 @@ pub async fn aws_api(api: Api) -> Result<ApiHandler, Error> {
     );
     Ok(match api {
         Api::Repositories => {
-            let Some(base) = crate::config::var("WEBHOOK_BASE_URL") else {
+            let Some(base) = var(env, "WEBHOOK_BASE_URL") else {
                 return Ok(ApiHandler::Misconfigured(
                     "WEBHOOK_BASE_URL (the WebhookBaseUrl parameter) must be set: the hooks \
                      Hookline creates point at it"
                         .into(),
                 ));
             };
-            let overlap = match crate::config::var("HOOKLINE_SECRET_ROTATION_OVERLAP_SECS") {
+            let overlap = match var(env, "HOOKLINE_SECRET_ROTATION_OVERLAP_SECS") {
                 Some(v) => v.trim().parse::<u64>().map_err(|_| {
                     format!(
                         "HOOKLINE_SECRET_ROTATION_OVERLAP_SECS must be a whole number, got {v:?}"
@@ -328,11 +379,10 @@ pub async fn aws_api(api: Api) -> Result<ApiHandler, Error> {
                 keys,
                 tokens.clone(),
                 Arc::new(crate::hooks::github::GitHubHooks::new(
-                    crate::config::var("GITHUB_API_URL")
-                        .unwrap_or_else(|| "https://api.github.com".into()),
+                    var(env, "GITHUB_API_URL").unwrap_or_else(|| "https://api.github.com".into()),
                 )),
                 Arc::new(crate::hooks::gitlab::GitLabHooks::new(
-                    crate::config::var("GITLAB_URL").unwrap_or_else(|| "https://gitlab.com".into()),
+                    var(env, "GITLAB_URL").unwrap_or_else(|| "https://gitlab.com".into()),
                 )),
                 Arc::new(SystemClock),
                 RepoSettings {
@@ -356,7 +406,7 @@ pub async fn aws_api(api: Api) -> Result<ApiHandler, Error> {
             Arc::new(SystemClock),
         ))),
         Api::Endpoints | Api::Events => {
-            let outbound = match aws_outbound(&sdk, keys, &lookup) {
+            let outbound = match aws_outbound(sdk, keys, &lookup) {
                 Ok(o) => o,
                 Err(message) => return Ok(ApiHandler::Misconfigured(message)),
             };
@@ -407,9 +457,10 @@ pub fn aws_outbound(
         )),
         orgs: Arc::new(crate::ports::orgs::aws::DynamoOrgStore::new(dynamo, table)),
         keys,
+        // Optional: without a sender owners are not mailed, and the log says why each time.
         mailer: Arc::new(crate::ports::mail::aws::SesMailer::new(
             aws_sdk_sesv2::Client::new(sdk),
-            need("HOOKLINE_MAIL_FROM")?,
+            lookup("HOOKLINE_MAIL_FROM").unwrap_or_default(),
         )),
         dispatch_queue: Arc::new(SqsQueue::new(
             sqs.clone(),
@@ -433,23 +484,25 @@ pub fn aws_outbound(
     ))
 }
 
-/// The dispatcher and deliverer functions' outbound side, from the environment (they take
-/// no bearer tokens).
-async fn aws_outbound_from_env() -> Result<crate::outbound::Outbound, Error> {
+/// The dispatcher's and the deliverer's outbound side over `sdk`, with its variables read
+/// from `env` (they take no bearer tokens).
+pub async fn aws_outbound_with(
+    sdk: &SdkConfig,
+    env: Vars<'_>,
+) -> Result<crate::outbound::Outbound, Error> {
     use crate::ports::keys::{aws::KmsKeys, CachedKeys};
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let keys = Arc::new(CachedKeys::new(KmsKeys::new(
-        aws_sdk_kms::Client::new(&sdk),
-        required("HOOKLINE_KMS_KEY_ID")?,
+        aws_sdk_kms::Client::new(sdk),
+        required(env, "HOOKLINE_KMS_KEY_ID")?,
     )));
-    Ok(aws_outbound(&sdk, keys, &crate::config::var)?)
+    Ok(aws_outbound(sdk, keys, &|name: &str| var(env, name))?)
 }
 
 /// Run the dispatcher: SQS batches of "this org has new events" signals, and a scheduled
 /// sweep (any other event) for orgs whose signal was lost.
 pub async fn run_dispatcher() -> Result<(), Error> {
     super::init_tracing();
-    let outbound = Arc::new(aws_outbound_from_env().await?);
+    let outbound = Arc::new(aws_outbound_with(&lambda_sdk().await, &crate::config::var).await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let outbound = outbound.clone();
         async move { handle_dispatch(&outbound, event.payload).await }
@@ -503,7 +556,7 @@ pub async fn handle_dispatch(
 /// batch failures.
 pub async fn run_deliverer() -> Result<(), Error> {
     super::init_tracing();
-    let outbound = Arc::new(aws_outbound_from_env().await?);
+    let outbound = Arc::new(aws_outbound_with(&lambda_sdk().await, &crate::config::var).await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let outbound = outbound.clone();
         async move { Ok::<_, Error>(handle_deliveries(&outbound, event.payload).await) }

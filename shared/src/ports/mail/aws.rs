@@ -53,6 +53,12 @@ fn utf8(data: &str) -> Result<Content, MailError> {
 impl Mailer for SesMailer {
     async fn send(&self, mail: &Mail) -> Result<String, MailError> {
         check(mail)?;
+        if self.from.trim().is_empty() {
+            // A deploy without MailFrom: owners are not mailed, and each notice says why.
+            return Err(MailError::Rejected(format!(
+                "{MAIL_FROM_ENV} is not set: set the MailFrom parameter to an SES-verified sender"
+            )));
+        }
         let message = Message::builder()
             .subject(utf8(&mail.subject)?)
             .body(Body::builder().text(utf8(&mail.text)?).build())

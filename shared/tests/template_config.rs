@@ -1,0 +1,801 @@
+//! Every function in template.yaml booted from exactly the environment the template gives it
+//! (Globals plus its own variables, parameters at their defaults unless a deploy must set
+//! them), against real resources in moto: a template/config mismatch fails here, not after
+//! a deploy.
+//!
+//! Run with `infra/with-moto.sh cargo test -p hookline-shared --test template_config`:
+//! without `HOOKLINE_MOTO_ENDPOINT` every test fails, it never skips.
+
+use bytes::Bytes;
+use hookline::model::Source;
+use hookline::ports::secrets::aws::sdk_config_for;
+use hookline::ports::store::aws::create_table;
+use hookline::runtime::lambda::{
+    aws_api_with, aws_inbound_with, aws_outbound_with, aws_worker_with, Api, ApiHandler,
+};
+use http::StatusCode;
+use serde_yaml::{Mapping, Value};
+use std::collections::{BTreeMap, HashMap};
+
+/// The template as `sam build` reads it (a change to it rebuilds this test).
+const TEMPLATE: &str = include_str!("../../template.yaml");
+
+/// The HS256 secret a deploy without a JWKS URL puts in the provider secret (32+ bytes).
+const HS256_SECRET: &str = "a-deployment-hs256-secret-of-enough-bytes";
+const ISSUER: &str = "https://auth.example.com/";
+const AUDIENCE: &str = "hookline-api";
+
+fn moto_endpoint() -> String {
+    match std::env::var("HOOKLINE_MOTO_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => endpoint,
+        _ => panic!(
+            "HOOKLINE_MOTO_ENDPOINT is not set: these tests need a moto server. Run them with \
+             infra/with-moto.sh cargo test -p hookline-shared --test template_config"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// How each function's binary boots: the call its functions/<binary>/src/main.rs makes.
+
+/// What a function's `main` runs, and for an API function one request that a valid token
+/// must get through (its route, the scopes it needs, the status it answers).
+enum Boot {
+    Api {
+        api: Api,
+        probe: &'static str,
+        scopes: &'static str,
+        expect: StatusCode,
+    },
+    Inbound(Source),
+    Worker,
+    /// The dispatcher and the deliverer: outbound over DynamoDB, SQS, KMS and SES.
+    Outbound,
+}
+
+fn recipe(binary: &str) -> Option<Boot> {
+    let api = |api, probe, scopes, expect| Boot::Api {
+        api,
+        probe,
+        scopes,
+        expect,
+    };
+    Some(match binary {
+        "github-webhook" => Boot::Inbound(Source::Github),
+        "gitlab-webhook" => Boot::Inbound(Source::Gitlab),
+        "jira-webhook" => Boot::Inbound(Source::Jira),
+        "stripe-webhook" => Boot::Inbound(Source::Stripe),
+        "twilio-webhook" => Boot::Inbound(Source::Twilio),
+        "whatsapp-webhook" => Boot::Inbound(Source::Whatsapp),
+        "event-worker" => Boot::Worker,
+        "repositories-api" => api(
+            Api::Repositories,
+            "/api/v1/repositories/connections",
+            "repos:read",
+            StatusCode::OK,
+        ),
+        "incidents-api" => api(
+            Api::Incidents,
+            "/api/v1/incidents",
+            "repos:read",
+            StatusCode::OK,
+        ),
+        "oauth-api" => api(
+            Api::Oauth,
+            "/api/v1/oauth/github/authorize?format=json",
+            "repos:write",
+            StatusCode::OK,
+        ),
+        "endpoints-api" => api(
+            Api::Endpoints,
+            "/api/v1/endpoints",
+            "webhooks:manage",
+            StatusCode::OK,
+        ),
+        "events-api" => api(
+            Api::Events,
+            "/api/v1/events/evt_none",
+            "events:write",
+            StatusCode::NOT_FOUND,
+        ),
+        "dispatcher" | "deliverer" => Boot::Outbound,
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The template, read as CloudFormation reads it.
+
+struct Function {
+    id: String,
+    binary: Option<String>,
+    /// Globals' variables overlaid with the function's own, unevaluated.
+    variables: BTreeMap<String, Value>,
+}
+
+fn template() -> Value {
+    serde_yaml::from_str(TEMPLATE).expect("template.yaml is YAML")
+}
+
+fn section<'a>(doc: &'a Value, name: &str) -> &'a Mapping {
+    static EMPTY: std::sync::OnceLock<Mapping> = std::sync::OnceLock::new();
+    doc.get(name)
+        .and_then(Value::as_mapping)
+        .unwrap_or_else(|| EMPTY.get_or_init(Mapping::new))
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+fn variables_at<'a>(v: Option<&'a Value>) -> impl Iterator<Item = (String, Value)> + 'a {
+    v.and_then(|v| v.get("Environment"))
+        .and_then(|e| e.get("Variables"))
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (str_of(k).to_owned(), v.clone()))
+}
+
+/// Every `AWS::Serverless::Function`, with the environment SAM gives it.
+fn functions(doc: &Value) -> Vec<Function> {
+    let globals = doc.get("Globals").and_then(|g| g.get("Function"));
+    section(doc, "Resources")
+        .iter()
+        .filter(|(_, r)| r.get("Type").map(str_of) == Some("AWS::Serverless::Function"))
+        .map(|(id, r)| {
+            let mut variables: BTreeMap<String, Value> = variables_at(globals).collect();
+            variables.extend(variables_at(r.get("Properties")));
+            Function {
+                id: str_of(id).to_owned(),
+                binary: r
+                    .get("Metadata")
+                    .and_then(|m| m.get("BuildProperties"))
+                    .and_then(|b| b.get("Binary"))
+                    .map(|b| str_of(b).to_owned()),
+                variables,
+            }
+        })
+        .collect()
+}
+
+/// A tag's name without its `!` (`!Ref` → `Ref`), or a long-form `{"Fn::Sub": …}` key's.
+fn intrinsic(v: &Value) -> Option<(String, &Value)> {
+    match v {
+        Value::Tagged(t) => Some((
+            t.tag.to_string().trim_start_matches('!').to_owned(),
+            &t.value,
+        )),
+        Value::Mapping(m) if m.len() == 1 => {
+            let (k, arg) = m.iter().next()?;
+            let k = k.as_str()?;
+            let name = if k == "Ref" {
+                k
+            } else {
+                k.strip_prefix("Fn::")?
+            };
+            Some((name.to_owned(), arg))
+        }
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A stack: the template's parameters resolved and its stateful resources created in moto.
+
+/// A created resource: what `!Ref` gives, and its `!GetAtt` attributes.
+struct Created {
+    reference: String,
+    attributes: HashMap<&'static str, String>,
+}
+
+struct Stack {
+    doc: Value,
+    name: String,
+    params: BTreeMap<String, String>,
+    resources: HashMap<String, Created>,
+    sdk: aws_config::SdkConfig,
+}
+
+/// What a user chooses at deploy time: parameter overrides and the provider secret's value
+/// (`aws secretsmanager put-secret-value`, as the README says).
+struct Deploy<'a> {
+    overrides: &'a [(&'a str, &'a str)],
+    secret: serde_json::Value,
+}
+
+impl Stack {
+    async fn deploy(deploy: Deploy<'_>) -> Stack {
+        let doc = template();
+        let mut params = BTreeMap::new();
+        for (name, p) in section(&doc, "Parameters") {
+            let name = str_of(name).to_owned();
+            let default = p.get("Default").map(|d| match d {
+                Value::String(s) => s.clone(),
+                other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
+            });
+            if let Some(default) = default {
+                params.insert(name, default);
+            }
+        }
+        for (name, value) in deploy.overrides {
+            assert!(
+                params.contains_key(*name) || section(&doc, "Parameters").contains_key(*name),
+                "the test overrides parameter {name}, which template.yaml does not declare"
+            );
+            params.insert(name.to_string(), value.to_string());
+        }
+        // CloudFormation refuses a stack whose parameter is outside its AllowedValues.
+        for (name, p) in section(&doc, "Parameters") {
+            let name = str_of(name);
+            let value = params.get(name).unwrap_or_else(|| {
+                panic!("parameter {name} has no Default and the test gives it no value")
+            });
+            if let Some(allowed) = p.get("AllowedValues").and_then(Value::as_sequence) {
+                assert!(
+                    allowed.iter().any(|a| str_of(a) == value),
+                    "parameter {name} = {value:?} is not in its AllowedValues {allowed:?}"
+                );
+            }
+        }
+        let mut stack = Stack {
+            doc,
+            name: format!("hl-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            params,
+            resources: HashMap::new(),
+            sdk: sdk_config_for(Some(&moto_endpoint())).await,
+        };
+        stack.create_resources(&deploy.secret).await;
+        stack
+    }
+
+    /// The table, queues, secrets and keys the template declares, made in moto with the names
+    /// the template gives them.
+    async fn create_resources(&mut self, secret_value: &serde_json::Value) {
+        let resources: Vec<(String, String, Value)> = section(&self.doc, "Resources")
+            .iter()
+            .map(|(id, r)| {
+                let props = r.get("Properties").cloned().unwrap_or(Value::Null);
+                (str_of(id).to_owned(), str_of(&r["Type"]).to_owned(), props)
+            })
+            .collect();
+        for (id, kind, props) in resources {
+            let name = |prop: &str| -> String {
+                match props.get(prop) {
+                    Some(v) => self
+                        .string(v)
+                        .unwrap_or_else(|e| panic!("{id}.{prop}: {e}")),
+                    None => format!("{}-{id}", self.name),
+                }
+            };
+            let created = match kind.as_str() {
+                "AWS::DynamoDB::Table" => {
+                    let table = name("TableName");
+                    let client = aws_sdk_dynamodb::Client::new(&self.sdk);
+                    create_table(&client, &table)
+                        .await
+                        .unwrap_or_else(|e| panic!("create table {table} in moto: {e}"));
+                    let arn = client
+                        .describe_table()
+                        .table_name(&table)
+                        .send()
+                        .await
+                        .expect("describe the table")
+                        .table
+                        .and_then(|t| t.table_arn)
+                        .expect("the table's ARN");
+                    Created {
+                        reference: table,
+                        attributes: HashMap::from([("Arn", arn)]),
+                    }
+                }
+                "AWS::SQS::Queue" => {
+                    let queue = name("QueueName");
+                    let client = aws_sdk_sqs::Client::new(&self.sdk);
+                    let url = client
+                        .create_queue()
+                        .queue_name(&queue)
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("create queue {queue} in moto: {e:?}"))
+                        .queue_url
+                        .expect("the queue's URL");
+                    let arn = client
+                        .get_queue_attributes()
+                        .queue_url(&url)
+                        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                        .send()
+                        .await
+                        .expect("read the queue's ARN")
+                        .attributes
+                        .and_then(|a| {
+                            a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                                .cloned()
+                        })
+                        .expect("the queue's ARN");
+                    Created {
+                        reference: url,
+                        attributes: HashMap::from([("Arn", arn), ("QueueName", queue)]),
+                    }
+                }
+                "AWS::SecretsManager::Secret" => {
+                    let secret = name("Name");
+                    let client = aws_sdk_secretsmanager::Client::new(&self.sdk);
+                    let initial = match props.get("SecretString") {
+                        Some(v) => self.string(v).expect("the secret's SecretString"),
+                        None => "{}".into(),
+                    };
+                    let arn = client
+                        .create_secret()
+                        .name(&secret)
+                        .secret_string(initial)
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("create secret {secret} in moto: {e:?}"))
+                        .arn
+                        .expect("the secret's ARN");
+                    // What the README tells a user to do after the first deploy.
+                    client
+                        .put_secret_value()
+                        .secret_id(&arn)
+                        .secret_string(secret_value.to_string())
+                        .send()
+                        .await
+                        .expect("put the deployment's secret value");
+                    Created {
+                        reference: arn,
+                        attributes: HashMap::new(),
+                    }
+                }
+                "AWS::KMS::Key" => {
+                    let meta = aws_sdk_kms::Client::new(&self.sdk)
+                        .create_key()
+                        .description(format!("{} {id}", self.name))
+                        .send()
+                        .await
+                        .expect("create a KMS key in moto")
+                        .key_metadata
+                        .expect("the key's metadata");
+                    Created {
+                        reference: meta.key_id,
+                        attributes: HashMap::from([("Arn", meta.arn.expect("the key's ARN"))]),
+                    }
+                }
+                _ => continue,
+            };
+            self.resources.insert(id, created);
+        }
+    }
+
+    /// A value as CloudFormation resolves it into a string; `None` for `AWS::NoValue`.
+    fn eval(&self, v: &Value) -> Result<Option<String>, String> {
+        if let Some((name, arg)) = intrinsic(v) {
+            return self.function(&name, arg);
+        }
+        match v {
+            Value::String(s) => Ok(Some(s.clone())),
+            Value::Number(n) => Ok(Some(n.to_string())),
+            Value::Bool(b) => Ok(Some(b.to_string())),
+            other => Err(format!("{other:?} is not a string value")),
+        }
+    }
+
+    fn string(&self, v: &Value) -> Result<String, String> {
+        self.eval(v)?
+            .ok_or_else(|| "AWS::NoValue where a string is needed".into())
+    }
+
+    fn function(&self, name: &str, arg: &Value) -> Result<Option<String>, String> {
+        let list = |n: usize| -> Result<&Vec<Value>, String> {
+            arg.as_sequence()
+                .filter(|s| s.len() == n)
+                .ok_or_else(|| format!("!{name} takes a list of {n}, got {arg:?}"))
+        };
+        match name {
+            "Ref" => self.reference(str_of(arg)),
+            "GetAtt" => {
+                let (id, attr) = match arg {
+                    Value::String(s) => s
+                        .split_once('.')
+                        .ok_or_else(|| format!("!GetAtt {s} names no attribute"))?,
+                    _ => {
+                        let l = list(2)?;
+                        (str_of(&l[0]), str_of(&l[1]))
+                    }
+                };
+                self.attribute(id, attr).map(Some)
+            }
+            "Sub" => {
+                let (text, vars) = match arg {
+                    Value::String(s) => (s.as_str(), None),
+                    _ => {
+                        let l = list(2)?;
+                        (str_of(&l[0]), l[1].as_mapping())
+                    }
+                };
+                self.sub(text, vars).map(Some)
+            }
+            "If" => {
+                let l = list(3)?;
+                if self.condition_named(str_of(&l[0]))? {
+                    self.eval(&l[1])
+                } else {
+                    self.eval(&l[2])
+                }
+            }
+            "Join" => {
+                let l = list(2)?;
+                let items = l[1]
+                    .as_sequence()
+                    .ok_or_else(|| "!Join takes a list of values".to_string())?;
+                let parts: Result<Vec<Option<String>>, String> =
+                    items.iter().map(|i| self.eval(i)).collect();
+                Ok(Some(
+                    parts?
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(str_of(&l[0])),
+                ))
+            }
+            other => Err(format!(
+                "!{other} is not understood by template_config.rs: teach it `{other}`"
+            )),
+        }
+    }
+
+    fn reference(&self, name: &str) -> Result<Option<String>, String> {
+        let pseudo = match name {
+            "AWS::NoValue" => return Ok(None),
+            "AWS::StackName" => Some(self.name.clone()),
+            "AWS::Region" => Some("us-east-1".into()),
+            "AWS::AccountId" => Some("123456789012".into()),
+            "AWS::Partition" => Some("aws".into()),
+            "AWS::URLSuffix" => Some("amazonaws.com".into()),
+            _ => None,
+        };
+        if let Some(value) = pseudo {
+            return Ok(Some(value));
+        }
+        if let Some(value) = self.params.get(name) {
+            return Ok(Some(value.clone()));
+        }
+        if let Some(created) = self.resources.get(name) {
+            return Ok(Some(created.reference.clone()));
+        }
+        Err(self.no_stand_in(name))
+    }
+
+    fn attribute(&self, id: &str, attr: &str) -> Result<String, String> {
+        let created = self.resources.get(id).ok_or_else(|| self.no_stand_in(id))?;
+        created
+            .attributes
+            .get(attr)
+            .cloned()
+            .ok_or_else(|| format!("!GetAtt {id}.{attr}: the test's {id} has no {attr}"))
+    }
+
+    fn no_stand_in(&self, name: &str) -> String {
+        match section(&self.doc, "Resources").get(name) {
+            Some(r) => format!(
+                "{name} ({}) has no stand-in in moto: teach template_config.rs to create one",
+                str_of(&r["Type"])
+            ),
+            None => format!("{name} is neither a parameter nor a resource of template.yaml"),
+        }
+    }
+
+    fn sub(&self, text: &str, vars: Option<&Mapping>) -> Result<String, String> {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..]
+                .find('}')
+                .ok_or_else(|| format!("!Sub {text:?}: an unclosed ${{"))?
+                + start;
+            let name = &rest[start + 2..end];
+            if let Some(literal) = name.strip_prefix('!') {
+                out.push_str("${");
+                out.push_str(literal);
+                out.push('}');
+            } else if let Some(v) = vars.and_then(|m| m.get(name)) {
+                out.push_str(&self.string(v)?);
+            } else if let Some((id, attr)) = name.split_once('.') {
+                out.push_str(&self.attribute(id, attr)?);
+            } else {
+                out.push_str(&self.reference(name)?.unwrap_or_default());
+            }
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn condition_named(&self, name: &str) -> Result<bool, String> {
+        let cond = section(&self.doc, "Conditions")
+            .get(name)
+            .ok_or_else(|| format!("condition {name} is not declared"))?;
+        self.condition(cond)
+    }
+
+    fn condition(&self, v: &Value) -> Result<bool, String> {
+        let (name, arg) = intrinsic(v).ok_or_else(|| format!("{v:?} is not a condition"))?;
+        let items = || {
+            arg.as_sequence()
+                .ok_or_else(|| format!("!{name} takes a list"))
+        };
+        match name.as_str() {
+            "Equals" => {
+                let l = items()?;
+                Ok(self.eval(&l[0])? == self.eval(&l[1])?)
+            }
+            "Not" => Ok(!self.condition(&items()?[0])?),
+            "And" => items()?
+                .iter()
+                .try_fold(true, |acc, c| Ok(acc && self.condition(c)?)),
+            "Or" => items()?
+                .iter()
+                .try_fold(false, |acc, c| Ok(acc || self.condition(c)?)),
+            "Condition" => self.condition_named(str_of(arg)),
+            other => Err(format!("!{other} is not a condition function")),
+        }
+    }
+
+    /// The variables `function` runs with: every value resolved, `AWS::NoValue` left out.
+    fn environment(&self, function: &Function) -> Result<HashMap<String, String>, String> {
+        let mut env = HashMap::new();
+        for (name, value) in &function.variables {
+            if let Some(v) = self.eval(value).map_err(|e| format!("{name}: {e}"))? {
+                env.insert(name.clone(), v);
+            }
+        }
+        Ok(env)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Booting
+
+fn token(scopes: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let claims = serde_json::json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "user-1",
+        "org_id": "org-1",
+        "scope": scopes,
+        "iat": now,
+        "exp": now + 600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(HS256_SECRET.as_bytes()),
+    )
+    .expect("sign a test token")
+}
+
+async fn request(handler: &ApiHandler, path: &str, token: &str) -> (StatusCode, String) {
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("host", "hooks.example.com")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Bytes::new())
+        .expect("a request");
+    let res = handler.handle(req).await;
+    (
+        res.status(),
+        String::from_utf8_lossy(res.body()).into_owned(),
+    )
+}
+
+/// The handler an API function builds at cold start from `env`.
+async fn api_handler(
+    stack: &Stack,
+    api: Api,
+    env: HashMap<String, String>,
+) -> Result<ApiHandler, String> {
+    let lookup = move |name: &str| env.get(name).cloned();
+    aws_api_with(api, &stack.sdk, &lookup)
+        .await
+        .map_err(|e| format!("cold start failed: {e}"))
+}
+
+/// Boot every function of `stack` as its binary does; for API functions also send `probe`'s
+/// request with a valid token. Returns one line per function that failed.
+async fn boot_every_function(stack: &Stack) -> (usize, Vec<String>) {
+    let fns = functions(&stack.doc);
+    let mut failures = Vec::new();
+    for f in &fns {
+        let what = format!(
+            "{} (binary {})",
+            f.id,
+            f.binary.as_deref().unwrap_or("<none>")
+        );
+        let Some(boot) = f.binary.as_deref().and_then(recipe) else {
+            failures.push(format!(
+                "{what}: template_config.rs does not know how to boot it: add its binary to \
+                 `recipe` (the call its main.rs makes)"
+            ));
+            continue;
+        };
+        let env = match stack.environment(f) {
+            Ok(env) => env,
+            Err(e) => {
+                failures.push(format!("{what}: {e}"));
+                continue;
+            }
+        };
+        let lookup = {
+            let env = env.clone();
+            move |name: &str| env.get(name).cloned()
+        };
+        match boot {
+            Boot::Api {
+                api,
+                probe,
+                scopes,
+                expect,
+            } => match api_handler(stack, api, env).await {
+                Err(e) => failures.push(format!("{what}: {e}")),
+                Ok(ApiHandler::Misconfigured(message)) => {
+                    failures.push(format!("{what}: answers 503 to everything: {message}"))
+                }
+                Ok(handler) => {
+                    let (status, body) = request(&handler, probe, &token(scopes)).await;
+                    if status != expect {
+                        failures.push(format!(
+                            "{what}: GET {probe} with a valid token answered {status} \
+                             (expected {expect}): {body}"
+                        ));
+                    }
+                }
+            },
+            Boot::Inbound(source) => {
+                if let Err(e) = aws_inbound_with(source, &stack.sdk, &lookup).await {
+                    failures.push(format!("{what}: cold start failed: {e}"));
+                }
+            }
+            Boot::Worker => {
+                if let Err(e) = aws_worker_with(&stack.sdk, &lookup).await {
+                    failures.push(format!("{what}: cold start failed: {e}"));
+                }
+            }
+            Boot::Outbound => {
+                if let Err(e) = aws_outbound_with(&stack.sdk, &lookup).await {
+                    failures.push(format!("{what}: cold start failed: {e}"));
+                }
+            }
+        }
+    }
+    (fns.len(), failures)
+}
+
+/// The provider secret of a deploy without a JWKS URL, as the README and template say.
+fn hs256_secret() -> serde_json::Value {
+    serde_json::json!({
+        "HOOKLINE_JWT_HS256_SECRET": HS256_SECRET,
+        "GITHUB_OAUTH_CLIENT_SECRET": "github-oauth-client-secret",
+        "HOOKLINE_OAUTH_STATE_KEY": "an-oauth-state-key-of-32-or-more-characters",
+        "GITHUB_WEBHOOK_SECRET": "a-github-webhook-secret",
+    })
+}
+
+/// Only what a deploy must choose: who issues tokens, where the hooks point, the OAuth app.
+const HS256_DEPLOY: &[(&str, &str)] = &[
+    ("JwtIssuer", ISSUER),
+    ("JwtAudience", AUDIENCE),
+    ("WebhookBaseUrl", "https://hooks.example.com"),
+    ("GithubOAuthClientId", "github-oauth-client-id"),
+];
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn every_function_boots_from_the_environment_the_template_gives_it() {
+    let stack = Stack::deploy(Deploy {
+        overrides: HS256_DEPLOY,
+        secret: hs256_secret(),
+    })
+    .await;
+    let (count, failures) = boot_every_function(&stack).await;
+    assert!(
+        count > 0,
+        "template.yaml declares no AWS::Serverless::Function"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {count} functions in template.yaml do not work as deployed with every other \
+         parameter at its default:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
+
+#[tokio::test]
+async fn without_a_jwks_url_no_api_function_is_given_a_jwt_algorithm() {
+    let stack = Stack::deploy(Deploy {
+        overrides: HS256_DEPLOY,
+        secret: hs256_secret(),
+    })
+    .await;
+    for f in functions(&stack.doc) {
+        let env = stack.environment(&f).unwrap();
+        let algorithm = env.get("HOOKLINE_JWT_ALGORITHM").map(String::as_str);
+        assert!(
+            algorithm.is_none_or(|a| a.trim().is_empty()),
+            "{} is given HOOKLINE_JWT_ALGORITHM={algorithm:?} beside an HS256 secret",
+            f.id
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_jwks_deploy_pins_the_algorithm_it_names_on_every_api_function() {
+    let stack = Stack::deploy(Deploy {
+        overrides: &[
+            ("JwtIssuer", ISSUER),
+            ("JwtAudience", AUDIENCE),
+            ("WebhookBaseUrl", "https://hooks.example.com"),
+            (
+                "JwtJwksUrl",
+                "https://auth.example.com/.well-known/jwks.json",
+            ),
+            ("JwtAlgorithm", "EdDSA"),
+        ],
+        secret: serde_json::json!({}),
+    })
+    .await;
+    let mut apis = 0;
+    for f in functions(&stack.doc) {
+        let Some(Boot::Api { api, probe, .. }) = f.binary.as_deref().and_then(recipe) else {
+            continue;
+        };
+        apis += 1;
+        let env = stack.environment(&f).unwrap();
+        assert_eq!(
+            env.get("HOOKLINE_JWT_ALGORITHM").map(String::as_str),
+            Some("EdDSA"),
+            "{}",
+            f.id
+        );
+        let handler = api_handler(&stack, api, env).await.unwrap();
+        if let ApiHandler::Misconfigured(message) = &handler {
+            panic!("{} answers 503 to everything: {message}", f.id);
+        }
+        // An HS256 token is refused as a bad token, not as a broken configuration.
+        let (status, body) = request(&handler, probe, &token("admin")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{}: {body}", f.id);
+    }
+    assert!(apis > 0, "template.yaml declares no API function");
+}
+
+#[tokio::test]
+async fn an_api_function_deployed_without_an_issuer_answers_503_naming_it() {
+    // Every parameter at its default; the HS256 secret already in the provider secret.
+    let stack = Stack::deploy(Deploy {
+        overrides: &[],
+        secret: hs256_secret(),
+    })
+    .await;
+    let mut apis = 0;
+    for f in functions(&stack.doc) {
+        let Some(Boot::Api { api, probe, .. }) = f.binary.as_deref().and_then(recipe) else {
+            continue;
+        };
+        apis += 1;
+        let env = stack.environment(&f).unwrap();
+        let handler = api_handler(&stack, api, env).await.unwrap();
+        let (status, body) = request(&handler, probe, &token("admin")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}: {body}", f.id);
+        assert!(
+            body.contains("HOOKLINE_JWT_ISSUER"),
+            "{}: the 503 does not say what to set: {body}",
+            f.id
+        );
+    }
+    assert!(apis > 0, "template.yaml declares no API function");
+}
