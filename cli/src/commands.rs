@@ -37,9 +37,6 @@ pub async fn serve(
         .clone();
     let app = default_embedded_app(data_dir, secrets.clone(), settings)
         .with_context(|| format!("opening the data dir {}", data_dir.display()))?;
-    let repositories = RepositoriesConfig::from_env().map_err(anyhow::Error::msg)?;
-    let app = with_repositories(app, data_dir, &base, repositories, Arc::new(SystemClock))
-        .map_err(anyhow::Error::msg)?;
     // Outbound settings come from the environment, then the env file (OUTBOUND_ALLOW_CIDRS
     // there lets a local receiver such as `hookline listen` be an endpoint).
     let file: std::collections::HashMap<String, String> = dotenvy::from_path_iter(env_file)
@@ -51,6 +48,10 @@ pub async fn serve(
     };
     let outbound = OutboundConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
     let app = with_outbound(app, data_dir, outbound, Arc::new(SystemClock))
+        .map_err(anyhow::Error::msg)?;
+    // After outbound, so incidents, connections and relayed deliveries are published.
+    let repositories = RepositoriesConfig::from_env().map_err(anyhow::Error::msg)?;
+    let app = with_repositories(app, data_dir, &base, repositories, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;
     let server = Server::start(app, addr, worker_loops)
         .await

@@ -163,3 +163,21 @@ impl Publisher {
         Ok(delivery)
     }
 }
+
+/// Hookline's own events (incidents, connections, relayed deliveries) enter the org's stream
+/// through the same publisher as a customer's.
+#[async_trait::async_trait]
+impl super::sink::EventSink for Publisher {
+    async fn publish_own(
+        &self,
+        org_id: &str,
+        event_type: &str,
+        id: EventId,
+        data: serde_json::Value,
+    ) -> Result<(), String> {
+        Publisher::publish_own(self, org_id, event_type, id, data)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}

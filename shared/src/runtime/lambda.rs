@@ -183,13 +183,37 @@ pub async fn handle_http(
 /// The event worker, over `sdk`, with its variables read from `env`.
 pub async fn aws_worker_with(sdk: &SdkConfig, env: Vars<'_>) -> Result<Arc<Worker>, Error> {
     let app = aws_app_with(sdk, env).await?;
-    // Connected repositories get workflow runs, incidents and pull requests too.
+    // Connected repositories get workflow runs, incidents and pull requests too, and their
+    // orgs' streams get incidents and relayed deliveries.
     Ok(match aws_connections(sdk, env)? {
-        Some(connections) => Arc::new(app.worker.with_dispatcher(
-            crate::worker::Dispatcher::with_repositories(app.store.clone(), connections),
-        )),
+        Some(connections) => {
+            let dispatcher = match aws_event_sink(sdk, env).await? {
+                Some(events) => crate::worker::Dispatcher::with_repositories_and_events(
+                    app.store.clone(),
+                    connections,
+                    events,
+                ),
+                None => {
+                    crate::worker::Dispatcher::with_repositories(app.store.clone(), connections)
+                }
+            };
+            Arc::new(app.worker.with_dispatcher(dispatcher))
+        }
         None => app.worker.clone(),
     })
+}
+
+/// Where Hookline's own events go when this deployment runs outbound webhooks
+/// (`HOOKLINE_DISPATCH_QUEUE_URL` is set by the template).
+async fn aws_event_sink(
+    sdk: &SdkConfig,
+    env: Vars<'_>,
+) -> Result<Option<Arc<dyn crate::outbound::sink::EventSink>>, Error> {
+    if var(env, "HOOKLINE_DISPATCH_QUEUE_URL").is_none() {
+        return Ok(None);
+    }
+    let outbound = aws_outbound_with(sdk, env).await?;
+    Ok(Some(outbound.publisher.clone()))
 }
 
 /// Run the event worker on SQS batches, reporting partial batch failures.
@@ -374,7 +398,8 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
                 })?,
                 None => 3600,
             };
-            let repos = Repositories::new(
+            let events = aws_event_sink(sdk, env).await?;
+            let mut repos = Repositories::new(
                 store,
                 keys,
                 tokens.clone(),
@@ -390,6 +415,10 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
                     rotation_overlap: std::time::Duration::from_secs(overlap),
                 },
             );
+            if let Some(events) = events {
+                // repository.connected / repository.disconnected into the org's stream.
+                repos = repos.with_events(events);
+            }
             ApiHandler::Repositories(Arc::new(crate::api::repositories::RepositoriesApi::new(
                 auth,
                 Arc::new(repos),

@@ -175,7 +175,8 @@ pub fn with_repositories(
 
 /// Add the repository-connection routes, the incidents routes, the connected-repository
 /// worker handlers and per-repository verification to an app, over any connection store and
-/// key service (embedded locally; DynamoDB and KMS on moto in tests).
+/// key service (embedded locally; DynamoDB and KMS on moto in tests). Add outbound first
+/// ([`with_outbound`]) for incidents, connections and relayed deliveries to be published.
 pub fn with_repositories_over(
     mut app: App,
     store: Arc<dyn crate::ports::connections::ConnectionStore>,
@@ -193,14 +194,24 @@ pub fn with_repositories_over(
     let tokens = Arc::new(
         StoredProviderTokens::new(store.clone(), keys.clone()).with_refresh(&oauth, clock.clone()),
     );
-    app.worker = Arc::new(app.worker.with_dispatcher(
-        crate::worker::Dispatcher::with_repositories(app.store.clone(), store.clone()),
-    ));
+    // With outbound on, incidents, connections and relayed deliveries enter the org's stream.
+    let events: Option<Arc<dyn crate::outbound::sink::EventSink>> = app
+        .outbound
+        .as_ref()
+        .map(|o| o.publisher.clone() as Arc<dyn crate::outbound::sink::EventSink>);
+    app.worker = Arc::new(app.worker.with_dispatcher(match &events {
+        Some(events) => crate::worker::Dispatcher::with_repositories_and_events(
+            app.store.clone(),
+            store.clone(),
+            events.clone(),
+        ),
+        None => crate::worker::Dispatcher::with_repositories(app.store.clone(), store.clone()),
+    }));
     app.incidents = Some(Arc::new(crate::api::incidents::IncidentsApi::new(
         auth.clone(),
         store.clone(),
     )));
-    let repos = Repositories::new(
+    let mut repos = Repositories::new(
         store,
         keys,
         tokens.clone(),
@@ -214,6 +225,9 @@ pub fn with_repositories_over(
             rotation_overlap: config.rotation_overlap,
         },
     );
+    if let Some(events) = events {
+        repos = repos.with_events(events);
+    }
     let repos = Arc::new(repos);
     // GitHub and GitLab deliveries for connected repositories verify with their own secret.
     app.pipeline = Arc::new(app.pipeline.with_connections(repos.clone()));
