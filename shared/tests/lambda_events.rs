@@ -358,3 +358,111 @@ async fn the_oauth_callback_sample_event_is_refused_until_its_state_is_genuine()
     assert_eq!(body["provider"], "github");
     assert!(!body.to_string().contains(token.expose()));
 }
+
+// ---- The outbound functions' sample events (endpoints-api, events-api, dispatcher, deliverer) ----
+
+/// Outbound over the embedded adapters in `dir`, as the local server runs it.
+fn outbound_app(dir: &std::path::Path) -> App {
+    use hookline::runtime::local::{with_outbound, OutboundConfig};
+    let config = OutboundConfig {
+        settings: hookline::outbound::settings::OutboundSettings::default(),
+        policy: hookline::outbound::ssrf::AddressPolicy::strict(),
+        catalog: hookline::outbound::catalog::EventCatalog::default(),
+        auth: None,
+        jitter: Arc::new(|| 0.0),
+        concurrency: 8,
+    };
+    with_outbound(
+        app(dir),
+        dir,
+        config,
+        Arc::new(hookline::clock::SystemClock),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_outbound_sample_events_are_answered_by_their_functions() {
+    use hookline::auth::Scope;
+    use hookline::runtime::lambda::ApiHandler;
+    let dir = tempfile::tempdir().unwrap();
+    let app = outbound_app(dir.path());
+    let endpoints = ApiHandler::Endpoints(
+        app.endpoints_api.clone().unwrap(),
+        app.org_api.clone().unwrap(),
+    );
+    let events = ApiHandler::Events(app.events_api.clone().unwrap());
+    for (handler, name, scope, expected) in [
+        (
+            &endpoints,
+            "endpoints-api-create.json",
+            Scope::WebhooksManage,
+            201,
+        ),
+        (
+            &endpoints,
+            "endpoints-api-list-deliveries.json",
+            Scope::WebhooksManage,
+            200,
+        ),
+        (&events, "events-api-publish.json", Scope::EventsWrite, 202),
+    ] {
+        let (status, body) = invoke_api(handler, http_event(name)).await;
+        assert_eq!(status, 401, "{name}: {body}");
+        let mut req = http_event(name);
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, bearer(dir.path(), &[scope]));
+        let (status, body) = invoke_api(handler, req).await;
+        assert_eq!(status, expected, "{name}: {body}");
+        if name == "endpoints-api-create.json" {
+            assert!(body["secret"].as_str().unwrap().starts_with("whsec_"));
+            assert_eq!(body["url"], "https://receiver.example.com/hookline");
+        }
+        if name == "events-api-publish.json" {
+            assert_eq!(body["id"], "inv_2026_0042_paid");
+        }
+    }
+
+    // The dispatcher fans the published event out to the endpoint created above; the
+    // schedule's sweep then finds nothing left.
+    let outbound = app.outbound.clone().unwrap();
+    let dispatched = hookline::runtime::lambda::handle_dispatch(
+        &outbound,
+        serde_json::from_str(&event("sqs-dispatch.json")).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dispatched["batchItemFailures"], serde_json::json!([]));
+    let (page, _) = outbound
+        .ports
+        .store
+        .list_deliveries(
+            "org_acme",
+            &hookline::ports::outbound::DeliveryFilter {
+                event_type: Some("invoice.paid".into()),
+                ..Default::default()
+            },
+            10,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.len(),
+        1,
+        "one delivery of invoice.paid to the one endpoint"
+    );
+    let swept = hookline::runtime::lambda::handle_dispatch(
+        &outbound,
+        serde_json::from_str(&event("dispatcher-sweep.json")).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(swept["events"], 0);
+
+    // The deliverer's sample names a delivery this store never had: dropped, not retried.
+    let sqs: aws_lambda_events::event::sqs::SqsEvent =
+        serde_json::from_str(&event("sqs-outbound-delivery.json")).unwrap();
+    let answer = hookline::runtime::lambda::handle_deliveries(&outbound, sqs).await;
+    assert!(answer.batch_item_failures.is_empty());
+}

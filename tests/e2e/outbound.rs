@@ -828,3 +828,95 @@ async fn a_dispatcher_killed_mid_fan_out_and_rerun_creates_no_duplicate_and_skip
     }
     assert_eq!(queued.len(), 600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoints_rate_limit_holds_its_sends_per_second() {
+    let app = OutboundServer::spawn(short_settings(2, Duration::from_millis(50))).await;
+    let receiver = Receiver::answering(200).await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/api/v1/endpoints",
+            Some(&app.manager("acme")),
+            Some(json!({
+                "url": receiver.url,
+                "event_types": ["task.completed"],
+                "rate_limit_per_second": 2,
+                "enabled": false,
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let ep = body["id"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/endpoints/{ep}"),
+            Some(&app.manager("acme")),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for n in 0..8 {
+        app.publish("acme", "task.completed", json!({ "n": n }))
+            .await;
+    }
+    let got = receiver.wait_for(8).await;
+    // Two per wall-clock second: eight sends span at least three second boundaries, and no
+    // window of one second (which overlaps at most two wall-clock seconds) holds over four.
+    let span = got[7].at - got[0].at;
+    assert!(
+        span >= Duration::from_millis(1900),
+        "8 sends at 2/s took {span:?}"
+    );
+    for (i, r) in got.iter().enumerate() {
+        let in_window = got[i..]
+            .iter()
+            .filter(|later| later.at - r.at < Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 4, "{in_window} sends within one second");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_for_longer_than_the_disable_window_is_disabled_and_its_owner_told() {
+    let mut settings = short_settings(5, Duration::from_millis(100));
+    settings.disable_after = Duration::from_millis(250);
+    let app = OutboundServer::spawn(settings).await;
+    set_owner(&app, "acme", "owner@acme.example").await;
+    let receiver = Receiver::answering(500).await;
+    let (ep, _) = app.endpoint("acme", &receiver.url, &["invoice.paid"]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let endpoint = loop {
+        let (_, e) = app
+            .call(
+                Method::GET,
+                &format!("/api/v1/endpoints/{ep}"),
+                Some(&app.manager("acme")),
+                None,
+            )
+            .await;
+        if e["enabled"] == false {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "never disabled: {e}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(
+        endpoint["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed"),
+        "{endpoint}"
+    );
+    let sent = receiver.count();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(receiver.count(), sent, "nothing more is sent once disabled");
+    let told: Vec<_> = app
+        .outbox()
+        .into_iter()
+        .filter(|m| m.subject.contains("disabled"))
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].to, "owner@acme.example");
+}

@@ -17,7 +17,7 @@ fn hmac_hex(key: &str, body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_delivery_runs_on_dynamodb_sqs_kms_and_ses() {
-    let (app, _moto) =
+    let (app, moto) =
         OutboundServer::spawn_on_moto(short_settings(2, Duration::from_millis(200))).await;
     let (status, body) = app
         .call(
@@ -65,6 +65,38 @@ async fn outbound_delivery_runs_on_dynamodb_sqs_kms_and_ses() {
     let attempts = app.attempts("org-moto", d["id"].as_str().unwrap()).await;
     assert_eq!(attempts.len(), 3);
     assert!(attempts.iter().all(|a| a["status_code"] == 500));
+
+    // The owner was told once, through SES (moto keeps what it was sent).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let data: serde_json::Value = reqwest::get(format!("{}/moto-api/data.json", moto.endpoint))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let told: Vec<_> = data["ses"]["Message"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| {
+                m["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(d["id"].as_str().unwrap()))
+            })
+            .collect();
+        if !told.is_empty() {
+            assert_eq!(told.len(), 1, "{told:?}");
+            assert_eq!(
+                told[0]["destinations"]["ToAddresses"][0],
+                "owner@moto.example"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no mail reached SES");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Rotation on KMS: the new secret signs.
     let (status, rotated) = app
