@@ -4,7 +4,7 @@
 //! process), or dead-lettered with one mail to the org's owner. A 410 disables the endpoint;
 //! so do failures that last `OUTBOUND_DISABLE_AFTER`.
 
-use super::dispatch::DeliveryMessage;
+use super::dispatch::{DeliveryMessage, MAX_QUEUE_DELAY_MS};
 use super::endpoints::open_secret;
 use super::model::{Attempt, AttemptId, AttemptTrigger, Delivery, DeliveryStatus, Endpoint};
 use super::notify::Notifier;
@@ -105,6 +105,23 @@ impl Deliverer {
             return Ok(Outcome::Dropped("no such delivery"));
         };
         if d.attempts != msg.attempts_made {
+            if !msg.manual
+                && d.attempts == msg.attempts_made + 1
+                && d.status == DeliveryStatus::Failed
+            {
+                // The attempt this message asked for was made and failed, but its follow-up
+                // may not have been queued (the queue failed just then): queue it again. A
+                // second copy is harmless, only one of them can claim the next attempt.
+                let next = DeliveryMessage {
+                    delivery_id: d.id.clone(),
+                    org_id: d.org_id.clone(),
+                    attempts_made: d.attempts,
+                    due_at_ms: d.next_attempt_at.unwrap_or(now).timestamp_millis(),
+                    manual: false,
+                };
+                self.send_on(&next, next.delay(now)).await?;
+                return Ok(Outcome::Deferred);
+            }
             return Ok(Outcome::Dropped("stale message: that attempt was made"));
         }
         let finished = matches!(
@@ -136,7 +153,7 @@ impl Deliverer {
             .claim_delivery(&d.id, d.attempts, now + lease, now)
             .await?
         else {
-            return Ok(Outcome::Dropped("another deliverer has it"));
+            return self.claimed_elsewhere(&msg, now).await;
         };
         self.attempt(d, endpoint, msg.manual, now).await
     }
@@ -244,10 +261,9 @@ impl Deliverer {
                     due_at_ms: at.timestamp_millis(),
                     manual: false,
                 };
-                if let Err(e) = self.send_on(&msg, msg.delay(after)).await {
-                    // The attempt is recorded, so this message is stale now: say so loudly.
-                    tracing::error!(delivery = %next.id, error = %e, "could not schedule the next attempt");
-                }
+                // On failure the message that brought this attempt comes back, and finding
+                // the attempt made, queues this follow-up again (`handle_message`).
+                self.send_on(&msg, msg.delay(after)).await?;
                 Ok(Outcome::Retrying(at))
             }
             _ => {
@@ -276,9 +292,39 @@ impl Deliverer {
         Some(after + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::days(1)))
     }
 
+    /// The claim failed: another deliverer holds a lease on the delivery, or took this
+    /// attempt. If the lease holder dies, its message comes back only once its queue
+    /// visibility ends; this one waits for the lease to end and looks again, so the delivery
+    /// never depends on a single message.
+    async fn claimed_elsewhere(
+        &self,
+        msg: &DeliveryMessage,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, Error> {
+        let current = self
+            .store
+            .get_delivery(&msg.org_id, &msg.delivery_id)
+            .await?;
+        match current {
+            Some(d) if d.attempts == msg.attempts_made => {
+                let until = d.lease_until.unwrap_or(now) + chrono::Duration::seconds(1);
+                let wait = (until - now).to_std().unwrap_or(Duration::from_secs(1));
+                self.send_on(
+                    msg,
+                    wait.min(Duration::from_millis(MAX_QUEUE_DELAY_MS as u64)),
+                )
+                .await?;
+                Ok(Outcome::Deferred)
+            }
+            _ => Ok(Outcome::Dropped("another deliverer made this attempt")),
+        }
+    }
+
     /// A delivery that cannot be attempted any more (its endpoint is gone or disabled).
     async fn give_up(&self, mut d: Delivery, why: &str) -> Result<Outcome, Error> {
-        if d.status == DeliveryStatus::DeadLettered {
+        // Only an unfinished delivery turns dead: a manual retry of a delivered one is not
+        // turned into a failure by its endpoint going away meanwhile.
+        if !matches!(d.status, DeliveryStatus::Pending | DeliveryStatus::Failed) {
             return Ok(Outcome::Dropped("the delivery is finished"));
         }
         d.status = DeliveryStatus::DeadLettered;
@@ -299,7 +345,19 @@ impl Deliverer {
         now: DateTime<Utc>,
     ) {
         let ok = sent.succeeded();
-        if ok && seen.failing_since.is_none() {
+        let since = seen.failing_since;
+        let window = chrono::Duration::from_std(self.settings.disable_after)
+            .unwrap_or(chrono::Duration::days(5));
+        // Write only when something changes (a streak starts or ends, the endpoint is
+        // disabled): a whole-record write on every failure could undo a person's change
+        // (a rotation, a PATCH) made while the attempt was in flight.
+        let changes = match (ok, since) {
+            (true, None) => false,
+            (true, Some(_)) => true,
+            (false, None) => true,
+            (false, Some(since)) => gone || now - since >= window,
+        };
+        if !changes {
             return;
         }
         // Re-read: a person may have changed the endpoint while the attempt was in flight.
@@ -312,11 +370,9 @@ impl Deliverer {
             e.failing_since = None;
         } else {
             let since = *e.failing_since.get_or_insert(now);
-            let limit = chrono::Duration::from_std(self.settings.disable_after)
-                .unwrap_or(chrono::Duration::days(5));
             if gone {
                 disable = Some("the endpoint answered 410 Gone".into());
-            } else if now - since >= limit {
+            } else if now - since >= window {
                 disable = Some(format!(
                     "every attempt since {} failed",
                     since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)

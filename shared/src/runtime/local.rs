@@ -319,10 +319,10 @@ impl OutboundConfig {
 }
 
 /// The queue settings of the local outbound queues: a message whose handling failed (a store
-/// error) comes back after the attempt's timeout has surely passed.
+/// error) comes back after the attempt's lease (its timeout + 30 s) has surely ended.
 fn outbound_queue(settings: &crate::outbound::settings::OutboundSettings) -> QueueSettings {
     QueueSettings {
-        visibility_timeout: settings.timeout + Duration::from_secs(30),
+        visibility_timeout: settings.timeout + Duration::from_secs(60),
         max_receive_count: 10,
     }
 }
