@@ -159,6 +159,10 @@ async fn main() {
             .unwrap();
         published_at.insert(appended.event().id.to_string(), at);
     }
+    println!(
+        "published {events} events (one after another) in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let deadline = Instant::now() + Duration::from_secs(600);
     while receiver.count.load(std::sync::atomic::Ordering::SeqCst) < total {
         assert!(Instant::now() < deadline, "not every delivery arrived");

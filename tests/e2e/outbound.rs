@@ -920,3 +920,237 @@ async fn an_endpoint_failing_for_longer_than_the_disable_window_is_disabled_and_
     assert_eq!(told.len(), 1, "{told:?}");
     assert_eq!(told[0].to, "owner@acme.example");
 }
+
+/// A queue whose sends fail while `failing` is set, as SQS does in a brief outage.
+struct FlakyQueue {
+    inner: Arc<dyn hookline::ports::queue::Queue>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl hookline::ports::queue::Queue for FlakyQueue {
+    async fn send(
+        &self,
+        body: &str,
+        delay: Duration,
+    ) -> Result<String, hookline::ports::queue::QueueError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(hookline::ports::queue::QueueError::Unavailable(
+                "queue outage".into(),
+            ));
+        }
+        self.inner.send(body, delay).await
+    }
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<hookline::ports::queue::ReceivedMessage>, hookline::ports::queue::QueueError>
+    {
+        self.inner.receive(max, wait).await
+    }
+    async fn delete(&self, receipt: &str) -> Result<(), hookline::ports::queue::QueueError> {
+        self.inner.delete(receipt).await
+    }
+    async fn receive_dead_letters(
+        &self,
+        max: u32,
+    ) -> Result<Vec<hookline::ports::queue::ReceivedMessage>, hookline::ports::queue::QueueError>
+    {
+        self.inner.receive_dead_letters(max).await
+    }
+    async fn redrive(&self, max: u32) -> Result<usize, hookline::ports::queue::QueueError> {
+        self.inner.redrive(max).await
+    }
+}
+
+/// Outbound over the embedded adapters with its deliveries queue behind a [`FlakyQueue`],
+/// driven by hand (no loops), so a test can fail a send at an exact moment.
+async fn outbound_by_hand(
+    dir: &std::path::Path,
+) -> (hookline::outbound::Outbound, Arc<FlakyQueue>) {
+    use hookline::ports::queue::{embedded::EmbeddedQueue, QueueSettings};
+    use hookline::ports::sqlite::{Database, Durability};
+    let db = Database::open(dir, Durability::Normal).unwrap();
+    let settings = QueueSettings {
+        visibility_timeout: Duration::from_millis(300),
+        max_receive_count: 50,
+    };
+    let deliveries = Arc::new(FlakyQueue {
+        inner: Arc::new(EmbeddedQueue::named(
+            db.clone(),
+            "outbound-deliveries",
+            settings,
+        )),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let ports = hookline::outbound::Ports {
+        store: Arc::new(
+            hookline::ports::outbound::embedded::EmbeddedOutboundStore::new(db.clone()),
+        ),
+        orgs: Arc::new(hookline::ports::orgs::embedded::EmbeddedOrgStore::new(
+            db.clone(),
+        )),
+        keys: Arc::new(hookline::ports::keys::embedded::LocalKeys::open_or_create(dir).unwrap()),
+        mailer: Arc::new(hookline::ports::mail::embedded::Outbox::open(dir)),
+        dispatch_queue: Arc::new(EmbeddedQueue::named(db, "outbound-dispatch", settings)),
+        deliveries_queue: deliveries.clone(),
+        clock: Arc::new(hookline::clock::SystemClock),
+    };
+    let outbound = hookline::outbound::Outbound::assemble(
+        ports,
+        short_settings(3, Duration::from_millis(100)),
+        hookline_e2e::outbound::local_development(),
+        hookline::outbound::catalog::EventCatalog::default(),
+        Arc::new(|| 0.0),
+    );
+    (outbound, deliveries)
+}
+
+/// Take the one message the deliveries queue holds now (waiting up to `wait`).
+async fn take_one(
+    queue: &dyn hookline::ports::queue::Queue,
+    wait: Duration,
+) -> hookline::ports::queue::ReceivedMessage {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let mut got = queue.receive(1, Duration::from_millis(50)).await.unwrap();
+        if let Some(m) = got.pop() {
+            return m;
+        }
+        assert!(std::time::Instant::now() < deadline, "no message came");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_whose_follow_up_could_not_be_queued_is_queued_again_when_its_message_returns() {
+    use hookline::outbound::deliver::Outcome;
+    let dir = tempfile::tempdir().unwrap();
+    let (outbound, queue) = outbound_by_hand(dir.path()).await;
+    let receiver = Receiver::answering(500).await;
+    let (endpoint, _) = outbound
+        .endpoints
+        .create(
+            "acme",
+            hookline::outbound::endpoints::CreateEndpoint {
+                url: receiver.url.clone(),
+                event_types: vec!["invoice.paid".into()],
+                description: None,
+                signature_header: None,
+                enabled: Some(true),
+                rate_limit_per_second: None,
+            },
+        )
+        .await
+        .unwrap();
+    let first = take_one(queue.as_ref(), Duration::from_secs(2)).await; // the test event
+                                                                        // The attempt fails at the receiver, and the queue fails as the retry is scheduled.
+    queue
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(outbound
+        .deliverer
+        .handle_message(&first.body)
+        .await
+        .is_err());
+    queue
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(receiver.count(), 1);
+    // The message was not acknowledged: it comes back, finds its attempt made, and queues the
+    // follow-up instead of being dropped as stale.
+    let again = take_one(queue.as_ref(), Duration::from_secs(2)).await;
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        outbound
+            .deliverer
+            .handle_message(&again.body)
+            .await
+            .unwrap(),
+        Outcome::Deferred
+    );
+    queue.inner.delete(&again.receipt).await.unwrap();
+    let follow_up = take_one(queue.as_ref(), Duration::from_secs(2)).await;
+    let outcome = outbound
+        .deliverer
+        .handle_message(&follow_up.body)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Retrying(_)), "{outcome:?}");
+    assert_eq!(receiver.count(), 2, "the second attempt was made");
+    let (page, _) = outbound
+        .ports
+        .store
+        .list_deliveries(
+            "acme",
+            &hookline::ports::outbound::DeliveryFilter {
+                endpoint_id: Some(endpoint.id.clone()),
+                ..Default::default()
+            },
+            10,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page[0].attempts, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_loses_its_claim_to_a_dead_deliverer_waits_for_the_lease_and_sends() {
+    use hookline::outbound::deliver::Outcome;
+    let dir = tempfile::tempdir().unwrap();
+    let (outbound, queue) = outbound_by_hand(dir.path()).await;
+    let receiver = Receiver::answering(200).await;
+    outbound
+        .endpoints
+        .create(
+            "acme",
+            hookline::outbound::endpoints::CreateEndpoint {
+                url: receiver.url.clone(),
+                event_types: vec!["invoice.paid".into()],
+                description: None,
+                signature_header: None,
+                enabled: Some(true),
+                rate_limit_per_second: None,
+            },
+        )
+        .await
+        .unwrap();
+    let message = take_one(queue.as_ref(), Duration::from_secs(2)).await;
+    let msg: hookline::outbound::dispatch::DeliveryMessage =
+        serde_json::from_str(&message.body).unwrap();
+    // A deliverer claimed the attempt and died: its lease runs another 700 ms.
+    let now = chrono::Utc::now();
+    outbound
+        .ports
+        .store
+        .claim_delivery(
+            &msg.delivery_id,
+            0,
+            now + chrono::Duration::milliseconds(700),
+            now,
+        )
+        .await
+        .unwrap()
+        .expect("the first claim wins");
+    assert_eq!(
+        outbound
+            .deliverer
+            .handle_message(&message.body)
+            .await
+            .unwrap(),
+        Outcome::Deferred,
+        "not dropped while another deliverer's lease runs"
+    );
+    queue.inner.delete(&message.receipt).await.unwrap();
+    let later = take_one(queue.as_ref(), Duration::from_secs(5)).await;
+    assert_eq!(
+        outbound
+            .deliverer
+            .handle_message(&later.body)
+            .await
+            .unwrap(),
+        Outcome::Delivered
+    );
+    assert_eq!(receiver.count(), 1);
+}

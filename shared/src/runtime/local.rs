@@ -658,25 +658,55 @@ pub async fn run_outbound_loops(
             }
         })
     };
-    // Each poller takes up to 10 messages and works on them together.
-    let pollers = concurrency.div_ceil(10).max(1);
-    let deliverers: Vec<_> = (0..pollers)
+    // Two pollers keep up to `concurrency` attempts in flight: each message is handled on a
+    // task of its own as soon as it arrives, so one slow endpoint holds up only its attempt,
+    // not the batch it came in.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let deliverers: Vec<_> = (0..2)
         .map(|_| {
             let outbound = outbound.clone();
+            let in_flight = in_flight.clone();
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let queue = outbound.ports.deliveries_queue.clone();
                 loop {
+                    // Take room for one before asking the queue, so messages are received only
+                    // when they can be worked on (their visibility timeout runs meanwhile).
+                    let first = tokio::select! {
+                        _ = shutdown.changed() => break,
+                        permit = in_flight.clone().acquire_owned() => match permit {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    };
+                    let room = in_flight.available_permits().min(9) as u32 + 1;
                     let batch = tokio::select! {
                         _ = shutdown.changed() => break,
-                        batch = queue.receive(10, Duration::from_secs(1)) => batch,
+                        batch = queue.receive(room, Duration::from_secs(1)) => batch,
                     };
-                    match batch {
-                        Ok(messages) => deliver_received(&outbound, queue.as_ref(), messages).await,
+                    let messages = match batch {
+                        Ok(messages) => messages,
                         Err(e) => {
                             tracing::error!(error = %e, "deliverer cannot read its queue; retrying");
                             tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
                         }
+                    };
+                    let mut first = Some(first);
+                    for m in messages {
+                        let permit = match first.take() {
+                            Some(p) => p,
+                            None => match in_flight.clone().acquire_owned().await {
+                                Ok(p) => p,
+                                Err(_) => break,
+                            },
+                        };
+                        let outbound = outbound.clone();
+                        let queue = queue.clone();
+                        tokio::spawn(async move {
+                            deliver_one(&outbound, queue.as_ref(), m).await;
+                            drop(permit);
+                        });
                     }
                 }
             })
@@ -719,28 +749,18 @@ async fn dispatch_received(
     }
 }
 
-async fn deliver_received(
+async fn deliver_one(
     outbound: &crate::outbound::Outbound,
     queue: &dyn Queue,
-    messages: Vec<crate::ports::queue::ReceivedMessage>,
+    m: crate::ports::queue::ReceivedMessage,
 ) {
-    let handled = futures::future::join_all(
-        messages
-            .iter()
-            .map(|m| async move { (m, outbound.deliverer.handle_message(&m.body).await) }),
-    )
-    .await;
-    for (m, result) in handled {
-        match result {
-            Ok(_) => {
-                if let Err(e) = queue.delete(&m.receipt).await {
-                    tracing::warn!(error = %e, "could not delete a handled delivery message; it will be dropped as stale");
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "delivery message failed; it will be retried");
+    match outbound.deliverer.handle_message(&m.body).await {
+        Ok(_) => {
+            if let Err(e) = queue.delete(&m.receipt).await {
+                tracing::warn!(error = %e, "could not delete a handled delivery message; it will be dropped as stale");
             }
         }
+        Err(e) => tracing::error!(error = %e, "delivery message failed; it will be retried"),
     }
 }
 
