@@ -922,7 +922,7 @@ fn parse_delivery(item: &Item) -> Result<Delivery, OutboundError> {
     let r = read(item);
     let mut d: Delivery = r.record()?;
     d.attempts = u32::try_from(r.i64("attempts")?)
-        .map_err(|_| r.corrupt("attribute attempts is out of range".to_owned()))?;
+        .map_err(|_| r.corrupt("attribute attempts is out of range"))?;
     d.lease_until = r.opt_millis("lease_until")?;
     Ok(d)
 }
