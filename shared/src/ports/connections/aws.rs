@@ -80,7 +80,8 @@ impl DynamoConnectionStore {
     }
 
     async fn connection_by_id(&self, id: &str) -> Result<Option<Connection>, ConnectionError> {
-        self.db().get_item(conn_pk(id), CONN_SK)
+        self.db()
+            .get_item(conn_pk(id), CONN_SK)
             .await?
             .map(|item| parse_connection(&item))
             .transpose()
@@ -166,7 +167,9 @@ impl DynamoConnectionStore {
         failed: bool,
         move_last: bool,
     ) -> Result<bool, ConnectionError> {
-        let mut update = self.db().update_item(conn_pk(id.as_str()), CONN_SK)
+        let mut update = self
+            .db()
+            .update_item(conn_pk(id.as_str()), CONN_SK)
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":failed", n(i64::from(failed)));
         let add = "ADD total_deliveries :one, failed_deliveries :failed";
@@ -201,7 +204,8 @@ impl DynamoConnectionStore {
     }
 
     async fn incident_by_id(&self, id: &str) -> Result<Option<Incident>, ConnectionError> {
-        self.db().get_item(format!("INC#{id}"), INC_SK)
+        self.db()
+            .get_item(format!("INC#{id}"), INC_SK)
             .await?
             .map(|item| parse_incident(&item))
             .transpose()
@@ -225,7 +229,8 @@ impl ConnectionStore for DynamoConnectionStore {
         ]);
         let mut items = vec![
             self.db().put(marker, Some("attribute_not_exists(pk)"))?,
-            self.db().put(connection_item(c)?, Some("attribute_not_exists(pk)"))?,
+            self.db()
+                .put(connection_item(c)?, Some("attribute_not_exists(pk)"))?,
         ];
         if c.project_id.is_some() {
             items.push(self.project_pointer(&c.id, c.project_id.as_deref())?);
@@ -328,29 +333,35 @@ impl ConnectionStore for DynamoConnectionStore {
 
     async fn update(&self, c: &Connection) -> Result<(), ConnectionError> {
         let record = to_json(c.id.as_str(), c)?;
-        let update = self.db().update(conn_pk(c.id.as_str()), CONN_SK, |update| {
-            let update = update
-                .condition_expression(
-                    "attribute_exists(pk) AND org_id = :org AND provider = :provider \
+        let update = self
+            .db()
+            .update(conn_pk(c.id.as_str()), CONN_SK, |update| {
+                let update = update
+                    .condition_expression(
+                        "attribute_exists(pk) AND org_id = :org AND provider = :provider \
                      AND repo_key = :repo",
-                )
-                .expression_attribute_values(":org", s(&c.org_id))
-                .expression_attribute_values(":provider", s(c.provider.as_str()))
-                .expression_attribute_values(":repo", s(repo_key(&c.repository_full_name)))
-                .expression_attribute_values(":record", s(record))
-                .expression_attribute_names("#record", "record");
-            match &c.project_id {
-                Some(project_id) => update
-                    .update_expression("SET #record = :record, project_id = :project")
-                    .expression_attribute_values(":project", s(project_id)),
-                None => update.update_expression("SET #record = :record REMOVE project_id"),
-            }
-        })?;
+                    )
+                    .expression_attribute_values(":org", s(&c.org_id))
+                    .expression_attribute_values(":provider", s(c.provider.as_str()))
+                    .expression_attribute_values(":repo", s(repo_key(&c.repository_full_name)))
+                    .expression_attribute_values(":record", s(record))
+                    .expression_attribute_names("#record", "record");
+                match &c.project_id {
+                    Some(project_id) => update
+                        .update_expression("SET #record = :record, project_id = :project")
+                        .expression_attribute_values(":project", s(project_id)),
+                    None => update.update_expression("SET #record = :record REMOVE project_id"),
+                }
+            })?;
         let items = vec![
             update,
             self.project_pointer(&c.id, c.project_id.as_deref())?,
         ];
-        if self.db().transact("TransactWriteItems (update)", items).await? {
+        if self
+            .db()
+            .transact("TransactWriteItems (update)", items)
+            .await?
+        {
             Ok(())
         } else {
             Err(ConnectionError::NotFound)
@@ -378,7 +389,8 @@ impl ConnectionStore for DynamoConnectionStore {
             self.db().delete(conn_pk(id.as_str()), PROJECT_SK, None)?,
         ];
         // A failed condition: a concurrent delete got there first.
-        self.db().transact("TransactWriteItems (disconnect)", items)
+        self.db()
+            .transact("TransactWriteItems (disconnect)", items)
             .await
     }
 
@@ -410,7 +422,9 @@ impl ConnectionStore for DynamoConnectionStore {
         } else {
             "attribute_not_exists(pk) OR updated_ms < :u OR (updated_ms = :u AND finished = :no)"
         };
-        let mut update = self.db().update_item(pk.clone(), RUN_SK)
+        let mut update = self
+            .db()
+            .update_item(pk.clone(), RUN_SK)
             .condition_expression(condition)
             .expression_attribute_names("#r", "record")
             .expression_attribute_values(":u", n(updated_ms))
@@ -437,7 +451,9 @@ impl ConnectionStore for DynamoConnectionStore {
         }
         // An older event: its state is not written, but the jobs it saw failing still count.
         if !jobs.is_empty() {
-            let add = self.db().update_item(pk, RUN_SK)
+            let add = self
+                .db()
+                .update_item(pk, RUN_SK)
                 .update_expression("ADD failed_jobs :jobs")
                 .condition_expression("attribute_exists(pk)")
                 .expression_attribute_values(":jobs", AttributeValue::Ss(jobs));
@@ -453,7 +469,9 @@ impl ConnectionStore for DynamoConnectionStore {
     ) -> Result<(), ConnectionError> {
         let p = placeholder;
         let pk = run_pk(&p.connection_id, &p.run_id, p.run_attempt);
-        let update = self.db().update_item(pk.clone(), RUN_SK)
+        let update = self
+            .db()
+            .update_item(pk.clone(), RUN_SK)
             .update_expression(
                 "SET #r = if_not_exists(#r, :r), updated_ms = if_not_exists(updated_ms, :u), \
                  finished = if_not_exists(finished, :f) ADD failed_jobs :jobs",
@@ -544,7 +562,12 @@ impl ConnectionStore for DynamoConnectionStore {
             {
                 return Ok(true);
             }
-            if self.db().get_item(once_pk.clone(), INCRUN_SK).await?.is_some() {
+            if self
+                .db()
+                .get_item(once_pk.clone(), INCRUN_SK)
+                .await?
+                .is_some()
+            {
                 return Ok(false);
             }
         }
@@ -598,7 +621,9 @@ impl ConnectionStore for DynamoConnectionStore {
         id: &IncidentId,
         pr_status: &str,
     ) -> Result<(), ConnectionError> {
-        let update = self.db().update_item(format!("INC#{id}"), INC_SK)
+        let update = self
+            .db()
+            .update_item(format!("INC#{id}"), INC_SK)
             .update_expression("SET pr_status = :pr")
             .condition_expression("attribute_exists(pk) AND org_id = :org")
             .expression_attribute_values(":pr", s(pr_status))
@@ -636,7 +661,9 @@ impl ConnectionStore for DynamoConnectionStore {
         let mut incident: Incident = r.record()?;
         incident.status = "resolved".to_owned();
         incident.updated_at = at;
-        let update = self.db().update_item(pk.clone(), INC_SK)
+        let update = self
+            .db()
+            .update_item(pk.clone(), INC_SK)
             .update_expression("SET #status = :resolved, #record = :record")
             .condition_expression("org_id = :org AND #status = :open")
             .expression_attribute_names("#status", "status")
@@ -674,13 +701,14 @@ impl ConnectionStore for DynamoConnectionStore {
             ("updated_ms".to_owned(), n(updated_ms)),
             ("record".to_owned(), s(to_json(&pk, pr)?)),
         ]);
-        self.db().put_if(
-            "PutItem (pull request)",
-            item,
-            Some("attribute_not_exists(pk) OR updated_ms <= :u"),
-            Some(HashMap::from([(":u".to_owned(), n(updated_ms))])),
-        )
-        .await
+        self.db()
+            .put_if(
+                "PutItem (pull request)",
+                item,
+                Some("attribute_not_exists(pk) OR updated_ms <= :u"),
+                Some(HashMap::from([(":u".to_owned(), n(updated_ms))])),
+            )
+            .await
     }
 
     async fn get_pull_request(
@@ -688,7 +716,8 @@ impl ConnectionStore for DynamoConnectionStore {
         connection_id: &ConnectionId,
         number: u64,
     ) -> Result<Option<PullRequest>, ConnectionError> {
-        self.db().get_item(format!("PR#{connection_id}#{number}"), PR_SK)
+        self.db()
+            .get_item(format!("PR#{connection_id}#{number}"), PR_SK)
             .await?
             .map(|item| parse_record(&item))
             .transpose()
@@ -723,7 +752,8 @@ impl ConnectionStore for DynamoConnectionStore {
         user_id: &str,
         provider: RepoProvider,
     ) -> Result<Option<StoredProviderToken>, ConnectionError> {
-        self.db().get_item(token_pk(org_id, user_id, provider), TOKEN_SK)
+        self.db()
+            .get_item(token_pk(org_id, user_id, provider), TOKEN_SK)
             .await?
             .map(|item| parse_record(&item))
             .transpose()
@@ -820,7 +850,7 @@ fn parse_connection(item: &Item) -> Result<Connection, ConnectionError> {
     let mut c: Connection = r.record()?;
     let count = |name: &str| -> Result<u64, ConnectionError> {
         u64::try_from(r.opt_i64(name)?.unwrap_or(0))
-            .map_err(|_| r.corrupt(&format!("attribute {name} is negative")))
+            .map_err(|_| r.corrupt(format!("attribute {name} is negative")))
     };
     c.total_deliveries = count("total_deliveries")?;
     c.failed_deliveries = count("failed_deliveries")?;

@@ -211,7 +211,8 @@ impl DynamoOutboundStore {
     }
 
     async fn event_at(&self, org_id: &str, seq: u64) -> Result<Option<Event>, OutboundError> {
-        self.db().get_item(stream_pk(org_id), &event_sk(seq))
+        self.db()
+            .get_item(stream_pk(org_id), &event_sk(seq))
             .await?
             .map(|item| read(&item).record())
             .transpose()
@@ -297,7 +298,8 @@ impl DynamoOutboundStore {
 impl OutboundStore for DynamoOutboundStore {
     async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<(), OutboundError> {
         let items = vec![
-            self.db().put(endpoint_item(endpoint)?, Some("attribute_not_exists(pk)"))?,
+            self.db()
+                .put(endpoint_item(endpoint)?, Some("attribute_not_exists(pk)"))?,
             self.count_update(&endpoint.org_id, 1)?,
         ];
         if self
@@ -402,12 +404,10 @@ impl OutboundStore for DynamoOutboundStore {
                 HashMap::from([(":org".to_owned(), s(org_id))]),
             )),
         )?;
-        let items = vec![
-            delete,
-            self.count_update(org_id, -1)?,
-        ];
+        let items = vec![delete, self.count_update(org_id, -1)?];
         // A failed condition: none in this org, or a concurrent delete got there first.
-        self.db().transact("TransactWriteItems (delete endpoint)", items)
+        self.db()
+            .transact("TransactWriteItems (delete endpoint)", items)
             .await
     }
 
@@ -467,7 +467,8 @@ impl OutboundStore for DynamoOutboundStore {
             ]);
             let items = vec![
                 head,
-                self.db().put(event_item, Some("attribute_not_exists(pk)"))?,
+                self.db()
+                    .put(event_item, Some("attribute_not_exists(pk)"))?,
                 self.db().put(marker, Some("attribute_not_exists(pk)"))?,
             ];
             if self
@@ -531,7 +532,9 @@ impl OutboundStore for DynamoOutboundStore {
 
     async fn advance_cursor(&self, org_id: &str, seq: u64) -> Result<(), OutboundError> {
         let update = |reaches_end: bool| {
-            let mut update = self.db().update_item(stream_pk(org_id), HEAD_SK)
+            let mut update = self
+                .db()
+                .update_item(stream_pk(org_id), HEAD_SK)
                 .expression_attribute_names("#cursor", "cursor")
                 .expression_attribute_values(":seq", n_u64(seq))
                 .expression_attribute_values(":org", s(org_id))
@@ -558,7 +561,8 @@ impl OutboundStore for DynamoOutboundStore {
             .is_none()
         {
             // Behind the stream's end still (or already there or past: then nothing changes).
-            self.db().send_update("UpdateItem (advance cursor)", update(false))
+            self.db()
+                .send_update("UpdateItem (advance cursor)", update(false))
                 .await?;
         }
         Ok(())
@@ -598,13 +602,14 @@ impl OutboundStore for DynamoOutboundStore {
     }
 
     async fn create_delivery(&self, delivery: &Delivery) -> Result<bool, OutboundError> {
-        self.db().put_if(
-            "PutItem (create delivery)",
-            delivery_item(delivery)?,
-            Some("attribute_not_exists(pk)"),
-            None,
-        )
-        .await
+        self.db()
+            .put_if(
+                "PutItem (create delivery)",
+                delivery_item(delivery)?,
+                Some("attribute_not_exists(pk)"),
+                None,
+            )
+            .await
     }
 
     async fn get_delivery(
@@ -695,7 +700,9 @@ impl OutboundStore for DynamoOutboundStore {
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Option<Delivery>, OutboundError> {
-        let update = self.db().update_item(delivery_pk(id.as_str()), DLV_SK)
+        let update = self
+            .db()
+            .update_item(delivery_pk(id.as_str()), DLV_SK)
             .update_expression("SET lease_until = :lease")
             .condition_expression(
                 "attempts = :made AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
@@ -704,7 +711,8 @@ impl OutboundStore for DynamoOutboundStore {
             .expression_attribute_values(":made", n(i64::from(attempts_made)))
             .expression_attribute_values(":now", n(now.timestamp_millis()))
             .return_values(ReturnValue::AllNew);
-        self.db().send_update("UpdateItem (claim delivery)", update)
+        self.db()
+            .send_update("UpdateItem (claim delivery)", update)
             .await?
             .map(|item| parse_delivery(&item))
             .transpose()
@@ -730,16 +738,19 @@ impl OutboundStore for DynamoOutboundStore {
         ]);
         let items = vec![
             state,
-            self.db().put(attempt_item, Some("attribute_not_exists(pk)"))?,
+            self.db()
+                .put(attempt_item, Some("attribute_not_exists(pk)"))?,
         ];
-        self.db().transact("TransactWriteItems (record attempt)", items)
+        self.db()
+            .transact("TransactWriteItems (record attempt)", items)
             .await
     }
 
     async fn update_delivery(&self, delivery: &Delivery) -> Result<bool, OutboundError> {
         let state = self.delivery_update(delivery, delivery.attempts)?;
         let items = vec![state];
-        self.db().transact("TransactWriteItems (update delivery)", items)
+        self.db()
+            .transact("TransactWriteItems (update delivery)", items)
             .await
     }
 
@@ -781,7 +792,9 @@ impl OutboundStore for DynamoOutboundStore {
         if limit == 0 {
             return Ok(false);
         }
-        let update = self.db().update_item(format!("OSLOT#{endpoint}#{second}"), SLOT_SK)
+        let update = self
+            .db()
+            .update_item(format!("OSLOT#{endpoint}#{second}"), SLOT_SK)
             .update_expression("SET #ttl = :ttl ADD #n :one")
             .condition_expression("attribute_not_exists(#n) OR #n < :limit")
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
