@@ -354,18 +354,12 @@ impl OutboundStore for DynamoOutboundStore {
         else {
             return Ok((Vec::new(), None));
         };
-        let more = items.len() > limit;
-        let mut page = items
-            .iter()
-            .take(limit)
-            .map(|item| read(item).record::<Endpoint>())
-            .collect::<Result<Vec<_>, _>>()?;
-        page.retain(|e| e.org_id == org_id);
-        let next = match page.last() {
-            Some(last) if more => Some(encode_cursor(last.created_at, last.id.as_str())),
-            _ => None,
-        };
-        Ok((page, next))
+        org_page(
+            &items,
+            limit,
+            |item| read(item).record(),
+            |e: &Endpoint| (e.org_id == org_id, e.created_at, e.id.as_str()),
+        )
     }
 
     async fn count_endpoints(&self, org_id: &str) -> Result<u64, OutboundError> {
@@ -679,18 +673,9 @@ impl OutboundStore for DynamoOutboundStore {
         else {
             return Ok((Vec::new(), None));
         };
-        let more = items.len() > limit;
-        let mut page = items
-            .iter()
-            .take(limit)
-            .map(parse_delivery)
-            .collect::<Result<Vec<_>, _>>()?;
-        page.retain(|d| d.org_id == org_id);
-        let next = match page.last() {
-            Some(last) if more => Some(encode_cursor(last.created_at, last.id.as_str())),
-            _ => None,
-        };
-        Ok((page, next))
+        org_page(&items, limit, parse_delivery, |d: &Delivery| {
+            (d.org_id == org_id, d.created_at, d.id.as_str())
+        })
     }
 
     async fn claim_delivery(
@@ -922,6 +907,28 @@ fn delivery_item(d: &Delivery) -> Result<Item, OutboundError> {
         item.insert("lease_until".to_owned(), n(lease.timestamp_millis()));
     }
     Ok(item)
+}
+
+/// One page of a list read for `limit + 1` items: the first `limit` parsed, those `place`
+/// says are the org's kept, and the cursor after the last kept one when there were more.
+fn org_page<T>(
+    items: &[Item],
+    limit: usize,
+    parse: impl Fn(&Item) -> Result<T, OutboundError>,
+    place: impl Fn(&T) -> (bool, DateTime<Utc>, &str),
+) -> Result<(Vec<T>, Option<String>), OutboundError> {
+    let more = items.len() > limit;
+    let mut page = items
+        .iter()
+        .take(limit)
+        .map(parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    page.retain(|record| place(record).0);
+    let next = match page.last().map(&place) {
+        Some((_, created_at, id)) if more => Some(encode_cursor(created_at, id)),
+        _ => None,
+    };
+    Ok((page, next))
 }
 
 /// A reader naming its item by `pk/sk`: a delivery and its attempts share one `pk`.
