@@ -3,6 +3,7 @@
 //! `intake` is the exception: a capability only the embedded adapters have together.
 
 pub mod connections;
+pub(crate) mod dynamo;
 pub mod intake;
 pub mod keys;
 pub mod mail;

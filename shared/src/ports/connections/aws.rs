@@ -29,29 +29,25 @@
 //! records they name are then read consistently.
 
 use super::{
-    corrupt, decode_cursor, encode_cursor, json_corrupt, merge_jobs, repo_key, sortable_millis,
+    decode_cursor, encode_cursor, json_corrupt, merge_jobs, repo_key, sortable_millis,
     ConnectionError, ConnectionStore, MAX_PAGE,
 };
 use crate::connections::{
     Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, StoredProviderToken,
     WorkflowRun,
 };
-use crate::ports::store::aws::{error_chain, Gsi1Query};
+use crate::ports::dynamo::{self, esc, n, s, DynamoError, Item, Table};
+use crate::ports::store::aws::Gsi1Query;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::time::Duration;
 
-type Item = HashMap<String, AttributeValue>;
+type Reader<'a> = dynamo::Reader<'a, ConnectionError>;
 
 const CONN_SK: &str = "CONN";
 const MARKER_SK: &str = "CONNREPO";
@@ -61,8 +57,6 @@ const BRANCH_SK: &str = "BRANCH";
 const INCRUN_SK: &str = "INCRUN";
 const RUN_SK: &str = "RUN";
 const PR_SK: &str = "PR";
-/// Tries of a transaction that lost to a concurrent one (DynamoDB's TransactionConflict).
-const TX_ATTEMPTS: u32 = 8;
 /// Items one gsi1 query page reads.
 const QUERY_PAGE: usize = 1000;
 
@@ -85,21 +79,9 @@ impl DynamoConnectionStore {
         &self.table
     }
 
-    async fn get_item(&self, pk: String, sk: &str) -> Result<Option<Item>, ConnectionError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk, sk)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable("GetItem", &e))?;
-        Ok(out.item.filter(|item| !item.is_empty()))
-    }
-
     async fn connection_by_id(&self, id: &str) -> Result<Option<Connection>, ConnectionError> {
-        self.get_item(conn_pk(id), CONN_SK)
+        self.db()
+            .get_item(conn_pk(id), CONN_SK)
             .await?
             .map(|item| parse_connection(&item))
             .transpose()
@@ -126,7 +108,7 @@ impl DynamoConnectionStore {
         query
             .run(
                 |item| Ok(keep(item)?.then(|| item.clone())),
-                |e| unavailable("Query", e),
+                |e| ConnectionError::dynamo("Query", e),
             )
             .await
     }
@@ -143,7 +125,7 @@ impl DynamoConnectionStore {
             .await?;
         let ids = pointers
             .iter()
-            .map(|item| Reader { item }.str("connection_id").map(str::to_owned))
+            .map(|item| Reader::new(item).str("connection_id").map(str::to_owned))
             .collect::<Result<Vec<_>, _>>()?;
         let found =
             futures::future::try_join_all(ids.iter().map(|id| self.connection_by_id(id))).await?;
@@ -153,71 +135,6 @@ impl DynamoConnectionStore {
         Ok(out)
     }
 
-    /// Run a transaction, retrying while it loses to concurrent ones. `Ok(false)` when a
-    /// condition failed.
-    async fn transact(
-        &self,
-        op: &str,
-        items: Vec<TransactWriteItem>,
-    ) -> Result<bool, ConnectionError> {
-        for attempt in 1..=TX_ATTEMPTS {
-            let done = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items.clone()))
-                .send()
-                .await;
-            match done {
-                Ok(_) => return Ok(true),
-                Err(e) => match classify(op, e) {
-                    TxFailure::Condition => return Ok(false),
-                    TxFailure::Conflict if attempt < TX_ATTEMPTS => backoff(attempt).await,
-                    TxFailure::Conflict => {
-                        return Err(ConnectionError::Unavailable(format!(
-                            "DynamoDB {op}: kept conflicting with concurrent transactions"
-                        )))
-                    }
-                    TxFailure::Other(e) => return Err(e),
-                },
-            }
-        }
-        unreachable!("the last attempt returns")
-    }
-
-    fn put(
-        &self,
-        item: Item,
-        condition: Option<&str>,
-    ) -> Result<TransactWriteItem, ConnectionError> {
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .set_condition_expression(condition.map(str::to_owned))
-            .build()
-            .map_err(|e| ConnectionError::Unavailable(format!("building a Put: {e}")))?;
-        Ok(TransactWriteItem::builder().put(put).build())
-    }
-
-    fn delete_of(
-        &self,
-        pk: String,
-        sk: &str,
-        condition: Option<(&str, Item)>,
-    ) -> Result<TransactWriteItem, ConnectionError> {
-        let mut delete = Delete::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(pk, sk)));
-        if let Some((expression, values)) = condition {
-            delete = delete
-                .condition_expression(expression)
-                .set_expression_attribute_values(Some(values));
-        }
-        let delete = delete
-            .build()
-            .map_err(|e| ConnectionError::Unavailable(format!("building a Delete: {e}")))?;
-        Ok(TransactWriteItem::builder().delete(delete).build())
-    }
-
     /// The project pointer's write for `project_id`: put it, or delete it when there is none.
     fn project_pointer(
         &self,
@@ -225,7 +142,7 @@ impl DynamoConnectionStore {
         project_id: Option<&str>,
     ) -> Result<TransactWriteItem, ConnectionError> {
         match project_id {
-            Some(project_id) => self.put(
+            Some(project_id) => self.db().put(
                 HashMap::from([
                     ("pk".to_owned(), s(conn_pk(id.as_str()))),
                     ("sk".to_owned(), s(PROJECT_SK)),
@@ -238,7 +155,7 @@ impl DynamoConnectionStore {
                 ]),
                 None,
             ),
-            None => self.delete_of(conn_pk(id.as_str()), PROJECT_SK, None),
+            None => self.db().delete(conn_pk(id.as_str()), PROJECT_SK, None),
         }
     }
 
@@ -251,10 +168,8 @@ impl DynamoConnectionStore {
         move_last: bool,
     ) -> Result<bool, ConnectionError> {
         let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(conn_pk(id.as_str()), CONN_SK)))
+            .db()
+            .update_item(conn_pk(id.as_str()), CONN_SK)
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":failed", n(i64::from(failed)));
         let add = "ADD total_deliveries :one, failed_deliveries :failed";
@@ -275,62 +190,22 @@ impl DynamoConnectionStore {
             .await
     }
 
-    /// Send a conditional update, retrying while it collides with a transaction on the item.
-    /// `Ok(false)` when its condition did not hold.
+    /// A conditional update; `Ok(false)` when its condition did not hold.
     async fn send_update(
         &self,
         op: &str,
         update: UpdateItemFluentBuilder,
     ) -> Result<bool, ConnectionError> {
-        for attempt in 1..=TX_ATTEMPTS {
-            match update.clone().send().await {
-                Ok(_) => return Ok(true),
-                Err(SdkError::ServiceError(e)) => match e.into_err() {
-                    UpdateItemError::ConditionalCheckFailedException(_) => return Ok(false),
-                    UpdateItemError::TransactionConflictException(_) if attempt < TX_ATTEMPTS => {
-                        backoff(attempt).await
-                    }
-                    other => return Err(unavailable(op, &other)),
-                },
-                Err(e) => return Err(unavailable(op, &e)),
-            }
-        }
-        unreachable!("the last attempt returns")
+        Ok(self.db().send_update(op, update).await?.is_some())
     }
 
-    /// A conditional put of a newer-wins record; `Ok(false)` when the stored one is newer.
-    async fn put_if_newer(
-        &self,
-        op: &str,
-        item: Item,
-        condition: &str,
-        values: Item,
-    ) -> Result<bool, ConnectionError> {
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression(condition)
-            .set_expression_attribute_values(Some(values));
-        for attempt in 1..=TX_ATTEMPTS {
-            match put.clone().send().await {
-                Ok(_) => return Ok(true),
-                Err(SdkError::ServiceError(e)) => match e.into_err() {
-                    PutItemError::ConditionalCheckFailedException(_) => return Ok(false),
-                    PutItemError::TransactionConflictException(_) if attempt < TX_ATTEMPTS => {
-                        backoff(attempt).await
-                    }
-                    other => return Err(unavailable(op, &other)),
-                },
-                Err(e) => return Err(unavailable(op, &e)),
-            }
-        }
-        unreachable!("the last attempt returns")
+    fn db(&self) -> Table<'_, ConnectionError> {
+        Table::new(&self.client, &self.table)
     }
 
     async fn incident_by_id(&self, id: &str) -> Result<Option<Incident>, ConnectionError> {
-        self.get_item(format!("INC#{id}"), INC_SK)
+        self.db()
+            .get_item(format!("INC#{id}"), INC_SK)
             .await?
             .map(|item| parse_incident(&item))
             .transpose()
@@ -353,21 +228,23 @@ impl ConnectionStore for DynamoConnectionStore {
             ("org_id".to_owned(), s(&c.org_id)),
         ]);
         let mut items = vec![
-            self.put(marker, Some("attribute_not_exists(pk)"))?,
-            self.put(connection_item(c)?, Some("attribute_not_exists(pk)"))?,
+            self.db().put(marker, Some("attribute_not_exists(pk)"))?,
+            self.db()
+                .put(connection_item(c)?, Some("attribute_not_exists(pk)"))?,
         ];
         if c.project_id.is_some() {
             items.push(self.project_pointer(&c.id, c.project_id.as_deref())?);
         }
         for _ in 0..3 {
             if self
+                .db()
                 .transact("TransactWriteItems (connect)", items.clone())
                 .await?
             {
                 return Ok(());
             }
-            if let Some(existing) = self.get_item(marker_pk.clone(), MARKER_SK).await? {
-                let r = Reader { item: &existing };
+            if let Some(existing) = self.db().get_item(marker_pk.clone(), MARKER_SK).await? {
+                let r = Reader::new(&existing);
                 let id = r.str("connection_id")?;
                 return Err(ConnectionError::Duplicate(
                     ConnectionId::parse(id)
@@ -455,32 +332,36 @@ impl ConnectionStore for DynamoConnectionStore {
     }
 
     async fn update(&self, c: &Connection) -> Result<(), ConnectionError> {
-        let mut update = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(conn_pk(c.id.as_str()), CONN_SK)))
-            .condition_expression(
-                "attribute_exists(pk) AND org_id = :org AND provider = :provider \
-                 AND repo_key = :repo",
-            )
-            .expression_attribute_values(":org", s(&c.org_id))
-            .expression_attribute_values(":provider", s(c.provider.as_str()))
-            .expression_attribute_values(":repo", s(repo_key(&c.repository_full_name)))
-            .expression_attribute_values(":record", s(to_json(c.id.as_str(), c)?));
-        update = match &c.project_id {
-            Some(project_id) => update
-                .update_expression("SET #record = :record, project_id = :project")
-                .expression_attribute_values(":project", s(project_id)),
-            None => update.update_expression("SET #record = :record REMOVE project_id"),
-        };
-        let update = update
-            .expression_attribute_names("#record", "record")
-            .build()
-            .map_err(|e| ConnectionError::Unavailable(format!("building an Update: {e}")))?;
+        let record = to_json(c.id.as_str(), c)?;
+        let update = self
+            .db()
+            .update(conn_pk(c.id.as_str()), CONN_SK, |update| {
+                let update = update
+                    .condition_expression(
+                        "attribute_exists(pk) AND org_id = :org AND provider = :provider \
+                     AND repo_key = :repo",
+                    )
+                    .expression_attribute_values(":org", s(&c.org_id))
+                    .expression_attribute_values(":provider", s(c.provider.as_str()))
+                    .expression_attribute_values(":repo", s(repo_key(&c.repository_full_name)))
+                    .expression_attribute_values(":record", s(record))
+                    .expression_attribute_names("#record", "record");
+                match &c.project_id {
+                    Some(project_id) => update
+                        .update_expression("SET #record = :record, project_id = :project")
+                        .expression_attribute_values(":project", s(project_id)),
+                    None => update.update_expression("SET #record = :record REMOVE project_id"),
+                }
+            })?;
         let items = vec![
-            TransactWriteItem::builder().update(update).build(),
+            update,
             self.project_pointer(&c.id, c.project_id.as_deref())?,
         ];
-        if self.transact("TransactWriteItems (update)", items).await? {
+        if self
+            .db()
+            .transact("TransactWriteItems (update)", items)
+            .await?
+        {
             Ok(())
         } else {
             Err(ConnectionError::NotFound)
@@ -492,7 +373,7 @@ impl ConnectionStore for DynamoConnectionStore {
             return Ok(false);
         };
         let items = vec![
-            self.delete_of(
+            self.db().delete(
                 conn_pk(id.as_str()),
                 CONN_SK,
                 Some((
@@ -500,15 +381,16 @@ impl ConnectionStore for DynamoConnectionStore {
                     HashMap::from([(":org".to_owned(), s(org_id))]),
                 )),
             )?,
-            self.delete_of(
+            self.db().delete(
                 marker_pk(&c.org_id, c.provider, &c.repository_full_name),
                 MARKER_SK,
                 None,
             )?,
-            self.delete_of(conn_pk(id.as_str()), PROJECT_SK, None)?,
+            self.db().delete(conn_pk(id.as_str()), PROJECT_SK, None)?,
         ];
         // A failed condition: a concurrent delete got there first.
-        self.transact("TransactWriteItems (disconnect)", items)
+        self.db()
+            .transact("TransactWriteItems (disconnect)", items)
             .await
     }
 
@@ -541,10 +423,8 @@ impl ConnectionStore for DynamoConnectionStore {
             "attribute_not_exists(pk) OR updated_ms < :u OR (updated_ms = :u AND finished = :no)"
         };
         let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk.clone(), RUN_SK)))
+            .db()
+            .update_item(pk.clone(), RUN_SK)
             .condition_expression(condition)
             .expression_attribute_names("#r", "record")
             .expression_attribute_values(":u", n(updated_ms))
@@ -572,10 +452,8 @@ impl ConnectionStore for DynamoConnectionStore {
         // An older event: its state is not written, but the jobs it saw failing still count.
         if !jobs.is_empty() {
             let add = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(key(pk, RUN_SK)))
+                .db()
+                .update_item(pk, RUN_SK)
                 .update_expression("ADD failed_jobs :jobs")
                 .condition_expression("attribute_exists(pk)")
                 .expression_attribute_values(":jobs", AttributeValue::Ss(jobs));
@@ -592,10 +470,8 @@ impl ConnectionStore for DynamoConnectionStore {
         let p = placeholder;
         let pk = run_pk(&p.connection_id, &p.run_id, p.run_attempt);
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk.clone(), RUN_SK)))
+            .db()
+            .update_item(pk.clone(), RUN_SK)
             .update_expression(
                 "SET #r = if_not_exists(#r, :r), updated_ms = if_not_exists(updated_ms, :u), \
                  finished = if_not_exists(finished, :f) ADD failed_jobs :jobs",
@@ -616,6 +492,7 @@ impl ConnectionStore for DynamoConnectionStore {
         run_attempt: u32,
     ) -> Result<Option<WorkflowRun>, ConnectionError> {
         let Some(item) = self
+            .db()
             .get_item(run_pk(connection_id, run_id, run_attempt), RUN_SK)
             .await?
         else {
@@ -659,11 +536,11 @@ impl ConnectionStore for DynamoConnectionStore {
             record.insert("pr_status".to_owned(), s(pr_status));
         }
         let mut items = vec![
-            self.put(once, Some("attribute_not_exists(pk)"))?,
-            self.put(record, Some("attribute_not_exists(pk)"))?,
+            self.db().put(once, Some("attribute_not_exists(pk)"))?,
+            self.db().put(record, Some("attribute_not_exists(pk)"))?,
         ];
         if let Some(branch) = &i.branch {
-            items.push(self.put(
+            items.push(self.db().put(
                 HashMap::from([
                     ("pk".to_owned(), s(&pk)),
                     ("sk".to_owned(), s(BRANCH_SK)),
@@ -679,12 +556,18 @@ impl ConnectionStore for DynamoConnectionStore {
         }
         for _ in 0..3 {
             if self
+                .db()
                 .transact("TransactWriteItems (incident)", items.clone())
                 .await?
             {
                 return Ok(true);
             }
-            if self.get_item(once_pk.clone(), INCRUN_SK).await?.is_some() {
+            if self
+                .db()
+                .get_item(once_pk.clone(), INCRUN_SK)
+                .await?
+                .is_some()
+            {
                 return Ok(false);
             }
         }
@@ -721,7 +604,7 @@ impl ConnectionStore for DynamoConnectionStore {
         let gsi1pk = format!("ORGINC#{}", esc(org_id));
         let items = self
             .query_gsi1(&gsi1pk, None, limit, page, |item| {
-                let r = Reader { item };
+                let r = Reader::new(item);
                 Ok(r.str("org_id")? == org_id
                     && repository
                         .as_deref()
@@ -739,10 +622,8 @@ impl ConnectionStore for DynamoConnectionStore {
         pr_status: &str,
     ) -> Result<(), ConnectionError> {
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(format!("INC#{id}"), INC_SK)))
+            .db()
+            .update_item(format!("INC#{id}"), INC_SK)
             .update_expression("SET pr_status = :pr")
             .condition_expression("attribute_exists(pk) AND org_id = :org")
             .expression_attribute_values(":pr", s(pr_status))
@@ -764,10 +645,10 @@ impl ConnectionStore for DynamoConnectionStore {
         at: DateTime<Utc>,
     ) -> Result<bool, ConnectionError> {
         let pk = format!("INC#{id}");
-        let Some(item) = self.get_item(pk.clone(), INC_SK).await? else {
+        let Some(item) = self.db().get_item(pk.clone(), INC_SK).await? else {
             return Err(ConnectionError::NotFound);
         };
-        let r = Reader { item: &item };
+        let r = Reader::new(&item);
         if r.str("org_id")? != org_id {
             return Err(ConnectionError::NotFound);
         }
@@ -781,10 +662,8 @@ impl ConnectionStore for DynamoConnectionStore {
         incident.status = "resolved".to_owned();
         incident.updated_at = at;
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk.clone(), INC_SK)))
+            .db()
+            .update_item(pk.clone(), INC_SK)
             .update_expression("SET #status = :resolved, #record = :record")
             .condition_expression("org_id = :org AND #status = :open")
             .expression_attribute_names("#status", "status")
@@ -805,7 +684,7 @@ impl ConnectionStore for DynamoConnectionStore {
         let gsi1pk = branch_gsi1pk(connection_id, branch);
         let pointers = self.query_gsi1(&gsi1pk, None, 10, 10, |_| Ok(true)).await?;
         for pointer in &pointers {
-            let id = Reader { item: pointer }.str("incident_id")?;
+            let id = Reader::new(pointer).str("incident_id")?;
             if let Some(incident) = self.incident_by_id(id).await? {
                 return Ok(Some(incident));
             }
@@ -822,13 +701,14 @@ impl ConnectionStore for DynamoConnectionStore {
             ("updated_ms".to_owned(), n(updated_ms)),
             ("record".to_owned(), s(to_json(&pk, pr)?)),
         ]);
-        self.put_if_newer(
-            "PutItem (pull request)",
-            item,
-            "attribute_not_exists(pk) OR updated_ms <= :u",
-            HashMap::from([(":u".to_owned(), n(updated_ms))]),
-        )
-        .await
+        self.db()
+            .put_if(
+                "PutItem (pull request)",
+                item,
+                Some("attribute_not_exists(pk) OR updated_ms <= :u"),
+                Some(HashMap::from([(":u".to_owned(), n(updated_ms))])),
+            )
+            .await
     }
 
     async fn get_pull_request(
@@ -836,7 +716,8 @@ impl ConnectionStore for DynamoConnectionStore {
         connection_id: &ConnectionId,
         number: u64,
     ) -> Result<Option<PullRequest>, ConnectionError> {
-        self.get_item(format!("PR#{connection_id}#{number}"), PR_SK)
+        self.db()
+            .get_item(format!("PR#{connection_id}#{number}"), PR_SK)
             .await?
             .map(|item| parse_record(&item))
             .transpose()
@@ -861,7 +742,7 @@ impl ConnectionStore for DynamoConnectionStore {
             .set_item(Some(item))
             .send()
             .await
-            .map_err(|e| unavailable("PutItem (provider token)", &e))?;
+            .map_err(|e| ConnectionError::dynamo("PutItem (provider token)", &e))?;
         Ok(())
     }
 
@@ -871,7 +752,8 @@ impl ConnectionStore for DynamoConnectionStore {
         user_id: &str,
         provider: RepoProvider,
     ) -> Result<Option<StoredProviderToken>, ConnectionError> {
-        self.get_item(token_pk(org_id, user_id, provider), TOKEN_SK)
+        self.db()
+            .get_item(token_pk(org_id, user_id, provider), TOKEN_SK)
             .await?
             .map(|item| parse_record(&item))
             .transpose()
@@ -891,23 +773,6 @@ fn token_pk(org_id: &str, user_id: &str, provider: RepoProvider) -> String {
 }
 
 // ---- keys and items ------------------------------------------------------------------------
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: i64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn key(pk: String, sk: &str) -> Item {
-    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
-}
-
-/// A value made safe to place between `#` separators.
-fn esc(v: &str) -> String {
-    v.replace('%', "%25").replace('#', "%23")
-}
 
 fn conn_pk(id: &str) -> String {
     format!("CONN#{id}")
@@ -976,129 +841,28 @@ fn connection_item(c: &Connection) -> Result<Item, ConnectionError> {
     Ok(item)
 }
 
-/// Reads attributes of one item, naming the item (never its contents) when one is wrong.
-struct Reader<'a> {
-    item: &'a Item,
-}
-
-impl<'a> Reader<'a> {
-    fn key(&self) -> String {
-        match self.item.get("pk") {
-            Some(AttributeValue::S(pk)) => pk.clone(),
-            _ => "<no pk>".to_owned(),
-        }
-    }
-
-    fn corrupt(&self, reason: &str) -> ConnectionError {
-        corrupt(self.key(), reason)
-    }
-
-    fn opt_str(&self, name: &str) -> Result<Option<&'a str>, ConnectionError> {
-        match self.item.get(name) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(AttributeValue::S(v)) => Ok(Some(v)),
-            Some(_) => Err(self.corrupt(&format!("attribute {name} is not a string"))),
-        }
-    }
-
-    fn str(&self, name: &str) -> Result<&'a str, ConnectionError> {
-        self.opt_str(name)?
-            .ok_or_else(|| self.corrupt(&format!("attribute {name} is missing")))
-    }
-
-    fn opt_i64(&self, name: &str) -> Result<Option<i64>, ConnectionError> {
-        match self.item.get(name) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(AttributeValue::N(v)) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| self.corrupt(&format!("attribute {name} is not an integer"))),
-            Some(_) => Err(self.corrupt(&format!("attribute {name} is not a number"))),
-        }
-    }
-
-    fn record<T: DeserializeOwned>(&self) -> Result<T, ConnectionError> {
-        serde_json::from_str(self.str("record")?).map_err(|e| json_corrupt(self.key(), &e))
-    }
-}
-
 fn parse_record<T: DeserializeOwned>(item: &Item) -> Result<T, ConnectionError> {
-    Reader { item }.record()
+    Reader::new(item).record()
 }
 
 fn parse_connection(item: &Item) -> Result<Connection, ConnectionError> {
-    let r = Reader { item };
+    let r = Reader::new(item);
     let mut c: Connection = r.record()?;
     let count = |name: &str| -> Result<u64, ConnectionError> {
         u64::try_from(r.opt_i64(name)?.unwrap_or(0))
-            .map_err(|_| r.corrupt(&format!("attribute {name} is negative")))
+            .map_err(|_| r.corrupt(format!("attribute {name} is negative")))
     };
     c.total_deliveries = count("total_deliveries")?;
     c.failed_deliveries = count("failed_deliveries")?;
-    c.webhook_last_delivery_at = r
-        .opt_i64("last_delivery_at")?
-        .map(|ms| {
-            DateTime::from_timestamp_millis(ms)
-                .ok_or_else(|| r.corrupt("attribute last_delivery_at is out of range"))
-        })
-        .transpose()?;
+    c.webhook_last_delivery_at = r.opt_millis("last_delivery_at")?;
     Ok(c)
 }
 
 fn parse_incident(item: &Item) -> Result<Incident, ConnectionError> {
-    let r = Reader { item };
+    let r = Reader::new(item);
     let mut i: Incident = r.record()?;
     i.pr_status = r.opt_str("pr_status")?.map(str::to_owned);
     Ok(i)
-}
-
-// ---- errors --------------------------------------------------------------------------------
-
-enum TxFailure {
-    /// A condition of the transaction failed.
-    Condition,
-    /// It collided with a concurrent transaction on one of its items: try again.
-    Conflict,
-    Other(ConnectionError),
-}
-
-fn classify(op: &str, err: SdkError<TransactWriteItemsError>) -> TxFailure {
-    let service = match err {
-        SdkError::ServiceError(e) => e.into_err(),
-        other => return TxFailure::Other(unavailable(op, &other)),
-    };
-    match service {
-        TransactWriteItemsError::TransactionCanceledException(cancelled) => {
-            let codes: Vec<&str> = cancelled
-                .cancellation_reasons()
-                .iter()
-                .filter_map(|r| r.code())
-                .collect();
-            // Without reasons (some emulators), the message lists them.
-            let message = cancelled.message().unwrap_or_default();
-            let has =
-                |code: &str| codes.contains(&code) || (codes.is_empty() && message.contains(code));
-            if has("ConditionalCheckFailed") {
-                TxFailure::Condition
-            } else if has("TransactionConflict") {
-                TxFailure::Conflict
-            } else {
-                TxFailure::Other(unavailable(op, &cancelled))
-            }
-        }
-        TransactWriteItemsError::TransactionInProgressException(_) => TxFailure::Conflict,
-        other => TxFailure::Other(unavailable(op, &other)),
-    }
-}
-
-/// A pause before trying again after losing to a concurrent transaction.
-async fn backoff(attempt: u32) {
-    let jitter = rand::random::<u64>() % 20;
-    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt) + jitter)).await;
-}
-
-fn unavailable(op: &str, err: &(dyn std::error::Error + 'static)) -> ConnectionError {
-    ConnectionError::Unavailable(format!("DynamoDB {op}: {}", error_chain(err)))
 }
 
 #[cfg(test)]

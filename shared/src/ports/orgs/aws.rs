@@ -13,19 +13,14 @@
 
 use super::{json_corrupt, OrgError, OrgStore, NOTICE_RETENTION};
 use crate::outbound::model::OrgProfile;
-use crate::ports::store::aws::error_chain;
+use crate::ports::dynamo::{esc, n, s, Table};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
-use std::time::Duration;
 
 const PROFILE_SK: &str = "PROFILE";
-/// Tries of a write that collided with a transaction on the same item.
-const ATTEMPTS: u32 = 8;
 
 /// The AWS adapter of [`OrgStore`].
 #[derive(Debug, Clone)]
@@ -45,23 +40,17 @@ impl DynamoOrgStore {
     pub fn table(&self) -> &str {
         &self.table
     }
+
+    fn db(&self) -> Table<'_, OrgError> {
+        Table::new(&self.client, &self.table)
+    }
 }
 
 #[async_trait]
 impl OrgStore for DynamoOrgStore {
     async fn get_org(&self, org_id: &str) -> Result<Option<OrgProfile>, OrgError> {
         let pk = org_pk(org_id);
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(&pk))
-            .key("sk", s(PROFILE_SK))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable("GetItem", &e))?;
-        let Some(item) = out.item.filter(|item| !item.is_empty()) else {
+        let Some(item) = self.db().get_item(pk.clone(), PROFILE_SK).await? else {
             return Ok(None);
         };
         let record = match item.get("record") {
@@ -86,7 +75,10 @@ impl OrgStore for DynamoOrgStore {
             ("sk".to_owned(), s(PROFILE_SK)),
             ("record".to_owned(), s(record)),
         ]);
-        self.put(item, None).await.map(|_| ())
+        self.db()
+            .put_if("PutItem", item, None, None)
+            .await
+            .map(|_| ())
     }
 
     async fn claim_notice(
@@ -104,73 +96,19 @@ impl OrgStore for DynamoOrgStore {
                 n((at + NOTICE_RETENTION).timestamp()),
             ),
         ]);
-        self.put(
-            item,
-            Some((
-                "attribute_not_exists(pk) OR expires_at <= :now",
-                n(at.timestamp()),
-            )),
-        )
-        .await
+        self.db()
+            .put_if(
+                "PutItem",
+                item,
+                Some("attribute_not_exists(pk) OR expires_at <= :now"),
+                Some(HashMap::from([(":now".to_owned(), n(at.timestamp()))])),
+            )
+            .await
     }
-}
-
-impl DynamoOrgStore {
-    /// Put `item`, under `condition` (with its `:now`) if any. `Ok(false)` when the condition
-    /// did not hold.
-    async fn put(
-        &self,
-        item: HashMap<String, AttributeValue>,
-        condition: Option<(&str, AttributeValue)>,
-    ) -> Result<bool, OrgError> {
-        for attempt in 1..=ATTEMPTS {
-            let mut put = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(item.clone()));
-            if let Some((expression, now)) = &condition {
-                put = put
-                    .condition_expression(*expression)
-                    .expression_attribute_values(":now", now.clone());
-            }
-            match put.send().await {
-                Ok(_) => return Ok(true),
-                Err(SdkError::ServiceError(e)) => match e.into_err() {
-                    PutItemError::ConditionalCheckFailedException(_) => return Ok(false),
-                    PutItemError::TransactionConflictException(_) if attempt < ATTEMPTS => {
-                        tokio::time::sleep(Duration::from_millis(10 << attempt.min(6))).await
-                    }
-                    other => return Err(unavailable("PutItem", &other)),
-                },
-                Err(e) => return Err(unavailable("PutItem", &e)),
-            }
-        }
-        Err(OrgError::Unavailable(
-            "DynamoDB PutItem: kept colliding with concurrent transactions".into(),
-        ))
-    }
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: i64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-/// A value made safe to place between `#` separators.
-fn esc(v: &str) -> String {
-    v.replace('%', "%25").replace('#', "%23")
 }
 
 fn org_pk(org_id: &str) -> String {
     format!("ORG#{}", esc(org_id))
-}
-
-fn unavailable(op: &str, err: &(dyn std::error::Error + 'static)) -> OrgError {
-    OrgError::Unavailable(format!("DynamoDB {op}: {}", error_chain(err)))
 }
 
 #[cfg(test)]

@@ -38,26 +38,18 @@ use super::{
 use crate::outbound::model::{
     Attempt, Delivery, DeliveryId, Endpoint, EndpointId, Event, EventId, NewEvent,
 };
-use crate::ports::store::aws::{error_chain, GSI1, TTL_ATTRIBUTE};
+use crate::ports::dynamo::{self, backoff, esc, n, s, DynamoError, Item, Table};
+use crate::ports::store::aws::{GSI1, TTL_ATTRIBUTE};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-type Item = HashMap<String, AttributeValue>;
+type Reader<'a> = dynamo::Reader<'a, OutboundError>;
 
 const EP_SK: &str = "OEP";
 const EPCOUNT_SK: &str = "OEPCOUNT";
@@ -67,8 +59,6 @@ const DLV_SK: &str = "ODLV";
 const SLOT_SK: &str = "OSLOT";
 /// How many `OBEHIND#…` partitions the behind-orgs index is spread over.
 const BEHIND_SHARDS: u8 = 8;
-/// Tries of a write that lost to a concurrent transaction (DynamoDB's TransactionConflict).
-const TX_ATTEMPTS: u32 = 8;
 /// Tries of an append that lost the race for its `seq` to another append.
 const APPEND_ATTEMPTS: u32 = 64;
 /// Items one query request reads.
@@ -124,17 +114,8 @@ impl DynamoOutboundStore {
         &self.table
     }
 
-    async fn get_item(&self, pk: String, sk: &str) -> Result<Option<Item>, OutboundError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(pk, sk)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable("GetItem", &e))?;
-        Ok(out.item.filter(|item| !item.is_empty()))
+    fn db(&self) -> Table<'_, OutboundError> {
+        Table::new(&self.client, &self.table)
     }
 
     /// Run a query until `want` items came back or the range ends.
@@ -204,7 +185,7 @@ impl DynamoOutboundStore {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| unavailable(op, &e))?;
+                .map_err(|e| OutboundError::dynamo(op, &e))?;
             for item in answer.items() {
                 out.push(item.clone());
                 if out.len() >= want {
@@ -218,119 +199,22 @@ impl DynamoOutboundStore {
         }
     }
 
-    /// Run a transaction, retrying while it loses to concurrent ones. `Ok(false)` when a
-    /// condition failed.
-    async fn transact(
-        &self,
-        op: &str,
-        items: Vec<TransactWriteItem>,
-    ) -> Result<bool, OutboundError> {
-        for attempt in 1..=TX_ATTEMPTS {
-            let done = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items.clone()))
-                .send()
-                .await;
-            match done {
-                Ok(_) => return Ok(true),
-                Err(e) => match classify(op, e) {
-                    TxFailure::Condition => return Ok(false),
-                    TxFailure::Conflict if attempt < TX_ATTEMPTS => backoff(attempt).await,
-                    TxFailure::Conflict => {
-                        return Err(OutboundError::Unavailable(format!(
-                            "DynamoDB {op}: kept conflicting with concurrent transactions"
-                        )))
-                    }
-                    TxFailure::Other(e) => return Err(e),
-                },
-            }
-        }
-        unreachable!("the last attempt returns")
-    }
-
-    /// Send a conditional update, retrying while it collides with a transaction on the item:
-    /// the item as it now is, or `None` when the condition did not hold.
-    async fn send_update(
-        &self,
-        op: &str,
-        update: UpdateItemFluentBuilder,
-    ) -> Result<Option<Item>, OutboundError> {
-        for attempt in 1..=TX_ATTEMPTS {
-            match update.clone().send().await {
-                Ok(out) => return Ok(Some(out.attributes.unwrap_or_default())),
-                Err(SdkError::ServiceError(e)) => match e.into_err() {
-                    UpdateItemError::ConditionalCheckFailedException(_) => return Ok(None),
-                    UpdateItemError::TransactionConflictException(_) if attempt < TX_ATTEMPTS => {
-                        backoff(attempt).await
-                    }
-                    other => return Err(unavailable(op, &other)),
-                },
-                Err(e) => return Err(unavailable(op, &e)),
-            }
-        }
-        unreachable!("the last attempt returns")
-    }
-
-    /// A conditional put; `Ok(false)` when its condition did not hold.
-    async fn put_if(
-        &self,
-        op: &str,
-        item: Item,
-        condition: &str,
-        values: Option<Item>,
-    ) -> Result<bool, OutboundError> {
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression(condition)
-            .set_expression_attribute_values(values);
-        for attempt in 1..=TX_ATTEMPTS {
-            match put.clone().send().await {
-                Ok(_) => return Ok(true),
-                Err(SdkError::ServiceError(e)) => match e.into_err() {
-                    PutItemError::ConditionalCheckFailedException(_) => return Ok(false),
-                    PutItemError::TransactionConflictException(_) if attempt < TX_ATTEMPTS => {
-                        backoff(attempt).await
-                    }
-                    other => return Err(unavailable(op, &other)),
-                },
-                Err(e) => return Err(unavailable(op, &e)),
-            }
-        }
-        unreachable!("the last attempt returns")
-    }
-
-    fn put(&self, item: Item, condition: Option<&str>) -> Result<TransactWriteItem, OutboundError> {
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .set_condition_expression(condition.map(str::to_owned))
-            .build()
-            .map_err(|e| OutboundError::Unavailable(format!("building a Put: {e}")))?;
-        Ok(TransactWriteItem::builder().put(put).build())
-    }
-
     /// The endpoint counter's `ADD`: +1 on create, -1 on delete.
     fn count_update(&self, org_id: &str, by: i64) -> Result<TransactWriteItem, OutboundError> {
-        let update = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(org_pk(org_id), EPCOUNT_SK)))
-            .update_expression("SET org_id = :org ADD #count :by")
-            .expression_attribute_names("#count", "count")
-            .expression_attribute_values(":org", s(org_id))
-            .expression_attribute_values(":by", n(by))
-            .build()
-            .map_err(|e| OutboundError::Unavailable(format!("building an Update: {e}")))?;
-        Ok(TransactWriteItem::builder().update(update).build())
+        self.db().update(org_pk(org_id), EPCOUNT_SK, |update| {
+            update
+                .update_expression("SET org_id = :org ADD #count :by")
+                .expression_attribute_names("#count", "count")
+                .expression_attribute_values(":org", s(org_id))
+                .expression_attribute_values(":by", n(by))
+        })
     }
 
     async fn event_at(&self, org_id: &str, seq: u64) -> Result<Option<Event>, OutboundError> {
-        self.get_item(stream_pk(org_id), &event_sk(seq))
+        self.db()
+            .get_item(stream_pk(org_id), &event_sk(seq))
             .await?
-            .map(|item| Reader { item: &item }.record())
+            .map(|item| read(&item).record())
             .transpose()
     }
 
@@ -341,10 +225,10 @@ impl DynamoOutboundStore {
         id: &EventId,
     ) -> Result<Option<Event>, OutboundError> {
         let pk = marker_pk(org_id, id);
-        let Some(marker) = self.get_item(pk.clone(), MARKER_SK).await? else {
+        let Some(marker) = self.db().get_item(pk.clone(), MARKER_SK).await? else {
             return Ok(None);
         };
-        let seq = Reader { item: &marker }.u64("seq")?;
+        let seq = read(&marker).u64("seq")?;
         match self.event_at(org_id, seq).await? {
             // The marker and its event are written in one transaction: one without the other is
             // damage, not a race.
@@ -414,10 +298,12 @@ impl DynamoOutboundStore {
 impl OutboundStore for DynamoOutboundStore {
     async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<(), OutboundError> {
         let items = vec![
-            self.put(endpoint_item(endpoint)?, Some("attribute_not_exists(pk)"))?,
+            self.db()
+                .put(endpoint_item(endpoint)?, Some("attribute_not_exists(pk)"))?,
             self.count_update(&endpoint.org_id, 1)?,
         ];
         if self
+            .db()
             .transact("TransactWriteItems (create endpoint)", items)
             .await?
         {
@@ -435,10 +321,10 @@ impl OutboundStore for DynamoOutboundStore {
         org_id: &str,
         id: &EndpointId,
     ) -> Result<Option<Endpoint>, OutboundError> {
-        let Some(item) = self.get_item(endpoint_pk(id.as_str()), EP_SK).await? else {
+        let Some(item) = self.db().get_item(endpoint_pk(id.as_str()), EP_SK).await? else {
             return Ok(None);
         };
-        let endpoint: Endpoint = Reader { item: &item }.record()?;
+        let endpoint: Endpoint = read(&item).record()?;
         Ok((endpoint.org_id == org_id).then_some(endpoint))
     }
 
@@ -468,25 +354,19 @@ impl OutboundStore for DynamoOutboundStore {
         else {
             return Ok((Vec::new(), None));
         };
-        let more = items.len() > limit;
-        let mut page = items
-            .iter()
-            .take(limit)
-            .map(|item| Reader { item }.record::<Endpoint>())
-            .collect::<Result<Vec<_>, _>>()?;
-        page.retain(|e| e.org_id == org_id);
-        let next = match page.last() {
-            Some(last) if more => Some(encode_cursor(last.created_at, last.id.as_str())),
-            _ => None,
-        };
-        Ok((page, next))
+        org_page(
+            &items,
+            limit,
+            |item| read(item).record(),
+            |e: &Endpoint| (e.org_id == org_id, e.created_at, e.id.as_str()),
+        )
     }
 
     async fn count_endpoints(&self, org_id: &str) -> Result<u64, OutboundError> {
-        match self.get_item(org_pk(org_id), EPCOUNT_SK).await? {
+        match self.db().get_item(org_pk(org_id), EPCOUNT_SK).await? {
             None => Ok(0),
             Some(item) => {
-                let r = Reader { item: &item };
+                let r = read(&item);
                 Ok(u64::try_from(r.i64("count")?).unwrap_or(0))
             }
         }
@@ -494,10 +374,11 @@ impl OutboundStore for DynamoOutboundStore {
 
     async fn update_endpoint(&self, endpoint: &Endpoint) -> Result<(), OutboundError> {
         let written = self
+            .db()
             .put_if(
                 "PutItem (update endpoint)",
                 endpoint_item(endpoint)?,
-                "org_id = :org",
+                Some("org_id = :org"),
                 Some(HashMap::from([(":org".to_owned(), s(&endpoint.org_id))])),
             )
             .await?;
@@ -509,19 +390,18 @@ impl OutboundStore for DynamoOutboundStore {
     }
 
     async fn delete_endpoint(&self, org_id: &str, id: &EndpointId) -> Result<bool, OutboundError> {
-        let delete = Delete::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(endpoint_pk(id.as_str()), EP_SK)))
-            .condition_expression("org_id = :org")
-            .expression_attribute_values(":org", s(org_id))
-            .build()
-            .map_err(|e| OutboundError::Unavailable(format!("building a Delete: {e}")))?;
-        let items = vec![
-            TransactWriteItem::builder().delete(delete).build(),
-            self.count_update(org_id, -1)?,
-        ];
+        let delete = self.db().delete(
+            endpoint_pk(id.as_str()),
+            EP_SK,
+            Some((
+                "org_id = :org",
+                HashMap::from([(":org".to_owned(), s(org_id))]),
+            )),
+        )?;
+        let items = vec![delete, self.count_update(org_id, -1)?];
         // A failed condition: none in this org, or a concurrent delete got there first.
-        self.transact("TransactWriteItems (delete endpoint)", items)
+        self.db()
+            .transact("TransactWriteItems (delete endpoint)", items)
             .await
     }
 
@@ -532,9 +412,9 @@ impl OutboundStore for DynamoOutboundStore {
         let stripe = usize::from(Sha256::digest(org.as_bytes())[1]) % APPEND_LOCKS;
         let _turn = self.append_locks[stripe].lock().await;
         for attempt in 1..=APPEND_ATTEMPTS {
-            let last_seq = match self.get_item(head_pk.clone(), HEAD_SK).await? {
+            let last_seq = match self.db().get_item(head_pk.clone(), HEAD_SK).await? {
                 None => 0,
-                Some(head) => Reader { item: &head }.opt_u64("last_seq")?.unwrap_or(0),
+                Some(head) => read(&head).opt_u64("last_seq")?.unwrap_or(0),
             };
             let seq = last_seq + 1;
             let appended = Event {
@@ -547,27 +427,26 @@ impl OutboundStore for DynamoOutboundStore {
             };
             // The head moves from exactly the `last_seq` read, so of two appends that read the
             // same one, one wins the seq and the other goes round again: no gap, no double.
-            let head = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(head_pk.clone(), HEAD_SK)))
-                .update_expression(
-                    "SET last_seq = :seq, org_id = :org, #cursor = if_not_exists(#cursor, :zero), \
-                     gsi1pk = :behind, gsi1sk = :org_key",
-                )
-                .condition_expression(if last_seq == 0 {
-                    "attribute_not_exists(last_seq) OR last_seq = :last"
-                } else {
-                    "last_seq = :last"
-                })
-                .expression_attribute_names("#cursor", "cursor")
-                .expression_attribute_values(":seq", n_u64(seq))
-                .expression_attribute_values(":last", n_u64(last_seq))
-                .expression_attribute_values(":zero", n(0))
-                .expression_attribute_values(":org", s(org))
-                .expression_attribute_values(":behind", s(behind_pk(org)))
-                .expression_attribute_values(":org_key", s(esc(org)))
-                .build()
-                .map_err(|e| OutboundError::Unavailable(format!("building an Update: {e}")))?;
+            let head = self.db().update(head_pk.clone(), HEAD_SK, |update| {
+                update
+                    .update_expression(
+                        "SET last_seq = :seq, org_id = :org, \
+                         #cursor = if_not_exists(#cursor, :zero), \
+                         gsi1pk = :behind, gsi1sk = :org_key",
+                    )
+                    .condition_expression(if last_seq == 0 {
+                        "attribute_not_exists(last_seq) OR last_seq = :last"
+                    } else {
+                        "last_seq = :last"
+                    })
+                    .expression_attribute_names("#cursor", "cursor")
+                    .expression_attribute_values(":seq", n_u64(seq))
+                    .expression_attribute_values(":last", n_u64(last_seq))
+                    .expression_attribute_values(":zero", n(0))
+                    .expression_attribute_values(":org", s(org))
+                    .expression_attribute_values(":behind", s(behind_pk(org)))
+                    .expression_attribute_values(":org_key", s(esc(org)))
+            })?;
             let event_item = HashMap::from([
                 ("pk".to_owned(), s(&head_pk)),
                 ("sk".to_owned(), s(event_sk(seq))),
@@ -581,11 +460,13 @@ impl OutboundStore for DynamoOutboundStore {
                 ("seq".to_owned(), n_u64(seq)),
             ]);
             let items = vec![
-                TransactWriteItem::builder().update(head).build(),
-                self.put(event_item, Some("attribute_not_exists(pk)"))?,
-                self.put(marker, Some("attribute_not_exists(pk)"))?,
+                head,
+                self.db()
+                    .put(event_item, Some("attribute_not_exists(pk)"))?,
+                self.db().put(marker, Some("attribute_not_exists(pk)"))?,
             ];
             if self
+                .db()
                 .transact("TransactWriteItems (append event)", items)
                 .await?
             {
@@ -633,23 +514,21 @@ impl OutboundStore for DynamoOutboundStore {
                 op: "Query (events)",
             })
             .await?;
-        items.iter().map(|item| Reader { item }.record()).collect()
+        items.iter().map(|item| read(item).record()).collect()
     }
 
     async fn dispatch_cursor(&self, org_id: &str) -> Result<u64, OutboundError> {
-        match self.get_item(stream_pk(org_id), HEAD_SK).await? {
+        match self.db().get_item(stream_pk(org_id), HEAD_SK).await? {
             None => Ok(0),
-            Some(head) => Ok(Reader { item: &head }.opt_u64("cursor")?.unwrap_or(0)),
+            Some(head) => Ok(read(&head).opt_u64("cursor")?.unwrap_or(0)),
         }
     }
 
     async fn advance_cursor(&self, org_id: &str, seq: u64) -> Result<(), OutboundError> {
         let update = |reaches_end: bool| {
             let mut update = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(key(stream_pk(org_id), HEAD_SK)))
+                .db()
+                .update_item(stream_pk(org_id), HEAD_SK)
                 .expression_attribute_names("#cursor", "cursor")
                 .expression_attribute_values(":seq", n_u64(seq))
                 .expression_attribute_values(":org", s(org_id))
@@ -670,12 +549,14 @@ impl OutboundStore for DynamoOutboundStore {
             update
         };
         if self
+            .db()
             .send_update("UpdateItem (advance cursor)", update(true))
             .await?
             .is_none()
         {
             // Behind the stream's end still (or already there or past: then nothing changes).
-            self.send_update("UpdateItem (advance cursor)", update(false))
+            self.db()
+                .send_update("UpdateItem (advance cursor)", update(false))
                 .await?;
         }
         Ok(())
@@ -707,7 +588,7 @@ impl OutboundStore for DynamoOutboundStore {
                 })
                 .await?;
             for item in &items {
-                out.push(Reader { item }.str("org_id")?.to_owned());
+                out.push(read(item).str("org_id")?.to_owned());
             }
         }
         out.truncate(limit);
@@ -715,13 +596,14 @@ impl OutboundStore for DynamoOutboundStore {
     }
 
     async fn create_delivery(&self, delivery: &Delivery) -> Result<bool, OutboundError> {
-        self.put_if(
-            "PutItem (create delivery)",
-            delivery_item(delivery)?,
-            "attribute_not_exists(pk)",
-            None,
-        )
-        .await
+        self.db()
+            .put_if(
+                "PutItem (create delivery)",
+                delivery_item(delivery)?,
+                Some("attribute_not_exists(pk)"),
+                None,
+            )
+            .await
     }
 
     async fn get_delivery(
@@ -729,7 +611,7 @@ impl OutboundStore for DynamoOutboundStore {
         org_id: &str,
         id: &DeliveryId,
     ) -> Result<Option<Delivery>, OutboundError> {
-        let Some(item) = self.get_item(delivery_pk(id.as_str()), DLV_SK).await? else {
+        let Some(item) = self.db().get_item(delivery_pk(id.as_str()), DLV_SK).await? else {
             return Ok(None);
         };
         let delivery = parse_delivery(&item)?;
@@ -791,18 +673,9 @@ impl OutboundStore for DynamoOutboundStore {
         else {
             return Ok((Vec::new(), None));
         };
-        let more = items.len() > limit;
-        let mut page = items
-            .iter()
-            .take(limit)
-            .map(parse_delivery)
-            .collect::<Result<Vec<_>, _>>()?;
-        page.retain(|d| d.org_id == org_id);
-        let next = match page.last() {
-            Some(last) if more => Some(encode_cursor(last.created_at, last.id.as_str())),
-            _ => None,
-        };
-        Ok((page, next))
+        org_page(&items, limit, parse_delivery, |d: &Delivery| {
+            (d.org_id == org_id, d.created_at, d.id.as_str())
+        })
     }
 
     async fn claim_delivery(
@@ -813,10 +686,8 @@ impl OutboundStore for DynamoOutboundStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Delivery>, OutboundError> {
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(delivery_pk(id.as_str()), DLV_SK)))
+            .db()
+            .update_item(delivery_pk(id.as_str()), DLV_SK)
             .update_expression("SET lease_until = :lease")
             .condition_expression(
                 "attempts = :made AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
@@ -825,7 +696,8 @@ impl OutboundStore for DynamoOutboundStore {
             .expression_attribute_values(":made", n(i64::from(attempts_made)))
             .expression_attribute_values(":now", n(now.timestamp_millis()))
             .return_values(ReturnValue::AllNew);
-        self.send_update("UpdateItem (claim delivery)", update)
+        self.db()
+            .send_update("UpdateItem (claim delivery)", update)
             .await?
             .map(|item| parse_delivery(&item))
             .transpose()
@@ -850,17 +722,20 @@ impl OutboundStore for DynamoOutboundStore {
             ("record".to_owned(), s(to_json(&pk, attempt)?)),
         ]);
         let items = vec![
-            TransactWriteItem::builder().update(state).build(),
-            self.put(attempt_item, Some("attribute_not_exists(pk)"))?,
+            state,
+            self.db()
+                .put(attempt_item, Some("attribute_not_exists(pk)"))?,
         ];
-        self.transact("TransactWriteItems (record attempt)", items)
+        self.db()
+            .transact("TransactWriteItems (record attempt)", items)
             .await
     }
 
     async fn update_delivery(&self, delivery: &Delivery) -> Result<bool, OutboundError> {
         let state = self.delivery_update(delivery, delivery.attempts)?;
-        let items = vec![TransactWriteItem::builder().update(state).build()];
-        self.transact("TransactWriteItems (update delivery)", items)
+        let items = vec![state];
+        self.db()
+            .transact("TransactWriteItems (update delivery)", items)
             .await
     }
 
@@ -885,7 +760,7 @@ impl OutboundStore for DynamoOutboundStore {
             .await?;
         let attempts = items
             .iter()
-            .map(|item| Reader { item }.record::<Attempt>())
+            .map(|item| read(item).record::<Attempt>())
             .collect::<Result<Vec<_>, _>>()?;
         Ok(attempts
             .into_iter()
@@ -903,10 +778,8 @@ impl OutboundStore for DynamoOutboundStore {
             return Ok(false);
         }
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(format!("OSLOT#{endpoint}#{second}"), SLOT_SK)))
+            .db()
+            .update_item(format!("OSLOT#{endpoint}#{second}"), SLOT_SK)
             .update_expression("SET #ttl = :ttl ADD #n :one")
             .condition_expression("attribute_not_exists(#n) OR #n < :limit")
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
@@ -915,6 +788,7 @@ impl OutboundStore for DynamoOutboundStore {
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":limit", n(i64::from(limit)));
         Ok(self
+            .db()
             .send_update("UpdateItem (send slot)", update)
             .await?
             .is_some())
@@ -923,53 +797,38 @@ impl OutboundStore for DynamoOutboundStore {
 
 impl DynamoOutboundStore {
     /// The update writing `delivery`'s state, only if its stored `attempts` is `expected`.
-    fn delivery_update(&self, d: &Delivery, expected: u32) -> Result<Update, OutboundError> {
+    fn delivery_update(
+        &self,
+        d: &Delivery,
+        expected: u32,
+    ) -> Result<TransactWriteItem, OutboundError> {
         let pk = delivery_pk(d.id.as_str());
-        let mut update = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(pk.clone(), DLV_SK)))
-            .condition_expression("attempts = :expected AND org_id = :org")
-            .expression_attribute_names("#record", "record")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":expected", n(i64::from(expected)))
-            .expression_attribute_values(":org", s(&d.org_id))
-            .expression_attribute_values(":record", s(to_json(&pk, d)?))
-            .expression_attribute_values(":status", s(d.status.as_str()))
-            .expression_attribute_values(":attempts", n(i64::from(d.attempts)));
-        let set = "SET #record = :record, #status = :status, attempts = :attempts";
-        update = match d.lease_until {
-            Some(lease) => update
-                .update_expression(format!("{set}, lease_until = :lease"))
-                .expression_attribute_values(":lease", n(lease.timestamp_millis())),
-            None => update.update_expression(format!("{set} REMOVE lease_until")),
-        };
-        update
-            .build()
-            .map_err(|e| OutboundError::Unavailable(format!("building an Update: {e}")))
+        let record = to_json(&pk, d)?;
+        self.db().update(pk, DLV_SK, |update| {
+            let update = update
+                .condition_expression("attempts = :expected AND org_id = :org")
+                .expression_attribute_names("#record", "record")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":expected", n(i64::from(expected)))
+                .expression_attribute_values(":org", s(&d.org_id))
+                .expression_attribute_values(":record", s(record))
+                .expression_attribute_values(":status", s(d.status.as_str()))
+                .expression_attribute_values(":attempts", n(i64::from(d.attempts)));
+            let set = "SET #record = :record, #status = :status, attempts = :attempts";
+            match d.lease_until {
+                Some(lease) => update
+                    .update_expression(format!("{set}, lease_until = :lease"))
+                    .expression_attribute_values(":lease", n(lease.timestamp_millis())),
+                None => update.update_expression(format!("{set} REMOVE lease_until")),
+            }
+        })
     }
 }
 
 // ---- keys and items ------------------------------------------------------------------------
 
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: i64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
 fn n_u64(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
-}
-
-fn key(pk: String, sk: &str) -> Item {
-    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
-}
-
-/// A value made safe to place between `#` separators.
-fn esc(v: &str) -> String {
-    v.replace('%', "%25").replace('#', "%23")
 }
 
 fn endpoint_pk(id: &str) -> String {
@@ -1050,136 +909,42 @@ fn delivery_item(d: &Delivery) -> Result<Item, OutboundError> {
     Ok(item)
 }
 
-/// Reads attributes of one item, naming the item (never its contents) when one is wrong.
-struct Reader<'a> {
-    item: &'a Item,
+/// One page of a list read for `limit + 1` items: the first `limit` parsed, those `place`
+/// says are the org's kept, and the cursor after the last kept one when there were more.
+fn org_page<T>(
+    items: &[Item],
+    limit: usize,
+    parse: impl Fn(&Item) -> Result<T, OutboundError>,
+    place: impl Fn(&T) -> (bool, DateTime<Utc>, &str),
+) -> Result<(Vec<T>, Option<String>), OutboundError> {
+    let more = items.len() > limit;
+    let mut page = items
+        .iter()
+        .take(limit)
+        .map(parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    page.retain(|record| place(record).0);
+    let next = match page.last().map(&place) {
+        Some((_, created_at, id)) if more => Some(encode_cursor(created_at, id)),
+        _ => None,
+    };
+    Ok((page, next))
 }
 
-impl<'a> Reader<'a> {
-    fn key(&self) -> String {
-        let part = |name: &str| match self.item.get(name) {
-            Some(AttributeValue::S(v)) => v.clone(),
-            _ => format!("<no {name}>"),
-        };
-        format!("{}/{}", part("pk"), part("sk"))
-    }
-
-    fn corrupt(&self, reason: String) -> OutboundError {
-        OutboundError::Corrupt {
-            key: self.key(),
-            reason,
-        }
-    }
-
-    fn str(&self, name: &str) -> Result<&'a str, OutboundError> {
-        match self.item.get(name) {
-            Some(AttributeValue::S(v)) => Ok(v),
-            Some(_) => Err(self.corrupt(format!("attribute {name} is not a string"))),
-            None => Err(self.corrupt(format!("attribute {name} is missing"))),
-        }
-    }
-
-    fn opt_i64(&self, name: &str) -> Result<Option<i64>, OutboundError> {
-        match self.item.get(name) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(AttributeValue::N(v)) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| self.corrupt(format!("attribute {name} is not an integer"))),
-            Some(_) => Err(self.corrupt(format!("attribute {name} is not a number"))),
-        }
-    }
-
-    fn i64(&self, name: &str) -> Result<i64, OutboundError> {
-        self.opt_i64(name)?
-            .ok_or_else(|| self.corrupt(format!("attribute {name} is missing")))
-    }
-
-    fn opt_u64(&self, name: &str) -> Result<Option<u64>, OutboundError> {
-        match self.item.get(name) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(AttributeValue::N(v)) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| self.corrupt(format!("attribute {name} is not a count"))),
-            Some(_) => Err(self.corrupt(format!("attribute {name} is not a number"))),
-        }
-    }
-
-    fn u64(&self, name: &str) -> Result<u64, OutboundError> {
-        self.opt_u64(name)?
-            .ok_or_else(|| self.corrupt(format!("attribute {name} is missing")))
-    }
-
-    fn record<T: DeserializeOwned>(&self) -> Result<T, OutboundError> {
-        serde_json::from_str(self.str("record")?).map_err(|e| json_corrupt(self.key(), &e))
-    }
+/// A reader naming its item by `pk/sk`: a delivery and its attempts share one `pk`.
+fn read(item: &Item) -> Reader<'_> {
+    Reader::named_by(item, &["pk", "sk"])
 }
 
 /// A delivery: its record, with `attempts` and `lease_until` from their attributes (a claim
 /// moves only the lease attribute).
 fn parse_delivery(item: &Item) -> Result<Delivery, OutboundError> {
-    let r = Reader { item };
+    let r = read(item);
     let mut d: Delivery = r.record()?;
     d.attempts = u32::try_from(r.i64("attempts")?)
-        .map_err(|_| r.corrupt("attribute attempts is out of range".to_owned()))?;
-    d.lease_until = r
-        .opt_i64("lease_until")?
-        .map(|ms| {
-            DateTime::from_timestamp_millis(ms)
-                .ok_or_else(|| r.corrupt("attribute lease_until is out of range".to_owned()))
-        })
-        .transpose()?;
+        .map_err(|_| r.corrupt("attribute attempts is out of range"))?;
+    d.lease_until = r.opt_millis("lease_until")?;
     Ok(d)
-}
-
-// ---- errors --------------------------------------------------------------------------------
-
-enum TxFailure {
-    /// A condition of the transaction failed.
-    Condition,
-    /// It collided with a concurrent transaction on one of its items: try again.
-    Conflict,
-    Other(OutboundError),
-}
-
-fn classify(op: &str, err: SdkError<TransactWriteItemsError>) -> TxFailure {
-    let service = match err {
-        SdkError::ServiceError(e) => e.into_err(),
-        other => return TxFailure::Other(unavailable(op, &other)),
-    };
-    match service {
-        TransactWriteItemsError::TransactionCanceledException(cancelled) => {
-            let codes: Vec<&str> = cancelled
-                .cancellation_reasons()
-                .iter()
-                .filter_map(|r| r.code())
-                .collect();
-            // Without reasons (some emulators), the message lists them.
-            let message = cancelled.message().unwrap_or_default();
-            let has =
-                |code: &str| codes.contains(&code) || (codes.is_empty() && message.contains(code));
-            if has("ConditionalCheckFailed") {
-                TxFailure::Condition
-            } else if has("TransactionConflict") {
-                TxFailure::Conflict
-            } else {
-                TxFailure::Other(unavailable(op, &cancelled))
-            }
-        }
-        TransactWriteItemsError::TransactionInProgressException(_) => TxFailure::Conflict,
-        other => TxFailure::Other(unavailable(op, &other)),
-    }
-}
-
-/// A pause before trying again after losing to a concurrent write.
-async fn backoff(attempt: u32) {
-    let jitter = rand::random::<u64>() % 20;
-    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt) + jitter)).await;
-}
-
-fn unavailable(op: &str, err: &(dyn std::error::Error + 'static)) -> OutboundError {
-    OutboundError::Unavailable(format!("DynamoDB {op}: {}", error_chain(err)))
 }
 
 #[cfg(test)]

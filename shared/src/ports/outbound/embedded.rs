@@ -31,6 +31,18 @@ impl EmbeddedOutboundStore {
     pub fn new(db: Database) -> Self {
         Self { db }
     }
+
+    /// The record of `id` in `table`, if it is the org's.
+    fn get_in_org<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        org_id: &str,
+        id: &str,
+    ) -> Result<Option<T>, OutboundError> {
+        let sql = format!("SELECT id, record FROM {table} WHERE id = ?1 AND org_id = ?2");
+        let rows = self.db.read(|conn| records(conn, &sql, [id, org_id]))?;
+        Ok(parse_all(rows)?.pop())
+    }
 }
 
 impl From<DbError> for OutboundError {
@@ -69,14 +81,37 @@ fn parse_all<T: DeserializeOwned>(rows: Vec<(String, String)>) -> Result<Vec<T>,
     rows.iter().map(|(key, r)| from_json(key, r)).collect()
 }
 
-/// Where a keyset page starts: after the cursor's (created_at, id), or from the first row
-/// (`None`); an unreadable cursor is an empty last page (`Err(())`).
-fn page_start(cursor: Option<&str>) -> Result<Option<(i64, String)>, ()> {
-    match cursor.map(decode_cursor) {
-        None => Ok(None),
-        Some(Some(after)) => Ok(Some(after)),
-        Some(None) => Err(()),
-    }
+/// A list's page size (at most [`MAX_PAGE`]) and where its keyset starts: after the cursor's
+/// (created_at, id), or from the first row. `None` when the page is empty before any query:
+/// no rows wanted, or an unreadable cursor (an empty last page).
+fn page_request(limit: usize, cursor: Option<&str>) -> Option<(usize, Option<(i64, String)>)> {
+    let limit = limit.min(MAX_PAGE);
+    let after = match cursor.map(decode_cursor) {
+        None => None,
+        Some(Some(after)) => Some(after),
+        Some(None) => return None,
+    };
+    (limit > 0).then_some((limit, after))
+}
+
+/// One page of a list queried for `limit + 1` rows: the first `limit`, and the cursor after
+/// the last of them when there were more (`at` names a record's place in the keyset).
+fn keyset_page<T: DeserializeOwned>(
+    rows: Vec<(String, String)>,
+    limit: usize,
+    at: impl Fn(&T) -> (DateTime<Utc>, &str),
+) -> Result<(Vec<T>, Option<String>), OutboundError> {
+    let more = rows.len() > limit;
+    let mut page: Vec<T> = parse_all(rows)?;
+    page.truncate(limit);
+    let next = match page.last() {
+        Some(last) if more => {
+            let (created_at, id) = at(last);
+            Some(encode_cursor(created_at, id))
+        }
+        _ => None,
+    };
+    Ok((page, next))
 }
 
 /// The outcome of an append, decided on the writer thread.
@@ -130,14 +165,7 @@ impl OutboundStore for EmbeddedOutboundStore {
         org_id: &str,
         id: &EndpointId,
     ) -> Result<Option<Endpoint>, OutboundError> {
-        let rows = self.db.read(|conn| {
-            records(
-                conn,
-                "SELECT id, record FROM outbound_endpoints WHERE id = ?1 AND org_id = ?2",
-                [id.as_str(), org_id],
-            )
-        })?;
-        Ok(parse_all(rows)?.pop())
+        self.get_in_org("outbound_endpoints", org_id, id.as_str())
     }
 
     async fn list_endpoints(
@@ -146,13 +174,9 @@ impl OutboundStore for EmbeddedOutboundStore {
         limit: usize,
         cursor: Option<String>,
     ) -> Result<(Vec<Endpoint>, Option<String>), OutboundError> {
-        let limit = limit.min(MAX_PAGE);
-        let Ok(after) = page_start(cursor.as_deref()) else {
+        let Some((limit, after)) = page_request(limit, cursor.as_deref()) else {
             return Ok((Vec::new(), None));
         };
-        if limit == 0 {
-            return Ok((Vec::new(), None));
-        }
         // Keyset pagination on (created_at, id), oldest first.
         let (after_ms, after_id) = after.unwrap_or((i64::MIN, String::new()));
         let rows = self.db.read(|conn| {
@@ -164,14 +188,7 @@ impl OutboundStore for EmbeddedOutboundStore {
                 params![org_id, after_ms, after_id, limit as i64 + 1],
             )
         })?;
-        let more = rows.len() > limit;
-        let mut page: Vec<Endpoint> = parse_all(rows)?;
-        page.truncate(limit);
-        let next = match page.last() {
-            Some(last) if more => Some(encode_cursor(last.created_at, last.id.as_str())),
-            _ => None,
-        };
-        Ok((page, next))
+        keyset_page(rows, limit, |e: &Endpoint| (e.created_at, e.id.as_str()))
     }
 
     async fn count_endpoints(&self, org_id: &str) -> Result<u64, OutboundError> {
@@ -373,14 +390,7 @@ impl OutboundStore for EmbeddedOutboundStore {
         org_id: &str,
         id: &DeliveryId,
     ) -> Result<Option<Delivery>, OutboundError> {
-        let rows = self.db.read(|conn| {
-            records(
-                conn,
-                "SELECT id, record FROM outbound_deliveries WHERE id = ?1 AND org_id = ?2",
-                [id.as_str(), org_id],
-            )
-        })?;
-        Ok(parse_all(rows)?.pop())
+        self.get_in_org("outbound_deliveries", org_id, id.as_str())
     }
 
     async fn list_deliveries(
@@ -390,13 +400,9 @@ impl OutboundStore for EmbeddedOutboundStore {
         limit: usize,
         cursor: Option<String>,
     ) -> Result<(Vec<Delivery>, Option<String>), OutboundError> {
-        let limit = limit.min(MAX_PAGE);
-        let Ok(after) = page_start(cursor.as_deref()) else {
+        let Some((limit, after)) = page_request(limit, cursor.as_deref()) else {
             return Ok((Vec::new(), None));
         };
-        if limit == 0 {
-            return Ok((Vec::new(), None));
-        }
         // Only the filters given go into the statement, so SQLite picks the index that
         // narrows most (each is (org_id, <filter>, created_at, id)).
         let mut sql = String::from("SELECT id, record FROM outbound_deliveries WHERE org_id = ?");
@@ -435,14 +441,7 @@ impl OutboundStore for EmbeddedOutboundStore {
         let rows = self
             .db
             .read(|conn| records(conn, &sql, params_from_iter(args)))?;
-        let more = rows.len() > limit;
-        let mut page: Vec<Delivery> = parse_all(rows)?;
-        page.truncate(limit);
-        let next = match page.last() {
-            Some(last) if more => Some(encode_cursor(last.created_at, last.id.as_str())),
-            _ => None,
-        };
-        Ok((page, next))
+        keyset_page(rows, limit, |d: &Delivery| (d.created_at, d.id.as_str()))
     }
 
     async fn claim_delivery(

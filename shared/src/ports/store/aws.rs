@@ -16,6 +16,7 @@ use super::{Claim, DeliveryQuery, DeliveryStore, RecordOutcome, StoreError};
 use crate::model::{
     Activity, Delivery, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDelivery, Source,
 };
+use crate::ports::dynamo::{self, n, s, DynamoError, Item};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -29,7 +30,7 @@ use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
-pub(crate) type Item = HashMap<String, AttributeValue>;
+type Reader<'a> = dynamo::Reader<'a, StoreError>;
 
 /// The name of the one global secondary index.
 pub const GSI1: &str = "gsi1";
@@ -94,7 +95,7 @@ impl DynamoStore {
             want: limit,
             page: limit,
         };
-        query.run(parse, |e| unavailable_err("Query", e)).await
+        query.run(parse, |e| StoreError::dynamo("Query", e)).await
     }
 
     async fn list_source(
@@ -190,7 +191,7 @@ impl DeliveryStore for DynamoStore {
                 Ok(_) => return Ok(RecordOutcome::Recorded),
                 Err(SdkError::ServiceError(e)) => match e.into_err() {
                     PutItemError::ConditionalCheckFailedException(failed) => failed.item,
-                    other => return Err(unavailable_err("PutItem", &other)),
+                    other => return Err(StoreError::dynamo("PutItem", &other)),
                 },
                 Err(e) => return Err(unavailable("PutItem", e)),
             };
@@ -320,7 +321,7 @@ impl DeliveryStore for DynamoStore {
             }
             Err(SdkError::ServiceError(e)) => match e.into_err() {
                 UpdateItemError::ConditionalCheckFailedException(failed) => failed.item,
-                other => return Err(unavailable_err("UpdateItem (claim)", &other)),
+                other => return Err(StoreError::dynamo("UpdateItem (claim)", &other)),
             },
             Err(e) => return Err(unavailable("UpdateItem (claim)", e)),
         };
@@ -414,14 +415,6 @@ impl DeliveryStore for DynamoStore {
 }
 
 // ---- items ---------------------------------------------------------------------------------
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: i64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
 
 /// Epoch milliseconds, zero-padded so they sort as strings.
 fn sortable_millis(t: DateTime<Utc>) -> String {
@@ -521,78 +514,16 @@ fn activity_item(a: &Activity) -> Item {
     item
 }
 
-/// Reads attributes of one item, naming the item (never its contents) when one is wrong.
-struct Reader<'a> {
-    item: &'a Item,
-}
-
-impl<'a> Reader<'a> {
-    fn key(&self) -> String {
-        match self.item.get("pk") {
-            Some(AttributeValue::S(pk)) => pk.clone(),
-            _ => "<no pk>".to_owned(),
-        }
-    }
-
-    fn corrupt(&self, reason: String) -> StoreError {
-        StoreError::Corrupt {
-            key: self.key(),
-            reason,
-        }
-    }
-
-    fn opt_str(&self, name: &str) -> Result<Option<&'a str>, StoreError> {
-        match self.item.get(name) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(AttributeValue::S(v)) => Ok(Some(v)),
-            Some(_) => Err(self.corrupt(format!("attribute {name} is not a string"))),
-        }
-    }
-
-    fn str(&self, name: &str) -> Result<&'a str, StoreError> {
-        self.opt_str(name)?
-            .ok_or_else(|| self.corrupt(format!("attribute {name} is missing")))
-    }
-
-    fn opt_i64(&self, name: &str) -> Result<Option<i64>, StoreError> {
-        match self.item.get(name) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(AttributeValue::N(v)) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| self.corrupt(format!("attribute {name} is not an integer"))),
-            Some(_) => Err(self.corrupt(format!("attribute {name} is not a number"))),
-        }
-    }
-
-    fn i64(&self, name: &str) -> Result<i64, StoreError> {
-        self.opt_i64(name)?
-            .ok_or_else(|| self.corrupt(format!("attribute {name} is missing")))
-    }
-
-    fn opt_millis(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.opt_i64(name)?
-            .map(|ms| {
-                DateTime::from_timestamp_millis(ms)
-                    .ok_or_else(|| self.corrupt(format!("attribute {name} is out of range")))
-            })
-            .transpose()
-    }
-
-    fn millis(&self, name: &str) -> Result<DateTime<Utc>, StoreError> {
-        self.opt_millis(name)?
-            .ok_or_else(|| self.corrupt(format!("attribute {name} is missing")))
-    }
-
+impl Reader<'_> {
     fn source(&self) -> Result<Source, StoreError> {
         self.str("source")?
             .parse()
-            .map_err(|_| self.corrupt("attribute source is not a known source".to_owned()))
+            .map_err(|_| self.corrupt("attribute source is not a known source"))
     }
 }
 
 fn parse_delivery(item: &Item) -> Result<Delivery, StoreError> {
-    let r = Reader { item };
+    let r = Reader::new(item);
     let expires_secs = r.i64(TTL_ATTRIBUTE)?;
     Ok(Delivery {
         source: r.source()?,
@@ -601,11 +532,11 @@ fn parse_delivery(item: &Item) -> Result<Delivery, StoreError> {
         status: r
             .str("status")?
             .parse()
-            .map_err(|_| r.corrupt("attribute status is not a known status".to_owned()))?,
+            .map_err(|_| r.corrupt("attribute status is not a known status"))?,
         payload_sha256: r.str("payload_sha256")?.to_owned(),
         signature_verified: match item.get("signature_verified") {
             Some(AttributeValue::Bool(b)) => *b,
-            _ => return Err(r.corrupt("attribute signature_verified is not a boolean".into())),
+            _ => return Err(r.corrupt("attribute signature_verified is not a boolean")),
         },
         received_at: r.millis("received_at")?,
         queued_at: r.opt_millis("queued_at")?,
@@ -613,10 +544,10 @@ fn parse_delivery(item: &Item) -> Result<Delivery, StoreError> {
         error: r.opt_str("error")?.map(str::to_owned),
         duration_ms: r
             .opt_i64("duration_ms")?
-            .map(|d| u64::try_from(d).map_err(|_| r.corrupt("duration_ms is negative".into())))
+            .map(|d| u64::try_from(d).map_err(|_| r.corrupt("duration_ms is negative")))
             .transpose()?,
         attempts: u32::try_from(r.opt_i64("attempts")?.unwrap_or(0))
-            .map_err(|_| r.corrupt("attribute attempts is out of range".into()))?,
+            .map_err(|_| r.corrupt("attribute attempts is out of range"))?,
         enqueue_lease_until: r.opt_millis("enqueue_lease_until")?,
         process_lease_until: r.opt_millis("process_lease_until")?,
         expires_at: DateTime::from_timestamp(expires_secs, 0)
@@ -625,7 +556,7 @@ fn parse_delivery(item: &Item) -> Result<Delivery, StoreError> {
 }
 
 fn parse_activity(item: &Item) -> Result<Activity, StoreError> {
-    let r = Reader { item };
+    let r = Reader::new(item);
     let opt = |name: &str| r.opt_str(name).map(|v| v.map(str::to_owned));
     Ok(Activity {
         source: r.source()?,
@@ -653,7 +584,7 @@ fn conditional_update<O>(
         Ok(_) => Ok(true),
         Err(SdkError::ServiceError(e)) => match e.into_err() {
             UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
-            other => Err(unavailable_err(op, &other)),
+            other => Err(StoreError::dynamo(op, &other)),
         },
         Err(e) => Err(unavailable(op, e)),
     }
@@ -663,11 +594,7 @@ fn unavailable<E>(op: &str, err: SdkError<E>) -> StoreError
 where
     E: std::error::Error + 'static,
 {
-    unavailable_err(op, &err)
-}
-
-fn unavailable_err(op: &str, err: &(dyn std::error::Error + 'static)) -> StoreError {
-    StoreError::Unavailable(format!("DynamoDB {op}: {}", error_chain(err)))
+    StoreError::dynamo(op, &err)
 }
 
 /// A Query of one `gsi1` partition, newest (highest `gsi1sk`) first, shared by the delivery
