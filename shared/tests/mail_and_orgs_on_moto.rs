@@ -41,12 +41,7 @@ struct MotoSentMail {
 #[async_trait]
 impl SentMail for MotoSentMail {
     async fn find(&self, id: &str) -> Option<Mail> {
-        let data: serde_json::Value = reqwest::get(format!("{}/moto-api/data.json", self.endpoint))
-            .await
-            .expect("moto answers")
-            .json()
-            .await
-            .expect("moto's data is JSON");
+        let data = moto_data(&self.endpoint).await;
         let messages = data["ses"]["Message"].as_array()?;
         let m = messages.iter().find(|m| m["id"] == id)?;
         let to = m["destinations"]["ToAddresses"].as_array()?;
@@ -129,3 +124,23 @@ async fn fresh_orgs() -> ((), Arc<dyn OrgStore>) {
 }
 
 hookline::orgs_conformance!(fresh_orgs());
+
+/// moto's record of everything it holds. Its dump can fail while another test writes
+/// DynamoDB items at the same moment (moto answers 500 with a TypeError): ask again.
+pub async fn moto_data(endpoint: &str) -> serde_json::Value {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let res = reqwest::get(format!("{endpoint}/moto-api/data.json"))
+            .await
+            .expect("moto answers");
+        if res.status().is_success() {
+            if let Ok(data) = res.json().await {
+                return data;
+            }
+        } else {
+            last = format!("HTTP {}", res.status());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("moto's /moto-api/data.json never answered JSON ({last})");
+}
