@@ -1,7 +1,7 @@
 //! Outbound delivery throughput and latency on this machine, with the receiver on the same
 //! cores and the ceiling measured beside it in the same run:
 //!
-//!   cargo bench -p hookline-e2e --bench outbound [-- EVENTS ENDPOINTS]
+//!   cargo bench -p hookline-e2e --bench outbound [-- EVENTS ENDPOINTS IN_FLIGHT]
 //!
 //! 1. ceiling: a plain HTTP client posting pre-signed bodies to the same receiver, as many at
 //!    once as Hookline's deliverer sends;
@@ -100,7 +100,14 @@ async fn main() {
         .collect();
     let events: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let endpoints: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
-    let app = OutboundServer::spawn(short_settings(5, Duration::from_secs(60))).await;
+    let in_flight: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let app = OutboundServer::spawn_tuned(
+        short_settings(5, Duration::from_secs(60)),
+        hookline_e2e::outbound::local_development(),
+        in_flight,
+    )
+    .await;
+    println!("deliverer: at most {in_flight} attempts in flight");
     let outbound = app.outbound();
     let receiver = sink().await;
 

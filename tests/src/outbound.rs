@@ -205,6 +205,15 @@ impl OutboundServer {
     }
 
     pub async fn spawn_with(settings: OutboundSettings, policy: AddressPolicy) -> Self {
+        Self::spawn_tuned(settings, policy, 64).await
+    }
+
+    /// With `concurrency` attempts in flight at most (the local server's default is 64).
+    pub async fn spawn_tuned(
+        settings: OutboundSettings,
+        policy: AddressPolicy,
+        concurrency: usize,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let app = embedded_app(
@@ -223,7 +232,7 @@ impl OutboundServer {
             auth: None,
             // Retries exactly on the schedule, so tests can check the gaps.
             jitter: Arc::new(|| 0.0),
-            concurrency: 64,
+            concurrency,
         };
         let app = with_outbound(app, dir.path(), config, clock).unwrap();
         let server = Server::start(app.clone(), "127.0.0.1:0".parse().unwrap(), 1)

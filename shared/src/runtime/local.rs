@@ -658,11 +658,13 @@ pub async fn run_outbound_loops(
             }
         })
     };
-    // Two pollers keep up to `concurrency` attempts in flight: each message is handled on a
-    // task of its own as soon as it arrives, so one slow endpoint holds up only its attempt,
-    // not the batch it came in.
+    // Pollers keep up to `concurrency` attempts in flight: each message is handled on a task
+    // of its own as soon as it arrives, so one slow endpoint holds up only its attempt, not
+    // the batch it came in. A receive is a round trip to the writer thread, so several
+    // pollers take turns at it (one per 10 in flight).
     let in_flight = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let deliverers: Vec<_> = (0..2)
+    let pollers = concurrency.div_ceil(10).max(2);
+    let deliverers: Vec<_> = (0..pollers)
         .map(|_| {
             let outbound = outbound.clone();
             let in_flight = in_flight.clone();
