@@ -71,7 +71,8 @@ pub const MAX_QUEUE_DELAY_MS: i64 = 15 * 60 * 1000;
 
 /// How many events the dispatcher reads at a time, and how many deliveries it writes at once.
 const EVENTS_PER_READ: usize = 100;
-const FAN_OUT: usize = 32;
+const DELIVERIES_PER_BATCH: usize = 5_000;
+const FAN_OUT: usize = 64;
 
 /// What one dispatch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,21 +111,36 @@ impl Dispatcher {
     pub async fn dispatch(&self, org_id: &str) -> Result<Dispatched, Error> {
         let mut done = Dispatched::default();
         loop {
+            // Endpoints are read per batch of events: one added meanwhile gets the later ones.
+            let endpoints = self.endpoints(org_id).await?;
+            // A batch of events makes about DELIVERIES_PER_BATCH deliveries at most (10 events
+            // for 1,000 endpoints, 100 for 10), and never fewer than 10 events: the endpoint
+            // list is read again for every batch.
+            let per_read =
+                (DELIVERIES_PER_BATCH / endpoints.len().max(1)).clamp(10, EVENTS_PER_READ);
             let cursor = self.store.dispatch_cursor(org_id).await?;
-            let events = self
-                .store
-                .events_after(org_id, cursor, EVENTS_PER_READ)
-                .await?;
+            let events = self.store.events_after(org_id, cursor, per_read).await?;
             if events.is_empty() {
                 return Ok(done);
             }
-            // Endpoints are read per batch of events: one added meanwhile gets the later ones.
-            let endpoints = self.endpoints(org_id).await?;
-            for event in &events {
-                done.deliveries += self.fan_out(event, &endpoints).await?;
-                self.store.advance_cursor(org_id, event.seq).await?;
-                done.events += 1;
+            // The whole batch's deliveries are written at once (events one after another left
+            // the store waiting on round trips), and the cursor moves past the batch only
+            // when every one of them exists and is queued.
+            let now = self.clock.now();
+            let work: Vec<_> = events
+                .iter()
+                .flat_map(|event| Self::deliveries_for(event, &endpoints, now))
+                .map(|delivery| self.create_and_queue(delivery))
+                .collect();
+            let created: Vec<bool> = stream::iter(work)
+                .buffer_unordered(FAN_OUT)
+                .try_collect()
+                .await?;
+            done.deliveries += created.into_iter().filter(|c| *c).count();
+            if let Some(last) = events.last() {
+                self.store.advance_cursor(org_id, last.seq).await?;
             }
+            done.events += events.len();
         }
     }
 
@@ -160,49 +176,39 @@ impl Dispatcher {
         }
     }
 
-    /// Create and queue the event's deliveries; how many were created now.
-    async fn fan_out(&self, event: &Event, endpoints: &[Endpoint]) -> Result<usize, Error> {
-        // A test event goes only to the endpoint it names: `Publisher::send_test` created and
-        // queued its delivery; queueing it again here covers a queue that failed just then.
+    /// The deliveries `event` should have: one per enabled endpoint whose subscription takes
+    /// it; for a test event, only the endpoint it names (`Publisher::send_test` created and
+    /// queued that one; creating it again here re-queues it if the queue failed just then).
+    fn deliveries_for(event: &Event, endpoints: &[Endpoint], now: DateTime<Utc>) -> Vec<Delivery> {
         let test_target = (event.event_type == TEST_EVENT)
             .then(|| event.data["endpoint_id"].as_str())
             .flatten();
         if event.event_type == TEST_EVENT && test_target.is_none() {
-            return Ok(0);
+            return Vec::new();
         }
-        let now = self.clock.now();
-        // Futures built up front (not in a closure over borrowed items): each owns its
-        // delivery, which keeps the fan-out's future `Send` for the runtime.
-        let work: Vec<_> = endpoints
+        endpoints
             .iter()
             .filter(|e| match test_target {
                 Some(target) => e.id.as_str() == target,
                 None => subscribed(&e.event_types, &event.event_type),
             })
-            .map(|endpoint| {
-                self.create_and_queue(Delivery {
-                    id: DeliveryId::for_pair(&endpoint.id, &event.id),
-                    org_id: event.org_id.clone(),
-                    endpoint_id: endpoint.id.clone(),
-                    event_id: event.id.clone(),
-                    event_type: event.event_type.clone(),
-                    status: DeliveryStatus::Pending,
-                    attempts: 0,
-                    next_attempt_at: Some(now),
-                    last_attempt_at: None,
-                    last_status_code: None,
-                    last_error: None,
-                    lease_until: None,
-                    created_at: now,
-                    updated_at: now,
-                })
+            .map(|endpoint| Delivery {
+                id: DeliveryId::for_pair(&endpoint.id, &event.id),
+                org_id: event.org_id.clone(),
+                endpoint_id: endpoint.id.clone(),
+                event_id: event.id.clone(),
+                event_type: event.event_type.clone(),
+                status: DeliveryStatus::Pending,
+                attempts: 0,
+                next_attempt_at: Some(now),
+                last_attempt_at: None,
+                last_status_code: None,
+                last_error: None,
+                lease_until: None,
+                created_at: now,
+                updated_at: now,
             })
-            .collect();
-        let created: Vec<bool> = stream::iter(work)
-            .buffer_unordered(FAN_OUT)
-            .try_collect()
-            .await?;
-        Ok(created.into_iter().filter(|c| *c).count())
+            .collect()
     }
 
     /// Create one delivery and queue it; true when this call created it.
