@@ -699,6 +699,46 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_holds_at_most_max_page_records_whatever_is_asked() {
+        let (_dir, store) = fresh().await;
+        let ep = endpoint("org-big");
+        store.create_endpoint(&ep).await.unwrap();
+        let writes = (0..=MAX_PAGE).map(|i| {
+            let store = store.clone();
+            let ep = ep.clone();
+            async move {
+                let mut other = endpoint("org-big");
+                other.created_at = t(i as i64);
+                store.create_endpoint(&other).await.unwrap();
+                let mut new = new_event("org-big", "invoice.paid");
+                new.created_at = t(i as i64);
+                let event = store.append_event(&new).await.unwrap().event().clone();
+                assert!(store
+                    .create_delivery(&delivery_for(&ep, &event))
+                    .await
+                    .unwrap());
+            }
+        });
+        futures::future::join_all(writes).await;
+        let (endpoints, next) = store
+            .list_endpoints("org-big", MAX_PAGE + 500, None)
+            .await
+            .unwrap();
+        assert_eq!(endpoints.len(), MAX_PAGE);
+        let (rest, last) = store
+            .list_endpoints("org-big", MAX_PAGE, next)
+            .await
+            .unwrap();
+        assert_eq!((rest.len(), last), (2, None), "1,002 endpoints in all");
+        let (deliveries, next) = store
+            .list_deliveries("org-big", &DeliveryFilter::default(), usize::MAX, None)
+            .await
+            .unwrap();
+        assert_eq!(deliveries.len(), MAX_PAGE);
+        assert!(next.is_some());
+    }
+
     #[tokio::test]
     async fn a_corrupt_record_is_named_by_key_without_its_contents() {
         let dir = tempfile::tempdir().unwrap();
