@@ -110,20 +110,6 @@ pub(crate) fn error(e: Error) -> Response {
     }
 }
 
-/// `limit` (1..=1000, default 50) and `cursor` from the query, or what is wrong with them.
-pub(crate) fn page_params(req: &Request) -> Result<(usize, Option<String>), &'static str> {
-    let limit = match query_param(req.uri(), "limit").map(|l| l.parse::<usize>()) {
-        None => 50,
-        Some(Ok(l)) if (1..=MAX_PAGE).contains(&l) => l,
-        Some(_) => return Err("limit must be a number from 1 to 1000"),
-    };
-    let cursor = query_param(req.uri(), "cursor");
-    if cursor.as_deref().is_some_and(|c| !valid_cursor(c)) {
-        return Err("cursor is not one this API returned");
-    }
-    Ok((limit, cursor))
-}
-
 pub struct EndpointsApi {
     auth: Authenticator,
     endpoints: Arc<Endpoints>,
@@ -313,9 +299,9 @@ impl EndpointsApi {
     }
 
     async fn list(&self, p: &Principal, req: &Request) -> Response {
-        let (limit, cursor) = match page_params(req) {
+        let (limit, cursor) = match super::page_params(req, MAX_PAGE, valid_cursor) {
             Ok(v) => v,
-            Err(msg) => return super::bad_request(msg),
+            Err(res) => return *res,
         };
         match self.endpoints.list(p.org_id.as_str(), limit, cursor).await {
             Ok((page, next)) => {
@@ -330,9 +316,9 @@ impl EndpointsApi {
     }
 
     async fn list_deliveries(&self, p: &Principal, req: &Request) -> Response {
-        let (limit, cursor) = match page_params(req) {
+        let (limit, cursor) = match super::page_params(req, MAX_PAGE, valid_cursor) {
             Ok(v) => v,
-            Err(msg) => return super::bad_request(msg),
+            Err(res) => return *res,
         };
         let uri = req.uri();
         let mut filter = DeliveryFilter::default();

@@ -63,3 +63,26 @@ pub(crate) fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
+
+/// `limit` (1..=`max`, default 50) and `cursor` from a list route's query, or the 400 that
+/// says what is wrong with them; `valid_cursor` tells the store's cursors from anything else.
+pub(crate) fn page_params(
+    req: &crate::http::Request,
+    max: usize,
+    valid_cursor: fn(&str) -> bool,
+) -> Result<(usize, Option<String>), Box<Response>> {
+    let limit = match query_param(req.uri(), "limit").map(|l| l.parse::<usize>()) {
+        None => 50,
+        Some(Ok(l)) if (1..=max).contains(&l) => l,
+        Some(_) => {
+            return Err(Box::new(bad_request(format!(
+                "limit must be a number from 1 to {max}"
+            ))))
+        }
+    };
+    let cursor = query_param(req.uri(), "cursor");
+    if cursor.as_deref().is_some_and(|c| !valid_cursor(c)) {
+        return Err(Box::new(bad_request("cursor is not one this API returned")));
+    }
+    Ok((limit, cursor))
+}

@@ -219,28 +219,14 @@ impl RepositoriesApi {
         if let Err(e) = p.require(Scope::ReposRead) {
             return e.into_response();
         }
-        let limit = match query_param(req.uri(), "limit").map(|l| l.parse::<usize>()) {
-            None => 50,
-            Some(Ok(l)) if (1..=crate::ports::connections::MAX_PAGE).contains(&l) => l,
-            Some(_) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "limit must be a number from 1 to 1000",
-                )
-            }
+        let (limit, cursor) = match super::page_params(
+            req,
+            crate::ports::connections::MAX_PAGE,
+            crate::ports::connections::valid_cursor,
+        ) {
+            Ok(v) => v,
+            Err(res) => return *res,
         };
-        let cursor = query_param(req.uri(), "cursor");
-        if cursor
-            .as_deref()
-            .is_some_and(|c| !crate::ports::connections::valid_cursor(c))
-        {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "cursor is not one this API returned",
-            );
-        }
         match self.repos.list(p.org_id.as_str(), limit, cursor).await {
             Ok((page, next)) => {
                 let items: Vec<ConnectionView<'_>> =

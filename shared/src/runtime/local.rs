@@ -121,6 +121,25 @@ impl RepositoriesConfig {
     }
 }
 
+/// The bearer-token verification a local route group uses: the configured one, or the dev key
+/// in the data dir that `hookline token` signs with.
+fn local_auth(
+    data_dir: &Path,
+    configured: Option<crate::auth::Authenticator>,
+) -> Result<crate::auth::Authenticator, String> {
+    match configured {
+        Some(auth) => Ok(auth),
+        None => crate::auth::LocalIssuer::open(data_dir)
+            .map(|issuer| issuer.authenticator())
+            .map_err(|e| {
+                format!(
+                    "cannot open the dev token key in {}: {e}",
+                    data_dir.display()
+                )
+            }),
+    }
+}
+
 /// Add the repository-connection routes to a local app: connections in the data dir's
 /// database, secrets sealed with the data dir's master key.
 pub fn with_repositories(
@@ -151,17 +170,7 @@ pub fn with_repositories(
     let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(
         LocalKeys::open_or_create(data_dir).map_err(|e| e.to_string())?,
     ));
-    let auth = match config.auth.clone() {
-        Some(auth) => auth,
-        None => crate::auth::LocalIssuer::open(data_dir)
-            .map_err(|e| {
-                format!(
-                    "cannot open the dev token key in {}: {e}",
-                    data_dir.display()
-                )
-            })?
-            .authenticator(),
-    };
+    let auth = local_auth(data_dir, config.auth.clone())?;
     Ok(with_repositories_over(
         app,
         store,
@@ -255,17 +264,7 @@ pub fn with_oauth(
     let keys = CachedKeys::new(LocalKeys::open_or_create(data_dir).map_err(|e| e.to_string())?);
     let tokens =
         StoredProviderTokens::new(Arc::new(EmbeddedConnectionStore::new(db)), Arc::new(keys));
-    let auth = match auth {
-        Some(auth) => auth,
-        None => crate::auth::LocalIssuer::open(data_dir)
-            .map_err(|e| {
-                format!(
-                    "cannot open the dev token key in {}: {e}",
-                    data_dir.display()
-                )
-            })?
-            .authenticator(),
-    };
+    let auth = local_auth(data_dir, auth)?;
     if settings.state_key.is_none() {
         settings.state_key = Some(crate::api::oauth::local_state_key(data_dir).map_err(|e| {
             format!(
@@ -356,17 +355,7 @@ pub fn with_outbound(
         deliveries_queue: Arc::new(EmbeddedQueue::named(db, "outbound-deliveries", queues)),
         clock: clock.clone(),
     };
-    let auth = match config.auth.clone() {
-        Some(auth) => auth,
-        None => crate::auth::LocalIssuer::open(data_dir)
-            .map_err(|e| {
-                format!(
-                    "cannot open the dev token key in {}: {e}",
-                    data_dir.display()
-                )
-            })?
-            .authenticator(),
-    };
+    let auth = local_auth(data_dir, config.auth.clone())?;
     app = with_outbound_over(app, ports, config, auth);
     Ok(app)
 }
