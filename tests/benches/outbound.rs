@@ -52,6 +52,46 @@ async fn sink() -> Sink {
     Sink { url, seen, count }
 }
 
+/// `count` endpoints of `org` at `{base}/{i}` subscribed to `event_type`, with no test event
+/// in the way of what is measured: created disabled, then enabled.
+async fn enabled_endpoints(
+    outbound: &hookline::outbound::Outbound,
+    org: &str,
+    base: &str,
+    count: usize,
+    event_type: &str,
+) {
+    for i in 0..count {
+        let (e, _) = outbound
+            .endpoints
+            .create(
+                org,
+                hookline::outbound::endpoints::CreateEndpoint {
+                    url: format!("{base}/{i}"),
+                    event_types: vec![event_type.into()],
+                    description: None,
+                    signature_header: None,
+                    enabled: Some(false),
+                    rate_limit_per_second: None,
+                },
+            )
+            .await
+            .unwrap();
+        outbound
+            .endpoints
+            .update(
+                org,
+                &e.id,
+                hookline::outbound::endpoints::EndpointPatch {
+                    enabled: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -111,36 +151,14 @@ async fn main() {
     let outbound = app.outbound();
     let receiver = sink().await;
 
-    // Endpoints without a test event in the way: created disabled, then enabled.
-    for i in 0..endpoints {
-        let (e, _) = outbound
-            .endpoints
-            .create(
-                "bench",
-                hookline::outbound::endpoints::CreateEndpoint {
-                    url: format!("{}/ep/{i}", receiver.url),
-                    event_types: vec!["invoice.paid".into()],
-                    description: None,
-                    signature_header: None,
-                    enabled: Some(false),
-                    rate_limit_per_second: None,
-                },
-            )
-            .await
-            .unwrap();
-        outbound
-            .endpoints
-            .update(
-                "bench",
-                &e.id,
-                hookline::outbound::endpoints::EndpointPatch {
-                    enabled: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-    }
+    enabled_endpoints(
+        outbound,
+        "bench",
+        &format!("{}/ep", receiver.url),
+        endpoints,
+        "invoice.paid",
+    )
+    .await;
 
     let total = events * endpoints;
     let ceiling_rate = ceiling(&receiver.url, total.min(20_000), 64).await;
@@ -205,35 +223,14 @@ async fn main() {
     );
 
     // Fan-out: one event, 1,000 endpoints of another org.
-    for i in 0..1000 {
-        let (e, _) = outbound
-            .endpoints
-            .create(
-                "fanout",
-                hookline::outbound::endpoints::CreateEndpoint {
-                    url: format!("{}/fan/{i}", receiver.url),
-                    event_types: vec!["meeting.booked".into()],
-                    description: None,
-                    signature_header: None,
-                    enabled: Some(false),
-                    rate_limit_per_second: None,
-                },
-            )
-            .await
-            .unwrap();
-        outbound
-            .endpoints
-            .update(
-                "fanout",
-                &e.id,
-                hookline::outbound::endpoints::EndpointPatch {
-                    enabled: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-    }
+    enabled_endpoints(
+        outbound,
+        "fanout",
+        &format!("{}/fan", receiver.url),
+        1000,
+        "meeting.booked",
+    )
+    .await;
     receiver.count.store(0, std::sync::atomic::Ordering::SeqCst);
     let started = Instant::now();
     outbound

@@ -630,7 +630,7 @@ async fn a_thousand_endpoints_subscribed_to_one_event_each_receive_it_exactly_on
                             event_types: vec!["meeting.booked".into()],
                             description: None,
                             signature_header: None,
-                            // No test event: this test counts one event.
+                            // Each gets its test event first; the test counts the one after.
                             enabled: Some(true),
                             rate_limit_per_second: None,
                         },
@@ -672,52 +672,6 @@ async fn a_thousand_endpoints_subscribed_to_one_event_each_receive_it_exactly_on
     }
     assert_eq!(per_endpoint.len(), 1000);
     assert!(per_endpoint.values().all(|n| *n == 1), "a duplicate");
-}
-
-/// A queue that refuses every send after the first `ok` ones, as a dispatcher killed part way
-/// through a fan-out would stop.
-struct DyingQueue {
-    inner: Arc<dyn hookline::ports::queue::Queue>,
-    ok: std::sync::atomic::AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl hookline::ports::queue::Queue for DyingQueue {
-    async fn send(
-        &self,
-        body: &str,
-        delay: Duration,
-    ) -> Result<String, hookline::ports::queue::QueueError> {
-        let left = self.ok.load(std::sync::atomic::Ordering::SeqCst);
-        if left == 0 {
-            return Err(hookline::ports::queue::QueueError::Unavailable(
-                "killed".into(),
-            ));
-        }
-        self.ok.store(left - 1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.send(body, delay).await
-    }
-    async fn receive(
-        &self,
-        max: u32,
-        wait: Duration,
-    ) -> Result<Vec<hookline::ports::queue::ReceivedMessage>, hookline::ports::queue::QueueError>
-    {
-        self.inner.receive(max, wait).await
-    }
-    async fn delete(&self, receipt: &str) -> Result<(), hookline::ports::queue::QueueError> {
-        self.inner.delete(receipt).await
-    }
-    async fn receive_dead_letters(
-        &self,
-        max: u32,
-    ) -> Result<Vec<hookline::ports::queue::ReceivedMessage>, hookline::ports::queue::QueueError>
-    {
-        self.inner.receive_dead_letters(max).await
-    }
-    async fn redrive(&self, max: u32) -> Result<usize, hookline::ports::queue::QueueError> {
-        self.inner.redrive(max).await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -781,10 +735,7 @@ async fn a_dispatcher_killed_mid_fan_out_and_rerun_creates_no_duplicate_and_skip
     // Killed after 250 of the 600 deliveries were queued.
     let dying = Dispatcher::new(
         store.clone(),
-        Arc::new(DyingQueue {
-            inner: queue.clone(),
-            ok: std::sync::atomic::AtomicUsize::new(250),
-        }),
+        Arc::new(FaultyQueue::new(queue.clone(), 250)),
         clock.clone(),
     );
     assert!(dying.dispatch("acme").await.is_err());
@@ -921,22 +872,49 @@ async fn an_endpoint_failing_for_longer_than_the_disable_window_is_disabled_and_
     assert_eq!(told[0].to, "owner@acme.example");
 }
 
-/// A queue whose sends fail while `failing` is set, as SQS does in a brief outage.
-struct FlakyQueue {
+/// A queue whose sends fail once `sends_left` is used up: as a dispatcher killed part way
+/// through a fan-out stops, or as SQS refuses sends in a brief outage.
+struct FaultyQueue {
     inner: Arc<dyn hookline::ports::queue::Queue>,
-    failing: std::sync::atomic::AtomicBool,
+    sends_left: std::sync::atomic::AtomicUsize,
+}
+
+impl FaultyQueue {
+    fn new(inner: Arc<dyn hookline::ports::queue::Queue>, sends_left: usize) -> Self {
+        Self {
+            inner,
+            sends_left: std::sync::atomic::AtomicUsize::new(sends_left),
+        }
+    }
+
+    /// Every send fails from now on, until [`FaultyQueue::heal`].
+    fn fail_sends(&self) {
+        self.sends_left
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.sends_left
+            .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[async_trait::async_trait]
-impl hookline::ports::queue::Queue for FlakyQueue {
+impl hookline::ports::queue::Queue for FaultyQueue {
     async fn send(
         &self,
         body: &str,
         delay: Duration,
     ) -> Result<String, hookline::ports::queue::QueueError> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+        // One atomic step, so concurrent senders never get more sends than there are.
+        let took = self.sends_left.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |left| left.checked_sub(1),
+        );
+        if took.is_err() {
             return Err(hookline::ports::queue::QueueError::Unavailable(
-                "queue outage".into(),
+                "the queue refuses sends".into(),
             ));
         }
         self.inner.send(body, delay).await
@@ -964,11 +942,11 @@ impl hookline::ports::queue::Queue for FlakyQueue {
     }
 }
 
-/// Outbound over the embedded adapters with its deliveries queue behind a [`FlakyQueue`],
+/// Outbound over the embedded adapters with its deliveries queue behind a [`FaultyQueue`],
 /// driven by hand (no loops), so a test can fail a send at an exact moment.
 async fn outbound_by_hand(
     dir: &std::path::Path,
-) -> (hookline::outbound::Outbound, Arc<FlakyQueue>) {
+) -> (hookline::outbound::Outbound, Arc<FaultyQueue>) {
     use hookline::ports::queue::{embedded::EmbeddedQueue, QueueSettings};
     use hookline::ports::sqlite::{Database, Durability};
     let db = Database::open(dir, Durability::Normal).unwrap();
@@ -976,14 +954,14 @@ async fn outbound_by_hand(
         visibility_timeout: Duration::from_millis(300),
         max_receive_count: 50,
     };
-    let deliveries = Arc::new(FlakyQueue {
-        inner: Arc::new(EmbeddedQueue::named(
+    let deliveries = Arc::new(FaultyQueue::new(
+        Arc::new(EmbeddedQueue::named(
             db.clone(),
             "outbound-deliveries",
             settings,
         )),
-        failing: std::sync::atomic::AtomicBool::new(false),
-    });
+        usize::MAX,
+    ));
     let ports = hookline::outbound::Ports {
         store: Arc::new(
             hookline::ports::outbound::embedded::EmbeddedOutboundStore::new(db.clone()),
@@ -1043,19 +1021,16 @@ async fn a_retry_whose_follow_up_could_not_be_queued_is_queued_again_when_its_me
         )
         .await
         .unwrap();
-    let first = take_one(queue.as_ref(), Duration::from_secs(2)).await; // the test event
-                                                                        // The attempt fails at the receiver, and the queue fails as the retry is scheduled.
-    queue
-        .failing
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // The test event's message.
+    let first = take_one(queue.as_ref(), Duration::from_secs(2)).await;
+    // The attempt fails at the receiver, and the queue fails as the retry is scheduled.
+    queue.fail_sends();
     assert!(outbound
         .deliverer
         .handle_message(&first.body)
         .await
         .is_err());
-    queue
-        .failing
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    queue.heal();
     assert_eq!(receiver.count(), 1);
     // The message was not acknowledged: it comes back, finds its attempt made, and queues the
     // follow-up instead of being dropped as stale.
