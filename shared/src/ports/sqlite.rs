@@ -406,9 +406,30 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
+        self.submit(move |conn| savepoint(conn, op)).await
+    }
+
+    /// [`Database::call`] for an `op` that writes with one statement at most (reads before
+    /// it are fine): SQLite undoes a statement that fails, so `op` needs no savepoint of its
+    /// own. A savepoint copies every page it changes that an earlier call of the batch had
+    /// changed too (index leaves, the table's last page): a fifth of the writer's time on the
+    /// outbound hot path went to those copies.
+    pub async fn call_one<T, F>(&self, op: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.submit(op).await
+    }
+
+    async fn submit<T, F>(&self, op: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let result = savepoint(conn, op);
+            let result = op(conn);
             Box::new(move |committed| {
                 let _ = tx.send(committed.and(result));
             })

@@ -122,6 +122,12 @@ enum Append {
     Corrupt(OutboundError),
 }
 
+/// A delivery's record as read: its lease lives in the `lease_until` column only (a claim
+/// writes nothing else, so the writer neither parses nor rewrites the record to take one),
+/// laid over the record's as chrono writes it.
+const DELIVERY_RECORD: &str = "json_set(record, '$.lease_until', CASE WHEN lease_until IS NULL \
+     THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', lease_until / 1000.0, 'unixepoch') END)";
+
 /// The columns of a delivery row, taken from its record.
 fn delivery_columns(d: &Delivery) -> [Value; 8] {
     [
@@ -371,7 +377,7 @@ impl OutboundStore for EmbeddedOutboundStore {
         values.push(Value::Text(record));
         Ok(self
             .db
-            .call(move |conn| {
+            .call_one(move |conn| {
                 // OR IGNORE: the primary key (one delivery per endpoint and event) decides.
                 let inserted = conn
                     .prepare_cached(
@@ -390,7 +396,13 @@ impl OutboundStore for EmbeddedOutboundStore {
         org_id: &str,
         id: &DeliveryId,
     ) -> Result<Option<Delivery>, OutboundError> {
-        self.get_in_org("outbound_deliveries", org_id, id.as_str())
+        let sql = format!(
+            "SELECT id, {DELIVERY_RECORD} FROM outbound_deliveries WHERE id = ?1 AND org_id = ?2"
+        );
+        let rows = self
+            .db
+            .read(|conn| records(conn, &sql, [id.as_str(), org_id]))?;
+        Ok(parse_all(rows)?.pop())
     }
 
     async fn list_deliveries(
@@ -405,7 +417,8 @@ impl OutboundStore for EmbeddedOutboundStore {
         };
         // Only the filters given go into the statement, so SQLite picks the index that
         // narrows most (each is (org_id, <filter>, created_at, id)).
-        let mut sql = String::from("SELECT id, record FROM outbound_deliveries WHERE org_id = ?");
+        let mut sql =
+            format!("SELECT id, {DELIVERY_RECORD} FROM outbound_deliveries WHERE org_id = ?");
         let mut args = vec![Value::Text(org_id.to_owned())];
         let mut narrow = |column: &str, op: &str, value: Value| {
             sql.push_str(&format!(" AND {column} {op} ?"));
@@ -453,37 +466,31 @@ impl OutboundStore for EmbeddedOutboundStore {
     ) -> Result<Option<Delivery>, OutboundError> {
         let id = id.as_str().to_owned();
         let (lease_ms, now_ms) = (millis(lease_until), millis(now));
-        self.db
-            .call(move |conn| {
-                let stored: Option<(i64, Option<i64>, String)> = conn
+        // One conditional UPDATE: the lease lives in its column only (reads lay it over the
+        // record), so the writer neither parses nor rewrites the record to take it.
+        let key = id.clone();
+        let record: Option<String> = self
+            .db
+            .call_one(move |conn| {
+                Ok(conn
                     .prepare_cached(
-                        "SELECT attempts, lease_until, record FROM outbound_deliveries \
-                         WHERE id = ?1",
+                        "UPDATE outbound_deliveries SET lease_until = ?2 WHERE id = ?1 \
+                         AND attempts = ?3 AND (lease_until IS NULL OR lease_until <= ?4) \
+                         RETURNING record",
                     )?
-                    .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                let Some((attempts, lease, record)) = stored else {
-                    return Ok(Ok(None));
-                };
-                if attempts != i64::from(attempts_made) || lease.is_some_and(|l| l > now_ms) {
-                    return Ok(Ok(None));
-                }
-                let mut delivery: Delivery = match from_json(&id, &record) {
-                    Ok(d) => d,
-                    Err(corrupt) => return Ok(Err(corrupt)),
-                };
-                delivery.lease_until = Some(lease_until);
-                let record = match to_json(&id, &delivery) {
-                    Ok(r) => r,
-                    Err(corrupt) => return Ok(Err(corrupt)),
-                };
-                conn.prepare_cached(
-                    "UPDATE outbound_deliveries SET lease_until = ?2, record = ?3 WHERE id = ?1",
-                )?
-                .execute(params![id, lease_ms, record])?;
-                Ok(Ok(Some(delivery)))
+                    .query_row(
+                        params![id, lease_ms, i64::from(attempts_made), now_ms],
+                        |r| r.get(0),
+                    )
+                    .optional()?)
             })
-            .await?
+            .await?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let mut delivery: Delivery = from_json(&key, &record)?;
+        delivery.lease_until = Some(lease_until);
+        Ok(Some(delivery))
     }
 
     async fn record_attempt(

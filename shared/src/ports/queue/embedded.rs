@@ -153,7 +153,7 @@ impl Queue for EmbeddedQueue {
         let queue = self.main.clone();
         let message_id = self
             .db
-            .call(move |conn| insert_message(conn, &queue, &body, delay))
+            .call_one(move |conn| insert_message(conn, &queue, &body, delay))
             .await?;
         self.sent.notify_waiters();
         Ok(message_id.to_string())
@@ -176,7 +176,7 @@ impl Queue for EmbeddedQueue {
         let receipt = receipt.to_owned();
         Ok(self
             .db
-            .call(move |conn| {
+            .call_one(move |conn| {
                 let Some(id) = receipt
                     .split_once('/')
                     .and_then(|(id, _)| id.parse::<i64>().ok())
