@@ -2,4 +2,5 @@
 //! features and limits, the entitlements derived from them, and the offline Ed25519 licences
 //! self-hosted deployments run on instead of Stripe.
 
+pub mod licence;
 pub mod tiers;
