@@ -254,6 +254,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_sample_event_is_answered_by_the_function_once_its_token_is_real() {
+        use crate::runtime::lambda::{handle_api_http, ApiHandler};
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../events/licenses-api-issue.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let parsed: lambda_http::request::LambdaRequest = serde_json::from_str(&text).unwrap();
+        let mut req = lambda_http::Request::from(parsed);
+        let key = LicenceKey::generate();
+        let (issuer, api) = api(Some(key.clone()));
+        let handler = ApiHandler::Licenses(Arc::new(api));
+        // As shipped, its placeholder token is refused.
+        let res = handle_api_http(&handler, req.clone()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", token(&issuer, &[Scope::LicensesIssue]))
+                .parse()
+                .unwrap(),
+        );
+        let res = handle_api_http(&handler, req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = match res.into_body() {
+            lambda_http::Body::Text(t) => serde_json::from_str(&t).unwrap(),
+            other => panic!("a JSON answer, not {other:?}"),
+        };
+        assert_eq!(body["claims"]["sub"], "org_selfhosted_globex");
+        assert_eq!(body["claims"]["tier"], "enterprise");
+        let now = DateTime::from_timestamp(NOW, 0).unwrap();
+        assert!(key
+            .verifier()
+            .verify(body["licence"].as_str().unwrap(), now)
+            .is_ok());
+    }
+
+    #[tokio::test]
     async fn other_methods_and_paths_are_refused() {
         let (issuer, api) = api(Some(LicenceKey::generate()));
         let t = token(&issuer, &[Scope::LicensesIssue]);
