@@ -802,6 +802,17 @@ def events_publish():
     )
 
 
+def licenses_issue():
+    # The operator's token: `licenses:issue` must be granted by name (admin never implies it).
+    return api_event(
+        "licenses-api-issue.json", "/api/v1/licenses",
+        route="/api/v1/licenses", proxy=None, scope="licenses:issue",
+        request_id="XyZEcGhpoAMEnDw=", method="POST",
+        body={"org_id": "org_selfhosted_globex", "tier": "enterprise", "seats": 50,
+              "expires_at": "2030-01-01T00:00:00Z"},
+    )
+
+
 def sqs_record(message_id: str, body: str, queue: str, offset_ms: int) -> dict:
     sent_ms = EPOCH * 1000 + offset_ms
     return {
@@ -904,6 +915,7 @@ def build(stripe_ts: int) -> dict[str, dict]:
             endpoints_create(),
             endpoints_list_deliveries(),
             events_publish(),
+            licenses_issue(),
             sqs_dispatch(),
             dispatch_sweep(),
             sqs_outbound_delivery(),

@@ -6,7 +6,7 @@
 #
 # Installs (once, reused between runs):
 #   - a Python venv at $HOOKLINE_VENV (default ~/.cache/hookline/venv) with moto[server],
-#     cfn-lint, aws-sam-cli and cargo-lambda;
+#     cfn-lint, aws-sam-cli, cargo-lambda and pyjwt[crypto];
 #   - a cargo target dir at $CARGO_TARGET_DIR (default ~/.cache/hookline/target), so the AWS
 #     SDK is built once, not on every run.
 # A missing tool is a failure, never a skip.
@@ -37,6 +37,14 @@ fi
 for tool in moto_server cfn-lint sam cargo-lambda; do
   [[ -x "$HOOKLINE_VENV/bin/$tool" ]] || { echo "test.sh: $tool did not install" >&2; exit 1; }
 done
+# PyJWT has no command of its own: the licence interop test imports it.
+if ! "$HOOKLINE_VENV/bin/python3" -c 'import jwt, cryptography' 2>/dev/null; then
+  echo "installing: pyjwt[crypto]"
+  "$HOOKLINE_VENV/bin/pip" install --quiet --disable-pip-version-check 'pyjwt[crypto]'
+fi
+"$HOOKLINE_VENV/bin/python3" -c 'import jwt, cryptography' \
+  || { echo "test.sh: pyjwt[crypto] did not install" >&2; exit 1; }
+export HOOKLINE_PYTHON="$HOOKLINE_VENV/bin/python3"
 export PATH="$HOOKLINE_VENV/bin:$PATH"
 
 step "format and lints"

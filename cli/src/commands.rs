@@ -12,8 +12,8 @@ use hookline::ports::store::embedded::EmbeddedStore;
 use hookline::ports::store::{DeliveryQuery, DeliveryStore};
 use hookline::providers::simulate::{self, Simulation};
 use hookline::runtime::local::{
-    default_embedded_app, with_outbound, with_repositories, OutboundConfig, RepositoriesConfig,
-    Server,
+    default_embedded_app, with_licenses, with_outbound, with_repositories, LicensesConfig,
+    OutboundConfig, RepositoriesConfig, Server,
 };
 use std::io::Write;
 use std::net::SocketAddr;
@@ -52,6 +52,11 @@ pub async fn serve(
     // After outbound, so incidents, connections and relayed deliveries are published.
     let repositories = RepositoriesConfig::from_env().map_err(anyhow::Error::msg)?;
     let app = with_repositories(app, data_dir, &base, repositories, Arc::new(SystemClock))
+        .map_err(anyhow::Error::msg)?;
+    // The operator's licence route (LICENSE_PRIVATE_KEY from the environment or the env file).
+    let licenses = LicensesConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    let signs_licences = licenses.key.is_some();
+    let app = with_licenses(app, data_dir, licenses, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;
     let server = Server::start(app, addr, worker_loops)
         .await
@@ -118,6 +123,11 @@ pub async fn serve(
         "  Outbound  {url}/api/v1/endpoints[/ID[/secret|/secret/rotate|/test|/recover]], {url}/api/v1/events, {url}/api/v1/deliveries[/ID[/attempts|/retry]], {url}/api/v1/event-types, {url}/api/v1/org\n            (bearer token: `hookline token --data-dir {dir} --org O --user U --scopes \"webhooks:manage admin\"`; receive with `hookline listen --secret whsec_…`; mail lands in `hookline outbox`)",
         url = server.url(),
         dir = data_dir.display()
+    );
+    println!(
+        "  Licences  POST {url}/api/v1/licenses (LICENSE_PRIVATE_KEY {}; bearer token with --scopes licenses:issue)",
+        if signs_licences { "set" } else { "NOT SET: answers 503" },
+        url = server.url(),
     );
     println!(
         "Providers post to {base}<route> (WEBHOOK_BASE_URL{}).",

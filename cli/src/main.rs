@@ -2,6 +2,7 @@
 //! each provider does.
 
 mod commands;
+mod license;
 mod listen;
 mod outbox;
 mod token;
@@ -97,6 +98,9 @@ enum Command {
     Listen(listen::ListenArgs),
     /// Print a bearer token the local server accepts (signed with the data dir's dev key).
     Token(token::TokenArgs),
+    /// Offline licences for self-hosted deployments: make a key pair, sign a licence, check one.
+    #[command(subcommand)]
+    License(license::LicenseCommand),
 }
 
 #[tokio::main]
@@ -128,6 +132,7 @@ async fn main() -> std::process::ExitCode {
         Command::Send { provider, signing } => commands::send(provider, &signing).await,
         Command::Listen(args) => listen::listen(&args).await,
         Command::Token(args) => token::token(&args),
+        Command::License(command) => license::license(&command),
     };
     match result {
         Ok(code) => code,

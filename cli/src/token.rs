@@ -17,7 +17,8 @@ pub struct TokenArgs {
     /// The user the token stands for (its `sub`).
     #[arg(long)]
     pub user: String,
-    /// Space- or comma-separated scopes: repos:read, repos:write, webhooks:manage, events:write, admin.
+    /// Space- or comma-separated scopes: repos:read, repos:write, webhooks:manage, events:write,
+    /// admin, licenses:issue (never implied by admin).
     #[arg(long, value_parser = parse_scopes)]
     pub scopes: BTreeSet<Scope>,
     /// How long the token is valid: 3600s, 30m, 1h, 2d.

@@ -98,6 +98,14 @@ fn recipe(binary: &str) -> Option<Boot> {
             "events:write",
             StatusCode::NOT_FOUND,
         ),
+        // GET answers 405 once a token with the operator's scope is let in (POST signs: see
+        // the licences test below).
+        "licenses-api" => api(
+            Api::Licenses,
+            "/api/v1/licenses",
+            "licenses:issue",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
         "dispatcher" | "deliverer" => Boot::Outbound,
         _ => return None,
     })
@@ -680,8 +688,12 @@ fn hs256_secret() -> serde_json::Value {
         "GITHUB_OAUTH_CLIENT_SECRET": "github-oauth-client-secret",
         "HOOKLINE_OAUTH_STATE_KEY": "an-oauth-state-key-of-32-or-more-characters",
         "GITHUB_WEBHOOK_SECRET": "a-github-webhook-secret",
+        "LICENSE_PRIVATE_KEY": LICENSE_PRIVATE_KEY,
     })
 }
+
+/// The licence signing key a deploy puts in the provider secret (a 32-byte seed, base64).
+const LICENSE_PRIVATE_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
 
 /// Only what a deploy must choose: who issues tokens, where the hooks point, the OAuth app.
 const HS256_DEPLOY: &[(&str, &str)] = &[
@@ -798,4 +810,52 @@ async fn an_api_function_deployed_without_an_issuer_answers_503_naming_it() {
         );
     }
     assert!(apis > 0, "template.yaml declares no API function");
+}
+
+#[tokio::test]
+async fn the_licences_function_signs_with_the_key_in_the_provider_secret() {
+    use hookline::billing::licence::LicenceKey;
+    let stack = Stack::deploy(Deploy {
+        overrides: HS256_DEPLOY,
+        secret: hs256_secret(),
+    })
+    .await;
+    let f = functions(&stack.doc)
+        .into_iter()
+        .find(|f| f.binary.as_deref() == Some("licenses-api"))
+        .expect("template.yaml declares the licenses-api function");
+    let env = stack.environment(&f).unwrap();
+    assert!(
+        !env.contains_key("LICENSE_PRIVATE_KEY"),
+        "the signing key must come from the secret, not a visible variable"
+    );
+    let handler = api_handler(&stack, Api::Licenses, env).await.unwrap();
+    let post = |token: String| {
+        http::Request::builder()
+            .method("POST")
+            .uri("/api/v1/licenses")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Bytes::from_static(
+                br#"{"org_id":"org-globex","tier":"enterprise"}"#,
+            ))
+            .unwrap()
+    };
+    let res = handler.handle(post(token("licenses:issue"))).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(res.body())
+    );
+    let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+    let verifier = LicenceKey::from_base64(LICENSE_PRIVATE_KEY)
+        .unwrap()
+        .verifier();
+    let claims = verifier
+        .verify(body["licence"].as_str().unwrap(), chrono::Utc::now())
+        .unwrap();
+    assert_eq!(claims.sub, "org-globex");
+    // A customer's admin token is not the operator's.
+    let res = handler.handle(post(token("admin"))).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
 }

@@ -5,6 +5,7 @@
 pub mod endpoints;
 pub mod events;
 pub mod incidents;
+pub mod licenses;
 pub mod oauth;
 pub mod org;
 pub mod repositories;

@@ -110,7 +110,7 @@ id_type!(
 // ---------------------------------------------------------------------------------------------
 // Scopes
 
-/// What a principal may do. `admin` implies every other scope.
+/// What a principal may do. `admin` implies every other scope but `licenses:issue`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scope {
     ReposRead,
@@ -119,15 +119,19 @@ pub enum Scope {
     /// Publish events (`POST /api/v1/events`) without managing endpoints.
     EventsWrite,
     Admin,
+    /// Mint offline licences (`POST /api/v1/licenses`): the operator's own staff only, granted
+    /// by the deployment's identity provider. No org's `admin` implies it.
+    LicensesIssue,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::ReposRead,
         Scope::ReposWrite,
         Scope::WebhooksManage,
         Scope::EventsWrite,
         Scope::Admin,
+        Scope::LicensesIssue,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -137,6 +141,7 @@ impl Scope {
             Scope::WebhooksManage => "webhooks:manage",
             Scope::EventsWrite => "events:write",
             Scope::Admin => "admin",
+            Scope::LicensesIssue => "licenses:issue",
         }
     }
 
@@ -175,7 +180,8 @@ impl fmt::Display for Scope {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown scope {0:?} (known: repos:read, repos:write, webhooks:manage, events:write, admin)"
+    "unknown scope {0:?} (known: repos:read, repos:write, webhooks:manage, events:write, admin, \
+     licenses:issue)"
 )]
 pub struct UnknownScope(pub String);
 
@@ -215,8 +221,13 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// Whether the principal holds `scope` (`admin` holds them all).
+    /// Whether the principal holds `scope` (`admin` holds them all but `licenses:issue`).
     pub fn has(&self, scope: Scope) -> bool {
+        // An org's admin is the customer's: were `licenses:issue` implied, any customer could
+        // mint itself an enterprise licence. It must be granted by name.
+        if scope == Scope::LicensesIssue {
+            return self.scopes.contains(&scope);
+        }
         self.scopes.contains(&Scope::Admin) || self.scopes.contains(&scope)
     }
 

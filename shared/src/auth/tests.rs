@@ -545,14 +545,17 @@ fn scopes_parse_from_space_or_comma_separated_lists() {
 }
 
 #[test]
-fn admin_implies_every_scope() {
+fn admin_implies_every_scope_but_licenses_issue() {
     let admin = Principal {
         user_id: "u".into(),
         org_id: "o".into(),
         scopes: BTreeSet::from([Scope::Admin]),
     };
     for scope in Scope::ALL {
-        assert!(admin.has(scope));
+        if scope == Scope::LicensesIssue {
+            continue;
+        }
+        assert!(admin.has(scope), "{scope}");
         assert!(admin.require(scope).is_ok());
     }
     let reader = Principal {
@@ -567,6 +570,38 @@ fn admin_implies_every_scope() {
         })
     );
     assert!(!reader.has(Scope::Admin));
+}
+
+#[test]
+fn only_a_token_that_names_licenses_issue_may_mint_licences() {
+    let admin = Principal {
+        user_id: "u".into(),
+        org_id: "o".into(),
+        scopes: BTreeSet::from([Scope::Admin]),
+    };
+    assert!(!admin.has(Scope::LicensesIssue));
+    assert_eq!(
+        admin.require(Scope::LicensesIssue),
+        Err(AuthError::Forbidden {
+            needed: Scope::LicensesIssue
+        })
+    );
+    let operator = Principal {
+        scopes: BTreeSet::from([Scope::LicensesIssue]),
+        ..admin
+    };
+    assert!(operator.require(Scope::LicensesIssue).is_ok());
+    // The operator's scope gives nothing else.
+    assert!(!operator.has(Scope::Admin));
+    assert!(!operator.has(Scope::ReposRead));
+    assert_eq!(
+        Scope::parse_list("licenses:issue").unwrap(),
+        BTreeSet::from([Scope::LicensesIssue])
+    );
+    let unknown = Scope::parse_list("licenses:revoke")
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("licenses:issue"), "{unknown}");
 }
 
 #[test]

@@ -262,6 +262,8 @@ pub enum Api {
     Endpoints,
     /// `/api/v1/events…`.
     Events,
+    /// `POST /api/v1/licenses` (the operator's; scope `licenses:issue`).
+    Licenses,
 }
 
 /// One API function's handler, built once per cold start.
@@ -276,6 +278,7 @@ pub enum ApiHandler {
         Arc<crate::api::org::OrgApi>,
     ),
     Events(Arc<crate::api::events::EventsApi>),
+    Licenses(Arc<crate::api::licenses::LicensesApi>),
     /// A configuration this function cannot serve without: every request answers a 503 that
     /// names the variable to set (visible to the caller, unlike a failed cold start).
     Misconfigured(String),
@@ -295,6 +298,7 @@ impl ApiHandler {
                 }
             }
             ApiHandler::Events(api) => api.handle(req).await,
+            ApiHandler::Licenses(api) => api.handle(req).await,
             ApiHandler::Misconfigured(message) => crate::http::problem(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "not_configured",
@@ -367,6 +371,10 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
             ));
         }
     };
+    if api == Api::Licenses {
+        // Needs only the signing key and the tier table: no table, queue or KMS key.
+        return Ok(licenses_api(auth, &lookup));
+    }
     let store: Arc<dyn ConnectionStore> = Arc::new(DynamoConnectionStore::new(
         aws_sdk_dynamodb::Client::new(sdk),
         required(env, "HOOKLINE_TABLE")?,
@@ -434,6 +442,8 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
             crate::api::oauth::OAuthSettings::from_lookup(lookup),
             Arc::new(SystemClock),
         ))),
+        // Answered above, before the stores it does not need were built.
+        Api::Licenses => licenses_api(auth, &lookup),
         Api::Endpoints | Api::Events => {
             let outbound = match aws_outbound(sdk, keys, &lookup) {
                 Ok(o) => o,
@@ -463,6 +473,41 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
             }
         }
     })
+}
+
+/// The licences API from `LICENSE_PRIVATE_KEY` (the provider secret, or the environment),
+/// `LICENSE_ISSUER` and `HOOKLINE_TIERS*`. Without a key it answers 503 to each request; a key
+/// or tier table that does not read makes every request a 503 naming the variable.
+fn licenses_api(
+    auth: crate::auth::Authenticator,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> ApiHandler {
+    let key = match lookup("LICENSE_PRIVATE_KEY")
+        .map(|text| crate::billing::licence::LicenceKey::from_base64(&text))
+    {
+        None => None,
+        Some(Ok(key)) => Some(match lookup("LICENSE_ISSUER") {
+            Some(issuer) => key.with_issuer(issuer.trim()),
+            None => key,
+        }),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "LICENSE_PRIVATE_KEY does not read");
+            return ApiHandler::Misconfigured(format!("LICENSE_PRIVATE_KEY: {e}"));
+        }
+    };
+    let tiers = match crate::billing::tiers::TierTable::from_lookup(lookup) {
+        Ok(tiers) => tiers,
+        Err(e) => {
+            tracing::error!(error = %e, "the tier table does not read");
+            return ApiHandler::Misconfigured(e.to_string());
+        }
+    };
+    ApiHandler::Licenses(Arc::new(crate::api::licenses::LicensesApi::new(
+        auth,
+        key,
+        tiers,
+        Arc::new(SystemClock),
+    )))
 }
 
 /// Outbound webhooks over DynamoDB (`HOOKLINE_TABLE`), SQS (`HOOKLINE_DISPATCH_QUEUE_URL`,

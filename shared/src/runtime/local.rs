@@ -396,6 +396,62 @@ pub fn with_outbound_over(
     app
 }
 
+/// What the local server's licence route needs.
+pub struct LicensesConfig {
+    /// `LICENSE_PRIVATE_KEY` (with `LICENSE_ISSUER`, default `hookline`); `None` answers 503.
+    pub key: Option<crate::billing::licence::LicenceKey>,
+    /// The tier table (`HOOKLINE_TIERS`, `HOOKLINE_TIERS_FILE`): a licence grants its tier's
+    /// features and limits.
+    pub tiers: crate::billing::tiers::TierTable,
+    /// Bearer-token verification; `None` accepts the tokens `hookline token` prints.
+    pub auth: Option<crate::auth::Authenticator>,
+}
+
+impl LicensesConfig {
+    /// From `LICENSE_PRIVATE_KEY`, `LICENSE_ISSUER`, `HOOKLINE_TIERS*` and `HOOKLINE_JWT_*` as
+    /// `lookup` gives them (the environment, then the `--env-file`); an error names the
+    /// variable that is wrong, never its value.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let key = lookup("LICENSE_PRIVATE_KEY")
+            .map(|text| {
+                crate::billing::licence::LicenceKey::from_base64(&text)
+                    .map_err(|e| format!("LICENSE_PRIVATE_KEY: {e}"))
+            })
+            .transpose()?
+            .map(|key| match lookup("LICENSE_ISSUER") {
+                Some(issuer) => key.with_issuer(issuer.trim()),
+                None => key,
+            });
+        let auth = crate::auth::AuthConfig::from_lookup(lookup)
+            .and_then(|c| c.map(crate::auth::Authenticator::new).transpose())
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            key,
+            tiers: crate::billing::tiers::TierTable::from_lookup(lookup)
+                .map_err(|e| e.to_string())?,
+            auth,
+        })
+    }
+}
+
+/// Add `POST /api/v1/licenses` to a local app (it answers 503 without a signing key).
+pub fn with_licenses(
+    mut app: App,
+    data_dir: &Path,
+    config: LicensesConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<App, String> {
+    let auth = local_auth(data_dir, config.auth)?;
+    app.licenses_api = Some(Arc::new(crate::api::licenses::LicensesApi::new(
+        auth,
+        config.key,
+        config.tiers,
+        clock,
+    )));
+    Ok(app)
+}
+
 /// Every route of the local server.
 pub fn router(app: &App) -> Router {
     let healthz = || async { to_axum(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))) };
@@ -436,6 +492,16 @@ pub fn router(app: &App) -> Router {
             any(
                 |State(app): State<App>, req: axum::extract::Request| async move {
                     to_axum(oauth(app, req).await)
+                },
+            ),
+        );
+    }
+    if app.licenses_api.is_some() {
+        router = router.route(
+            "/api/v1/licenses",
+            any(
+                |State(app): State<App>, req: axum::extract::Request| async move {
+                    to_axum(licenses(app, req).await)
                 },
             ),
         );
@@ -517,6 +583,22 @@ async fn outbound_api(app: App, req: axum::extract::Request) -> Response {
         return api.handle(req).await;
     }
     crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn licenses(app: App, req: axum::extract::Request) -> Response {
+    let Some(api) = app.licenses_api.clone() else {
+        return crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route");
+    };
+    let (parts, body) = req.into_parts();
+    // A licence request is a few fields.
+    match axum::body::to_bytes(body, 16 * 1024).await {
+        Ok(bytes) => api.handle(Request::from_parts(parts, bytes)).await,
+        Err(_) => crate::http::problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request bodies here are at most 16 KiB",
+        ),
+    }
 }
 
 async fn oauth(app: App, req: axum::extract::Request) -> Response {

@@ -34,6 +34,8 @@ pub struct App {
     pub events_api: Option<Arc<crate::api::events::EventsApi>>,
     /// `/api/v1/org`.
     pub org_api: Option<Arc<crate::api::org::OrgApi>>,
+    /// `POST /api/v1/licenses`.
+    pub licenses_api: Option<Arc<crate::api::licenses::LicensesApi>>,
     /// How many outbound attempts the local server makes at once.
     pub outbound_concurrency: usize,
 }
@@ -71,6 +73,7 @@ impl App {
             endpoints_api: None,
             events_api: None,
             org_api: None,
+            licenses_api: None,
             outbound_concurrency: 64,
         }
     }
