@@ -3,4 +3,5 @@
 //! self-hosted deployments run on instead of Stripe.
 
 pub mod licence;
+pub mod model;
 pub mod tiers;

@@ -2,6 +2,7 @@
 //! (`aws.rs`) and embedded (`embedded.rs`), and one conformance suite both must pass.
 //! `intake` is the exception: a capability only the embedded adapters have together.
 
+pub mod billing;
 pub mod connections;
 pub(crate) mod dynamo;
 pub mod intake;
