@@ -4,4 +4,7 @@
 
 pub mod licence;
 pub mod model;
+pub mod plan;
+pub mod service;
+pub mod stripe_events;
 pub mod tiers;
