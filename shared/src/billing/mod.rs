@@ -4,4 +4,5 @@
 
 pub mod licence;
 pub mod model;
+pub mod stripe;
 pub mod tiers;
