@@ -6,7 +6,7 @@
 #
 # Installs (once, reused between runs):
 #   - a Python venv at $HOOKLINE_VENV (default ~/.cache/hookline/venv) with moto[server],
-#     cfn-lint, aws-sam-cli, cargo-lambda and pyjwt[crypto];
+#     cfn-lint, aws-sam-cli, cargo-lambda, pyjwt[crypto] and localstripe (a Stripe API emulator);
 #   - a cargo target dir at $CARGO_TARGET_DIR (default ~/.cache/hookline/target), so the AWS
 #     SDK is built once, not on every run.
 # A missing tool is a failure, never a skip.
@@ -44,6 +44,14 @@ if ! "$HOOKLINE_VENV/bin/python3" -c 'import jwt, cryptography' 2>/dev/null; the
 fi
 "$HOOKLINE_VENV/bin/python3" -c 'import jwt, cryptography' \
   || { echo "test.sh: pyjwt[crypto] did not install" >&2; exit 1; }
+# localstripe: the billing tests' Stripe API (infra/with-localstripe.sh starts it). Pinned:
+# with-localstripe.sh runs its app directly, so an upgrade is a reviewed change.
+if ! "$HOOKLINE_VENV/bin/python3" -c 'import localstripe' 2>/dev/null; then
+  echo "installing: localstripe"
+  "$HOOKLINE_VENV/bin/pip" install --quiet --disable-pip-version-check 'localstripe==1.15.10'
+fi
+"$HOOKLINE_VENV/bin/python3" -c 'import localstripe' \
+  || { echo "test.sh: localstripe did not install" >&2; exit 1; }
 export HOOKLINE_PYTHON="$HOOKLINE_VENV/bin/python3"
 export PATH="$HOOKLINE_VENV/bin:$PATH"
 
@@ -57,8 +65,8 @@ infra/lint-template.sh
 step "sample events are up to date with their generator"
 python3 infra/make-events.py --check
 
-step "tests: unit, conformance (embedded and moto), Lambda events, end to end"
-infra/with-moto.sh cargo test --workspace --locked --no-fail-fast
+step "tests: unit, conformance (embedded and moto), Lambda events, end to end (moto, localstripe)"
+infra/with-moto.sh infra/with-localstripe.sh cargo test --workspace --locked --no-fail-fast
 
 step "every function cross-builds for Lambda (arm64, as sam build does)"
 # A target dir of its own: the aarch64 build shares nothing with the host build but its lock.

@@ -6,5 +6,6 @@ pub mod licence;
 pub mod model;
 pub mod plan;
 pub mod service;
+pub mod stripe;
 pub mod stripe_events;
 pub mod tiers;
