@@ -981,6 +981,7 @@ async fn outbound_by_hand(
         hookline_e2e::outbound::local_development(),
         hookline::outbound::catalog::EventCatalog::default(),
         Arc::new(|| 0.0),
+        None,
     );
     (outbound, deliveries)
 }

@@ -94,6 +94,7 @@ pub(crate) fn error(e: Error) -> Response {
     match e {
         Error::Invalid(msg) => problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", msg),
         Error::NotFound => not_found(),
+        Error::PlanLimit(limit) => super::plan_limit(&limit),
         Error::Unavailable(detail) => {
             tracing::error!(error = %detail, "outbound API could not complete a call");
             let mut res = problem(

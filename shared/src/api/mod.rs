@@ -2,6 +2,7 @@
 //! request with its raw body and answers a response, as the webhook pipeline does, so it runs
 //! under `lambda_http` and in the local server alike.
 
+pub mod billing;
 pub mod endpoints;
 pub mod events;
 pub mod incidents;
@@ -27,6 +28,22 @@ pub(crate) fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         "not_found",
         "no such route or record",
+    )
+}
+
+/// 402: the org's plan allows no more of this; nothing was created. The fields are a
+/// contract: `error`, `limit`, `upgrade` (and `resource`, `tier`, `message` to read).
+pub(crate) fn plan_limit(limit: &crate::billing::plan::PlanLimit) -> Response {
+    crate::http::json(
+        StatusCode::PAYMENT_REQUIRED,
+        &serde_json::json!({
+            "error": "plan_limit_reached",
+            "limit": limit.limit,
+            "resource": limit.what,
+            "tier": limit.tier,
+            "upgrade": "/api/v1/billing/checkout",
+            "message": limit.to_string(),
+        }),
     )
 }
 

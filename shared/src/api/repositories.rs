@@ -80,6 +80,7 @@ fn error(e: ConnectError) -> Response {
             }),
         ),
         ConnectError::NotFound => not_found(),
+        ConnectError::PlanLimit(limit) => super::plan_limit(&limit),
         ConnectError::Provider(reason) => {
             problem(StatusCode::BAD_GATEWAY, "provider_error", reason)
         }

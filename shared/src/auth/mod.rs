@@ -118,6 +118,8 @@ pub enum Scope {
     WebhooksManage,
     /// Publish events (`POST /api/v1/events`) without managing endpoints.
     EventsWrite,
+    /// Start a Checkout or open the Customer Portal for the org (`/api/v1/billing/…`).
+    BillingManage,
     Admin,
     /// Mint offline licences (`POST /api/v1/licenses`): the operator's own staff only, granted
     /// by the deployment's identity provider. No org's `admin` implies it.
@@ -125,11 +127,12 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::ReposRead,
         Scope::ReposWrite,
         Scope::WebhooksManage,
         Scope::EventsWrite,
+        Scope::BillingManage,
         Scope::Admin,
         Scope::LicensesIssue,
     ];
@@ -140,6 +143,7 @@ impl Scope {
             Scope::ReposWrite => "repos:write",
             Scope::WebhooksManage => "webhooks:manage",
             Scope::EventsWrite => "events:write",
+            Scope::BillingManage => "billing:manage",
             Scope::Admin => "admin",
             Scope::LicensesIssue => "licenses:issue",
         }
@@ -180,7 +184,7 @@ impl fmt::Display for Scope {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown scope {0:?} (known: repos:read, repos:write, webhooks:manage, events:write, admin, \
+    "unknown scope {0:?} (known: repos:read, repos:write, webhooks:manage, events:write, billing:manage, admin, \
      licenses:issue)"
 )]
 pub struct UnknownScope(pub String);

@@ -5,6 +5,7 @@
 
 use super::model::{BillingAccount, Subscription, SubscriptionStatus, Version};
 use super::plan::{Limited, Plans};
+use super::stripe::{CheckoutRequest, Session, StripeClient, StripeError};
 use super::stripe_events::{self, Change, PriceMap, StripeEvent};
 use super::tiers::{Limits, Tier};
 use crate::clock::Clock;
@@ -13,7 +14,6 @@ use crate::ports::billing::{BillingError, BillingStore};
 use crate::ports::connections::ConnectionStore;
 use crate::ports::orgs::OrgStore;
 use crate::ports::outbound::OutboundStore;
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Arc;
@@ -35,50 +35,19 @@ pub enum Error {
     Unavailable(String),
 }
 
+impl From<StripeError> for Error {
+    fn from(e: StripeError) -> Self {
+        match e {
+            StripeError::Api { message, .. } => Error::Stripe(message),
+            StripeError::Transport(why) => Error::Stripe(why),
+        }
+    }
+}
+
 impl From<BillingError> for Error {
     fn from(e: BillingError) -> Self {
         Error::Unavailable(e.to_string())
     }
-}
-
-/// A Checkout or Customer Portal session: where to send the person.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Session {
-    pub id: String,
-    pub url: String,
-}
-
-/// What the service needs of Stripe's API (`billing::stripe::StripeClient` on every
-/// deployment; its base URL is configurable, so tests run it against localstripe and a stub).
-#[async_trait]
-pub trait StripeApi: Send + Sync + 'static {
-    async fn create_customer(
-        &self,
-        org_id: &str,
-        email: Option<&str>,
-        name: Option<&str>,
-        idempotency_key: &str,
-    ) -> Result<String, String>;
-    async fn checkout_session(
-        &self,
-        customer_id: &str,
-        price_id: &str,
-        org_id: &str,
-        success_url: &str,
-        cancel_url: &str,
-        idempotency_key: &str,
-    ) -> Result<Session, String>;
-    async fn portal_session(
-        &self,
-        customer_id: &str,
-        return_url: &str,
-        idempotency_key: &str,
-    ) -> Result<Session, String>;
-    /// Every subscription (any status), or only `customer`'s, as Stripe's JSON objects.
-    async fn subscriptions(
-        &self,
-        customer: Option<&str>,
-    ) -> Result<Vec<serde_json::Value>, String>;
 }
 
 /// What an org may use, and why (`GET /api/v1/billing/entitlements/{org_id}`).
@@ -137,7 +106,7 @@ pub struct Billing {
     store: Arc<dyn BillingStore>,
     orgs: Arc<dyn OrgStore>,
     notifier: Arc<Notifier>,
-    stripe: Option<Arc<dyn StripeApi>>,
+    stripe: Option<StripeClient>,
     connections: Option<Arc<dyn ConnectionStore>>,
     outbound: Option<Arc<dyn OutboundStore>>,
     plans: Arc<Plans>,
@@ -156,7 +125,7 @@ impl Billing {
         store: Arc<dyn BillingStore>,
         orgs: Arc<dyn OrgStore>,
         notifier: Arc<Notifier>,
-        stripe: Option<Arc<dyn StripeApi>>,
+        stripe: Option<StripeClient>,
         connections: Option<Arc<dyn ConnectionStore>>,
         outbound: Option<Arc<dyn OutboundStore>>,
         plans: Arc<Plans>,
@@ -349,7 +318,7 @@ impl Billing {
 
     // ---- Checkout and the portal --------------------------------------------------------
 
-    fn stripe(&self) -> Result<&Arc<dyn StripeApi>, Error> {
+    fn stripe(&self) -> Result<&StripeClient, Error> {
         self.stripe.as_ref().ok_or_else(|| {
             Error::Unavailable(
                 "billing is not configured on this deployment (STRIPE_SECRET_KEY is not set)"
@@ -367,7 +336,7 @@ impl Billing {
         success_url: &str,
         cancel_url: &str,
     ) -> Result<Session, Error> {
-        let stripe = self.stripe()?.clone();
+        let stripe = self.stripe()?;
         let price = self.prices.price_of(tier).ok_or_else(|| {
             Error::Invalid(match tier {
                 Tier::Free => "tier: free needs no checkout".to_owned(),
@@ -380,17 +349,21 @@ impl Billing {
         for (field, url) in [("success_url", success_url), ("cancel_url", cancel_url)] {
             check_url(field, url)?;
         }
-        let customer = self.customer(org_id, stripe.as_ref()).await?;
+        let customer = self.customer(org_id, stripe).await?;
         let key = format!("checkout-{org_id}-{}", uuid::Uuid::new_v4());
-        stripe
-            .checkout_session(&customer, price, org_id, success_url, cancel_url, &key)
-            .await
-            .map_err(Error::Stripe)
+        let req = CheckoutRequest {
+            customer_id: &customer,
+            price_id: price,
+            org_id,
+            success_url,
+            cancel_url,
+        };
+        Ok(stripe.create_checkout_session(req, &key).await?)
     }
 
     /// A Customer Portal session; 409 while the org has no Stripe customer.
     pub async fn portal(&self, org_id: &str, return_url: &str) -> Result<Session, Error> {
-        let stripe = self.stripe()?.clone();
+        let stripe = self.stripe()?;
         check_url("return_url", return_url)?;
         let customer = self
             .store
@@ -404,16 +377,13 @@ impl Billing {
                 )
             })?;
         let key = format!("portal-{org_id}-{}", uuid::Uuid::new_v4());
-        stripe
-            .portal_session(&customer, return_url, &key)
-            .await
-            .map_err(Error::Stripe)
+        Ok(stripe.create_portal_session(&customer, return_url, &key).await?)
     }
 
     /// The org's Stripe customer, created once. The idempotency key is the org's, so two
     /// concurrent first checkouts make one customer at Stripe; the link decides which one
     /// the org keeps if they ever differ.
-    async fn customer(&self, org_id: &str, stripe: &dyn StripeApi) -> Result<String, Error> {
+    async fn customer(&self, org_id: &str, stripe: &StripeClient) -> Result<String, Error> {
         if let Some(c) = self
             .store
             .get_account(org_id)
@@ -427,8 +397,8 @@ impl Billing {
         let name = profile.as_ref().and_then(|p| p.name.as_deref());
         let created = stripe
             .create_customer(org_id, email, name, &format!("customer-{org_id}"))
-            .await
-            .map_err(Error::Stripe)?;
+            .await?
+            .id;
         match self.store.link_customer(org_id, &created).await {
             Ok(linked) => Ok(linked),
             Err(BillingError::CustomerTaken { .. }) => Err(Error::Conflict(
@@ -506,7 +476,7 @@ impl Billing {
     /// missed webhook left; then apply the events kept for customers linked since. Each
     /// repair is logged; nobody is mailed.
     pub async fn reconcile(&self, org: Option<&str>) -> Result<Reconciled, Error> {
-        let stripe = self.stripe()?.clone();
+        let stripe = self.stripe()?;
         let mut done = Reconciled::default();
         let customer = match org {
             Some(o) => match self.store.get_account(o).await?.and_then(|a| a.customer_id) {
@@ -516,9 +486,8 @@ impl Billing {
             None => None,
         };
         let listed = stripe
-            .subscriptions(customer.as_deref())
-            .await
-            .map_err(Error::Stripe)?;
+            .subscriptions(customer.as_deref(), super::stripe::MAX_PAGE)
+            .await?;
         done.subscriptions_seen = listed.len();
         let now = self.clock.now();
         // The listing is the truth as of now: it outranks every event created before it.

@@ -33,6 +33,9 @@ pub enum ConnectError {
     NotFound,
     #[error("{0}")]
     Provider(String),
+    /// The org's plan allows no more repositories: 402.
+    #[error(transparent)]
+    PlanLimit(#[from] crate::billing::plan::PlanLimit),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -368,6 +371,8 @@ pub struct Repositories {
     clock: Arc<dyn Clock>,
     settings: Settings,
     events: Option<Arc<dyn EventSink>>,
+    /// The plan's limit on repositories (`None`: nothing is limited).
+    plans: Option<Arc<dyn crate::billing::plan::PlanGate>>,
 }
 
 /// The encryption context of a connection's webhook secret: a sealed secret copied onto
@@ -454,7 +459,44 @@ impl Repositories {
             clock,
             settings,
             events: None,
+            plans: None,
         }
+    }
+
+    /// Refuse a connection past the org's plan limit on repositories (402).
+    pub fn with_plan_gate(mut self, plans: Arc<dyn crate::billing::plan::PlanGate>) -> Self {
+        self.plans = Some(plans);
+        self
+    }
+
+    /// Refuse one more repository past the org's plan: counted only when there is a limit.
+    async fn check_plan(&self, org_id: &str) -> Result<(), ConnectError> {
+        use crate::billing::plan::{check_limit, Limited, Refusal};
+        let Some(plans) = &self.plans else {
+            return Ok(());
+        };
+        let limit = match plans.limit(org_id, Limited::Repositories).await {
+            Ok(l) => l,
+            Err(Refusal::Limit(l)) => return Err(l.into()),
+            Err(Refusal::Unavailable(why)) => return Err(ConnectError::Unavailable(why)),
+        };
+        let Some((max, _)) = limit else {
+            return Ok(());
+        };
+        let mut have = 0u64;
+        let mut cursor = None;
+        loop {
+            let (page, next) = self
+                .store
+                .list(org_id, crate::ports::connections::MAX_PAGE, cursor)
+                .await?;
+            have += page.len() as u64;
+            match next {
+                Some(c) if have < max => cursor = Some(c),
+                _ => break,
+            }
+        }
+        Ok(check_limit(have, Limited::Repositories, limit)?)
     }
 
     /// Also publish `repository.connected` / `repository.disconnected` into the org's stream.
@@ -565,6 +607,7 @@ impl Repositories {
             created_at: now,
             updated_at: now,
         };
+        self.check_plan(org_id).await?;
         let secret = new_webhook_secret();
         c.secret = Some(self.seal(&c, &secret).await?);
         // Saved before the provider is called: whatever the provider says, the connection stays.

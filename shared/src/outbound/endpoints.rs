@@ -93,6 +93,8 @@ pub struct Endpoints {
     publisher: Arc<Publisher>,
     clock: Arc<dyn Clock>,
     settings: OutboundSettings,
+    /// The plan's limit on endpoints (`None`: nothing is limited).
+    plans: Option<Arc<dyn crate::billing::plan::PlanGate>>,
 }
 
 impl Endpoints {
@@ -104,6 +106,7 @@ impl Endpoints {
         publisher: Arc<Publisher>,
         clock: Arc<dyn Clock>,
         settings: OutboundSettings,
+        plans: Option<Arc<dyn crate::billing::plan::PlanGate>>,
     ) -> Self {
         Self {
             store,
@@ -113,6 +116,7 @@ impl Endpoints {
             publisher,
             clock,
             settings,
+            plans,
         }
     }
 
@@ -138,6 +142,14 @@ impl Endpoints {
         )?;
         let description = check_description(req.description)?;
         let rate = check_rate(req.rate_limit_per_second)?;
+        if let Some(plans) = &self.plans {
+            use crate::billing::plan::{check_limit, Limited};
+            let limit = plans.limit(org_id, Limited::Endpoints).await?;
+            if limit.is_some() {
+                let have = self.store.count_endpoints(org_id).await?;
+                check_limit(have, Limited::Endpoints, limit)?;
+            }
+        }
         let id = EndpointId::generate();
         let secret = signing::generate_secret();
         let sealed = self.seal(org_id, &id, &secret).await?;

@@ -33,6 +33,18 @@ pub enum Error {
     /// A store, queue or key service failed: 503, details in the log only.
     #[error("{0}")]
     Unavailable(String),
+    /// The org's plan allows no more: 402.
+    #[error(transparent)]
+    PlanLimit(#[from] crate::billing::plan::PlanLimit),
+}
+
+impl From<crate::billing::plan::Refusal> for Error {
+    fn from(r: crate::billing::plan::Refusal) -> Self {
+        match r {
+            crate::billing::plan::Refusal::Limit(l) => Error::PlanLimit(l),
+            crate::billing::plan::Refusal::Unavailable(why) => Error::Unavailable(why),
+        }
+    }
 }
 
 impl From<OutboundError> for Error {
@@ -98,6 +110,7 @@ impl Outbound {
         policy: ssrf::AddressPolicy,
         catalog: catalog::EventCatalog,
         jitter: deliver::Jitter,
+        plans: Option<Arc<dyn crate::billing::plan::PlanGate>>,
     ) -> Self {
         let catalog = Arc::new(catalog);
         let policy = Arc::new(policy);
@@ -107,6 +120,7 @@ impl Outbound {
             ports.deliveries_queue.clone(),
             catalog.clone(),
             ports.clock.clone(),
+            plans.clone(),
         ));
         let notifier = Arc::new(notify::Notifier::new(
             ports.orgs.clone(),
@@ -123,6 +137,7 @@ impl Outbound {
                 publisher.clone(),
                 ports.clock.clone(),
                 settings.clone(),
+                plans,
             )),
             dispatcher: Arc::new(dispatch::Dispatcher::new(
                 ports.store.clone(),

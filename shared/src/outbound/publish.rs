@@ -6,6 +6,7 @@ use super::catalog::{EventCatalog, TEST_EVENT};
 use super::dispatch::{DeliveryMessage, DispatchMessage};
 use super::model::{Delivery, DeliveryId, DeliveryStatus, Endpoint, EventId, NewEvent};
 use super::Error;
+use crate::billing::plan::PlanGate;
 use crate::clock::Clock;
 use crate::ports::outbound::{Appended, OutboundStore};
 use crate::ports::queue::Queue;
@@ -35,6 +36,8 @@ pub struct Publisher {
     deliveries: Arc<dyn Queue>,
     catalog: Arc<EventCatalog>,
     clock: Arc<dyn Clock>,
+    /// Counts customers' events against their plan's month (`None`: nothing is limited).
+    plans: Option<Arc<dyn PlanGate>>,
 }
 
 impl Publisher {
@@ -44,6 +47,7 @@ impl Publisher {
         deliveries: Arc<dyn Queue>,
         catalog: Arc<EventCatalog>,
         clock: Arc<dyn Clock>,
+        plans: Option<Arc<dyn PlanGate>>,
     ) -> Self {
         Self {
             store,
@@ -51,6 +55,7 @@ impl Publisher {
             deliveries,
             catalog,
             clock,
+            plans,
         }
     }
 
@@ -71,7 +76,18 @@ impl Publisher {
                 "data: {size} bytes is over the {MAX_DATA_BYTES}-byte limit"
             )));
         }
-        self.append(org_id, id, event_type, req.data).await
+        // Counted before it is appended, so a plan's month can never be passed; given back
+        // when nothing new was appended (the id was published before, or the store failed).
+        if let Some(plans) = &self.plans {
+            plans.take_event(org_id).await?;
+        }
+        let appended = self.append(org_id, id, event_type, req.data).await;
+        if let Some(plans) = &self.plans {
+            if !matches!(appended, Ok(Appended::Created(_))) {
+                plans.give_back_event(org_id).await;
+            }
+        }
+        appended
     }
 
     /// Publish one of Hookline's own events (an incident, a connection, a relayed delivery),

@@ -197,7 +197,12 @@ pub async fn aws_worker_with(sdk: &SdkConfig, env: Vars<'_>) -> Result<Arc<Worke
                     crate::worker::Dispatcher::with_repositories(app.store.clone(), connections)
                 }
             };
-            Arc::new(app.worker.with_dispatcher(dispatcher))
+            // Stripe deliveries update the orgs' billing.
+            let billing = aws_billing_with(sdk, env).await?;
+            Arc::new(
+                app.worker
+                    .with_dispatcher(dispatcher.with_billing(app.store.clone(), billing)),
+            )
         }
         None => app.worker.clone(),
     })
@@ -264,6 +269,8 @@ pub enum Api {
     Events,
     /// `POST /api/v1/licenses` (the operator's; scope `licenses:issue`).
     Licenses,
+    /// `/api/v1/billing/…`.
+    Billing,
 }
 
 /// One API function's handler, built once per cold start.
@@ -279,6 +286,7 @@ pub enum ApiHandler {
     ),
     Events(Arc<crate::api::events::EventsApi>),
     Licenses(Arc<crate::api::licenses::LicensesApi>),
+    Billing(Arc<crate::api::billing::BillingApi>),
     /// A configuration this function cannot serve without: every request answers a 503 that
     /// names the variable to set (visible to the caller, unlike a failed cold start).
     Misconfigured(String),
@@ -299,6 +307,7 @@ impl ApiHandler {
             }
             ApiHandler::Events(api) => api.handle(req).await,
             ApiHandler::Licenses(api) => api.handle(req).await,
+            ApiHandler::Billing(api) => api.handle(req).await,
             ApiHandler::Misconfigured(message) => crate::http::problem(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "not_configured",
@@ -427,6 +436,10 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
                 // repository.connected / repository.disconnected into the org's stream.
                 repos = repos.with_events(events);
             }
+            match aws_billing(sdk, &lookup) {
+                Ok(billing) => repos = repos.with_plan_gate(billing.plans().clone()),
+                Err(message) => return Ok(ApiHandler::Misconfigured(message)),
+            }
             ApiHandler::Repositories(Arc::new(crate::api::repositories::RepositoriesApi::new(
                 auth,
                 Arc::new(repos),
@@ -444,6 +457,12 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
         ))),
         // Answered above, before the stores it does not need were built.
         Api::Licenses => licenses_api(auth, &lookup),
+        Api::Billing => match aws_billing(sdk, &lookup) {
+            Ok(billing) => {
+                ApiHandler::Billing(Arc::new(crate::api::billing::BillingApi::new(auth, billing)))
+            }
+            Err(message) => ApiHandler::Misconfigured(message),
+        },
         Api::Endpoints | Api::Events => {
             let outbound = match aws_outbound(sdk, keys, &lookup) {
                 Ok(o) => o,
@@ -548,6 +567,7 @@ pub fn aws_outbound(
         )),
         clock: Arc::new(SystemClock),
     };
+    let plans = aws_billing(sdk, lookup)?.plans().clone();
     Ok(crate::outbound::Outbound::assemble(
         ports,
         crate::outbound::settings::OutboundSettings::from_lookup(lookup)
@@ -555,7 +575,59 @@ pub fn aws_outbound(
         crate::outbound::ssrf::AddressPolicy::from_vars(lookup).map_err(|e| e.to_string())?,
         crate::outbound::catalog::EventCatalog::from_lookup(lookup)?,
         crate::outbound::deliver::random_jitter(),
+        Some(plans),
     ))
+}
+
+/// Billing over DynamoDB (`HOOKLINE_TABLE`) and SES (`HOOKLINE_MAIL_FROM`), configured from
+/// `lookup` (the environment, then the provider secret): tiers from Stripe with
+/// `STRIPE_SECRET_KEY`, else from `HOOKLINE_LICENSE`, else unlimited.
+pub fn aws_billing(
+    sdk: &aws_config::SdkConfig,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Arc<crate::billing::service::Billing>, String> {
+    let table = lookup("HOOKLINE_TABLE")
+        .ok_or_else(|| "HOOKLINE_TABLE must be set (template.yaml sets it)".to_owned())?;
+    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+    let config = super::local::BillingConfig::from_lookup(lookup)?;
+    Ok(super::assemble_billing(
+        super::BillingPorts {
+            store: Arc::new(crate::ports::billing::aws::DynamoBillingStore::new(
+                dynamo.clone(),
+                table.clone(),
+            )),
+            orgs: Arc::new(crate::ports::orgs::aws::DynamoOrgStore::new(
+                dynamo.clone(),
+                table.clone(),
+            )),
+            mailer: Arc::new(crate::ports::mail::aws::SesMailer::new(
+                aws_sdk_sesv2::Client::new(sdk),
+                lookup("HOOKLINE_MAIL_FROM").unwrap_or_default(),
+            )),
+            connections: Arc::new(crate::ports::connections::aws::DynamoConnectionStore::new(
+                dynamo.clone(),
+                table.clone(),
+            )),
+            outbound: Arc::new(crate::ports::outbound::aws::DynamoOutboundStore::new(
+                dynamo, table,
+            )),
+        },
+        config,
+        Arc::new(SystemClock),
+    ))
+}
+
+/// Billing for the functions that take no bearer tokens (the worker, `billing-reconcile`),
+/// with the provider secret's values (`STRIPE_SECRET_KEY`, …) behind the environment.
+pub async fn aws_billing_with(
+    sdk: &SdkConfig,
+    env: Vars<'_>,
+) -> Result<Arc<crate::billing::service::Billing>, Error> {
+    let secrets = secret_values(sdk, env).await?;
+    let lookup = |name: &str| {
+        var(env, name).or_else(|| secrets.get(name).filter(|v| !v.trim().is_empty()).cloned())
+    };
+    Ok(aws_billing(sdk, &lookup)?)
 }
 
 /// The dispatcher's and the deliverer's outbound side over `sdk`, with its variables read

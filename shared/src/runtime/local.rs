@@ -208,14 +208,18 @@ pub fn with_repositories_over(
         .outbound
         .as_ref()
         .map(|o| o.publisher.clone() as Arc<dyn crate::outbound::sink::EventSink>);
-    app.worker = Arc::new(app.worker.with_dispatcher(match &events {
+    let mut dispatcher = match &events {
         Some(events) => crate::worker::Dispatcher::with_repositories_and_events(
             app.store.clone(),
             store.clone(),
             events.clone(),
         ),
         None => crate::worker::Dispatcher::with_repositories(app.store.clone(), store.clone()),
-    }));
+    };
+    if let Some(billing) = &app.billing {
+        dispatcher = dispatcher.with_billing(app.store.clone(), billing.clone());
+    }
+    app.worker = Arc::new(app.worker.with_dispatcher(dispatcher));
     app.incidents = Some(Arc::new(crate::api::incidents::IncidentsApi::new(
         auth.clone(),
         store.clone(),
@@ -236,6 +240,9 @@ pub fn with_repositories_over(
     );
     if let Some(events) = events {
         repos = repos.with_events(events);
+    }
+    if let Some(plans) = &app.plans {
+        repos = repos.with_plan_gate(plans.clone());
     }
     let repos = Arc::new(repos);
     // GitHub and GitLab deliveries for connected repositories verify with their own secret.
@@ -374,6 +381,9 @@ pub fn with_outbound_over(
         config.policy,
         config.catalog,
         config.jitter,
+        app.plans
+            .clone()
+            .map(|p| p as Arc<dyn crate::billing::plan::PlanGate>),
     ));
     app.endpoints_api = Some(Arc::new(crate::api::endpoints::EndpointsApi::new(
         auth.clone(),
@@ -435,6 +445,104 @@ impl LicensesConfig {
     }
 }
 
+/// What billing needs, locally and on Lambda.
+#[derive(Clone)]
+pub struct BillingConfig {
+    pub tiers: crate::billing::tiers::TierTable,
+    /// `STRIPE_PRICE_ID_TEAM`, `STRIPE_PRICE_ID_ENTERPRISE`.
+    pub prices: crate::billing::stripe_events::PriceMap,
+    /// `STRIPE_SECRET_KEY` (SaaS: tiers come from Stripe) against `STRIPE_API_BASE`.
+    pub stripe: Option<crate::billing::stripe::StripeClient>,
+    /// `HOOKLINE_LICENSE` and `LICENSE_PUBLIC_KEY` (self-hosted, without Stripe).
+    pub licence: Option<(String, Option<String>)>,
+    /// `BILLING_RECONCILE_INTERVAL` (default `1h`; `0` turns it off).
+    pub reconcile_every: Option<Duration>,
+    /// Bearer-token verification; `None` accepts the tokens `hookline token` prints.
+    pub auth: Option<crate::auth::Authenticator>,
+}
+
+impl BillingConfig {
+    /// From the variables above as `lookup` gives them; an error names the variable that is
+    /// wrong, never its value.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let stripe = lookup("STRIPE_SECRET_KEY").map(|key| {
+            let base = lookup("STRIPE_API_BASE")
+                .unwrap_or_else(|| "https://api.stripe.com".to_owned());
+            crate::billing::stripe::StripeClient::new(&base, crate::secret::Secret::new(key))
+        });
+        let reconcile_every = match lookup("BILLING_RECONCILE_INTERVAL") {
+            None => Some(Duration::from_secs(3600)),
+            Some(text) => {
+                let d = humantime::parse_duration(text.trim()).map_err(|e| {
+                    format!("BILLING_RECONCILE_INTERVAL: {e} (e.g. 1h, 30m, or 0 to turn it off)")
+                })?;
+                (!d.is_zero()).then_some(d)
+            }
+        };
+        Ok(Self {
+            tiers: crate::billing::tiers::TierTable::from_lookup(lookup)
+                .map_err(|e| e.to_string())?,
+            prices: crate::billing::stripe_events::PriceMap {
+                team: lookup("STRIPE_PRICE_ID_TEAM"),
+                enterprise: lookup("STRIPE_PRICE_ID_ENTERPRISE"),
+            },
+            stripe,
+            licence: lookup("HOOKLINE_LICENSE").map(|t| (t, lookup("LICENSE_PUBLIC_KEY"))),
+            reconcile_every,
+            auth: None,
+        })
+    }
+}
+
+/// Add billing to a local app: Stripe state, invoices and usage in the data dir's database,
+/// owner mail to its outbox, `/api/v1/billing/…`, Stripe deliveries applied by the worker,
+/// and the plans the repository, endpoint and event services enforce. Call it before
+/// [`with_outbound`] and [`with_repositories`], which ask its plans.
+pub fn with_billing(
+    mut app: App,
+    data_dir: &Path,
+    config: BillingConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<App, String> {
+    let db = Database::open(data_dir, Durability::Full).map_err(|e| e.to_string())?;
+    let auth = local_auth(data_dir, config.auth.clone())?;
+    let reconcile_every = config.reconcile_every;
+    let billing = super::assemble_billing(
+        super::BillingPorts {
+            store: Arc::new(crate::ports::billing::embedded::EmbeddedBillingStore::new(
+                db.clone(),
+            )),
+            orgs: Arc::new(crate::ports::orgs::embedded::EmbeddedOrgStore::new(
+                db.clone(),
+            )),
+            mailer: Arc::new(crate::ports::mail::embedded::Outbox::open(data_dir)),
+            connections: Arc::new(
+                crate::ports::connections::embedded::EmbeddedConnectionStore::new(db.clone()),
+            ),
+            outbound: Arc::new(crate::ports::outbound::embedded::EmbeddedOutboundStore::new(
+                db,
+            )),
+        },
+        config,
+        clock,
+    );
+    app.billing_api = Some(Arc::new(crate::api::billing::BillingApi::new(
+        auth,
+        billing.clone(),
+    )));
+    let dispatcher = app
+        .worker
+        .dispatcher()
+        .clone()
+        .with_billing(app.store.clone(), billing.clone());
+    app.worker = Arc::new(app.worker.with_dispatcher(dispatcher));
+    app.billing_reconcile_every = reconcile_every;
+    app.plans = Some(billing.plans().clone());
+    app.billing = Some(billing);
+    Ok(app)
+}
+
 /// Add `POST /api/v1/licenses` to a local app (it answers 503 without a signing key).
 pub fn with_licenses(
     mut app: App,
@@ -492,6 +600,16 @@ pub fn router(app: &App) -> Router {
             any(
                 |State(app): State<App>, req: axum::extract::Request| async move {
                     to_axum(oauth(app, req).await)
+                },
+            ),
+        );
+    }
+    if app.billing_api.is_some() {
+        router = router.route(
+            "/api/v1/billing/{*rest}",
+            any(
+                |State(app): State<App>, req: axum::extract::Request| async move {
+                    to_axum(billing(app, req).await)
                 },
             ),
         );
@@ -583,6 +701,21 @@ async fn outbound_api(app: App, req: axum::extract::Request) -> Response {
         return api.handle(req).await;
     }
     crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn billing(app: App, req: axum::extract::Request) -> Response {
+    let Some(api) = app.billing_api.clone() else {
+        return crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route");
+    };
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, 16 * 1024).await {
+        Ok(bytes) => api.handle(Request::from_parts(parts, bytes)).await,
+        Err(_) => crate::http::problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request bodies here are at most 16 KiB",
+        ),
+    }
 }
 
 async fn licenses(app: App, req: axum::extract::Request) -> Response {
@@ -689,6 +822,45 @@ async fn process_received(
     for m in messages.iter().filter(|m| !failed.contains(&m.message_id)) {
         if let Err(e) = queue.delete(&m.receipt).await {
             tracing::warn!(error = %e, "could not delete a processed message; it will be seen again and skipped");
+        }
+    }
+}
+
+/// How often an installed licence is verified again.
+const LICENCE_CHECK_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// Reconcile billing with Stripe every `every` (when Stripe is configured), and verify the
+/// installed licence daily, until `shutdown` resolves.
+pub async fn run_billing_loop(
+    billing: Option<Arc<crate::billing::service::Billing>>,
+    every: Option<Duration>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(billing) = billing else { return };
+    let stripe = matches!(
+        billing.plans().source(),
+        crate::billing::plan::TierSource::Stripe
+    );
+    let mut reconcile = tokio::time::interval(every.unwrap_or(LICENCE_CHECK_EVERY));
+    let mut licence = tokio::time::interval(LICENCE_CHECK_EVERY);
+    // Both fire at once first: the licence was checked at start, and reconciliation runs
+    // once the server is up.
+    licence.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = reconcile.tick(), if stripe && every.is_some() => {
+                match billing.reconcile(None).await {
+                    Ok(done) => tracing::info!(
+                        seen = done.subscriptions_seen,
+                        repaired = done.repaired,
+                        parked_applied = done.parked_applied,
+                        "billing reconciled with Stripe"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "billing reconciliation failed; it runs again next interval"),
+                }
+            }
+            _ = licence.tick() => billing.plans().recheck_licence(),
         }
     }
 }
@@ -867,9 +1039,14 @@ impl Server {
                 app.outbound_concurrency,
                 stopped.clone(),
             );
+            let billing = run_billing_loop(
+                app.billing.clone(),
+                app.billing_reconcile_every,
+                stopped.clone(),
+            );
             let workers =
                 run_worker_loops(app.worker.clone(), app.queue.clone(), worker_loops, stopped);
-            let (served, (), ()) = tokio::join!(http, workers, outbound);
+            let (served, (), (), ()) = tokio::join!(http, workers, outbound, billing);
             if let Err(e) = served {
                 tracing::error!(error = %e, "local server stopped with an error");
             }

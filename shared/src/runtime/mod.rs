@@ -36,8 +36,67 @@ pub struct App {
     pub org_api: Option<Arc<crate::api::org::OrgApi>>,
     /// `POST /api/v1/licenses`.
     pub licenses_api: Option<Arc<crate::api::licenses::LicensesApi>>,
+    /// The plans in force, asked by the repository, endpoint and event services; set before
+    /// they are wired (`with_billing` comes first).
+    pub plans: Option<Arc<crate::billing::plan::Plans>>,
+    /// Billing: Stripe state, Checkout/Portal, entitlements, reconciliation.
+    pub billing: Option<Arc<crate::billing::service::Billing>>,
+    /// `/api/v1/billing/…`.
+    pub billing_api: Option<Arc<crate::api::billing::BillingApi>>,
+    /// How often the local server reconciles billing with Stripe (`None`: never).
+    pub billing_reconcile_every: Option<std::time::Duration>,
     /// How many outbound attempts the local server makes at once.
     pub outbound_concurrency: usize,
+}
+
+/// The ports billing runs over (DynamoDB and SES on AWS; the data dir locally).
+pub struct BillingPorts {
+    pub store: Arc<dyn crate::ports::billing::BillingStore>,
+    pub orgs: Arc<dyn crate::ports::orgs::OrgStore>,
+    pub mailer: Arc<dyn crate::ports::mail::Mailer>,
+    /// Counted for entitlements' usage (repositories).
+    pub connections: Arc<dyn crate::ports::connections::ConnectionStore>,
+    /// Counted for entitlements' usage (endpoints).
+    pub outbound: Arc<dyn crate::ports::outbound::OutboundStore>,
+}
+
+/// Billing and its plans over `ports`: tiers from Stripe when a Stripe key is configured,
+/// else from the installed licence, else (local development) unlimited.
+pub fn assemble_billing(
+    ports: BillingPorts,
+    config: local::BillingConfig,
+    clock: Arc<dyn Clock>,
+) -> Arc<crate::billing::service::Billing> {
+    use crate::billing::plan::{InstalledLicence, Plans, TierSource};
+    let source = match (&config.stripe, &config.licence) {
+        (Some(_), _) => TierSource::Stripe,
+        (None, Some((token, key))) => {
+            TierSource::Licence(InstalledLicence::new(token, key.as_deref(), clock.now()))
+        }
+        (None, None) => TierSource::Unlimited,
+    };
+    let plans = Arc::new(Plans::new(
+        ports.store.clone(),
+        config.tiers,
+        source,
+        clock.clone(),
+    ));
+    let notifier = Arc::new(crate::outbound::notify::Notifier::new(
+        ports.orgs.clone(),
+        ports.mailer,
+        clock.clone(),
+    ));
+    Arc::new(crate::billing::service::Billing::new(
+        ports.store,
+        ports.orgs,
+        notifier,
+        config.stripe,
+        Some(ports.connections),
+        Some(ports.outbound),
+        plans,
+        config.prices,
+        clock,
+    ))
 }
 
 impl App {
@@ -74,6 +133,10 @@ impl App {
             events_api: None,
             org_api: None,
             licenses_api: None,
+            plans: None,
+            billing: None,
+            billing_api: None,
+            billing_reconcile_every: None,
             outbound_concurrency: 64,
         }
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod activity;
+pub mod billing;
 pub mod repositories;
 
 /// A queued delivery as the worker reads it, with its payload decoded once.
@@ -166,6 +167,19 @@ impl Dispatcher {
         Self::standard(store).with_repository_handler(repos)
     }
 
+    /// Also apply Stripe deliveries to the orgs' billing (and record them as activity).
+    pub fn with_billing(
+        self,
+        store: Arc<dyn DeliveryStore>,
+        billing: Arc<crate::billing::service::Billing>,
+    ) -> Self {
+        let h: Arc<dyn Handler> = Arc::new(billing::BillingEvents::new(
+            billing,
+            activity::RecordActivity::new(store),
+        ));
+        self.on_source(Source::Stripe, h)
+    }
+
     fn with_repository_handler(self, repos: repositories::RepositoryEvents) -> Self {
         let repos: Arc<dyn Handler> = Arc::new(repos);
         self.on_source(Source::Github, repos.clone())
@@ -216,6 +230,11 @@ impl Worker {
     }
 
     /// The same worker with other handlers.
+    /// The handlers this worker routes to (to extend them).
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
     pub fn with_dispatcher(&self, dispatcher: Dispatcher) -> Self {
         Self {
             store: self.store.clone(),
