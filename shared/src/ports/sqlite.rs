@@ -238,6 +238,50 @@ CREATE TABLE IF NOT EXISTS org_notices (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (org_id, notice_key)
 );
+-- Billing (ports::billing). One row per Stripe customer: the primary key gives a customer one
+-- org, the unique org_id gives an org one customer.
+CREATE TABLE IF NOT EXISTS billing_customers (
+    customer_id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL UNIQUE
+);
+-- Versioned records: `version` is the model's Version::as_i64, compared by the conditional
+-- upserts; the model itself is in `record`.
+CREATE TABLE IF NOT EXISTS billing_subscriptions (
+    org_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS billing_invoices (
+    org_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (org_id, id)
+);
+CREATE INDEX IF NOT EXISTS billing_invoices_by_org ON billing_invoices (org_id, created DESC, id DESC);
+CREATE TABLE IF NOT EXISTS billing_refunds (
+    org_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (org_id, id)
+);
+CREATE INDEX IF NOT EXISTS billing_refunds_by_org ON billing_refunds (org_id, created DESC, id DESC);
+CREATE TABLE IF NOT EXISTS billing_parked_events (
+    event_id TEXT PRIMARY KEY,
+    received_at INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS billing_parked_by_time ON billing_parked_events (received_at, event_id);
+CREATE TABLE IF NOT EXISTS billing_usage (
+    org_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (org_id, period, metric)
+);
 "#;
 
 /// A connection that writes. Its commits never wait for the disk themselves
