@@ -12,8 +12,8 @@ use hookline::ports::store::embedded::EmbeddedStore;
 use hookline::ports::store::{DeliveryQuery, DeliveryStore};
 use hookline::providers::simulate::{self, Simulation};
 use hookline::runtime::local::{
-    default_embedded_app, with_licenses, with_outbound, with_repositories, LicensesConfig,
-    OutboundConfig, RepositoriesConfig, Server,
+    default_embedded_app, with_billing, with_licenses, with_outbound, with_repositories,
+    BillingConfig, LicensesConfig, OutboundConfig, RepositoriesConfig, Server,
 };
 use std::io::Write;
 use std::net::SocketAddr;
@@ -46,6 +46,15 @@ pub async fn serve(
         hookline::config::var(name)
             .or_else(|| file.get(name).filter(|v| !v.trim().is_empty()).cloned())
     };
+    // Billing first: the repository, endpoint and event services ask its plans.
+    let billing = BillingConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    let app = with_billing(app, data_dir, billing, Arc::new(SystemClock))
+        .map_err(anyhow::Error::msg)?;
+    let tier_source = app
+        .plans
+        .as_ref()
+        .map(|p| p.source().name())
+        .unwrap_or("unlimited");
     let outbound = OutboundConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
     let app = with_outbound(app, data_dir, outbound, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;
@@ -127,6 +136,10 @@ pub async fn serve(
     println!(
         "  Licences  POST {url}/api/v1/licenses (LICENSE_PRIVATE_KEY {}; bearer token with --scopes licenses:issue)",
         if signs_licences { "set" } else { "NOT SET: answers 503" },
+        url = server.url(),
+    );
+    println!(
+        "  Billing   {url}/api/v1/billing/checkout, {url}/api/v1/billing/portal, {url}/api/v1/billing/entitlements/ORG\n            (tiers from: {tier_source}; STRIPE_SECRET_KEY for Stripe, HOOKLINE_LICENSE for a licence, neither: unlimited)",
         url = server.url(),
     );
     println!(
