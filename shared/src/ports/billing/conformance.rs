@@ -522,6 +522,35 @@ pub async fn giving_usage_back_never_goes_below_zero(store: &dyn BillingStore) {
     );
 }
 
+pub async fn concurrent_give_backs_stop_at_zero(store: Arc<dyn BillingStore>) {
+    let m = UsageMetric::EventsPublished;
+    store.add_usage("org-a", PERIOD, m, 5, None).await.unwrap();
+    let removes = (0..12).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .remove_usage("org-a", PERIOD, m, 1 + i % 2)
+                .await
+                .unwrap()
+        })
+    });
+    for done in futures::future::join_all(removes).await {
+        done.expect("the give-back task finishes");
+    }
+    assert_eq!(
+        store.usage("org-a", PERIOD).await.unwrap().events_published,
+        0
+    );
+    assert_eq!(
+        store
+            .add_usage("org-a", PERIOD, m, 3, Some(3))
+            .await
+            .unwrap(),
+        Some(3),
+        "the count starts again from zero, not from below it"
+    );
+}
+
 pub async fn periods_and_orgs_are_counted_apart(store: &dyn BillingStore) {
     let m = UsageMetric::EventsPublished;
     store
@@ -628,6 +657,7 @@ macro_rules! billing_conformance {
             case!(usage_counts_up_to_its_limit_exactly, borrowed);
             case!(of_concurrent_counts_exactly_the_limit_succeed, shared);
             case!(giving_usage_back_never_goes_below_zero, borrowed);
+            case!(concurrent_give_backs_stop_at_zero, shared);
             case!(periods_and_orgs_are_counted_apart, borrowed);
         }
     };
