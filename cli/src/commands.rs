@@ -48,8 +48,8 @@ pub async fn serve(
     };
     // Billing first: the repository, endpoint and event services ask its plans.
     let billing = BillingConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
-    let app = with_billing(app, data_dir, billing, Arc::new(SystemClock))
-        .map_err(anyhow::Error::msg)?;
+    let app =
+        with_billing(app, data_dir, billing, Arc::new(SystemClock)).map_err(anyhow::Error::msg)?;
     let tier_source = app
         .plans
         .as_ref()

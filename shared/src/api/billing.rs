@@ -36,7 +36,11 @@ fn error(e: Error) -> Response {
         }
         Error::Unavailable(detail) => {
             tracing::error!(error = %detail, "billing API could not complete a call");
-            problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail_for_user(&detail))
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                detail_for_user(&detail),
+            )
         }
     }
 }

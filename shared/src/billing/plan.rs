@@ -17,7 +17,7 @@ pub enum TierSource {
     Stripe,
     /// Self-hosted: the deployment's licence (`HOOKLINE_LICENSE`, checked with
     /// `LICENSE_PUBLIC_KEY` at start and daily).
-    Licence(InstalledLicence),
+    Licence(Box<InstalledLicence>),
     /// Local development (neither): nothing is limited.
     Unlimited,
 }
@@ -47,7 +47,10 @@ impl InstalledLicence {
     pub fn new(token: &str, public_key: Option<&str>, now: DateTime<Utc>) -> Self {
         let (verifier, problem) = match public_key.map(LicenceVerifier::from_base64) {
             Some(Ok(v)) => (Some(v), None),
-            Some(Err(e)) => (None, Some(format!("LICENSE_PUBLIC_KEY cannot be read: {e}"))),
+            Some(Err(e)) => (
+                None,
+                Some(format!("LICENSE_PUBLIC_KEY cannot be read: {e}")),
+            ),
             None => (
                 None,
                 Some("HOOKLINE_LICENSE is set but LICENSE_PUBLIC_KEY is not".to_owned()),
@@ -61,7 +64,10 @@ impl InstalledLicence {
         if problem.is_none() {
             this.check(now);
         } else {
-            tracing::warn!(reason = problem.as_deref().unwrap_or(""), "the licence is not in force; the free tier applies");
+            tracing::warn!(
+                reason = problem.as_deref().unwrap_or(""),
+                "the licence is not in force; the free tier applies"
+            );
         }
         this
     }
@@ -69,13 +75,19 @@ impl InstalledLicence {
     /// Verify the licence again (at start, then daily): an expired or invalid licence falls
     /// back to `free`, with a log line that says why.
     pub fn check(&self, now: DateTime<Utc>) {
-        let Some(verifier) = &self.verifier else { return };
+        let Some(verifier) = &self.verifier else {
+            return;
+        };
         let result = verifier
             .verify(&self.token, now)
             .map_err(|e| format!("the licence is not valid: {e}"));
         match &result {
-            Ok(c) => tracing::info!(org = %c.sub, tier = %c.tier, expires = %c.expires_at(), "licence in force"),
-            Err(why) => tracing::warn!(reason = %why, "the licence is not in force; the free tier applies"),
+            Ok(c) => {
+                tracing::info!(org = %c.sub, tier = %c.tier, expires = %c.expires_at(), "licence in force")
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "the licence is not in force; the free tier applies")
+            }
         }
         *self.checked.write().unwrap_or_else(|p| p.into_inner()) = result;
     }

@@ -175,8 +175,8 @@ impl Billing {
                 .await?;
             return Ok(Applied::Parked);
         };
-        let change = stripe_events::change(&event, &org_id, &self.prices)
-            .map_err(Error::Invalid)?;
+        let change =
+            stripe_events::change(&event, &org_id, &self.prices).map_err(Error::Invalid)?;
         let written = match change {
             Change::CheckoutCompleted { customer_id } => {
                 self.link(&org_id, &customer_id).await?;
@@ -289,7 +289,10 @@ impl Billing {
 
     async fn mail_invoice(&self, event: &StripeEvent, invoice: &super::model::Invoice) {
         let number = invoice.number.as_deref().unwrap_or(&invoice.id);
-        let amount = money(invoice.amount_paid.max(invoice.amount_due), &invoice.currency);
+        let amount = money(
+            invoice.amount_paid.max(invoice.amount_due),
+            &invoice.currency,
+        );
         let link = invoice
             .hosted_invoice_url
             .as_deref()
@@ -377,7 +380,9 @@ impl Billing {
                 )
             })?;
         let key = format!("portal-{org_id}-{}", uuid::Uuid::new_v4());
-        Ok(stripe.create_portal_session(&customer, return_url, &key).await?)
+        Ok(stripe
+            .create_portal_session(&customer, return_url, &key)
+            .await?)
     }
 
     /// The org's Stripe customer, created once. The idempotency key is the org's, so two
@@ -392,7 +397,11 @@ impl Billing {
         {
             return Ok(c);
         }
-        let profile = self.orgs.get_org(org_id).await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        let profile = self
+            .orgs
+            .get_org(org_id)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
         let email = profile.as_ref().and_then(|p| p.owner_email.as_deref());
         let name = profile.as_ref().and_then(|p| p.name.as_deref());
         let created = stripe
@@ -534,8 +543,19 @@ impl Billing {
                 .await?
                 .and_then(|a| a.subscription);
             let drifted = stored.as_ref().is_none_or(|s| {
-                (s.id.as_str(), s.status, s.tier, s.current_period_end, s.cancel_at_period_end)
-                    != (sub.id.as_str(), sub.status, sub.tier, sub.current_period_end, sub.cancel_at_period_end)
+                (
+                    s.id.as_str(),
+                    s.status,
+                    s.tier,
+                    s.current_period_end,
+                    s.cancel_at_period_end,
+                ) != (
+                    sub.id.as_str(),
+                    sub.status,
+                    sub.tier,
+                    sub.current_period_end,
+                    sub.cancel_at_period_end,
+                )
             });
             if drifted && self.store.put_subscription(&org_id, &sub).await? {
                 done.repaired += 1;
@@ -549,8 +569,17 @@ impl Billing {
                 );
             }
         }
-        for parked in self.store.parked_events(crate::ports::outbound::MAX_PAGE).await? {
-            if self.store.org_for_customer(&parked.customer_id).await?.is_none() {
+        for parked in self
+            .store
+            .parked_events(crate::ports::outbound::MAX_PAGE)
+            .await?
+        {
+            if self
+                .store
+                .org_for_customer(&parked.customer_id)
+                .await?
+                .is_none()
+            {
                 continue;
             }
             match self.apply(parked.payload.as_bytes(), false).await {
@@ -571,7 +600,9 @@ fn live(status: SubscriptionStatus) -> u8 {
     match status {
         SubscriptionStatus::Active | SubscriptionStatus::Trialing => 3,
         SubscriptionStatus::PastDue => 2,
-        SubscriptionStatus::Incomplete | SubscriptionStatus::Unpaid | SubscriptionStatus::Paused => 1,
+        SubscriptionStatus::Incomplete
+        | SubscriptionStatus::Unpaid
+        | SubscriptionStatus::Paused => 1,
         SubscriptionStatus::Canceled | SubscriptionStatus::IncompleteExpired => 0,
     }
 }
@@ -579,11 +610,18 @@ fn live(status: SubscriptionStatus) -> u8 {
 fn check_url(field: &str, url: &str) -> Result<(), Error> {
     match url::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "https" | "http") => Ok(()),
-        _ => Err(Error::Invalid(format!("{field}: must be an absolute http(s) URL"))),
+        _ => Err(Error::Invalid(format!(
+            "{field}: must be an absolute http(s) URL"
+        ))),
     }
 }
 
 /// Minor units as a person reads them ("49.00 USD").
 fn money(minor: i64, currency: &str) -> String {
-    format!("{}.{:02} {}", minor / 100, (minor % 100).abs(), currency.to_uppercase())
+    format!(
+        "{}.{:02} {}",
+        minor / 100,
+        (minor % 100).abs(),
+        currency.to_uppercase()
+    )
 }

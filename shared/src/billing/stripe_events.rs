@@ -65,7 +65,9 @@ impl StripeEvent {
             serde_json::from_slice(payload).map_err(|_| "the event is not JSON".to_owned())?;
         let id = str_at(&v, &["id"]).ok_or("the event has no id")?;
         let event_type = str_at(&v, &["type"]).ok_or("the event has no type")?;
-        let created = v["created"].as_i64().ok_or("the event has no created time")?;
+        let created = v["created"]
+            .as_i64()
+            .ok_or("the event has no created time")?;
         let object = v["data"]["object"].clone();
         if !object.is_object() {
             return Err(format!("event {id} has no data.object"));
@@ -118,7 +120,9 @@ impl StripeEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// A Checkout Session completed: the customer (and its subscription) belong to the org.
-    CheckoutCompleted { customer_id: String },
+    CheckoutCompleted {
+        customer_id: String,
+    },
     Subscription(Subscription),
     Invoice(Invoice),
     Refunds(Vec<Refund>),
@@ -173,7 +177,8 @@ pub fn subscription(
 ) -> Result<Subscription, String> {
     let id = str_at(o, &["id"]).ok_or("the subscription has no id")?;
     let customer_id = customer_of(o).ok_or_else(|| format!("subscription {id} has no customer"))?;
-    let status_text = str_at(o, &["status"]).ok_or_else(|| format!("subscription {id} has no status"))?;
+    let status_text =
+        str_at(o, &["status"]).ok_or_else(|| format!("subscription {id} has no status"))?;
     let status = SubscriptionStatus::parse(&status_text)
         .ok_or_else(|| format!("subscription {id} has an unknown status {status_text:?}"))?;
     let item = &o["items"]["data"][0];
@@ -320,7 +325,10 @@ mod tests {
         let Change::Subscription(s) = change(&e, "acme", &prices()).unwrap() else {
             panic!("a subscription change")
         };
-        assert_eq!((s.tier, s.status), (Tier::Enterprise, SubscriptionStatus::Active));
+        assert_eq!(
+            (s.tier, s.status),
+            (Tier::Enterprise, SubscriptionStatus::Active)
+        );
         assert!(s.cancel_at_period_end);
         assert_eq!(s.current_period_end.unwrap().timestamp(), 1_800_000_000);
         assert_eq!(s.version, Version::new(100, 2));
@@ -346,8 +354,14 @@ mod tests {
         let Change::Subscription(s) = change(&e, "o", &prices()).unwrap() else {
             panic!()
         };
-        assert_eq!((s.tier, s.status), (Tier::Free, SubscriptionStatus::Canceled));
-        assert!(e.version() > Version::new(5, 2), "deleted outranks updated in its second");
+        assert_eq!(
+            (s.tier, s.status),
+            (Tier::Free, SubscriptionStatus::Canceled)
+        );
+        assert!(
+            e.version() > Version::new(5, 2),
+            "deleted outranks updated in its second"
+        );
     }
 
     #[test]
@@ -375,14 +389,17 @@ mod tests {
         let Change::Refunds(r) = change(&e, "o", &prices()).unwrap() else {
             panic!()
         };
-        assert_eq!((r[0].id.as_str(), r[0].charge_id.as_str()), ("re_1", "ch_1"));
+        assert_eq!(
+            (r[0].id.as_str(), r[0].charge_id.as_str()),
+            ("re_1", "ch_1")
+        );
         assert_eq!(e.customer_id().as_deref(), Some("cus_1"));
     }
 
     #[test]
     fn an_event_without_its_object_is_refused_with_a_reason() {
-        let err = StripeEvent::parse(br#"{"id":"evt_x","type":"invoice.paid","created":1}"#)
-            .unwrap_err();
+        let err =
+            StripeEvent::parse(br#"{"id":"evt_x","type":"invoice.paid","created":1}"#).unwrap_err();
         assert!(err.contains("evt_x"), "{err}");
         assert!(StripeEvent::parse(b"not json").is_err());
     }

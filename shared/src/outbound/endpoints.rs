@@ -98,6 +98,7 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn OutboundStore>,
         keys: Arc<dyn KeyService>,

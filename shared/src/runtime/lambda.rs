@@ -458,9 +458,9 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
         // Answered above, before the stores it does not need were built.
         Api::Licenses => licenses_api(auth, &lookup),
         Api::Billing => match aws_billing(sdk, &lookup) {
-            Ok(billing) => {
-                ApiHandler::Billing(Arc::new(crate::api::billing::BillingApi::new(auth, billing)))
-            }
+            Ok(billing) => ApiHandler::Billing(Arc::new(crate::api::billing::BillingApi::new(
+                auth, billing,
+            ))),
             Err(message) => ApiHandler::Misconfigured(message),
         },
         Api::Endpoints | Api::Events => {

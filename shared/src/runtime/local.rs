@@ -467,8 +467,8 @@ impl BillingConfig {
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
         let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let stripe = lookup("STRIPE_SECRET_KEY").map(|key| {
-            let base = lookup("STRIPE_API_BASE")
-                .unwrap_or_else(|| "https://api.stripe.com".to_owned());
+            let base =
+                lookup("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com".to_owned());
             crate::billing::stripe::StripeClient::new(&base, crate::secret::Secret::new(key))
         });
         let reconcile_every = match lookup("BILLING_RECONCILE_INTERVAL") {
@@ -520,9 +520,7 @@ pub fn with_billing(
             connections: Arc::new(
                 crate::ports::connections::embedded::EmbeddedConnectionStore::new(db.clone()),
             ),
-            outbound: Arc::new(crate::ports::outbound::embedded::EmbeddedOutboundStore::new(
-                db,
-            )),
+            outbound: Arc::new(crate::ports::outbound::embedded::EmbeddedOutboundStore::new(db)),
         },
         config,
         clock,

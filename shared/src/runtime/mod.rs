@@ -70,9 +70,11 @@ pub fn assemble_billing(
     use crate::billing::plan::{InstalledLicence, Plans, TierSource};
     let source = match (&config.stripe, &config.licence) {
         (Some(_), _) => TierSource::Stripe,
-        (None, Some((token, key))) => {
-            TierSource::Licence(InstalledLicence::new(token, key.as_deref(), clock.now()))
-        }
+        (None, Some((token, key))) => TierSource::Licence(Box::new(InstalledLicence::new(
+            token,
+            key.as_deref(),
+            clock.now(),
+        ))),
         (None, None) => TierSource::Unlimited,
     };
     let plans = Arc::new(Plans::new(
