@@ -630,6 +630,52 @@ pub async fn aws_billing_with(
     Ok(aws_billing(sdk, &lookup)?)
 }
 
+/// Run `billing-reconcile` on its schedule: every invocation reconciles every org with Stripe
+/// and re-checks the installed licence.
+pub async fn run_billing_reconcile() -> Result<(), Error> {
+    super::init_tracing();
+    let billing = aws_billing_with(&lambda_sdk().await, &crate::config::var).await?;
+    lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
+        let billing = billing.clone();
+        async move { handle_billing_reconcile(&billing).await }
+    }))
+    .await
+}
+
+/// One schedule tick: re-check the licence, then (with a Stripe key) repair the drift missed
+/// webhooks left and apply the events kept for customers linked since. An `Err` fails the
+/// invocation, so the failure shows in the function's error metrics.
+pub async fn handle_billing_reconcile(
+    billing: &crate::billing::service::Billing,
+) -> Result<serde_json::Value, Error> {
+    use crate::billing::plan::TierSource;
+    billing.plans().recheck_licence();
+    let source = billing.plans().source().name();
+    // A self-hosted deployment has no Stripe to reconcile with: the licence check is the job.
+    if !matches!(billing.plans().source(), TierSource::Stripe) {
+        tracing::info!(
+            source,
+            "billing reconcile: no STRIPE_SECRET_KEY, so only the licence was re-checked"
+        );
+        return Ok(serde_json::json!({ "source": source, "reconciled": false }));
+    }
+    let done = billing.reconcile(None).await.map_err(|e| {
+        tracing::error!(error = %e, "billing reconcile failed");
+        Error::from(e.to_string())
+    })?;
+    tracing::info!(
+        subscriptions_seen = done.subscriptions_seen,
+        repaired = done.repaired,
+        parked_applied = done.parked_applied,
+        unknown_customers = done.unknown_customers,
+        "billing reconcile"
+    );
+    let mut out = serde_json::to_value(&done)?;
+    out["source"] = source.into();
+    out["reconciled"] = true.into();
+    Ok(out)
+}
+
 /// The dispatcher's and the deliverer's outbound side over `sdk`, with its variables read
 /// from `env` (they take no bearer tokens).
 pub async fn aws_outbound_with(
