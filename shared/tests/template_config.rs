@@ -11,7 +11,8 @@ use hookline::model::Source;
 use hookline::ports::secrets::aws::sdk_config_for;
 use hookline::ports::store::aws::create_table;
 use hookline::runtime::lambda::{
-    aws_api_with, aws_inbound_with, aws_outbound_with, aws_worker_with, Api, ApiHandler,
+    aws_api_with, aws_billing_with, aws_inbound_with, aws_outbound_with, aws_worker_with,
+    handle_billing_reconcile, Api, ApiHandler,
 };
 use http::StatusCode;
 use serde_yaml::{Mapping, Value};
@@ -51,6 +52,8 @@ enum Boot {
     Worker,
     /// The dispatcher and the deliverer: outbound over DynamoDB, SQS, KMS and SES.
     Outbound,
+    /// billing-reconcile: billing over DynamoDB, then one schedule tick.
+    Reconcile,
 }
 
 fn recipe(binary: &str) -> Option<Boot> {
@@ -106,6 +109,14 @@ fn recipe(binary: &str) -> Option<Boot> {
             "licenses:issue",
             StatusCode::METHOD_NOT_ALLOWED,
         ),
+        // Any token of the org may read its own entitlements.
+        "billing-api" => api(
+            Api::Billing,
+            "/api/v1/billing/entitlements/org-1",
+            "repos:read",
+            StatusCode::OK,
+        ),
+        "billing-reconcile" => Boot::Reconcile,
         "dispatcher" | "deliverer" => Boot::Outbound,
         _ => return None,
     })
@@ -676,6 +687,14 @@ async fn boot_every_function(stack: &Stack) -> (usize, Vec<String>) {
                     failures.push(format!("{what}: cold start failed: {e}"));
                 }
             }
+            Boot::Reconcile => match aws_billing_with(&stack.sdk, &lookup).await {
+                Err(e) => failures.push(format!("{what}: cold start failed: {e}")),
+                Ok(billing) => {
+                    if let Err(e) = handle_billing_reconcile(&billing).await {
+                        failures.push(format!("{what}: a schedule tick failed: {e}"));
+                    }
+                }
+            },
         }
     }
     (fns.len(), failures)
@@ -858,4 +877,176 @@ async fn the_licences_function_signs_with_the_key_in_the_provider_secret() {
     // A customer's admin token is not the operator's.
     let res = handler.handle(post(token("admin"))).await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Billing on a SaaS deploy: the Stripe key in the provider secret, the prices as parameters.
+
+const STRIPE_KEY: &str = "sk_test_template_config_0123456789";
+
+/// Stripe's `GET /v1/subscriptions` on a loopback port: one active team subscription whose
+/// customer names org-1 in its metadata (as Hookline's Checkout sets it). Anything else, or
+/// another key, answers Stripe's error shape.
+async fn stripe_listing_one_team_subscription() -> String {
+    use axum::http::{HeaderMap, StatusCode as S};
+    let json_body = |v: serde_json::Value| ([("content-type", "application/json")], v.to_string());
+    let answer = move |headers: HeaderMap| async move {
+        if headers.get("authorization").and_then(|v| v.to_str().ok())
+            != Some(&format!("Bearer {STRIPE_KEY}"))
+        {
+            return (
+                S::UNAUTHORIZED,
+                json_body(
+                    serde_json::json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}}),
+                ),
+            );
+        }
+        let now = chrono::Utc::now().timestamp();
+        (
+            S::OK,
+            json_body(serde_json::json!({
+                "object": "list",
+                "has_more": false,
+                "data": [{
+                    "id": "sub_template_1",
+                    "object": "subscription",
+                    "customer": "cus_template_1",
+                    "status": "active",
+                    "created": now - 60,
+                    "current_period_end": now + 30 * 86_400,
+                    "cancel_at_period_end": false,
+                    "metadata": {"org_id": "org-1"},
+                    "items": {"object": "list", "data": [{"price": {"id": "price_team_tc"}}]},
+                }],
+            })),
+        )
+    };
+    let app = axum::Router::new().route("/v1/subscriptions", axum::routing::get(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+async fn saas_stack(stripe: &str) -> Stack {
+    let mut secret = hs256_secret();
+    secret["STRIPE_SECRET_KEY"] = STRIPE_KEY.into();
+    Stack::deploy(Deploy {
+        overrides: &[
+            ("JwtIssuer", ISSUER),
+            ("JwtAudience", AUDIENCE),
+            ("WebhookBaseUrl", "https://hooks.example.com"),
+            ("GithubOAuthClientId", "github-oauth-client-id"),
+            ("StripeApiBase", stripe),
+            ("StripePriceIdTeam", "price_team_tc"),
+            ("StripePriceIdEnterprise", "price_enterprise_tc"),
+        ],
+        secret,
+    })
+    .await
+}
+
+fn env_of(stack: &Stack, binary: &str) -> HashMap<String, String> {
+    let f = functions(&stack.doc)
+        .into_iter()
+        .find(|f| f.binary.as_deref() == Some(binary))
+        .unwrap_or_else(|| panic!("template.yaml declares the {binary} function"));
+    stack.environment(&f).unwrap()
+}
+
+#[tokio::test]
+async fn every_function_boots_on_a_saas_deploy_with_the_stripe_key_in_the_secret() {
+    let stripe = stripe_listing_one_team_subscription().await;
+    let stack = saas_stack(&stripe).await;
+    let (count, failures) = boot_every_function(&stack).await;
+    assert!(
+        failures.is_empty(),
+        "{} of {count} functions do not work on a SaaS deploy:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+    // Every function that enforces or keeps plans maps prices to tiers the same way, and none
+    // is handed the Stripe key as a visible variable.
+    for binary in [
+        "billing-api",
+        "billing-reconcile",
+        "event-worker",
+        "endpoints-api",
+        "events-api",
+        "repositories-api",
+    ] {
+        let env = env_of(&stack, binary);
+        assert_eq!(
+            env.get("STRIPE_PRICE_ID_TEAM").map(String::as_str),
+            Some("price_team_tc"),
+            "{binary}"
+        );
+        assert_eq!(
+            env.get("STRIPE_API_BASE").map(String::as_str),
+            Some(stripe.as_str()),
+            "{binary}"
+        );
+        assert!(!env.contains_key("STRIPE_SECRET_KEY"), "{binary}");
+    }
+}
+
+#[tokio::test]
+async fn the_reconcile_function_repairs_a_missed_subscription_and_the_billing_api_then_says_team() {
+    let stripe = stripe_listing_one_team_subscription().await;
+    let stack = saas_stack(&stripe).await;
+    let lookup = {
+        let env = env_of(&stack, "billing-reconcile");
+        move |name: &str| env.get(name).cloned()
+    };
+    let billing = aws_billing_with(&stack.sdk, &lookup).await.unwrap();
+    let tick = handle_billing_reconcile(&billing).await.unwrap();
+    assert_eq!(tick["reconciled"], true, "{tick}");
+    assert_eq!(tick["subscriptions_seen"], 1, "{tick}");
+    assert_eq!(tick["repaired"], 1, "{tick}");
+    // The next tick finds nothing to repair.
+    let again = handle_billing_reconcile(&billing).await.unwrap();
+    assert_eq!(again["repaired"], 0, "{again}");
+
+    let handler = api_handler(&stack, Api::Billing, env_of(&stack, "billing-api"))
+        .await
+        .unwrap();
+    let (status, body) = request(
+        &handler,
+        "/api/v1/billing/entitlements/org-1",
+        &token("repos:read"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["tier"], "team", "{body}");
+    assert_eq!(body["status"], "active", "{body}");
+    // Another org's entitlements do not exist for this token.
+    let (status, _) = request(
+        &handler,
+        "/api/v1/billing/entitlements/org-2",
+        &token("admin"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_reconcile_function_with_a_wrong_stripe_key_fails_its_invocation() {
+    let stripe = stripe_listing_one_team_subscription().await;
+    let mut secret = hs256_secret();
+    secret["STRIPE_SECRET_KEY"] = "sk_test_not_the_key".into();
+    let stack = Stack::deploy(Deploy {
+        overrides: &[("StripeApiBase", stripe.as_str())],
+        secret,
+    })
+    .await;
+    let lookup = {
+        let env = env_of(&stack, "billing-reconcile");
+        move |name: &str| env.get(name).cloned()
+    };
+    let billing = aws_billing_with(&stack.sdk, &lookup).await.unwrap();
+    let err = handle_billing_reconcile(&billing).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("Invalid API Key"), "{text}");
+    assert!(!text.contains("sk_test_not_the_key"), "{text}");
 }
