@@ -1,6 +1,7 @@
 //! `hookline`: run Hookline locally, read its delivery log, and sign or send webhooks the way
 //! each provider does.
 
+mod billing;
 mod commands;
 mod license;
 mod listen;
@@ -101,6 +102,9 @@ enum Command {
     /// Offline licences for self-hosted deployments: make a key pair, sign a licence, check one.
     #[command(subcommand)]
     License(license::LicenseCommand),
+    /// Billing upkeep: reconcile the data dir's subscriptions with Stripe.
+    #[command(subcommand)]
+    Billing(billing::BillingCommand),
 }
 
 #[tokio::main]
@@ -133,6 +137,7 @@ async fn main() -> std::process::ExitCode {
         Command::Listen(args) => listen::listen(&args).await,
         Command::Token(args) => token::token(&args),
         Command::License(command) => license::license(&command),
+        Command::Billing(command) => billing::billing(&command).await,
     };
     match result {
         Ok(code) => code,
