@@ -716,7 +716,8 @@ def placeholder_jwt(scope: str) -> str:
 
 def api_event(name: str, path: str, *, route: str, proxy: str | None, scope: str | None,
               request_id: str, query: list[tuple[str, str]] | None = None,
-              cookies: list[str] | None = None, method: str = "GET", body: dict | None = None):
+              cookies: list[str] | None = None, method: str = "GET", body: dict | None = None,
+              params: dict[str, str] | None = None):
     headers = {
         "accept": "application/json",
         "user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
@@ -730,7 +731,8 @@ def api_event(name: str, path: str, *, route: str, proxy: str | None, scope: str
     return name, apigw_event(
         method, path, headers, raw,
         source_ip="203.0.113.24", request_id=request_id, query=query,
-        route=route, path_parameters={"proxy": proxy} if proxy else None, cookies=cookies,
+        route=route, path_parameters=params or ({"proxy": proxy} if proxy else None),
+        cookies=cookies,
     )
 
 
@@ -811,6 +813,30 @@ def licenses_issue():
         body={"org_id": "org_selfhosted_globex", "tier": "enterprise", "seats": 50,
               "expires_at": "2030-01-01T00:00:00Z"},
     )
+
+
+def billing_entitlements():
+    # Any token of the org reads its own entitlements; the route names the org.
+    return api_event(
+        "billing-api-entitlements.json", f"/api/v1/billing/entitlements/{API_ORG}",
+        route="/api/v1/billing/entitlements/{org_id}", proxy=None, scope="repos:read",
+        request_id="XyZFcGhpoAMEoDw=", params={"org_id": API_ORG},
+    )
+
+
+def billing_checkout():
+    return api_event(
+        "billing-api-checkout.json", "/api/v1/billing/checkout",
+        route="/api/v1/billing/checkout", proxy=None, scope="billing:manage",
+        request_id="XyZGcGhpoAMEpDw=", method="POST",
+        body={"tier": "team", "success_url": "https://app.example.com/billing/done",
+              "cancel_url": "https://app.example.com/billing"},
+    )
+
+
+def billing_reconcile_tick():
+    """What billing-reconcile's schedule (EventBridge Scheduler) sends: `{}`, one pass."""
+    return "billing-reconcile-schedule.json", {}
 
 
 def sqs_record(message_id: str, body: str, queue: str, offset_ms: int) -> dict:
@@ -916,6 +942,9 @@ def build(stripe_ts: int) -> dict[str, dict]:
             endpoints_list_deliveries(),
             events_publish(),
             licenses_issue(),
+            billing_entitlements(),
+            billing_checkout(),
+            billing_reconcile_tick(),
             sqs_dispatch(),
             dispatch_sweep(),
             sqs_outbound_delivery(),

@@ -466,3 +466,136 @@ async fn the_outbound_sample_events_are_answered_by_their_functions() {
     let answer = hookline::runtime::lambda::handle_deliveries(&outbound, sqs).await;
     assert!(answer.batch_item_failures.is_empty());
 }
+
+// ---- The billing functions' sample events (billing-api, billing-reconcile) ----
+
+/// Stripe's API on a loopback port as the billing samples need it: a customer and a Checkout
+/// Session created (form-encoded in, the object out, as Stripe's reference shows), and an
+/// empty subscription list for reconciliation. Records each call's method, path and form.
+async fn stripe_api() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::routing::{get, post};
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let json = |v: serde_json::Value| ([("content-type", "application/json")], v.to_string());
+    let log = |calls: &Arc<std::sync::Mutex<Vec<String>>>, what: String| {
+        calls.lock().unwrap().push(what);
+    };
+    let app = axum::Router::new()
+        .route(
+            "/v1/customers",
+            post({
+                let calls = calls.clone();
+                move |body: String| async move {
+                    log(&calls, format!("POST /v1/customers {body}"));
+                    json(serde_json::json!({"id": "cus_sample_1", "object": "customer"}))
+                }
+            }),
+        )
+        .route(
+            "/v1/checkout/sessions",
+            post({
+                let calls = calls.clone();
+                move |body: String| async move {
+                    log(&calls, format!("POST /v1/checkout/sessions {body}"));
+                    json(serde_json::json!({
+                        "id": "cs_test_sample_1", "object": "checkout.session",
+                        "mode": "subscription",
+                        "url": "https://checkout.stripe.com/c/pay/cs_test_sample_1",
+                    }))
+                }
+            }),
+        )
+        .route(
+            "/v1/subscriptions",
+            get({
+                let calls = calls.clone();
+                move || async move {
+                    log(&calls, "GET /v1/subscriptions".into());
+                    json(serde_json::json!({"object": "list", "has_more": false, "data": []}))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+#[tokio::test]
+async fn the_billing_sample_events_are_answered_by_their_functions() {
+    use hookline::auth::Scope;
+    use hookline::runtime::lambda::{handle_billing_reconcile, ApiHandler};
+    use hookline::runtime::local::{with_billing, BillingConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (stripe, calls) = stripe_api().await;
+    let env = std::collections::HashMap::from([
+        ("STRIPE_SECRET_KEY", "sk_test_lambda_events".to_owned()),
+        ("STRIPE_API_BASE", stripe),
+        ("STRIPE_PRICE_ID_TEAM", "price_team_sample".to_owned()),
+    ]);
+    let config = BillingConfig::from_lookup(&|name: &str| env.get(name).cloned()).unwrap();
+    let app = with_billing(
+        app(dir.path()),
+        dir.path(),
+        config,
+        Arc::new(hookline::clock::SystemClock),
+    )
+    .unwrap();
+    let billing_api = ApiHandler::Billing(app.billing_api.clone().unwrap());
+    for (name, scope, expected) in [
+        ("billing-api-entitlements.json", Scope::ReposRead, 200),
+        ("billing-api-checkout.json", Scope::BillingManage, 200),
+    ] {
+        // As shipped, the placeholder token verifies nowhere.
+        let (status, body) = invoke_api(&billing_api, http_event(name)).await;
+        assert_eq!(status, 401, "{name}: {body}");
+        let mut req = http_event(name);
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, bearer(dir.path(), &[scope]));
+        let (status, body) = invoke_api(&billing_api, req).await;
+        assert_eq!(status, expected, "{name}: {body}");
+        match name {
+            "billing-api-entitlements.json" => {
+                assert_eq!(body["org_id"], "org_acme");
+                assert_eq!(
+                    (&body["tier"], &body["status"]),
+                    (&"free".into(), &"none".into())
+                );
+            }
+            _ => {
+                assert_eq!(body["id"], "cs_test_sample_1");
+                assert_eq!(
+                    body["url"],
+                    "https://checkout.stripe.com/c/pay/cs_test_sample_1"
+                );
+            }
+        }
+    }
+    let sent = calls.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(
+        sent[0].starts_with("POST /v1/customers")
+            && sent[0].contains("metadata%5Borg_id%5D=org_acme"),
+        "{sent:?}"
+    );
+    assert!(
+        sent[1].contains("price_team_sample") && sent[1].contains("mode=subscription"),
+        "{sent:?}"
+    );
+
+    // The schedule's event: one pass over Stripe's (empty) list.
+    let tick: serde_json::Value =
+        serde_json::from_str(&event("billing-reconcile-schedule.json")).unwrap();
+    assert!(
+        tick.get("Records").is_none(),
+        "a schedule tick, not an SQS batch"
+    );
+    let done = handle_billing_reconcile(app.billing.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(done["reconciled"], true, "{done}");
+    assert_eq!(done["subscriptions_seen"], 0, "{done}");
+    assert_eq!(
+        calls.lock().unwrap().last().unwrap(),
+        "GET /v1/subscriptions"
+    );
+}
