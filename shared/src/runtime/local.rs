@@ -208,14 +208,14 @@ pub fn with_repositories_over(
         .outbound
         .as_ref()
         .map(|o| o.publisher.clone() as Arc<dyn crate::outbound::sink::EventSink>);
-    let mut dispatcher = match &events {
-        Some(events) => crate::worker::Dispatcher::with_repositories_and_events(
-            app.store.clone(),
-            store.clone(),
-            events.clone(),
-        ),
-        None => crate::worker::Dispatcher::with_repositories(app.store.clone(), store.clone()),
-    };
+    let mut dispatcher = crate::worker::Dispatcher::with_repositories(
+        app.store.clone(),
+        store.clone(),
+        events.clone(),
+        app.plans
+            .clone()
+            .map(|p| p as Arc<dyn crate::billing::plan::PlanGate>),
+    );
     if let Some(billing) = &app.billing {
         dispatcher = dispatcher.with_billing(app.store.clone(), billing.clone());
     }
