@@ -160,6 +160,9 @@ pub trait PlanGate: Send + Sync + 'static {
     /// Give back an event counted by `take_event` that was not published after all (the
     /// same id was published before).
     async fn give_back_event(&self, org_id: &str);
+
+    /// Count one inbound provider delivery for the org (never refused; a failure is logged).
+    async fn count_inbound(&self, org_id: &str);
 }
 
 /// Refuse one more past `limit` when the org has `have`.
@@ -345,6 +348,17 @@ impl PlanGate for Plans {
             .await
         {
             tracing::warn!(org = %org_id, error = %e, "could not give back a counted event");
+        }
+    }
+
+    async fn count_inbound(&self, org_id: &str) {
+        let period = usage_period(self.clock.now());
+        if let Err(e) = self
+            .store
+            .add_usage(org_id, &period, UsageMetric::InboundDeliveries, 1, None)
+            .await
+        {
+            tracing::warn!(org = %org_id, error = %e, "could not count an inbound delivery");
         }
     }
 }

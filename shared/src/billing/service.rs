@@ -78,6 +78,9 @@ pub struct UsageView {
     pub repositories: u64,
     pub endpoints: u64,
     pub events_per_month: u64,
+    /// Inbound provider deliveries for the org's connected repositories this month: counted,
+    /// never limited.
+    pub inbound_deliveries: u64,
 }
 
 /// What one Stripe event came to.
@@ -435,6 +438,7 @@ impl Billing {
                 repositories: self.count(org_id, Limited::Repositories).await?,
                 endpoints: self.count(org_id, Limited::Endpoints).await?,
                 events_per_month: usage.events_published,
+                inbound_deliveries: usage.inbound_deliveries,
                 period,
             },
             current_period_end: current.period_end,

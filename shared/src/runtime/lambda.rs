@@ -187,18 +187,15 @@ pub async fn aws_worker_with(sdk: &SdkConfig, env: Vars<'_>) -> Result<Arc<Worke
     // orgs' streams get incidents and relayed deliveries.
     Ok(match aws_connections(sdk, env)? {
         Some(connections) => {
-            let dispatcher = match aws_event_sink(sdk, env).await? {
-                Some(events) => crate::worker::Dispatcher::with_repositories_and_events(
-                    app.store.clone(),
-                    connections,
-                    events,
-                ),
-                None => {
-                    crate::worker::Dispatcher::with_repositories(app.store.clone(), connections)
-                }
-            };
-            // Stripe deliveries update the orgs' billing.
+            // Stripe deliveries update the orgs' billing; connected repositories' deliveries
+            // count in their orgs' usage.
             let billing = aws_billing_with(sdk, env).await?;
+            let dispatcher = crate::worker::Dispatcher::with_repositories(
+                app.store.clone(),
+                connections,
+                aws_event_sink(sdk, env).await?,
+                Some(billing.plans().clone()),
+            );
             Arc::new(
                 app.worker
                     .with_dispatcher(dispatcher.with_billing(app.store.clone(), billing)),

@@ -208,14 +208,14 @@ pub fn with_repositories_over(
         .outbound
         .as_ref()
         .map(|o| o.publisher.clone() as Arc<dyn crate::outbound::sink::EventSink>);
-    let mut dispatcher = match &events {
-        Some(events) => crate::worker::Dispatcher::with_repositories_and_events(
-            app.store.clone(),
-            store.clone(),
-            events.clone(),
-        ),
-        None => crate::worker::Dispatcher::with_repositories(app.store.clone(), store.clone()),
-    };
+    let mut dispatcher = crate::worker::Dispatcher::with_repositories(
+        app.store.clone(),
+        store.clone(),
+        events.clone(),
+        app.plans
+            .clone()
+            .map(|p| p as Arc<dyn crate::billing::plan::PlanGate>),
+    );
     if let Some(billing) = &app.billing {
         dispatcher = dispatcher.with_billing(app.store.clone(), billing.clone());
     }
@@ -660,32 +660,19 @@ async fn repositories(app: App, req: axum::extract::Request) -> Response {
     let Some(api) = app.repositories.clone() else {
         return crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route");
     };
-    let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, 64 * 1024).await {
-        Ok(bytes) => api.handle(Request::from_parts(parts, bytes)).await,
-        Err(_) => crate::http::problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "request bodies here are at most 64 KiB",
-        ),
+    match read_body(req, 64).await {
+        Ok(req) => api.handle(req).await,
+        Err(res) => res,
     }
 }
 
 /// The outbound routes: endpoints, deliveries and event types; events; the org profile.
 async fn outbound_api(app: App, req: axum::extract::Request) -> Response {
-    let (parts, body) = req.into_parts();
     // Events carry up to 256 KiB of data, plus the envelope around it.
-    let bytes = match axum::body::to_bytes(body, 300 * 1024).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return crate::http::problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request bodies here are at most 300 KiB",
-            )
-        }
+    let req = match read_body(req, 300).await {
+        Ok(req) => req,
+        Err(res) => return res,
     };
-    let req = Request::from_parts(parts, bytes);
     let path = req.uri().path();
     if path.starts_with("/api/v1/events") {
         if let Some(api) = app.events_api.clone() {
@@ -701,18 +688,27 @@ async fn outbound_api(app: App, req: axum::extract::Request) -> Response {
     crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+/// The request with its body read, up to `max_kib` KiB (413 past that, saying the limit).
+async fn read_body(req: axum::extract::Request, max_kib: usize) -> Result<Request, Response> {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, max_kib * 1024).await {
+        Ok(bytes) => Ok(Request::from_parts(parts, bytes)),
+        Err(_) => Err(crate::http::problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies here are at most {max_kib} KiB"),
+        )),
+    }
+}
+
 async fn billing(app: App, req: axum::extract::Request) -> Response {
     let Some(api) = app.billing_api.clone() else {
         return crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route");
     };
-    let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, 16 * 1024).await {
-        Ok(bytes) => api.handle(Request::from_parts(parts, bytes)).await,
-        Err(_) => crate::http::problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "request bodies here are at most 16 KiB",
-        ),
+    // Billing requests are a few fields.
+    match read_body(req, 16).await {
+        Ok(req) => api.handle(req).await,
+        Err(res) => res,
     }
 }
 
@@ -720,15 +716,10 @@ async fn licenses(app: App, req: axum::extract::Request) -> Response {
     let Some(api) = app.licenses_api.clone() else {
         return crate::http::problem(StatusCode::NOT_FOUND, "not_found", "no such route");
     };
-    let (parts, body) = req.into_parts();
     // A licence request is a few fields.
-    match axum::body::to_bytes(body, 16 * 1024).await {
-        Ok(bytes) => api.handle(Request::from_parts(parts, bytes)).await,
-        Err(_) => crate::http::problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "request bodies here are at most 16 KiB",
-        ),
+    match read_body(req, 16).await {
+        Ok(req) => api.handle(req).await,
+        Err(res) => res,
     }
 }
 

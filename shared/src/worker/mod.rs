@@ -146,24 +146,22 @@ impl Dispatcher {
 
     /// [`standard`](Self::standard), plus the connected-repository handlers for every GitHub
     /// and GitLab event but the ping: runs, incidents, jobs and PRs of connected repositories.
+    /// With `events`, also publishing into each org's outbound stream (relayed deliveries
+    /// `github.*`, `gitlab.*`; `incident.created`, `incident.resolved`); with `usage`,
+    /// counting each delivery in its orgs' monthly usage.
     pub fn with_repositories(
         store: Arc<dyn DeliveryStore>,
         connections: Arc<dyn crate::ports::connections::ConnectionStore>,
+        events: Option<Arc<dyn crate::outbound::sink::EventSink>>,
+        usage: Option<Arc<dyn crate::billing::plan::PlanGate>>,
     ) -> Self {
-        let repos = repositories::RepositoryEvents::new(store.clone(), connections);
-        Self::standard(store).with_repository_handler(repos)
-    }
-
-    /// [`with_repositories`](Self::with_repositories), also publishing into each org's
-    /// outbound stream: relayed deliveries (`github.*`, `gitlab.*`), `incident.created` and
-    /// `incident.resolved`.
-    pub fn with_repositories_and_events(
-        store: Arc<dyn DeliveryStore>,
-        connections: Arc<dyn crate::ports::connections::ConnectionStore>,
-        events: Arc<dyn crate::outbound::sink::EventSink>,
-    ) -> Self {
-        let repos =
-            repositories::RepositoryEvents::new(store.clone(), connections).with_events(events);
+        let mut repos = repositories::RepositoryEvents::new(store.clone(), connections);
+        if let Some(events) = events {
+            repos = repos.with_events(events);
+        }
+        if let Some(usage) = usage {
+            repos = repos.with_usage(usage);
+        }
         Self::standard(store).with_repository_handler(repos)
     }
 

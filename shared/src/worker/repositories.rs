@@ -56,6 +56,8 @@ pub struct RepositoryEvents {
     store: Arc<dyn DeliveryStore>,
     connections: Arc<dyn ConnectionStore>,
     events: Option<Arc<dyn EventSink>>,
+    /// Counts each delivery in its orgs' monthly usage (never refused for a plan).
+    usage: Option<Arc<dyn crate::billing::plan::PlanGate>>,
 }
 
 impl RepositoryEvents {
@@ -64,7 +66,14 @@ impl RepositoryEvents {
             store,
             connections,
             events: None,
+            usage: None,
         }
+    }
+
+    /// Also count each delivery in its orgs' usage (entitlements show it).
+    pub fn with_usage(mut self, plans: Arc<dyn crate::billing::plan::PlanGate>) -> Self {
+        self.usage = Some(plans);
+        self
     }
 
     /// Also publish relayed deliveries and incidents into each org's outbound stream.
@@ -203,6 +212,15 @@ impl Handler for RepositoryEvents {
                 Ok(()) | Err(ConnectionError::NotFound) => {}
                 Err(e) => {
                     tracing::warn!(connection_id = %c.id, error = %e, "could not count a delivery for a connection");
+                }
+            }
+        }
+        if let Some(usage) = &self.usage {
+            let mut counted: Vec<&str> = Vec::new();
+            for c in &connections {
+                if !counted.contains(&c.org_id.as_str()) {
+                    usage.count_inbound(&c.org_id).await;
+                    counted.push(&c.org_id);
                 }
             }
         }
@@ -1188,6 +1206,64 @@ mod tests {
         assert_eq!(c.failed_deliveries, 0);
         assert!(c.webhook_last_delivery_at.is_some());
         assert_eq!(f.store.list_activities(10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn each_org_counts_a_delivery_for_its_repository_once_in_its_usage() {
+        use crate::billing::model::usage_period;
+        use crate::billing::plan::{Plans, TierSource};
+        use crate::ports::billing::embedded::EmbeddedBillingStore;
+        use crate::ports::billing::BillingStore;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        let store: Arc<dyn DeliveryStore> = Arc::new(EmbeddedStore::new(db.clone()));
+        let connections: Arc<dyn ConnectionStore> =
+            Arc::new(EmbeddedConnectionStore::new(db.clone()));
+        let billing: Arc<dyn BillingStore> = Arc::new(EmbeddedBillingStore::new(db));
+        // A free plan whose every limit is used up: inbound deliveries are still taken.
+        let tiers = crate::billing::tiers::TierTable::from_lookup(|name| {
+            (name == "HOOKLINE_TIERS").then(|| {
+                r#"{"free": {"limits": {"repositories": 0, "endpoints": 0, "events_per_month": 0}}}"#
+                    .to_owned()
+            })
+        })
+        .unwrap();
+        let plans = Arc::new(Plans::new(
+            billing.clone(),
+            tiers,
+            TierSource::Stripe,
+            Arc::new(crate::clock::SystemClock),
+        ));
+        let handler = RepositoryEvents::new(store, connections.clone()).with_usage(plans);
+        for (org, repo) in [
+            ("org-a", "acme/hookline-demo"),
+            ("org-a", "Acme/Hookline-Demo-Fork"),
+            ("org-b", "acme/hookline-demo"),
+        ] {
+            connections.create(&connection(org, repo)).await.unwrap();
+        }
+        let push =
+            json!({"ref": "refs/heads/main", "repository": {"full_name": "acme/hookline-demo"}});
+        for _ in 0..2 {
+            let handled = handler
+                .handle(&event(Source::Github, "push", &push), Utc::now())
+                .await
+                .unwrap();
+            assert_eq!(handled, Handled::Processed, "never refused for a plan");
+        }
+        let period = usage_period(Utc::now());
+        for org in ["org-a", "org-b"] {
+            let usage = billing.usage(org, &period).await.unwrap();
+            assert_eq!(usage.inbound_deliveries, 2, "{org}: once per delivery");
+        }
+        assert_eq!(
+            billing
+                .usage("org-c", &period)
+                .await
+                .unwrap()
+                .inbound_deliveries,
+            0
+        );
     }
 
     #[tokio::test]
