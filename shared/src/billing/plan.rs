@@ -36,9 +36,13 @@ impl TierSource {
 pub struct InstalledLicence {
     token: String,
     verifier: Option<LicenceVerifier>,
-    /// The claims, or why the licence does not count (the deployment falls back to `free`).
-    checked: RwLock<Result<LicenceClaims, String>>,
+    /// When it was last verified, and the claims or why the licence does not count (the
+    /// deployment falls back to `free`).
+    checked: RwLock<(DateTime<Utc>, Result<LicenceClaims, String>)>,
 }
+
+/// How long a verification stands before the licence is verified again.
+pub const LICENCE_CHECK_EVERY: chrono::Duration = chrono::Duration::days(1);
 
 impl InstalledLicence {
     /// The licence and its public key as configured; `public_key` is `LICENSE_PUBLIC_KEY`'s
@@ -59,7 +63,7 @@ impl InstalledLicence {
         let this = Self {
             token: token.trim().to_owned(),
             verifier,
-            checked: RwLock::new(Err(problem.clone().unwrap_or_default())),
+            checked: RwLock::new((now, Err(problem.clone().unwrap_or_default()))),
         };
         if problem.is_none() {
             this.check(now);
@@ -89,14 +93,29 @@ impl InstalledLicence {
                 tracing::warn!(reason = %why, "the licence is not in force; the free tier applies")
             }
         }
-        *self.checked.write().unwrap_or_else(|p| p.into_inner()) = result;
+        *self.checked.write().unwrap_or_else(|p| p.into_inner()) = (now, result);
     }
 
-    pub fn state(&self) -> Result<LicenceClaims, String> {
-        self.checked
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The licence's claims at `now`, or why it does not count. It is verified again once a
+    /// day has passed since the last check (so a Lambda that stays warm checks daily too), and
+    /// stops counting the moment it expires, whenever the last check was.
+    pub fn state(&self, now: DateTime<Utc>) -> Result<LicenceClaims, String> {
+        let stale = {
+            let checked = self.checked.read().unwrap_or_else(|p| p.into_inner());
+            now - checked.0 >= LICENCE_CHECK_EVERY
+        };
+        if stale {
+            self.check(now);
+        }
+        let checked = self.checked.read().unwrap_or_else(|p| p.into_inner());
+        match &checked.1 {
+            Ok(c) if c.expires_at() <= now => Err(format!(
+                "the licence is not valid: it expired at {}",
+                c.expires_at()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )),
+            other => other.clone(),
+        }
     }
 }
 
@@ -237,7 +256,7 @@ impl Plans {
                         .into(),
                 ),
             },
-            TierSource::Licence(licence) => match licence.state() {
+            TierSource::Licence(licence) => match licence.state(now) {
                 Ok(c) => Current {
                     tier: c.tier,
                     status: "licensed".into(),
@@ -360,5 +379,58 @@ impl PlanGate for Plans {
         {
             tracing::warn!(org = %org_id, error = %e, "could not count an inbound delivery");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::licence::{LicenceKey, LicenceRequest};
+
+    fn licence(key: &LicenceKey, now: DateTime<Utc>, days: i64) -> String {
+        key.issue(
+            &LicenceRequest {
+                org_id: "org_globex".into(),
+                tier: Tier::Enterprise,
+                seats: 5,
+                expires_at: now + chrono::Duration::days(days),
+            },
+            TierTable::default().plan(Tier::Enterprise),
+            now,
+        )
+        .unwrap()
+        .licence
+    }
+
+    #[test]
+    fn a_licence_stops_counting_once_it_has_expired() {
+        let key = LicenceKey::generate();
+        let now = Utc::now();
+        let installed =
+            InstalledLicence::new(&licence(&key, now, 2), Some(&key.public_key_base64()), now);
+        assert_eq!(installed.state(now).unwrap().tier, Tier::Enterprise);
+        let why = installed
+            .state(now + chrono::Duration::days(3))
+            .unwrap_err();
+        assert!(why.contains("expired"), "{why}");
+    }
+
+    #[test]
+    fn a_licence_without_its_public_key_does_not_count_and_says_why() {
+        let key = LicenceKey::generate();
+        let now = Utc::now();
+        let installed = InstalledLicence::new(&licence(&key, now, 30), None, now);
+        let why = installed.state(now).unwrap_err();
+        assert!(why.contains("LICENSE_PUBLIC_KEY"), "{why}");
+        let other = LicenceKey::generate();
+        let installed = InstalledLicence::new(
+            &licence(&key, now, 30),
+            Some(&other.public_key_base64()),
+            now,
+        );
+        assert!(
+            installed.state(now).is_err(),
+            "another key's licence is refused"
+        );
     }
 }
