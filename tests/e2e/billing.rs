@@ -12,8 +12,8 @@ use hookline::billing::licence::{LicenceKey, LicenceRequest};
 use hookline::billing::tiers::{Tier, TierTable};
 use hookline::ports::billing::BillingStore;
 use hookline_e2e::billing::{
-    add_card, invoice_object, localstripe, now, org, stripe_event, subscribe,
-    subscription_object, BillingOptions, BillingServer, SubscriptionState, TierFrom,
+    add_card, invoice_object, localstripe, now, org, stripe_event, subscribe, subscription_object,
+    BillingOptions, BillingServer, SubscriptionState, TierFrom,
 };
 use hookline_e2e::stripe_stub::TEST_SECRET_KEY;
 use reqwest::Method;
@@ -68,7 +68,12 @@ async fn localstripes_signed_webhooks_move_the_org_onto_the_plan_it_subscribed_t
     assert_eq!(e["source"], "stripe");
     assert_eq!(e["limits"], json!(TierTable::default().team.limits));
     assert!(e["current_period_end"].is_string(), "{e}");
-    let kept = app.account_store().get_account(&org).await.unwrap().unwrap();
+    let kept = app
+        .account_store()
+        .get_account(&org)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(kept.customer_id.as_deref(), Some(customer.as_str()));
     assert_eq!(kept.subscription.unwrap().id, sub_id);
 
@@ -119,7 +124,10 @@ async fn checkout_answers_a_session_and_creates_the_orgs_customer_once() {
 
     let (status, first) = app.checkout(&org, "team").await;
     assert_eq!(status, 200, "{first}");
-    assert!(first["id"].as_str().unwrap().starts_with("cs_test_"), "{first}");
+    assert!(
+        first["id"].as_str().unwrap().starts_with("cs_test_"),
+        "{first}"
+    );
     assert!(
         first["url"]
             .as_str()
@@ -139,7 +147,10 @@ async fn checkout_answers_a_session_and_creates_the_orgs_customer_once() {
         .collect();
     assert_eq!(customers.len(), 1, "the customer is created once");
     assert_eq!(customers[0].field("metadata[org_id]"), Some(org.as_str()));
-    assert!(customers[0].idempotency_key.is_some(), "every create has a key");
+    assert!(
+        customers[0].idempotency_key.is_some(),
+        "every create has a key"
+    );
 
     let sessions = stub.requests_to("/v1/checkout/sessions");
     assert_eq!(sessions.len(), 2);
@@ -150,7 +161,10 @@ async fn checkout_answers_a_session_and_creates_the_orgs_customer_once() {
         .unwrap()
         .and_then(|a| a.customer_id)
         .unwrap();
-    for (s, price) in sessions.iter().zip([&app.prices.team, &app.prices.enterprise]) {
+    for (s, price) in sessions
+        .iter()
+        .zip([&app.prices.team, &app.prices.enterprise])
+    {
         assert_eq!(s.field("mode"), Some("subscription"));
         assert_eq!(s.field("customer"), Some(customer.as_str()));
         assert_eq!(s.field("line_items[0][price]"), Some(price.as_str()));
@@ -172,18 +186,27 @@ async fn checkout_for_a_tier_without_a_price_is_422_and_asks_stripe_nothing() {
     for tier in ["platinum", "free"] {
         let (status, body) = app.checkout(&org, tier).await;
         assert_eq!(status, 422, "{tier}: {body}");
-        assert!(body.to_string().contains("tier"), "says which field: {body}");
+        assert!(
+            body.to_string().contains("tier"),
+            "says which field: {body}"
+        );
     }
     let (status, body) = app
         .call(
             Method::POST,
             "/api/v1/billing/checkout",
             Some(&app.admin(&org)),
-            Some(json!({"tier": "team", "success_url": "not a url", "cancel_url": "https://x.test"})),
+            Some(
+                json!({"tier": "team", "success_url": "not a url", "cancel_url": "https://x.test"}),
+            ),
         )
         .await;
     assert_eq!(status, 422, "{body}");
-    assert!(app.stub().requests().is_empty(), "{:?}", app.stub().requests());
+    assert!(
+        app.stub().requests().is_empty(),
+        "{:?}",
+        app.stub().requests()
+    );
     app.shutdown().await;
 }
 
@@ -192,7 +215,10 @@ fn assert_no_key(text: &str, key: &str) {
     let secret = key.trim_start_matches("sk_test_");
     for w in secret.as_bytes().windows(4) {
         let fragment = std::str::from_utf8(w).unwrap();
-        assert!(!text.contains(fragment), "{text:?} shows part of the key ({fragment:?})");
+        assert!(
+            !text.contains(fragment),
+            "{text:?} shows part of the key ({fragment:?})"
+        );
     }
 }
 
@@ -209,7 +235,10 @@ async fn a_stripe_refusal_is_a_502_with_stripes_message_and_never_the_key() {
     let (status, body) = app.checkout(&org, "team").await;
     assert_eq!(status, 502, "{body}");
     let text = body.to_string();
-    assert!(text.contains("Invalid API Key provided"), "Stripe's message: {text}");
+    assert!(
+        text.contains("Invalid API Key provided"),
+        "Stripe's message: {text}"
+    );
     assert_no_key(&text, TEST_SECRET_KEY);
     app.shutdown().await;
 
@@ -255,6 +284,7 @@ async fn the_portal_is_409_until_the_org_has_a_customer_then_answers_a_url() {
     let sent = app.stub().requests_to("/v1/billing_portal/sessions");
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].field("customer"), Some(customer.as_str()));
+    assert!(sent[0].idempotency_key.is_some(), "every create has a key");
     assert_eq!(
         sent[0].field("return_url"),
         Some("https://app.example.com/settings")
@@ -302,7 +332,10 @@ async fn an_older_subscription_update_arriving_after_a_newer_one_changes_nothing
     ))
     .await;
     let e = app.entitlements(&org).await;
-    assert_eq!((e["tier"].as_str(), e["status"].as_str()), (Some("enterprise"), Some("active")));
+    assert_eq!(
+        (e["tier"].as_str(), e["status"].as_str()),
+        (Some("enterprise"), Some("active"))
+    );
     assert_eq!(
         app.mails_to("owner@older.test").len(),
         mails_before,
@@ -351,8 +384,14 @@ async fn the_same_event_twice_changes_nothing_and_mails_once() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    assert_eq!(app.account_store().get_account(&org).await.unwrap(), account);
-    assert_eq!(app.account_store().list_invoices(&org, 10).await.unwrap(), invoices);
+    assert_eq!(
+        app.account_store().get_account(&org).await.unwrap(),
+        account
+    );
+    assert_eq!(
+        app.account_store().list_invoices(&org, 10).await.unwrap(),
+        invoices
+    );
     let receipts: Vec<_> = subjects(&app, "owner@twice.test")
         .into_iter()
         .filter(|s| s.starts_with("Receipt"))
@@ -432,9 +471,16 @@ async fn the_owner_is_mailed_about_money_exactly_once_per_event() {
         .into_iter()
         .find(|m| m.mail.subject.starts_with("Receipt"))
         .unwrap();
-    assert!(receipt.mail.text.contains("29.00 USD"), "{}", receipt.mail.text);
     assert!(
-        receipt.mail.text.contains("https://invoice.stripe.com/i/in_money_1"),
+        receipt.mail.text.contains("29.00 USD"),
+        "{}",
+        receipt.mail.text
+    );
+    assert!(
+        receipt
+            .mail
+            .text
+            .contains("https://invoice.stripe.com/i/in_money_1"),
         "{}",
         receipt.mail.text
     );
@@ -449,7 +495,11 @@ async fn a_mail_service_that_fails_never_fails_the_webhook() {
     app.break_outbox();
     let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
     let s = sub("sub_broken", &customer, &org, &app.prices.team);
-    let created = stripe_event("customer.subscription.created", now() - 5, subscription_object(&s));
+    let created = stripe_event(
+        "customer.subscription.created",
+        now() - 5,
+        subscription_object(&s),
+    );
     let paid = stripe_event(
         "invoice.paid",
         now(),
@@ -486,6 +536,18 @@ async fn a_mail_service_that_fails_never_fails_the_webhook() {
 
 // ---- entitlements --------------------------------------------------------------------------
 
+/// One subscription event, and the entitlements it must leave.
+struct Case<'a> {
+    event: &'a str,
+    price: &'a str,
+    status: &'a str,
+    period_end: i64,
+    tier: &'a str,
+    want_status: &'a str,
+    /// What the reason must contain (`None`: no reason).
+    reason: Option<&'a str>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entitlements_follow_the_subscription_through_every_tier_and_status() {
     let app = BillingServer::stripe().await;
@@ -493,18 +555,90 @@ async fn entitlements_follow_the_subscription_through_every_tier_and_status() {
     let table = TierTable::default();
     let soon = now() + 10 * DAY;
     let ended = now() - DAY;
-    // (event, price, status, period end) → (tier, status, reason contains)
-    let cases: Vec<(&str, &str, &str, i64, &str, &str, Option<&str>)> = vec![
-        ("customer.subscription.created", &team, "active", soon, "team", "active", None),
-        ("customer.subscription.created", &ent, "active", soon, "enterprise", "active", None),
-        ("customer.subscription.created", &team, "trialing", soon, "team", "trialing", None),
-        ("customer.subscription.updated", &team, "past_due", soon, "team", "past_due", None),
-        ("customer.subscription.updated", &team, "past_due", ended, "free", "past_due", Some("ended unpaid")),
-        ("customer.subscription.updated", &ent, "unpaid", soon, "free", "unpaid", Some("unpaid")),
-        ("customer.subscription.deleted", &ent, "canceled", soon, "free", "canceled", Some("canceled")),
-        ("customer.subscription.created", "price_not_hooklines", "active", soon, "free", "active", None),
+    let cases = [
+        Case {
+            event: "customer.subscription.created",
+            price: &team,
+            status: "active",
+            period_end: soon,
+            tier: "team",
+            want_status: "active",
+            reason: None,
+        },
+        Case {
+            event: "customer.subscription.created",
+            price: &ent,
+            status: "active",
+            period_end: soon,
+            tier: "enterprise",
+            want_status: "active",
+            reason: None,
+        },
+        Case {
+            event: "customer.subscription.created",
+            price: &team,
+            status: "trialing",
+            period_end: soon,
+            tier: "team",
+            want_status: "trialing",
+            reason: None,
+        },
+        Case {
+            event: "customer.subscription.updated",
+            price: &team,
+            status: "past_due",
+            period_end: soon,
+            tier: "team",
+            want_status: "past_due",
+            reason: None,
+        },
+        Case {
+            event: "customer.subscription.updated",
+            price: &team,
+            status: "past_due",
+            period_end: ended,
+            tier: "free",
+            want_status: "past_due",
+            reason: Some("ended unpaid"),
+        },
+        Case {
+            event: "customer.subscription.updated",
+            price: &ent,
+            status: "unpaid",
+            period_end: soon,
+            tier: "free",
+            want_status: "unpaid",
+            reason: Some("unpaid"),
+        },
+        Case {
+            event: "customer.subscription.deleted",
+            price: &ent,
+            status: "canceled",
+            period_end: soon,
+            tier: "free",
+            want_status: "canceled",
+            reason: Some("canceled"),
+        },
+        Case {
+            event: "customer.subscription.created",
+            price: "price_not_hooklines",
+            status: "active",
+            period_end: soon,
+            tier: "free",
+            want_status: "active",
+            reason: None,
+        },
     ];
-    for (event, price, status, period_end, tier, want_status, reason) in cases {
+    for Case {
+        event,
+        price,
+        status,
+        period_end,
+        tier,
+        want_status,
+        reason,
+    } in cases
+    {
         let org = org();
         let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
         let s = SubscriptionState {
@@ -523,7 +657,13 @@ async fn entitlements_follow_the_subscription_through_every_tier_and_status() {
         let plan = table.plan(tier.parse::<Tier>().unwrap());
         assert_eq!(e["limits"], json!(plan.limits), "{case}");
         assert_eq!(e["features"], json!(plan.features), "{case}");
-        assert_eq!(e["current_period_end"].as_str().map(|s| chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()), Some(period_end), "{case}");
+        assert_eq!(
+            e["current_period_end"]
+                .as_str()
+                .map(|s| chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()),
+            Some(period_end),
+            "{case}"
+        );
         match reason {
             Some(r) => assert!(
                 e["reason"].as_str().is_some_and(|why| why.contains(r)),
@@ -538,7 +678,10 @@ async fn entitlements_follow_the_subscription_through_every_tier_and_status() {
 
     // An org Stripe never heard of.
     let e = app.entitlements(&org()).await;
-    assert_eq!((e["tier"].as_str(), e["status"].as_str()), (Some("free"), Some("none")));
+    assert_eq!(
+        (e["tier"].as_str(), e["status"].as_str()),
+        (Some("free"), Some("none"))
+    );
     assert_eq!(e["limits"], json!(table.free.limits));
     assert_eq!(e["usage"]["repositories"], 0);
     app.shutdown().await;
@@ -604,11 +747,36 @@ async fn a_licence_that_does_not_verify_falls_back_to_free_and_says_why() {
     // {"alg":"none","typ":"JWT"}
     let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
     let cases: Vec<(&str, String, Option<String>, &str)> = vec![
-        ("expired", licence(&key, Tier::Enterprise, t - 400 * DAY, t - DAY), Some(key.public_key_base64()), "expired"),
-        ("not yet valid", licence(&key, Tier::Enterprise, t + 30 * DAY, t + 400 * DAY), Some(key.public_key_base64()), "not valid before"),
-        ("signed by another key", good.clone(), Some(LicenceKey::generate().public_key_base64()), "does not verify"),
-        ("a claim changed after signing", format!("{}.{}.{}", parts[0], other_payload, parts[2]), Some(key.public_key_base64()), "does not verify"),
-        ("alg none", format!("{none_header}.{}.", parts[1]), Some(key.public_key_base64()), "not EdDSA"),
+        (
+            "expired",
+            licence(&key, Tier::Enterprise, t - 400 * DAY, t - DAY),
+            Some(key.public_key_base64()),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            licence(&key, Tier::Enterprise, t + 30 * DAY, t + 400 * DAY),
+            Some(key.public_key_base64()),
+            "not valid before",
+        ),
+        (
+            "signed by another key",
+            good.clone(),
+            Some(LicenceKey::generate().public_key_base64()),
+            "does not verify",
+        ),
+        (
+            "a claim changed after signing",
+            format!("{}.{}.{}", parts[0], other_payload, parts[2]),
+            Some(key.public_key_base64()),
+            "does not verify",
+        ),
+        (
+            "alg none",
+            format!("{none_header}.{}.", parts[1]),
+            Some(key.public_key_base64()),
+            "not EdDSA",
+        ),
         ("no public key", good.clone(), None, "LICENSE_PUBLIC_KEY"),
     ];
     for (case, token, public_key, why) in cases {
@@ -616,9 +784,16 @@ async fn a_licence_that_does_not_verify_falls_back_to_free_and_says_why() {
         let e = app.entitlements("org-selfhosted").await;
         assert_eq!(e["tier"], "free", "{case}: {e}");
         assert_eq!(e["status"], "unlicensed", "{case}: {e}");
-        assert_eq!(e["limits"], json!(TierTable::default().free.limits), "{case}");
+        assert_eq!(
+            e["limits"],
+            json!(TierTable::default().free.limits),
+            "{case}"
+        );
         let reason = e["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains(why), "{case}: the reason {reason:?} says {why:?}");
+        assert!(
+            reason.contains(why),
+            "{case}: the reason {reason:?} says {why:?}"
+        );
         app.shutdown().await;
     }
 }
@@ -640,7 +815,10 @@ async fn without_stripe_or_a_licence_nothing_is_limited_and_entitlements_say_so(
         json!({"repositories": null, "endpoints": null, "events_per_month": null})
     );
     assert!(
-        e["reason"].as_str().unwrap_or_default().contains("nothing is limited"),
+        e["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nothing is limited"),
         "{e}"
     );
     let token = app.admin(&org);
@@ -672,13 +850,20 @@ async fn endpoint(app: &BillingServer, token: &str, n: usize) -> (u16, Value) {
         Method::POST,
         "/api/v1/endpoints",
         Some(token),
-        Some(json!({"url": format!("http://127.0.0.1:9/hook-{n}"), "event_types": ["invoice.paid"]})),
+        Some(
+            json!({"url": format!("http://127.0.0.1:9/hook-{n}"), "event_types": ["invoice.paid"]}),
+        ),
     )
     .await
 }
 
 async fn publish(app: &BillingServer, token: &str) -> (u16, Value) {
-    publish_as(app, token, &format!("ord_{}", uuid::Uuid::new_v4().simple())).await
+    publish_as(
+        app,
+        token,
+        &format!("ord_{}", uuid::Uuid::new_v4().simple()),
+    )
+    .await
 }
 
 /// Publish with the publisher's own event id (so a retry is recognised).
@@ -713,7 +898,12 @@ async fn a_fourth_repository_on_the_free_plan_is_402_and_connects_nothing() {
     assert_plan_limit(status, &body, 3);
     assert_eq!(body["resource"], "repositories");
     let (status, list) = app
-        .call(Method::GET, "/api/v1/repositories/connections", Some(&token), None)
+        .call(
+            Method::GET,
+            "/api/v1/repositories/connections",
+            Some(&token),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{list}");
     assert!(!list.to_string().contains("acme/repo-3"), "{list}");
@@ -722,8 +912,12 @@ async fn a_fourth_repository_on_the_free_plan_is_402_and_connects_nothing() {
     // The team plan lifts the limit.
     let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
     let s = sub("sub_repos", &customer, &org, &app.prices.team);
-    app.deliver_event(&stripe_event("customer.subscription.created", now(), subscription_object(&s)))
-        .await;
+    app.deliver_event(&stripe_event(
+        "customer.subscription.created",
+        now(),
+        subscription_object(&s),
+    ))
+    .await;
     let (status, body) = connect(&app, &token, "acme/repo-3").await;
     assert_eq!(status, 201, "{body}");
     app.shutdown().await;
@@ -811,7 +1005,10 @@ async fn a_retried_publish_at_the_limit_still_answers_the_event_it_published() {
     assert_eq!(status, 202, "{first}");
     // The client did not hear the answer and sends the same event again.
     let (status, again) = publish_as(&app, &token, "order-1").await;
-    assert_eq!(status, 200, "a retry answers the event it published: {again}");
+    assert_eq!(
+        status, 200,
+        "a retry answers the event it published: {again}"
+    );
     assert_eq!(again["id"], first["id"]);
     assert_eq!(app.entitlements(&org).await["usage"]["events_per_month"], 1);
     app.shutdown().await;
@@ -836,7 +1033,12 @@ async fn every_billing_route_acts_on_the_callers_org_only() {
     assert_eq!(status, 404, "{body}");
     assert!(!body.to_string().contains(&b), "{body}");
     let (status, _) = app
-        .call(Method::GET, &format!("/api/v1/billing/entitlements/{a}"), None, None)
+        .call(
+            Method::GET,
+            &format!("/api/v1/billing/entitlements/{a}"),
+            None,
+            None,
+        )
         .await;
     assert_eq!(status, 401);
 
@@ -869,24 +1071,55 @@ async fn every_billing_route_acts_on_the_callers_org_only() {
 
     // A's checkout made A's customer: B still has none, and its portal says so.
     let store = app.account_store();
-    let a_customer = store.get_account(&a).await.unwrap().and_then(|x| x.customer_id);
+    let a_customer = store
+        .get_account(&a)
+        .await
+        .unwrap()
+        .and_then(|x| x.customer_id);
     assert!(a_customer.is_some());
-    assert_eq!(store.get_account(&b).await.unwrap().and_then(|x| x.customer_id), None);
+    assert_eq!(
+        store
+            .get_account(&b)
+            .await
+            .unwrap()
+            .and_then(|x| x.customer_id),
+        None
+    );
     let (status, body) = app.portal(&b).await;
     assert_eq!(status, 409, "{body}");
     let sessions = app.stub().requests_to("/v1/checkout/sessions");
-    assert!(sessions.iter().all(|s| s.field("metadata[org_id]") == Some(a.as_str())));
+    assert!(sessions
+        .iter()
+        .all(|s| s.field("metadata[org_id]") == Some(a.as_str())));
 
     // A's subscription is A's alone.
-    let s = sub("sub_iso", a_customer.as_deref().unwrap(), &a, &app.prices.team);
-    app.deliver_event(&stripe_event("customer.subscription.created", now(), subscription_object(&s)))
-        .await;
+    let s = sub(
+        "sub_iso",
+        a_customer.as_deref().unwrap(),
+        &a,
+        &app.prices.team,
+    );
+    app.deliver_event(&stripe_event(
+        "customer.subscription.created",
+        now(),
+        subscription_object(&s),
+    ))
+    .await;
     assert_eq!(app.entitlements(&a).await["tier"], "team");
     assert_eq!(app.entitlements(&b).await["tier"], "free");
     // Even an event that names B for A's customer does not move the customer to B.
-    let hijack = sub("sub_iso2", a_customer.as_deref().unwrap(), &b, &app.prices.enterprise);
-    app.deliver_event(&stripe_event("customer.subscription.created", now(), subscription_object(&hijack)))
-        .await;
+    let hijack = sub(
+        "sub_iso2",
+        a_customer.as_deref().unwrap(),
+        &b,
+        &app.prices.enterprise,
+    );
+    app.deliver_event(&stripe_event(
+        "customer.subscription.created",
+        now(),
+        subscription_object(&hijack),
+    ))
+    .await;
     assert_eq!(app.entitlements(&b).await["tier"], "free");
     app.shutdown().await;
 }
@@ -915,14 +1148,26 @@ async fn reconciliation_repairs_a_subscription_whose_webhook_was_missed_and_mail
     let mails_before = app.mails_to(owner).len();
     localstripe(Method::DELETE, &format!("/v1/subscriptions/{sub_id}"), &[]).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert_eq!(app.entitlements(&org).await["tier"], "team", "the webhook was missed");
+    assert_eq!(
+        app.entitlements(&org).await["tier"],
+        "team",
+        "the webhook was missed"
+    );
 
     let billing = app.app.billing.as_ref().unwrap();
     let done = billing.reconcile(Some(&org)).await.unwrap();
     assert_eq!(done.repaired, 1, "{done:?}");
     let e = app.entitlements(&org).await;
-    assert_eq!((e["tier"].as_str(), e["status"].as_str()), (Some("free"), Some("canceled")), "{e}");
-    assert_eq!(app.mails_to(owner).len(), mails_before, "reconciliation mails no one");
+    assert_eq!(
+        (e["tier"].as_str(), e["status"].as_str()),
+        (Some("free"), Some("canceled")),
+        "{e}"
+    );
+    assert_eq!(
+        app.mails_to(owner).len(),
+        mails_before,
+        "reconciliation mails no one"
+    );
 
     let again = billing.reconcile(Some(&org)).await.unwrap();
     assert_eq!(again.repaired, 0, "nothing left to repair: {again:?}");
@@ -934,7 +1179,12 @@ async fn an_event_for_an_unknown_customer_is_kept_and_applied_once_its_customer_
     let app = BillingServer::stripe().await;
     let org = org();
     // A customer made outside Hookline (the dashboard): no org in its metadata.
-    let customer = localstripe(Method::POST, "/v1/customers", &[("email", "someone@x.test")]).await;
+    let customer = localstripe(
+        Method::POST,
+        "/v1/customers",
+        &[("email", "someone@x.test")],
+    )
+    .await;
     let customer = customer["id"].as_str().unwrap().to_owned();
     let paid = stripe_event(
         "invoice.paid",
@@ -956,7 +1206,14 @@ async fn an_event_for_an_unknown_customer_is_kept_and_applied_once_its_customer_
     });
     app.deliver_event(&stripe_event("checkout.session.completed", now(), session))
         .await;
-    let done = app.app.billing.as_ref().unwrap().reconcile(Some(&org)).await.unwrap();
+    let done = app
+        .app
+        .billing
+        .as_ref()
+        .unwrap()
+        .reconcile(Some(&org))
+        .await
+        .unwrap();
     assert_eq!(done.parked_applied, 1, "{done:?}");
     let invoices = store.list_invoices(&org, 10).await.unwrap();
     assert_eq!(invoices.len(), 1, "{invoices:?}");

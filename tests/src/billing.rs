@@ -136,7 +136,12 @@ pub async fn add_card(customer: &str) {
     )
     .await;
     let path = format!("/v1/customers/{customer}/sources");
-    localstripe(Method::POST, &path, &[("source", token["id"].as_str().unwrap())]).await;
+    localstripe(
+        Method::POST,
+        &path,
+        &[("source", token["id"].as_str().unwrap())],
+    )
+    .await;
 }
 
 /// Subscribe a localstripe customer to `plan`; the subscription's id.
@@ -475,7 +480,10 @@ impl BillingServer {
 
     /// Make the outbox unwritable: a plain file where its folder would be.
     pub fn break_outbox(&self) {
-        let path = self.dir.path().join(hookline::ports::mail::embedded::OUTBOX_DIR);
+        let path = self
+            .dir
+            .path()
+            .join(hookline::ports::mail::embedded::OUTBOX_DIR);
         if path.is_dir() {
             std::fs::remove_dir_all(&path).unwrap();
         }

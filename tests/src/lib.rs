@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 pub use hookline;
 
-pub mod outbound;
 pub mod billing;
+pub mod outbound;
 pub mod stripe_stub;
 
 /// The dev secrets of `events/README.md`: every payload in `events/` is signed for them.
