@@ -400,6 +400,127 @@ async fn the_same_event_twice_changes_nothing_and_mails_once() {
     app.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_through_a_second_checkout_keeps_the_new_plan_when_the_old_one_is_cancelled() {
+    // Checkout always starts a new subscription: an org on team that buys enterprise holds
+    // both until it cancels the old one, and that cancellation must not drop it to free.
+    let app = BillingServer::spawn(BillingOptions {
+        localstripe_webhook: true,
+        ..BillingOptions::default()
+    })
+    .await;
+    let org = org();
+    let owner = "owner@upgrade.test";
+    app.set_owner(&org, owner).await;
+    let customer = app.customer_via_checkout(&org).await;
+    add_card(&customer).await;
+    let old = subscribe(&customer, &app.prices.team).await;
+    app.wait_entitlements(&org, "the team plan", |e| e["tier"] == "team")
+        .await;
+    let new = subscribe(&customer, &app.prices.enterprise).await;
+    app.wait_entitlements(&org, "the enterprise plan", |e| e["tier"] == "enterprise")
+        .await;
+    localstripe(Method::DELETE, &format!("/v1/subscriptions/{old}"), &[]).await;
+    // localstripe sends a second after the change; give the worker time to apply it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let e = app.entitlements(&org).await;
+    assert_eq!(
+        (e["tier"].as_str(), e["status"].as_str()),
+        (Some("enterprise"), Some("active")),
+        "{e}"
+    );
+    let kept = app
+        .account_store()
+        .get_account(&org)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.subscription.unwrap().id, new);
+    assert!(
+        !subjects(&app, owner)
+            .iter()
+            .any(|s| s.contains("cancelled")),
+        "the org still has a subscription: {:?}",
+        subjects(&app, owner)
+    );
+    app.shutdown().await;
+
+    // The same, with the old subscription's cancellation delivered before the new one's
+    // creation (Stripe's order is not the order of delivery).
+    let app = BillingServer::stripe().await;
+    let org = hookline_e2e::billing::org();
+    let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
+    let (team, ent) = (app.prices.team.clone(), app.prices.enterprise.clone());
+    let t = now();
+    let old = sub("sub_old", &customer, &org, &team);
+    app.deliver_event(&stripe_event(
+        "customer.subscription.created",
+        t - 300,
+        subscription_object(&old),
+    ))
+    .await;
+    app.deliver_event(&stripe_event(
+        "customer.subscription.deleted",
+        t - 10,
+        subscription_object(&SubscriptionState {
+            status: "canceled",
+            ..old.clone()
+        }),
+    ))
+    .await;
+    app.deliver_event(&stripe_event(
+        "customer.subscription.created",
+        t - 100,
+        subscription_object(&sub("sub_new", &customer, &org, &ent)),
+    ))
+    .await;
+    let e = app.entitlements(&org).await;
+    assert_eq!(
+        (e["tier"].as_str(), e["status"].as_str()),
+        (Some("enterprise"), Some("active")),
+        "{e}"
+    );
+
+    // And with the old one cancelled at its period's end, as the Portal does by default.
+    let org = hookline_e2e::billing::org();
+    let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
+    let old = sub("sub_old", &customer, &org, &team);
+    let events = [
+        ("customer.subscription.created", t - 300, old.clone()),
+        (
+            "customer.subscription.created",
+            t - 100,
+            sub("sub_new", &customer, &org, &ent),
+        ),
+        (
+            "customer.subscription.updated",
+            t - 50,
+            SubscriptionState {
+                cancel_at_period_end: true,
+                ..old.clone()
+            },
+        ),
+        (
+            "customer.subscription.deleted",
+            t - 10,
+            SubscriptionState {
+                status: "canceled",
+                ..old
+            },
+        ),
+    ];
+    for (kind, at, state) in events {
+        app.deliver_event(&stripe_event(kind, at, subscription_object(&state)))
+            .await;
+        assert_eq!(
+            app.entitlements(&org).await["tier"],
+            if at == t - 300 { "team" } else { "enterprise" },
+            "after {kind} at {at}"
+        );
+    }
+    app.shutdown().await;
+}
+
 // ---- the owner's mail ----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
