@@ -345,6 +345,47 @@ async fn an_older_subscription_update_arriving_after_a_newer_one_changes_nothing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_payment_delivered_after_the_invoice_was_paid_neither_reopens_it_nor_alerts() {
+    let app = BillingServer::stripe().await;
+    let org = org();
+    let owner = "owner@late.test";
+    app.set_owner(&org, owner).await;
+    let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
+    let s = sub("sub_late", &customer, &org, &app.prices.team);
+    let t = now();
+    app.deliver_event(&stripe_event(
+        "customer.subscription.created",
+        t - 300,
+        subscription_object(&s),
+    ))
+    .await;
+    app.deliver_event(&stripe_event(
+        "invoice.paid",
+        t - 10,
+        invoice_object("in_late", &customer, "paid", 2900, true),
+    ))
+    .await;
+    // The first attempt's failure, sent before the retry that paid it, arrives last.
+    app.deliver_event(&stripe_event(
+        "invoice.payment_failed",
+        t - 60,
+        invoice_object("in_late", &customer, "open", 2900, false),
+    ))
+    .await;
+    let invoices = app.account_store().list_invoices(&org, 10).await.unwrap();
+    assert_eq!(invoices.len(), 1);
+    assert_eq!(
+        (invoices[0].status.as_str(), invoices[0].amount_paid),
+        ("paid", 2900)
+    );
+    assert_eq!(
+        subjects(&app, owner),
+        vec!["Receipt for Hookline invoice HL-late".to_owned()]
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_twice_changes_nothing_and_mails_once() {
     let app = BillingServer::stripe().await;
     let org = org();
