@@ -12,8 +12,8 @@ use hookline::billing::licence::{LicenceKey, LicenceRequest};
 use hookline::billing::tiers::{Tier, TierTable};
 use hookline::ports::billing::BillingStore;
 use hookline_e2e::billing::{
-    add_card, invoice_object, localstripe, now, org, stripe_event, subscribe, subscription_object,
-    BillingOptions, BillingServer, SubscriptionState, TierFrom,
+    add_card, add_card_numbered, invoice_object, localstripe, now, org, stripe_event, subscribe,
+    subscription_object, BillingOptions, BillingServer, SubscriptionState, TierFrom,
 };
 use hookline_e2e::stripe_stub::TEST_SECRET_KEY;
 use reqwest::Method;
@@ -111,6 +111,41 @@ async fn localstripes_signed_webhooks_move_the_org_onto_the_plan_it_subscribed_t
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_first_payment_localstripe_declines_gives_no_plan() {
+    let app = BillingServer::spawn(BillingOptions {
+        localstripe_webhook: true,
+        ..BillingOptions::default()
+    })
+    .await;
+    let org = org();
+    let customer = app.customer_via_checkout(&org).await;
+    // Stripe's test card that attaches, then declines every charge.
+    add_card_numbered(&customer, "4000000000000341").await;
+    let sub_id = subscribe(&customer, &app.prices.team).await;
+    app.wait_entitlements(&org, "the incomplete subscription", |e| {
+        e["status"] == "incomplete"
+    })
+    .await;
+    let e = app.entitlements(&org).await;
+    assert_eq!(e["tier"], "free", "{e}");
+    assert!(
+        e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("incomplete")),
+        "{e}"
+    );
+    let kept = app
+        .account_store()
+        .get_account(&org)
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = kept.subscription.unwrap();
+    assert_eq!((kept.id.as_str(), kept.tier), (sub_id.as_str(), Tier::Team));
     app.shutdown().await;
 }
 

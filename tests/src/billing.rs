@@ -124,11 +124,17 @@ async fn create_plan(id: &str, amount: &str, name: &str) {
 
 /// Give a localstripe customer a test card (4242…), so its subscriptions are paid.
 pub async fn add_card(customer: &str) {
+    add_card_numbered(customer, "4242424242424242").await;
+}
+
+/// Give a localstripe customer one of Stripe's test cards (4000000000000341 attaches, then
+/// declines every charge).
+pub async fn add_card_numbered(customer: &str, number: &str) {
     let token = localstripe(
         Method::POST,
         "/v1/tokens",
         &[
-            ("card[number]", "4242424242424242"),
+            ("card[number]", number),
             ("card[exp_month]", "12"),
             ("card[exp_year]", "2030"),
             ("card[cvc]", "123"),
