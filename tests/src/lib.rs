@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use hookline;
 
+pub mod billing;
 pub mod outbound;
 pub mod stripe_stub;
 

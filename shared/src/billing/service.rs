@@ -185,8 +185,22 @@ impl Billing {
                 self.link(&org_id, &customer_id).await?;
                 true
             }
-            Change::Subscription(sub) => {
+            Change::Subscription(mut sub) => {
                 let before = self.store.get_account(&org_id).await?;
+                // A customer holds two subscriptions for a while when it changes plan through
+                // a second Checkout: events about the one that is ending never replace the
+                // one that goes on, whichever Stripe sent (or delivered) last.
+                let kept = before.as_ref().and_then(|a| a.subscription.as_ref());
+                if let Some(kept) = kept.filter(|k| k.id != sub.id) {
+                    match standing(&sub).cmp(&standing(kept)) {
+                        std::cmp::Ordering::Less => {
+                            tracing::info!(event = %event.id, org = %org_id, subscription = %sub.id, kept = %kept.id, "a Stripe event about a subscription the org is leaving; the live one is kept");
+                            return Ok(Applied::Stale { org_id });
+                        }
+                        std::cmp::Ordering::Greater => sub.version = sub.version.max(kept.version),
+                        std::cmp::Ordering::Equal => {}
+                    }
+                }
                 let written = self.store.put_subscription(&org_id, &sub).await?;
                 if written && mail {
                     self.mail_subscription(&event, &org_id, before.as_ref(), &sub)
@@ -597,6 +611,12 @@ impl Billing {
         }
         Ok(done)
     }
+}
+
+/// Which of two subscriptions of one org decides its tier: the live one, then the one not
+/// cancelling at its period's end.
+fn standing(s: &Subscription) -> (u8, bool) {
+    (live(s.status), !s.cancel_at_period_end)
 }
 
 /// Live subscriptions outrank ended ones when a customer has several.

@@ -79,7 +79,13 @@ impl Publisher {
         // Counted before it is appended, so a plan's month can never be passed; given back
         // when nothing new was appended (the id was published before, or the store failed).
         if let Some(plans) = &self.plans {
-            plans.take_event(org_id).await?;
+            if let Err(refusal) = plans.take_event(org_id).await {
+                // A retry of an event already published answers it, whatever the month's count.
+                if let Some(existing) = self.store.get_event(org_id, &id).await? {
+                    return Ok(Appended::Existing(existing));
+                }
+                return Err(refusal.into());
+            }
         }
         let appended = self.append(org_id, id, event_type, req.data).await;
         if let Some(plans) = &self.plans {
