@@ -1372,6 +1372,25 @@ async fn reconciliation_repairs_a_subscription_whose_webhook_was_missed_and_mail
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hookline_serve_reconciles_on_its_own_every_billing_reconcile_interval() {
+    // No webhook reaches this server at all: only the reconcile loop can learn of the plan.
+    let app = BillingServer::spawn(BillingOptions {
+        reconcile_interval: Some("300ms".into()),
+        ..BillingOptions::default()
+    })
+    .await;
+    let org = org();
+    let customer = app.customer_via_checkout(&org).await;
+    add_card(&customer).await;
+    subscribe(&customer, &app.prices.team).await;
+    app.wait_entitlements(&org, "the team plan, from reconciliation alone", |e| {
+        e["tier"] == "team"
+    })
+    .await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_for_an_unknown_customer_is_kept_and_applied_once_its_customer_is_linked() {
     let app = BillingServer::stripe().await;
     let org = org();

@@ -53,6 +53,8 @@ pub struct BillingOptions {
     pub stub_api_key: Option<String>,
     /// The stub's Checkout knows only the team price (Stripe then refuses enterprise).
     pub stripe_lacks_enterprise_price: bool,
+    /// `BILLING_RECONCILE_INTERVAL` (unset: `0`, so no test is reconciled behind its back).
+    pub reconcile_interval: Option<String>,
 }
 
 impl Default for BillingOptions {
@@ -63,6 +65,7 @@ impl Default for BillingOptions {
             localstripe_webhook: false,
             stub_api_key: None,
             stripe_lacks_enterprise_price: false,
+            reconcile_interval: None,
         }
     }
 }
@@ -210,6 +213,13 @@ impl BillingServer {
             }
             TierFrom::Unlimited => None,
         };
+        vars.insert(
+            "BILLING_RECONCILE_INTERVAL",
+            options
+                .reconcile_interval
+                .clone()
+                .unwrap_or_else(|| "0".into()),
+        );
         let lookup = |name: &str| vars.get(name).cloned();
 
         let app = embedded_app(
