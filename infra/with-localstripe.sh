@@ -31,36 +31,9 @@ EOT
   exit 127
 fi
 
-workdir="$(mktemp -d "${TMPDIR:-/tmp}/hookline-localstripe.XXXXXX")"
-log="$workdir/localstripe.log"
-ls_pid=""
-
-cleanup() {
-  local status=$?
-  if [[ -n "$ls_pid" ]] && kill -0 "$ls_pid" 2>/dev/null; then
-    kill "$ls_pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$ls_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$ls_pid" 2>/dev/null || true
-    wait "$ls_pid" 2>/dev/null || true
-  fi
-  if [[ $status -ne 0 && -s "$log" ]]; then
-    echo "with-localstripe: exit status $status; localstripe's log is kept at $log" >&2
-  else
-    rm -rf "$workdir"
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# A free loopback port (a rare race with another process is possible; localstripe then fails
-# to start, loudly).
-port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
-endpoint="http://127.0.0.1:$port"
+# shellcheck source=infra/server-lib.sh
+source "$(dirname "$0")/server-lib.sh"
+server_setup localstripe "$python"
 
 # localstripe's app, in memory, on loopback only (see the header).
 "$python" -c '
@@ -72,41 +45,16 @@ logger = logging.getLogger("aiohttp.access")
 logger.setLevel(logging.INFO)
 logger.addHandler(logging.StreamHandler())
 web.run_app(server.app, host="127.0.0.1", port=int(sys.argv[1]), access_log=logger, print=None)
-' "$port" >"$log" 2>&1 &
-ls_pid=$!
-
-ready=""
-for _ in $(seq 1 200); do
-  if ! kill -0 "$ls_pid" 2>/dev/null; then
-    echo "with-localstripe: localstripe exited at start; its log:" >&2
-    cat "$log" >&2
-    exit 1
-  fi
-  # Any HTTP answer means it is up (an unauthenticated call answers 401).
-  if "$python" - "$endpoint" <<'PY' 2>/dev/null
+' "$port" >"$server_log" 2>&1 &
+server_pid=$!
+# Any HTTP answer means it is up (an unauthenticated call answers 401).
+server_wait '
 import sys, urllib.error, urllib.request
 try:
     urllib.request.urlopen(sys.argv[1] + "/v1/customers", timeout=1).read()
 except urllib.error.HTTPError:
     pass
-PY
-  then
-    ready=1
-    break
-  fi
-  sleep 0.1
-done
-if [[ -z "$ready" ]]; then
-  echo "with-localstripe: localstripe did not answer on $endpoint within 20 s; its log:" >&2
-  cat "$log" >&2
-  exit 1
-fi
+'
 
 export HOOKLINE_LOCALSTRIPE_URL="$endpoint"
-
-echo "with-localstripe: localstripe on $endpoint" >&2
-set +e
-"$@"
-status=$?
-set -e
-exit "$status"
+server_run "$@"
