@@ -7,6 +7,8 @@
 # Installs (once, reused between runs):
 #   - a Python venv at $HOOKLINE_VENV (default ~/.cache/hookline/venv) with moto[server],
 #     cfn-lint, aws-sam-cli, cargo-lambda, pyjwt[crypto] and localstripe (a Stripe API emulator);
+#   - jose (npm, the JavaScript JWT library) at $HOOKLINE_NODE_DIR (default
+#     ~/.cache/hookline/node), for the licence interop test; needs node and npm;
 #   - a cargo target dir at $CARGO_TARGET_DIR (default ~/.cache/hookline/target), so the AWS
 #     SDK is built once, not on every run.
 # A missing tool is a failure, never a skip.
@@ -53,6 +55,17 @@ fi
 "$HOOKLINE_VENV/bin/python3" -c 'import localstripe' \
   || { echo "test.sh: localstripe did not install" >&2; exit 1; }
 export HOOKLINE_PYTHON="$HOOKLINE_VENV/bin/python3"
+# jose (npm), the other JWT library the licence interop test verifies with. Pinned to 5: its
+# CommonJS build is what `node -e` can require.
+HOOKLINE_NODE_DIR="${HOOKLINE_NODE_DIR:-$HOME/.cache/hookline/node}"
+if ! NODE_PATH="$HOOKLINE_NODE_DIR/node_modules" node -e 'require("jose")' 2>/dev/null; then
+  echo "installing: jose (npm)"
+  mkdir -p "$HOOKLINE_NODE_DIR"
+  (cd "$HOOKLINE_NODE_DIR" && npm install --silent --no-audit --no-fund 'jose@5')
+fi
+NODE_PATH="$HOOKLINE_NODE_DIR/node_modules" node -e 'require("jose")' \
+  || { echo "test.sh: jose (npm) did not install" >&2; exit 1; }
+export HOOKLINE_JOSE_PATH="$HOOKLINE_NODE_DIR/node_modules"
 export PATH="$HOOKLINE_VENV/bin:$PATH"
 
 step "format and lints"

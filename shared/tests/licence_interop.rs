@@ -1,8 +1,10 @@
-//! Licences are standard JWTs: PyJWT (with `cryptography`'s Ed25519 keys) verifies a Hookline
-//! licence unmodified, and Hookline verifies a licence PyJWT signed with the same key.
+//! Licences are standard JWTs: PyJWT (with `cryptography`'s Ed25519 keys) and jose (npm)
+//! verify a Hookline licence unmodified, and Hookline verifies a licence PyJWT signed with the
+//! same key.
 //!
-//! Needs `HOOKLINE_PYTHON`, a Python with `pyjwt[crypto]` (infra/test.sh sets it to the
-//! venv's); without it every test fails, it never skips.
+//! Needs `HOOKLINE_PYTHON`, a Python with `pyjwt[crypto]`, and `HOOKLINE_JOSE_PATH`, a
+//! node_modules with `jose` (infra/test.sh sets both); without them the tests fail, never
+//! skip.
 
 use chrono::Utc;
 use hookline::billing::licence::{LicenceClaims, LicenceKey, LicenceRequest};
@@ -96,6 +98,65 @@ fn pyjwt_verifies_a_hookline_licence_unmodified() {
         assert_eq!(decoded, serde_json::to_value(&claims).unwrap(), "{tier}");
         assert_eq!(decoded["tier"], tier.as_str());
     }
+}
+
+/// Verifies argv[1] (a token) with the raw base64 public key in argv[2]; prints the claims.
+const JOSE_VERIFY: &str = r#"
+const jose = require("jose");
+(async () => {
+  const [token, raw] = process.argv.slice(1);
+  const x = Buffer.from(raw, "base64").toString("base64url");
+  const key = await jose.importJWK({ kty: "OKP", crv: "Ed25519", x }, "EdDSA");
+  const { payload } = await jose.jwtVerify(token, key, { algorithms: ["EdDSA"] });
+  console.log(JSON.stringify(payload));
+})().catch((e) => { console.error(e.code || e.message); process.exit(1); });
+"#;
+
+/// Run the jose snippet with node; `Ok(stdout)` when it exits 0, else `Err(stderr)`.
+fn run_jose(args: &[&str]) -> Result<String, String> {
+    let modules = match std::env::var("HOOKLINE_JOSE_PATH") {
+        Ok(p) if !p.trim().is_empty() => p,
+        _ => panic!(
+            "HOOKLINE_JOSE_PATH is not set: this test needs a node_modules with jose \
+             (infra/test.sh installs it and sets HOOKLINE_JOSE_PATH; by hand: npm install \
+             jose@5 and HOOKLINE_JOSE_PATH=<that node_modules>)"
+        ),
+    };
+    let out = Command::new("node")
+        .arg("-e")
+        .arg(JOSE_VERIFY)
+        .args(args)
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !stderr.contains("Cannot find module"),
+        "HOOKLINE_JOSE_PATH={modules} lacks jose: {stderr}"
+    );
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+    } else {
+        Err(stderr)
+    }
+}
+
+#[test]
+fn jose_verifies_a_hookline_licence_unmodified_and_refuses_another_keys() {
+    let key = LicenceKey::generate();
+    for tier in Tier::ALL {
+        let (token, claims) = licence(&key, tier);
+        let out = run_jose(&[&token, &key.public_key_base64()])
+            .unwrap_or_else(|e| panic!("jose refused a {tier} licence: {e}"));
+        let decoded: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(decoded, serde_json::to_value(&claims).unwrap(), "{tier}");
+    }
+    let (token, _) = licence(&key, Tier::Team);
+    let err = run_jose(&[&token, &LicenceKey::generate().public_key_base64()]).unwrap_err();
+    assert!(
+        err.contains("ERR_JWS_SIGNATURE_VERIFICATION_FAILED"),
+        "{err}"
+    );
 }
 
 #[test]
