@@ -544,10 +544,22 @@ async fn an_upgrade_through_a_second_checkout_keeps_the_new_plan_when_the_old_on
         }),
     ))
     .await;
+    // The new one starts incomplete (Checkout's first payment still running), then turns
+    // active: its own later events must still apply after it replaced the cancelled one.
+    let new = sub("sub_new", &customer, &org, &ent);
     app.deliver_event(&stripe_event(
         "customer.subscription.created",
         t - 100,
-        subscription_object(&sub("sub_new", &customer, &org, &ent)),
+        subscription_object(&SubscriptionState {
+            status: "incomplete",
+            ..new.clone()
+        }),
+    ))
+    .await;
+    app.deliver_event(&stripe_event(
+        "customer.subscription.updated",
+        t - 99,
+        subscription_object(&new),
     ))
     .await;
     let e = app.entitlements(&org).await;

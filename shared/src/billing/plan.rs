@@ -313,6 +313,16 @@ pub fn effective_tier(sub: Option<&Subscription>, now: DateTime<Utc>) -> (Tier, 
     };
     let period_over = s.current_period_end.is_some_and(|end| end <= now);
     match s.status {
+        // Set to cancel at its period's end, and that end has passed (the `deleted` event
+        // may not have arrived yet).
+        SubscriptionStatus::Active | SubscriptionStatus::Trialing
+            if s.cancel_at_period_end && period_over =>
+        {
+            (
+                Tier::Free,
+                Some("the subscription was cancelled at its period's end".into()),
+            )
+        }
         SubscriptionStatus::Active | SubscriptionStatus::Trialing => (s.tier, None),
         SubscriptionStatus::PastDue if !period_over => (s.tier, None),
         SubscriptionStatus::PastDue => (

@@ -185,20 +185,21 @@ impl Billing {
                 self.link(&org_id, &customer_id).await?;
                 true
             }
-            Change::Subscription(mut sub) => {
+            Change::Subscription(sub) => {
                 let before = self.store.get_account(&org_id).await?;
                 // A customer holds two subscriptions for a while when it changes plan through
                 // a second Checkout: events about the one that is ending never replace the
                 // one that goes on, whichever Stripe sent (or delivered) last.
+                // Between two subscriptions the store lets either replace the other, keeping
+                // each one's own version (so its later events still apply): this decides.
                 let kept = before.as_ref().and_then(|a| a.subscription.as_ref());
                 if let Some(kept) = kept.filter(|k| k.id != sub.id) {
-                    match standing(&sub).cmp(&standing(kept)) {
-                        std::cmp::Ordering::Less => {
-                            tracing::info!(event = %event.id, org = %org_id, subscription = %sub.id, kept = %kept.id, "a Stripe event about a subscription the org is leaving; the live one is kept");
-                            return Ok(Applied::Stale { org_id });
-                        }
-                        std::cmp::Ordering::Greater => sub.version = sub.version.max(kept.version),
-                        std::cmp::Ordering::Equal => {}
+                    let newer = (sub.version, standing(&sub)) >= (kept.version, standing(kept));
+                    if standing(&sub) < standing(kept)
+                        || (standing(&sub) == standing(kept) && !newer)
+                    {
+                        tracing::info!(event = %event.id, org = %org_id, subscription = %sub.id, kept = %kept.id, "a Stripe event about a subscription the org is leaving; the live one is kept");
+                        return Ok(Applied::Stale { org_id });
                     }
                 }
                 let written = self.store.put_subscription(&org_id, &sub).await?;
@@ -210,7 +211,9 @@ impl Billing {
             }
             Change::Invoice(invoice) => {
                 let written = self.store.put_invoice(&invoice).await?;
-                if written && mail {
+                // A receipt is owed even when a later update of the invoice came first (the
+                // notice key still sends it once); an alert for a stale failure is not.
+                if (written || event.event_type == "invoice.paid") && mail {
                     self.mail_invoice(&event, &invoice).await;
                 }
                 written
@@ -512,13 +515,13 @@ impl Billing {
             },
             None => None,
         };
+        // The listing is the truth as of when it began: it outranks every event created before
+        // then, never one Stripe created while the pages were being read.
+        let version = Version::new(self.clock.now().timestamp(), 0);
         let listed = stripe
             .subscriptions(customer.as_deref(), super::stripe::MAX_PAGE)
             .await?;
         done.subscriptions_seen = listed.len();
-        let now = self.clock.now();
-        // The listing is the truth as of now: it outranks every event created before it.
-        let version = Version::new(now.timestamp(), 0);
         let mut best: std::collections::BTreeMap<String, (Subscription, i64)> = Default::default();
         for o in &listed {
             let sub = match stripe_events::subscription(o, &self.prices, version, "reconcile") {
@@ -546,7 +549,8 @@ impl Billing {
             // A customer may have several (an old cancelled one beside the live one): the
             // live one, then the newest, decides.
             let created = o["created"].as_i64().unwrap_or(0);
-            let rank = |s: &Subscription, c: i64| (live(s.status), c);
+            // The same choice the events make (`standing`), then the newest.
+            let rank = |s: &Subscription, c: i64| (standing(s), c);
             match best.get(&org_id) {
                 Some((kept, c)) if rank(kept, *c) >= rank(&sub, created) => {}
                 _ => {
@@ -614,9 +618,9 @@ impl Billing {
 }
 
 /// Which of two subscriptions of one org decides its tier: the live one, then the one not
-/// cancelling at its period's end.
-fn standing(s: &Subscription) -> (u8, bool) {
-    (live(s.status), !s.cancel_at_period_end)
+/// cancelling at its period's end, then the higher tier.
+fn standing(s: &Subscription) -> (u8, bool, Tier) {
+    (live(s.status), !s.cancel_at_period_end, s.tier)
 }
 
 /// Live subscriptions outrank ended ones when a customer has several.

@@ -299,9 +299,21 @@ impl BillingStore for DynamoBillingStore {
             ("pk".to_owned(), s(&pk)),
             ("sk".to_owned(), s(SUBSCRIPTION_SK)),
             ("version".to_owned(), n(version)),
+            ("subscription_id".to_owned(), s(&subscription.id)),
             ("record".to_owned(), s(to_json(&pk, subscription)?)),
         ]);
-        self.put_versioned("PutItem (subscription)", item, version)
+        // Versions order the events of one subscription; another subscription replaces the
+        // stored one whatever its version (the service decided it should).
+        self.db()
+            .put_if(
+                "PutItem (subscription)",
+                item,
+                Some("attribute_not_exists(pk) OR version <= :v OR subscription_id <> :id"),
+                Some(HashMap::from([
+                    (":v".to_owned(), n(version)),
+                    (":id".to_owned(), s(&subscription.id)),
+                ])),
+            )
             .await
     }
 

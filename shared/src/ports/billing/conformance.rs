@@ -136,6 +136,47 @@ pub async fn an_older_event_never_overwrites_a_newer_subscription(store: &dyn Bi
     assert_eq!(account.subscription, Some(newest));
 }
 
+pub async fn another_subscription_replaces_the_stored_one_whatever_the_versions(
+    store: &dyn BillingStore,
+) {
+    let old = Subscription {
+        status: SubscriptionStatus::Canceled,
+        ..subscription("cus_a", 200, 3)
+    };
+    assert!(store.put_subscription("org-a", &old).await.unwrap());
+    // The org's second subscription, created before the first one's cancellation: the
+    // service chose it, so it is stored with its own (older) version...
+    let new = Subscription {
+        id: "sub_second".to_owned(),
+        status: SubscriptionStatus::Incomplete,
+        tier: Tier::Enterprise,
+        ..subscription("cus_a", 150, 1)
+    };
+    assert!(store.put_subscription("org-a", &new).await.unwrap());
+    // ...and its own later events apply, its older ones do not.
+    let active = Subscription {
+        status: SubscriptionStatus::Active,
+        ..subscription("cus_a", 151, 2)
+    };
+    let active = Subscription {
+        id: "sub_second".to_owned(),
+        tier: Tier::Enterprise,
+        ..active
+    };
+    assert!(store.put_subscription("org-a", &active).await.unwrap());
+    let stale = Subscription {
+        status: SubscriptionStatus::Incomplete,
+        ..active.clone()
+    };
+    let stale = Subscription {
+        version: v(150, 1),
+        ..stale
+    };
+    assert!(!store.put_subscription("org-a", &stale).await.unwrap());
+    let account = store.get_account("org-a").await.unwrap().unwrap();
+    assert_eq!(account.subscription, Some(active));
+}
+
 pub async fn an_equal_version_writes_the_same_state_again(store: &dyn BillingStore) {
     let sub = subscription("cus_a", 100, 1);
     assert!(store.put_subscription("org-a", &sub).await.unwrap());
@@ -637,6 +678,10 @@ macro_rules! billing_conformance {
                 borrowed
             );
             case!(an_equal_version_writes_the_same_state_again, borrowed);
+            case!(
+                another_subscription_replaces_the_stored_one_whatever_the_versions,
+                borrowed
+            );
             case!(a_customer_links_once_and_the_first_link_wins, borrowed);
             case!(another_orgs_customer_is_refused, borrowed);
             case!(put_subscription_links_its_customer, borrowed);

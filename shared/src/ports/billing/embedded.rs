@@ -193,7 +193,9 @@ impl BillingStore for EmbeddedBillingStore {
                          VALUES (?1, ?2, ?3) \
                          ON CONFLICT (org_id) DO UPDATE \
                          SET version = excluded.version, record = excluded.record \
-                         WHERE billing_subscriptions.version <= excluded.version",
+                         WHERE billing_subscriptions.version <= excluded.version \
+                         OR json_extract(billing_subscriptions.record, '$.id') \
+                            IS NOT json_extract(excluded.record, '$.id')",
                     )?
                     .execute(params![org, version, record])?;
                 Ok(Some(changed == 1))

@@ -36,9 +36,11 @@ pub trait BillingStore: Send + Sync + 'static {
     /// The org a Stripe customer is linked to.
     async fn org_for_customer(&self, customer_id: &str) -> Result<Option<String>, BillingError>;
 
-    /// Save the org's subscription unless the stored one has a newer `version`; true when
-    /// written (an equal version is written again: the same state). Also links its customer
-    /// to the org when the org has none yet.
+    /// Save the org's subscription unless the stored one is the same subscription with a
+    /// newer `version`; true when written (an equal version is written again: the same
+    /// state). Another subscription replaces the stored one whatever the versions: which of
+    /// an org's two subscriptions counts is the service's choice. Also links its customer to
+    /// the org when the org has none yet.
     async fn put_subscription(
         &self,
         org_id: &str,
