@@ -421,6 +421,41 @@ async fn a_failed_payment_delivered_after_the_invoice_was_paid_neither_reopens_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_is_sent_even_when_a_later_update_of_the_invoice_arrived_first() {
+    let app = BillingServer::stripe().await;
+    let org = org();
+    let owner = "owner@receipt.test";
+    app.set_owner(&org, owner).await;
+    let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
+    let s = sub("sub_receipt", &customer, &org, &app.prices.team);
+    let t = now();
+    app.deliver_event(&stripe_event(
+        "customer.subscription.created",
+        t - 300,
+        subscription_object(&s),
+    ))
+    .await;
+    // Stripe's invoice.updated (paid) of the next second is delivered before invoice.paid.
+    app.deliver_event(&stripe_event(
+        "invoice.updated",
+        t - 9,
+        invoice_object("in_receipt", &customer, "paid", 2900, true),
+    ))
+    .await;
+    let paid = stripe_event(
+        "invoice.paid",
+        t - 10,
+        invoice_object("in_receipt", &customer, "paid", 2900, true),
+    );
+    app.deliver_event(&paid).await;
+    assert_eq!(
+        subjects(&app, owner),
+        vec!["Receipt for Hookline invoice HL-receipt".to_owned()]
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_twice_changes_nothing_and_mails_once() {
     let app = BillingServer::stripe().await;
     let org = org();
