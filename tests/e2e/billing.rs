@@ -456,6 +456,75 @@ async fn a_receipt_is_sent_even_when_a_later_update_of_the_invoice_arrived_first
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_are_kept_from_either_shape_of_charge_refunded_and_their_updates() {
+    let app = BillingServer::stripe().await;
+    let org = org();
+    let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
+    let s = sub("sub_refunds", &customer, &org, &app.prices.team);
+    let t = now();
+    app.deliver_event(&stripe_event(
+        "customer.subscription.created",
+        t - 300,
+        subscription_object(&s),
+    ))
+    .await;
+    let refund = |id: &str, charge: &str, amount: i64, status: &str| {
+        json!({"id": id, "object": "refund", "charge": charge, "amount": amount,
+               "currency": "usd", "status": status, "created": t - 100})
+    };
+    // An older API version: the charge lists its refunds.
+    app.deliver_event(&stripe_event(
+        "charge.refunded",
+        t - 90,
+        json!({"id": "ch_old", "object": "charge", "customer": customer, "amount": 2900,
+               "amount_refunded": 900, "currency": "usd",
+               "refunds": {"object": "list", "data": [refund("re_old", "ch_old", 900, "succeeded")]}}),
+    ))
+    .await;
+    // Since 2022-11-15 it does not: Hookline asks Stripe for the charge's refunds.
+    let stub = app.stub.as_ref().unwrap();
+    stub.add_refund(refund("re_new", "ch_new", 2900, "pending"));
+    stub.add_object(json!({"id": "ch_new", "object": "charge", "customer": customer}));
+    app.deliver_event(&stripe_event(
+        "charge.refunded",
+        t - 80,
+        json!({"id": "ch_new", "object": "charge", "customer": customer, "amount": 2900,
+               "amount_refunded": 2900, "currency": "usd", "refunded": true}),
+    ))
+    .await;
+    // The pending refund then succeeds.
+    app.deliver_event(&stripe_event(
+        "charge.refund.updated",
+        t - 70,
+        // A refund object names its charge, not its customer: Hookline asks Stripe whose
+        // charge it is.
+        refund("re_new", "ch_new", 2900, "succeeded"),
+    ))
+    .await;
+    let mut refunds = app.account_store().list_refunds(&org, 10).await.unwrap();
+    refunds.sort_by(|a, b| a.id.cmp(&b.id));
+    let seen: Vec<_> = refunds
+        .iter()
+        .map(|r| {
+            (
+                r.id.as_str(),
+                r.charge_id.as_str(),
+                r.amount,
+                r.status.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("re_new", "ch_new", 2900, "succeeded"),
+            ("re_old", "ch_old", 900, "succeeded")
+        ]
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_twice_changes_nothing_and_mails_once() {
     let app = BillingServer::stripe().await;
     let org = org();

@@ -68,6 +68,10 @@ struct Saved {
 
 struct StubState {
     options: StubOptions,
+    /// Refund objects `GET /v1/refunds?charge=` answers, as a test put them.
+    refunds: Mutex<Vec<Value>>,
+    /// Charges `GET /v1/charges/{id}` answers, as a test put them (others go to localstripe).
+    objects: Mutex<Vec<Value>>,
     got: Mutex<Vec<StubRequest>>,
     saved: Mutex<HashMap<String, Saved>>,
     http: reqwest::Client,
@@ -85,12 +89,16 @@ impl StripeStub {
         let state = Arc::new(StubState {
             options,
             got: Mutex::new(Vec::new()),
+            refunds: Mutex::new(Vec::new()),
+            objects: Mutex::new(Vec::new()),
             saved: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
         });
         let app = Router::new()
             .route("/v1/checkout/sessions", post(checkout))
             .route("/v1/billing_portal/sessions", post(portal))
+            .route("/v1/refunds", axum::routing::get(refunds))
+            .route("/v1/charges/{id}", axum::routing::get(charge))
             .fallback(any(forward))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -109,6 +117,16 @@ impl StripeStub {
             forward_to: Some(forward_to.to_string()),
         })
         .await
+    }
+
+    /// A refund Stripe has for its charge (`GET /v1/refunds?charge=` answers it).
+    pub fn add_refund(&self, refund: Value) {
+        self.state.refunds.lock().unwrap().push(refund);
+    }
+
+    /// A charge Stripe has (`GET /v1/charges/{id}` answers it).
+    pub fn add_object(&self, charge: Value) {
+        self.state.objects.lock().unwrap().push(charge);
     }
 
     pub fn requests(&self) -> Vec<StubRequest> {
@@ -339,6 +357,56 @@ async fn checkout(
         },
     )
     .await
+}
+
+/// `GET /v1/refunds?charge=ch_…`: the refunds a test put for that charge, as Stripe lists.
+async fn refunds(
+    State(state): State<Arc<StubState>>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let Some(charge) = query.get("charge") else {
+        return json_answer(missing("charge"), false);
+    };
+    let data: Vec<Value> = state
+        .refunds
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["charge"].as_str() == Some(charge.as_str()))
+        .cloned()
+        .collect();
+    json_answer(
+        (
+            StatusCode::OK,
+            json!({"object": "list", "url": "/v1/refunds", "has_more": false, "data": data}),
+        ),
+        false,
+    )
+}
+
+/// `GET /v1/charges/{id}`: a charge a test put, or Stripe's 404.
+async fn charge(
+    State(state): State<Arc<StubState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let found = state
+        .objects
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"].as_str() == Some(id.as_str()))
+        .cloned();
+    match found {
+        Some(o) => json_answer((StatusCode::OK, o), false),
+        None => json_answer(
+            stripe_error(
+                StatusCode::NOT_FOUND,
+                json!({"type": "invalid_request_error", "code": "resource_missing",
+                       "message": format!("No such charge: '{id}'"), "param": "id"}),
+            ),
+            false,
+        ),
+    }
 }
 
 async fn portal(

@@ -218,6 +218,26 @@ impl Billing {
                 }
                 written
             }
+            Change::RefundsOf { charge_id } => {
+                let Some(stripe) = &self.stripe else {
+                    tracing::warn!(event = %event.id, charge = %charge_id, "a refunded charge without its refunds, and no Stripe key to ask for them");
+                    return Ok(Applied::Ignored);
+                };
+                let listed = stripe.charge_refunds(&charge_id).await.map_err(|e| {
+                    // Retried by the queue: the refunds are Stripe's to tell.
+                    Error::Unavailable(format!("listing the refunds of {charge_id}: {e}"))
+                })?;
+                let mut any = false;
+                for o in &listed {
+                    match stripe_events::refund(o, &org_id, Some(&charge_id), event.version()) {
+                        Ok(r) => any |= self.store.put_refund(&r).await?,
+                        Err(why) => {
+                            tracing::warn!(reason = %why, "a refund Stripe listed cannot be read")
+                        }
+                    }
+                }
+                any || listed.is_empty()
+            }
             Change::Refunds(refunds) => {
                 let mut any = false;
                 for r in &refunds {
@@ -239,7 +259,10 @@ impl Billing {
     /// object names in its metadata (Hookline sets `metadata.org_id` on everything it
     /// creates), which links the customer to it. Never guessed beyond that.
     async fn org_of(&self, event: &StripeEvent) -> Result<Option<String>, Error> {
-        let customer = event.customer_id();
+        let customer = match event.customer_id() {
+            Some(c) => Some(c),
+            None => self.customer_of_refund(event).await?,
+        };
         if let Some(c) = &customer {
             if let Some(org) = self.store.org_for_customer(c).await? {
                 return Ok(Some(org));
@@ -254,6 +277,22 @@ impl Billing {
             }
         }
         Ok(Some(named))
+    }
+
+    /// A refund names its charge, not its customer: the charge's customer, from Stripe.
+    async fn customer_of_refund(&self, event: &StripeEvent) -> Result<Option<String>, Error> {
+        let (Some("refund"), Some(charge), Some(stripe)) = (
+            event.object["object"].as_str(),
+            event.object["charge"].as_str(),
+            &self.stripe,
+        ) else {
+            return Ok(None);
+        };
+        let charge = stripe
+            .get_charge(charge)
+            .await
+            .map_err(|e| Error::Unavailable(format!("reading the charge of a refund: {e}")))?;
+        Ok(charge["customer"].as_str().map(str::to_owned))
     }
 
     /// Link a customer to the org; false (logged) when the org already has another customer

@@ -236,6 +236,25 @@ impl StripeClient {
     }
 
     /// `GET /v1/customers/{id}`, as JSON.
+    /// The refunds of one charge (`GET /v1/refunds?charge=`), at most [`MAX_PAGE`]: a
+    /// `charge.refunded` event of an API version since 2022-11-15 no longer carries them.
+    pub async fn charge_refunds(&self, charge_id: &str) -> Result<Vec<Value>, StripeError> {
+        let limit = MAX_PAGE.to_string();
+        let list: List = self
+            .get(
+                "/v1/refunds",
+                &[("charge", charge_id), ("limit", limit.as_str())],
+            )
+            .await?;
+        Ok(list.data)
+    }
+
+    /// One charge (`GET /v1/charges/{id}`): whose a refund is, when the refund does not say.
+    pub async fn get_charge(&self, id: &str) -> Result<Value, StripeError> {
+        let path = format!("/v1/charges/{}", crate::hooks::encode_segment(id));
+        self.get(&path, &[]).await
+    }
+
     pub async fn get_customer(&self, id: &str) -> Result<Value, StripeError> {
         let path = format!("/v1/customers/{}", crate::hooks::encode_segment(id));
         self.get(&path, &[]).await

@@ -126,6 +126,10 @@ pub enum Change {
     Subscription(Subscription),
     Invoice(Invoice),
     Refunds(Vec<Refund>),
+    /// A charge was refunded, but the event does not list its refunds: ask Stripe.
+    RefundsOf {
+        charge_id: String,
+    },
     /// An event Hookline does not act on.
     Ignored,
 }
@@ -153,6 +157,10 @@ pub fn change(event: &StripeEvent, org_id: &str, prices: &PriceMap) -> Result<Ch
         }
         "charge.refunded" => {
             let charge_id = str_at(o, &["id"]).ok_or("the charge has no id")?;
+            if !o["refunds"]["data"].is_array() {
+                // An API version since 2022-11-15: the charge no longer lists its refunds.
+                return Ok(Change::RefundsOf { charge_id });
+            }
             let refunds = o["refunds"]["data"]
                 .as_array()
                 .map(|list| {
@@ -226,7 +234,8 @@ fn invoice(o: &Value, org_id: &str, version: Version) -> Result<Invoice, String>
     })
 }
 
-fn refund(
+/// A Stripe refund object as Hookline keeps it (`charge_id` when the caller knows it).
+pub fn refund(
     o: &Value,
     org_id: &str,
     charge_id: Option<&str>,
