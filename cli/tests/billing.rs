@@ -51,7 +51,9 @@ async fn run(mut cmd: Command) -> Output {
 /// Checkout tagged with org_acme; another key gets Stripe's error shape.
 async fn stripe() -> String {
     use axum::http::{HeaderMap, StatusCode};
-    let answer = |headers: HeaderMap| async move {
+    // Fixed once: a period end that moved with each request would be drift to repair.
+    let now = chrono::Utc::now().timestamp();
+    let answer = move |headers: HeaderMap| async move {
         let json = |status, v: serde_json::Value| {
             (
                 status,
@@ -68,7 +70,6 @@ async fn stripe() -> String {
                     "message": "Invalid API Key provided: sk_test_****"}}),
             );
         }
-        let now = chrono::Utc::now().timestamp();
         json(
             StatusCode::OK,
             serde_json::json!({
