@@ -9,6 +9,7 @@ use super::store::aws::error_chain;
 use super::store::StoreError;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -93,6 +94,39 @@ impl<'a, E: DynamoError> Table<'a, E> {
             name,
             _error: PhantomData,
         }
+    }
+
+    /// A query of this table: the caller adds its index, key condition and order.
+    pub fn query(&self) -> QueryFluentBuilder {
+        self.client.query().table_name(self.name)
+    }
+
+    /// Run `query` page after page from `start` (each page asking for `page` items at most)
+    /// until `want` items came back or the range ends.
+    pub async fn query_up_to(
+        &self,
+        op: &str,
+        query: QueryFluentBuilder,
+        mut start: Option<Item>,
+        want: usize,
+        page: usize,
+    ) -> Result<Vec<Item>, E> {
+        let mut out = Vec::new();
+        while out.len() < want {
+            let answer = query
+                .clone()
+                .limit(page.max(1).min(i32::MAX as usize) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| E::dynamo(op, &e))?;
+            out.extend(answer.items().iter().take(want - out.len()).cloned());
+            match answer.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     /// A consistent read of one item; `None` when there is none.

@@ -95,10 +95,6 @@ impl DynamoBillingStore {
         prefix: Option<&str>,
         want: usize,
     ) -> Result<Vec<Item>, BillingError> {
-        let mut out = Vec::new();
-        if want == 0 {
-            return Ok(out);
-        }
         let (pk_name, sk_name) = if index {
             ("gsi1pk", "gsi1sk")
         } else {
@@ -112,34 +108,18 @@ impl DynamoBillingStore {
             names.insert("#sk".to_owned(), sk_name.to_owned());
             values.insert(":prefix".to_owned(), s(prefix));
         }
-        let mut start = None;
-        loop {
-            let answer = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .set_index_name(index.then(|| GSI1.to_owned()))
-                .consistent_read(!index)
-                .key_condition_expression(&condition)
-                .set_expression_attribute_names(Some(names.clone()))
-                .set_expression_attribute_values(Some(values.clone()))
-                .scan_index_forward(!index)
-                .limit(want.clamp(1, QUERY_PAGE) as i32)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| BillingError::dynamo(op, &e))?;
-            for item in answer.items() {
-                out.push(item.clone());
-                if out.len() >= want {
-                    return Ok(out);
-                }
-            }
-            match answer.last_evaluated_key {
-                Some(next) if !next.is_empty() => start = Some(next),
-                _ => return Ok(out),
-            }
-        }
+        let query = self
+            .db()
+            .query()
+            .set_index_name(index.then(|| GSI1.to_owned()))
+            .consistent_read(!index)
+            .key_condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .scan_index_forward(!index);
+        self.db()
+            .query_up_to(op, query, None, want, want.clamp(1, QUERY_PAGE))
+            .await
     }
 
     async fn customer_of(&self, org_id: &str) -> Result<Option<String>, BillingError> {

@@ -38,7 +38,7 @@ use super::{
 use crate::outbound::model::{
     Attempt, Delivery, DeliveryId, Endpoint, EndpointId, Event, EventId, NewEvent,
 };
-use crate::ports::dynamo::{self, backoff, esc, n, s, DynamoError, Item, Table};
+use crate::ports::dynamo::{self, backoff, esc, n, s, Item, Table};
 use crate::ports::store::aws::{GSI1, TTL_ATTRIBUTE};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem};
@@ -126,16 +126,12 @@ impl DynamoOutboundStore {
             from,
             to,
             forward,
-            mut start,
+            start,
             filter,
             want,
             page,
             op,
         } = q;
-        let mut out = Vec::new();
-        if want == 0 {
-            return Ok(out);
-        }
         let (pk_name, sk_name) = if index {
             ("gsi1pk", "gsi1sk")
         } else {
@@ -169,34 +165,19 @@ impl DynamoOutboundStore {
             names.extend(filter.names);
             values.extend(filter.values);
         }
-        loop {
-            let answer = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .set_index_name(index.then(|| GSI1.to_owned()))
-                .consistent_read(!index)
-                .key_condition_expression(&condition)
-                .set_expression_attribute_names(Some(names.clone()))
-                .set_expression_attribute_values(Some(values.clone()))
-                .set_filter_expression(filter_expression.clone())
-                .scan_index_forward(forward)
-                .limit(page.clamp(1, QUERY_PAGE) as i32)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| OutboundError::dynamo(op, &e))?;
-            for item in answer.items() {
-                out.push(item.clone());
-                if out.len() >= want {
-                    return Ok(out);
-                }
-            }
-            match answer.last_evaluated_key {
-                Some(next) if !next.is_empty() => start = Some(next),
-                _ => return Ok(out),
-            }
-        }
+        let query = self
+            .db()
+            .query()
+            .set_index_name(index.then(|| GSI1.to_owned()))
+            .consistent_read(!index)
+            .key_condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .set_filter_expression(filter_expression)
+            .scan_index_forward(forward);
+        self.db()
+            .query_up_to(op, query, start, want, page.clamp(1, QUERY_PAGE))
+            .await
     }
 
     /// The endpoint counter's `ADD`: +1 on create, -1 on delete.
