@@ -4,7 +4,7 @@
 //! Hookline hands things out. Reconciliation repairs what a missed webhook left behind.
 
 use super::model::{BillingAccount, Subscription, SubscriptionStatus, Version};
-use super::plan::{Limited, Plans};
+use super::plan::Plans;
 use super::stripe::{CheckoutRequest, Session, StripeClient, StripeError};
 use super::stripe_events::{self, Change, PriceMap, StripeEvent};
 use super::tiers::{Limits, Tier};
@@ -110,8 +110,10 @@ pub struct Billing {
     orgs: Arc<dyn OrgStore>,
     notifier: Arc<Notifier>,
     stripe: Option<StripeClient>,
-    connections: Option<Arc<dyn ConnectionStore>>,
-    outbound: Option<Arc<dyn OutboundStore>>,
+    /// Counted for entitlements' usage (repositories).
+    connections: Arc<dyn ConnectionStore>,
+    /// Counted for entitlements' usage (endpoints).
+    outbound: Arc<dyn OutboundStore>,
     plans: Arc<Plans>,
     prices: PriceMap,
     clock: Arc<dyn Clock>,
@@ -129,8 +131,8 @@ impl Billing {
         orgs: Arc<dyn OrgStore>,
         notifier: Arc<Notifier>,
         stripe: Option<StripeClient>,
-        connections: Option<Arc<dyn ConnectionStore>>,
-        outbound: Option<Arc<dyn OutboundStore>>,
+        connections: Arc<dyn ConnectionStore>,
+        outbound: Arc<dyn OutboundStore>,
         plans: Arc<Plans>,
         prices: PriceMap,
         clock: Arc<dyn Clock>,
@@ -491,8 +493,18 @@ impl Billing {
             features: current.features,
             limits: current.limits,
             usage: UsageView {
-                repositories: self.count(org_id, Limited::Repositories).await?,
-                endpoints: self.count(org_id, Limited::Endpoints).await?,
+                repositories: crate::ports::connections::count_connections(
+                    self.connections.as_ref(),
+                    org_id,
+                    None,
+                )
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?,
+                endpoints: self
+                    .outbound
+                    .count_endpoints(org_id)
+                    .await
+                    .map_err(|e| Error::Unavailable(e.to_string()))?,
                 events_per_month: usage.events_published,
                 inbound_deliveries: usage.inbound_deliveries,
                 period,
@@ -502,41 +514,6 @@ impl Billing {
             source: self.plans.source().name(),
             reason: current.reason,
         })
-    }
-
-    /// How many repositories or endpoints the org has.
-    async fn count(&self, org_id: &str, what: Limited) -> Result<u64, Error> {
-        match what {
-            Limited::Endpoints => match &self.outbound {
-                Some(store) => store
-                    .count_endpoints(org_id)
-                    .await
-                    .map_err(|e| Error::Unavailable(e.to_string())),
-                None => Ok(0),
-            },
-            Limited::Repositories => {
-                let Some(store) = &self.connections else {
-                    return Ok(0);
-                };
-                let mut n = 0u64;
-                let mut cursor = None;
-                loop {
-                    let (page, next) = store
-                        .list(org_id, crate::ports::connections::MAX_PAGE, cursor)
-                        .await
-                        .map_err(|e| Error::Unavailable(e.to_string()))?;
-                    n += page.len() as u64;
-                    match next {
-                        Some(c) => cursor = Some(c),
-                        _ => return Ok(n),
-                    }
-                }
-            }
-            Limited::EventsPerMonth => {
-                let period = super::model::usage_period(self.clock.now());
-                Ok(self.store.usage(org_id, &period).await?.events_published)
-            }
-        }
     }
 
     // ---- reconciliation -----------------------------------------------------------------

@@ -483,19 +483,9 @@ impl Repositories {
         let Some((max, _)) = limit else {
             return Ok(());
         };
-        let mut have = 0u64;
-        let mut cursor = None;
-        loop {
-            let (page, next) = self
-                .store
-                .list(org_id, crate::ports::connections::MAX_PAGE, cursor)
+        let have =
+            crate::ports::connections::count_connections(self.store.as_ref(), org_id, Some(max))
                 .await?;
-            have += page.len() as u64;
-            match next {
-                Some(c) if have < max => cursor = Some(c),
-                _ => break,
-            }
-        }
         Ok(check_limit(have, Limited::Repositories, limit)?)
     }
 

@@ -41,6 +41,25 @@ pub enum ConnectionError {
 /// The largest page `list` returns, whatever the caller asks for.
 pub const MAX_PAGE: usize = 1000;
 
+/// How many connections the org has, counted page by page; with `up_to`, counting stops once
+/// it is reached (a limit check needs no more).
+pub async fn count_connections(
+    store: &dyn ConnectionStore,
+    org_id: &str,
+    up_to: Option<u64>,
+) -> Result<u64, ConnectionError> {
+    let mut have = 0u64;
+    let mut cursor = None;
+    loop {
+        let (page, next) = store.list(org_id, MAX_PAGE, cursor).await?;
+        have += page.len() as u64;
+        match next {
+            Some(c) if up_to.is_none_or(|max| have < max) => cursor = Some(c),
+            _ => return Ok(have),
+        }
+    }
+}
+
 #[async_trait]
 pub trait ConnectionStore: Send + Sync + 'static {
     // ---- connections ---------------------------------------------------------------------
