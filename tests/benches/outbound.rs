@@ -1,12 +1,12 @@
 //! Outbound delivery throughput and latency on this machine, with the receiver on the same
 //! cores and the ceiling measured beside it in the same run:
 //!
-//!   cargo bench -p hookline-e2e --bench outbound [-- EVENTS ENDPOINTS IN_FLIGHT]
+//!   cargo bench -p hookline-e2e --bench outbound [-- EVENTS ENDPOINTS IN_FLIGHT PUBLISHERS]
 //!
 //! 1. ceiling: a plain HTTP client posting pre-signed bodies to the same receiver, as many at
 //!    once as Hookline's deliverer sends;
-//! 2. deliveries/s: EVENTS events published to an org with ENDPOINTS endpoints, timed from the
-//!    first publish until the receiver has every delivery (each counted once: the ledger
+//! 2. deliveries/s: EVENTS events published (PUBLISHERS at once, default 16) to an org with
+//!    ENDPOINTS endpoints, timed from the first publish until the receiver has every delivery (each counted once: the ledger
 //!    published × endpoints = received must balance, or the run does not count);
 //! 3. publish → delivered latency, p50/p99, measured from when each event was *published*
 //!    (scheduled), not when the deliverer got round to it;
@@ -141,6 +141,7 @@ async fn main() {
     let events: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let endpoints: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let in_flight: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let publishers: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(16);
     let app = OutboundServer::spawn_tuned(
         short_settings(5, Duration::from_secs(60)),
         hookline_e2e::outbound::local_development(),
@@ -166,26 +167,36 @@ async fn main() {
     receiver.count.store(0, std::sync::atomic::Ordering::SeqCst);
     receiver.seen.lock().unwrap().clear();
 
-    let mut published_at: HashMap<String, Instant> = HashMap::new();
+    // Publishers post concurrently, as an org's services would: one after another, each
+    // publish waits for its commit to reach the disk, and the run measured that wait instead
+    // of the deliverer.
     let started = Instant::now();
-    for n in 0..events {
-        let at = Instant::now();
-        let appended = outbound
-            .publisher
-            .publish(
-                "bench",
-                PublishRequest {
-                    event_type: "invoice.paid".into(),
-                    data: serde_json::json!({"invoice": format!("in_{n}"), "amount": 4200}),
-                    id: None,
-                },
-            )
+    let published: Vec<(String, Instant)> = {
+        use futures::StreamExt;
+        futures::stream::iter(0..events)
+            .map(|n| async move {
+                let at = Instant::now();
+                let appended = outbound
+                    .publisher
+                    .publish(
+                        "bench",
+                        PublishRequest {
+                            event_type: "invoice.paid".into(),
+                            data: serde_json::json!({"invoice": format!("in_{n}"), "amount": 4200}),
+                            id: None,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                (appended.event().id.to_string(), at)
+            })
+            .buffer_unordered(publishers)
+            .collect()
             .await
-            .unwrap();
-        published_at.insert(appended.event().id.to_string(), at);
-    }
+    };
+    let published_at: HashMap<String, Instant> = published.into_iter().collect();
     println!(
-        "published {events} events (one after another) in {:.2} s",
+        "published {events} events ({publishers} publishers at once) in {:.2} s",
         started.elapsed().as_secs_f64()
     );
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -676,7 +676,7 @@ async fn a_thousand_endpoints_subscribed_to_one_event_each_receive_it_exactly_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_killed_mid_fan_out_and_rerun_creates_no_duplicate_and_skips_none() {
-    use hookline::outbound::dispatch::{DeliveryMessage, Dispatcher};
+    use hookline::outbound::dispatch::{AttemptQueue, DeliveryMessage, Dispatcher};
     use hookline::outbound::model::{Endpoint, EndpointId, EventId, NewEvent};
     use hookline::ports::outbound::{
         embedded::EmbeddedOutboundStore, DeliveryFilter, OutboundStore,
@@ -735,13 +735,17 @@ async fn a_dispatcher_killed_mid_fan_out_and_rerun_creates_no_duplicate_and_skip
     // Killed after 250 of the 600 deliveries were queued.
     let dying = Dispatcher::new(
         store.clone(),
-        Arc::new(FaultyQueue::new(queue.clone(), 250)),
+        AttemptQueue::new(Arc::new(FaultyQueue::new(queue.clone(), 250)), false),
         clock.clone(),
     );
     assert!(dying.dispatch("acme").await.is_err());
     assert!(store.dispatch_cursor("acme").await.unwrap() < 3);
     // Restarted.
-    let rerun = Dispatcher::new(store.clone(), queue.clone(), clock);
+    let rerun = Dispatcher::new(
+        store.clone(),
+        AttemptQueue::new(queue.clone(), false),
+        clock,
+    );
     rerun.dispatch("acme").await.unwrap();
     assert_eq!(store.dispatch_cursor("acme").await.unwrap(), 3);
     // Exactly one delivery per (endpoint, event)...
@@ -973,6 +977,7 @@ async fn outbound_by_hand(
         mailer: Arc::new(hookline::ports::mail::embedded::Outbox::open(dir)),
         dispatch_queue: Arc::new(EmbeddedQueue::named(db, "outbound-dispatch", settings)),
         deliveries_queue: deliveries.clone(),
+        due: None,
         clock: Arc::new(hookline::clock::SystemClock),
     };
     let outbound = hookline::outbound::Outbound::assemble(

@@ -302,6 +302,7 @@ impl OutboundServer {
             )),
             dispatch_queue: Arc::new(SqsQueue::new(sqs.clone(), dispatch, dispatch_dlq.clone())),
             deliveries_queue: Arc::new(SqsQueue::new(sqs, deliveries, deliveries_dlq.clone())),
+            due: None,
             clock: clock.clone(),
         };
         let dir = tempfile::tempdir().unwrap();

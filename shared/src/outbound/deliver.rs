@@ -4,7 +4,7 @@
 //! process), or dead-lettered with one mail to the org's owner. A 410 disables the endpoint;
 //! so do failures that last `OUTBOUND_DISABLE_AFTER`.
 
-use super::dispatch::{DeliveryMessage, MAX_QUEUE_DELAY_MS};
+use super::dispatch::{AttemptQueue, DeliveryMessage, MAX_QUEUE_DELAY_MS};
 use super::endpoints::open_secret;
 use super::model::{Attempt, AttemptId, AttemptTrigger, Delivery, DeliveryStatus, Endpoint};
 use super::notify::Notifier;
@@ -15,7 +15,6 @@ use super::Error;
 use crate::clock::Clock;
 use crate::ports::keys::KeyService;
 use crate::ports::outbound::OutboundStore;
-use crate::ports::queue::Queue;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +53,7 @@ pub struct Deliverer {
     store: Arc<dyn OutboundStore>,
     keys: Arc<dyn KeyService>,
     sender: Arc<Sender>,
-    queue: Arc<dyn Queue>,
+    attempts: AttemptQueue,
     notifier: Arc<Notifier>,
     clock: Arc<dyn Clock>,
     settings: OutboundSettings,
@@ -67,7 +66,7 @@ impl Deliverer {
         store: Arc<dyn OutboundStore>,
         keys: Arc<dyn KeyService>,
         sender: Arc<Sender>,
-        queue: Arc<dyn Queue>,
+        attempts: AttemptQueue,
         notifier: Arc<Notifier>,
         clock: Arc<dyn Clock>,
         settings: OutboundSettings,
@@ -77,7 +76,7 @@ impl Deliverer {
             store,
             keys,
             sender,
-            queue,
+            attempts,
             notifier,
             clock,
             settings,
@@ -112,14 +111,8 @@ impl Deliverer {
                 // The attempt this message asked for was made and failed, but its follow-up
                 // may not have been queued (the queue failed just then): queue it again. A
                 // second copy is harmless, only one of them can claim the next attempt.
-                let next = DeliveryMessage {
-                    delivery_id: d.id.clone(),
-                    org_id: d.org_id.clone(),
-                    attempts_made: d.attempts,
-                    due_at_ms: d.next_attempt_at.unwrap_or(now).timestamp_millis(),
-                    manual: false,
-                };
-                self.send_on(&next, next.delay(now)).await?;
+                let at = d.next_attempt_at.unwrap_or(now);
+                self.attempts.scheduled(&d, at, now).await?;
                 return Ok(Outcome::Deferred);
             }
             return Ok(Outcome::Dropped("stale message: that attempt was made"));
@@ -146,16 +139,51 @@ impl Deliverer {
                 return Ok(Outcome::Deferred);
             }
         }
-        let lease = chrono::Duration::from_std(self.settings.timeout + LEASE_MARGIN)
-            .unwrap_or(chrono::Duration::minutes(1));
         let Some(d) = self
             .store
-            .claim_delivery(&d.id, d.attempts, now + lease, now)
+            .claim_delivery(&d.id, d.attempts, now + self.lease(), now)
             .await?
         else {
             return self.claimed_elsewhere(&msg, now).await;
         };
         self.attempt(d, endpoint, msg.manual, now).await
+    }
+
+    /// How long a deliverer owns a delivery it claimed: the attempt's timeout and a margin.
+    pub fn lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.settings.timeout + LEASE_MARGIN)
+            .unwrap_or(chrono::Duration::minutes(1))
+    }
+
+    /// Make the scheduled attempt at a delivery claimed from a store that hands out due
+    /// deliveries itself ([`DueDeliveries`]): the same checks and attempt as a queue
+    /// message's, without the message.
+    ///
+    /// [`DueDeliveries`]: crate::ports::outbound::DueDeliveries
+    pub async fn handle_claimed(&self, d: Delivery) -> Result<Outcome, Error> {
+        let now = self.clock.now();
+        let endpoint = match self.store.get_endpoint(&d.org_id, &d.endpoint_id).await? {
+            Some(e) if e.enabled => e,
+            Some(_) => return self.give_up(d, "the endpoint is disabled").await,
+            None => return self.give_up(d, "the endpoint was deleted").await,
+        };
+        if let Some(limit) = endpoint.rate_limit_per_second {
+            if !self
+                .store
+                .take_send_slot(&endpoint.id, now.timestamp(), limit)
+                .await?
+            {
+                // Due again once the endpoint's next second may have room; the lease goes.
+                let mut later = d;
+                later.lease_until = None;
+                later.next_attempt_at =
+                    Some(now + chrono::Duration::from_std(RATE_WAIT).unwrap_or_default());
+                later.updated_at = now;
+                self.store.update_delivery(&later).await?;
+                return Ok(Outcome::Deferred);
+            }
+        }
+        self.attempt(d, endpoint, false, now).await
     }
 
     async fn attempt(
@@ -254,16 +282,9 @@ impl Deliverer {
             DeliveryStatus::Delivered => Ok(Outcome::Delivered),
             DeliveryStatus::Failed => {
                 let at = next.next_attempt_at.unwrap_or(after);
-                let msg = DeliveryMessage {
-                    delivery_id: next.id.clone(),
-                    org_id: next.org_id.clone(),
-                    attempts_made: number,
-                    due_at_ms: at.timestamp_millis(),
-                    manual: false,
-                };
                 // On failure the message that brought this attempt comes back, and finding
                 // the attempt made, queues this follow-up again (`handle_message`).
-                self.send_on(&msg, msg.delay(after)).await?;
+                self.attempts.scheduled(&next, at, after).await?;
                 Ok(Outcome::Retrying(at))
             }
             _ => {
@@ -329,6 +350,7 @@ impl Deliverer {
         }
         d.status = DeliveryStatus::DeadLettered;
         d.next_attempt_at = None;
+        d.lease_until = None;
         d.last_error = Some(why.to_owned());
         d.updated_at = self.clock.now();
         self.store.update_delivery(&d).await?;
@@ -442,7 +464,6 @@ impl Deliverer {
     }
 
     async fn send_on(&self, msg: &DeliveryMessage, delay: Duration) -> Result<(), Error> {
-        self.queue.send(&msg.to_json(), delay).await?;
-        Ok(())
+        self.attempts.send(msg, delay).await
     }
 }

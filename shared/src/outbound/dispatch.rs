@@ -11,7 +11,6 @@ use crate::clock::Clock;
 use crate::ports::outbound::{OutboundStore, MAX_PAGE};
 use crate::ports::queue::Queue;
 use chrono::{DateTime, Utc};
-use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,9 +68,66 @@ impl DeliveryMessage {
 /// The longest delay SQS (and so the embedded queue) takes.
 pub const MAX_QUEUE_DELAY_MS: i64 = 15 * 60 * 1000;
 
+/// How a delivery's next attempt reaches a deliverer: one deliveries-queue message per
+/// attempt (SQS), or, over a store that hands out due deliveries itself (the embedded one,
+/// [`DueDeliveries`]), the delivery's own `next_attempt_at`, with only the attempts a person
+/// asks for sent as messages.
+///
+/// [`DueDeliveries`]: crate::ports::outbound::DueDeliveries
+#[derive(Clone)]
+pub struct AttemptQueue {
+    messages: Arc<dyn Queue>,
+    store_is_queue: bool,
+}
+
+impl AttemptQueue {
+    pub fn new(messages: Arc<dyn Queue>, store_is_queue: bool) -> Self {
+        Self {
+            messages,
+            store_is_queue,
+        }
+    }
+
+    /// Queue the delivery's next scheduled attempt (it has made `d.attempts`), due at `at`.
+    pub async fn scheduled(
+        &self,
+        d: &Delivery,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        if self.store_is_queue {
+            // The stored delivery's due time is its place in the queue.
+            return Ok(());
+        }
+        let msg = DeliveryMessage {
+            delivery_id: d.id.clone(),
+            org_id: d.org_id.clone(),
+            attempts_made: d.attempts,
+            due_at_ms: at.timestamp_millis(),
+            manual: false,
+        };
+        self.send(&msg, msg.delay(now)).await
+    }
+
+    /// Queue one more attempt now, whatever the delivery's status (a person asked).
+    pub async fn manual(&self, d: &Delivery) -> Result<(), Error> {
+        self.send(&DeliveryMessage::now(d, true), Duration::ZERO)
+            .await
+    }
+
+    /// Send a message on (again), visible after `delay`.
+    pub async fn send(&self, msg: &DeliveryMessage, delay: Duration) -> Result<(), Error> {
+        self.messages.send(&msg.to_json(), delay).await?;
+        Ok(())
+    }
+}
+
 /// How many events the dispatcher reads at a time, and how many deliveries it writes at once.
 const EVENTS_PER_READ: usize = 100;
 const DELIVERIES_PER_BATCH: usize = 5_000;
+/// How many deliveries one store call creates (the embedded writer holds everyone else up
+/// while it writes them).
+const DELIVERIES_PER_WRITE: usize = 500;
 const FAN_OUT: usize = 64;
 
 /// What one dispatch did.
@@ -83,14 +139,14 @@ pub struct Dispatched {
 
 pub struct Dispatcher {
     store: Arc<dyn OutboundStore>,
-    deliveries: Arc<dyn Queue>,
+    deliveries: AttemptQueue,
     clock: Arc<dyn Clock>,
 }
 
 impl Dispatcher {
     pub fn new(
         store: Arc<dyn OutboundStore>,
-        deliveries: Arc<dyn Queue>,
+        deliveries: AttemptQueue,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
@@ -127,16 +183,18 @@ impl Dispatcher {
             // the store waiting on round trips), and the cursor moves past the batch only
             // when every one of them exists and is queued.
             let now = self.clock.now();
-            let work: Vec<_> = events
+            let deliveries: Vec<Delivery> = events
                 .iter()
                 .flat_map(|event| Self::deliveries_for(event, &endpoints, now))
-                .map(|delivery| self.create_and_queue(delivery))
                 .collect();
-            let created: Vec<bool> = stream::iter(work)
-                .buffer_unordered(FAN_OUT)
-                .try_collect()
-                .await?;
-            done.deliveries += created.into_iter().filter(|c| *c).count();
+            for chunk in deliveries.chunks(DELIVERIES_PER_WRITE) {
+                let created = self.store.create_deliveries(chunk).await?;
+                done.deliveries += created.iter().filter(|c| **c).count();
+                for (some, created) in chunk.chunks(FAN_OUT).zip(created.chunks(FAN_OUT)) {
+                    let queued = some.iter().zip(created).map(|(d, c)| self.queue(d, *c));
+                    futures::future::try_join_all(queued).await?;
+                }
+            }
             if let Some(last) = events.last() {
                 self.store.advance_cursor(org_id, last.seq).await?;
             }
@@ -211,25 +269,24 @@ impl Dispatcher {
             .collect()
     }
 
-    /// Create one delivery and queue it; true when this call created it.
-    async fn create_and_queue(&self, delivery: Delivery) -> Result<bool, Error> {
-        let created = self.store.create_delivery(&delivery).await?;
+    /// Queue the delivery's first attempt: one this dispatch created, or one a run that
+    /// stopped before queueing it left pending. A second message for an attempt already made
+    /// is dropped by the deliverer.
+    async fn queue(&self, delivery: &Delivery, created: bool) -> Result<(), Error> {
+        if self.deliveries.store_is_queue {
+            // The stored delivery is its own place in the queue, whoever created it.
+            return Ok(());
+        }
         let queue_it = created
             || self
                 .store
                 .get_delivery(&delivery.org_id, &delivery.id)
                 .await?
-                // Written by a run that stopped before queueing it: queue it now. A second
-                // message for an attempt already made is dropped by the deliverer.
                 .is_some_and(|d| d.status == DeliveryStatus::Pending && d.attempts == 0);
         if queue_it {
-            self.deliveries
-                .send(
-                    &DeliveryMessage::now(&delivery, false).to_json(),
-                    Duration::ZERO,
-                )
-                .await?;
+            let now = self.clock.now();
+            self.deliveries.scheduled(delivery, now, now).await?;
         }
-        Ok(created)
+        Ok(())
     }
 }

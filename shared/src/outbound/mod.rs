@@ -88,6 +88,10 @@ pub struct Ports {
     pub dispatch_queue: Arc<dyn Queue>,
     /// One message per attempt to make, for the deliverer.
     pub deliveries_queue: Arc<dyn Queue>,
+    /// The store, when it hands out due deliveries itself (the embedded one): then only
+    /// manual attempts go through `deliveries_queue`, and the local deliverer claims the rest
+    /// from the store in batches.
+    pub due: Option<Arc<dyn crate::ports::outbound::DueDeliveries>>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -114,10 +118,12 @@ impl Outbound {
     ) -> Self {
         let catalog = Arc::new(catalog);
         let policy = Arc::new(policy);
+        let attempts =
+            dispatch::AttemptQueue::new(ports.deliveries_queue.clone(), ports.due.is_some());
         let publisher = Arc::new(publish::Publisher::new(
             ports.store.clone(),
             ports.dispatch_queue.clone(),
-            ports.deliveries_queue.clone(),
+            attempts.clone(),
             catalog.clone(),
             ports.clock.clone(),
             plans.clone(),
@@ -141,23 +147,20 @@ impl Outbound {
             )),
             dispatcher: Arc::new(dispatch::Dispatcher::new(
                 ports.store.clone(),
-                ports.deliveries_queue.clone(),
+                attempts.clone(),
                 ports.clock.clone(),
             )),
             deliverer: Arc::new(deliver::Deliverer::new(
                 ports.store.clone(),
                 ports.keys.clone(),
                 sender,
-                ports.deliveries_queue.clone(),
+                attempts.clone(),
                 notifier.clone(),
                 ports.clock.clone(),
                 settings,
                 jitter,
             )),
-            replay: Arc::new(replay::Replay::new(
-                ports.store.clone(),
-                ports.deliveries_queue.clone(),
-            )),
+            replay: Arc::new(replay::Replay::new(ports.store.clone(), attempts)),
             publisher,
             notifier,
             ports,

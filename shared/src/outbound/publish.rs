@@ -3,7 +3,7 @@
 //! until the dispatcher's sweep, it never loses an event.
 
 use super::catalog::{EventCatalog, TEST_EVENT};
-use super::dispatch::{DeliveryMessage, DispatchMessage};
+use super::dispatch::{AttemptQueue, DispatchMessage};
 use super::model::{Delivery, DeliveryId, DeliveryStatus, Endpoint, EventId, NewEvent};
 use super::Error;
 use crate::billing::plan::PlanGate;
@@ -33,7 +33,7 @@ pub struct Publisher {
     /// Tells the dispatcher an org has new events.
     dispatch: Arc<dyn Queue>,
     /// Where a test event's one delivery is queued.
-    deliveries: Arc<dyn Queue>,
+    deliveries: AttemptQueue,
     catalog: Arc<EventCatalog>,
     clock: Arc<dyn Clock>,
     /// Counts customers' events against their plan's month (`None`: nothing is limited).
@@ -44,7 +44,7 @@ impl Publisher {
     pub fn new(
         store: Arc<dyn OutboundStore>,
         dispatch: Arc<dyn Queue>,
-        deliveries: Arc<dyn Queue>,
+        deliveries: AttemptQueue,
         catalog: Arc<EventCatalog>,
         clock: Arc<dyn Clock>,
         plans: Option<Arc<dyn PlanGate>>,
@@ -178,8 +178,7 @@ impl Publisher {
             updated_at: now,
         };
         self.store.create_delivery(&delivery).await?;
-        let msg = DeliveryMessage::now(&delivery, false);
-        self.deliveries.send(&msg.to_json(), Duration::ZERO).await?;
+        self.deliveries.scheduled(&delivery, now, now).await?;
         // The dispatcher moves its cursor past the test event.
         self.signal(&endpoint.org_id).await;
         Ok(delivery)

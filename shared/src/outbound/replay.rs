@@ -2,25 +2,23 @@
 //! every delivery of an endpoint that failed or was dead-lettered since a moment (after the
 //! receiver was fixed). Each is a manual attempt the deliverer makes like any other.
 
-use super::dispatch::DeliveryMessage;
+use super::dispatch::AttemptQueue;
 use super::model::{Delivery, DeliveryId, DeliveryStatus, EndpointId};
 use super::Error;
 use crate::ports::outbound::{DeliveryFilter, OutboundStore, MAX_PAGE};
-use crate::ports::queue::Queue;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub struct Replay {
     store: Arc<dyn OutboundStore>,
-    deliveries: Arc<dyn Queue>,
+    deliveries: AttemptQueue,
 }
 
 /// At most this many deliveries are resent by one recover call.
 pub const MAX_RECOVER: usize = 10_000;
 
 impl Replay {
-    pub fn new(store: Arc<dyn OutboundStore>, deliveries: Arc<dyn Queue>) -> Self {
+    pub fn new(store: Arc<dyn OutboundStore>, deliveries: AttemptQueue) -> Self {
         Self { store, deliveries }
     }
 
@@ -91,9 +89,6 @@ impl Replay {
     }
 
     async fn queue(&self, d: &Delivery) -> Result<(), Error> {
-        self.deliveries
-            .send(&DeliveryMessage::now(d, true).to_json(), Duration::ZERO)
-            .await?;
-        Ok(())
+        self.deliveries.manual(d).await
     }
 }

@@ -37,7 +37,18 @@ pub enum Durability {
 }
 
 type Finish = Box<dyn FnOnce(Result<(), DbError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+/// A call on the writer: runs, and says how to answer its caller and whether the answer
+/// waits for the disk.
+type Job = Box<dyn FnOnce(&Connection) -> (Finish, Wait) + Send>;
+
+/// When a call's caller hears of its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Once the WAL holding it is on disk (with [`Durability::Full`]).
+    Durable,
+    /// As soon as it is committed.
+    Committed,
+}
 
 /// A handle on the database file; clone it freely. Its threads stop with its last clone.
 #[derive(Clone)]
@@ -200,7 +211,10 @@ CREATE TABLE IF NOT EXISTS outbound_deliveries (
     attempts INTEGER NOT NULL,
     lease_until INTEGER,
     created_at INTEGER NOT NULL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    -- When the next attempt is due (ms), while one is (pending or failed; a claim moves it to
+    -- the end of the claim's lease): the local deliverer's queue (`DueDeliveries`).
+    due_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbound_deliveries_by_org
     ON outbound_deliveries (org_id, created_at DESC, id DESC);
@@ -284,6 +298,29 @@ CREATE TABLE IF NOT EXISTS billing_usage (
 );
 "#;
 
+/// Columns added to a table after it first shipped (`CREATE TABLE IF NOT EXISTS` leaves an
+/// older data dir's table as it was), and what depends on them.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("outbound_deliveries", "due_at", "INTEGER")];
+const AFTER_ADDED_COLUMNS: &str = "CREATE INDEX IF NOT EXISTS outbound_deliveries_due \
+     ON outbound_deliveries (due_at) WHERE due_at IS NOT NULL;";
+
+/// Bring an older data dir's schema up to [`SCHEMA`].
+fn migrate(conn: &Connection) -> Result<(), DbError> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = conn
+            .prepare(&format!(
+                "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"
+            ))?
+            .query_row([], |r| r.get::<_, i64>(0))?
+            > 0;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    conn.execute_batch(AFTER_ADDED_COLUMNS)?;
+    Ok(())
+}
+
 /// A connection that writes. Its commits never wait for the disk themselves
 /// (`synchronous=NORMAL`): with [`Durability::Full`] the `syncer` thread makes each batch
 /// durable before its callers hear of it. Checkpoints still sync the WAL before copying it and
@@ -347,6 +384,7 @@ impl Database {
         let path = dir.join("hookline.db");
         let conn = connect(&path)?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let checkpoints = connect(&path)?;
         let synced = match durability {
             Durability::Normal => None,
@@ -450,7 +488,8 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
-        self.submit(move |conn| savepoint(conn, op)).await
+        self.submit(move |conn| savepoint(conn, op), Wait::Durable)
+            .await
     }
 
     /// [`Database::call`] for an `op` that writes with one statement at most (reads before
@@ -463,10 +502,22 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
-        self.submit(op).await
+        self.submit(op, Wait::Durable).await
     }
 
-    async fn submit<T, F>(&self, op: F) -> Result<T, DbError>
+    /// [`Database::call_one`] answered as soon as its batch commits, before the WAL is
+    /// synced: for a write whose loss in a power cut only makes work be done again (a lease
+    /// on a delivery: lost, the delivery is simply due again), where waiting for the disk
+    /// would only hold the caller up.
+    pub async fn call_one_unsynced<T, F>(&self, op: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.submit(op, Wait::Committed).await
+    }
+
+    async fn submit<T, F>(&self, op: F, wait: Wait) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
@@ -474,9 +525,10 @@ impl Database {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let result = op(conn);
-            Box::new(move |committed| {
+            let finish: Finish = Box::new(move |committed| {
                 let _ = tx.send(committed.and(result));
-            })
+            });
+            (finish, wait)
         });
         self.inner
             .jobs
@@ -515,17 +567,26 @@ fn writer(
 ) {
     while let Ok(first) = jobs.recv() {
         let mut finishes: Vec<Finish> = Vec::new();
+        let mut unsynced: Vec<Finish> = Vec::new();
         let began = conn.execute_batch(begin).map_err(DbError::from);
         if let Err(e) = began {
             // Cannot even start a transaction: fail this call, keep serving.
-            let finish = first(&conn);
+            let (finish, _) = first(&conn);
             finish(Err(e));
             continue;
         }
-        finishes.push(first(&conn));
-        while finishes.len() < MAX_BATCH {
+        let mut run = |job: Job| match job(&conn) {
+            (finish, Wait::Durable) => finishes.push(finish),
+            (finish, Wait::Committed) => unsynced.push(finish),
+        };
+        run(first);
+        let mut taken = 1;
+        while taken < MAX_BATCH {
             match jobs.try_recv() {
-                Ok(job) => finishes.push(job(&conn)),
+                Ok(job) => {
+                    run(job);
+                    taken += 1;
+                }
                 Err(_) => break,
             }
         }
@@ -533,6 +594,7 @@ fn writer(
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
+        finish_all(unsynced, committed.clone());
         let answer = match (&synced, committed) {
             // Answered once the WAL is on disk, while this thread goes on with the next batch.
             (Some(syncer), Ok(())) => match syncer.send(finishes) {

@@ -562,6 +562,7 @@ pub fn aws_outbound(
             need("HOOKLINE_OUTBOUND_QUEUE_URL")?,
             need("HOOKLINE_OUTBOUND_DLQ_URL")?,
         )),
+        due: None,
         clock: Arc::new(SystemClock),
     };
     let plans = aws_billing(sdk, lookup)?.plans().clone();

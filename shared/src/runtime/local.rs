@@ -345,8 +345,10 @@ pub fn with_outbound(
     use crate::ports::keys::{embedded::LocalKeys, CachedKeys};
     let db = Database::open(data_dir, Durability::Full).map_err(|e| e.to_string())?;
     let queues = outbound_queue(&config.settings);
+    let store = Arc::new(crate::ports::outbound::embedded::EmbeddedOutboundStore::new(db.clone()));
     let ports = crate::outbound::Ports {
-        store: Arc::new(crate::ports::outbound::embedded::EmbeddedOutboundStore::new(db.clone())),
+        store: store.clone(),
+        due: Some(store),
         orgs: Arc::new(crate::ports::orgs::embedded::EmbeddedOrgStore::new(
             db.clone(),
         )),
@@ -893,10 +895,14 @@ pub async fn run_outbound_loops(
     // Pollers keep up to `concurrency` attempts in flight: each message is handled on a task
     // of its own as soon as it arrives, so one slow endpoint holds up only its attempt, not
     // the batch it came in. A receive is a round trip to the writer thread, so several
-    // pollers take turns at it (one per 10 in flight).
+    // pollers take turns at it (one per 10 in flight). Over a store that hands out due
+    // deliveries itself, only manual attempts come as messages: one poller does.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let pollers = concurrency.div_ceil(10).max(2);
-    let deliverers: Vec<_> = (0..pollers)
+    let pollers = match outbound.ports.due {
+        Some(_) => 1,
+        None => concurrency.div_ceil(10).max(2),
+    };
+    let mut deliverers: Vec<_> = (0..pollers)
         .map(|_| {
             let outbound = outbound.clone();
             let in_flight = in_flight.clone();
@@ -946,6 +952,14 @@ pub async fn run_outbound_loops(
             })
         })
         .collect();
+    if let Some(due) = outbound.ports.due.clone() {
+        deliverers.push(tokio::spawn(deliver_due(
+            outbound.clone(),
+            due,
+            in_flight,
+            shutdown,
+        )));
+    }
     let _ = dispatcher.await;
     for d in deliverers {
         let _ = d.await;
@@ -980,6 +994,75 @@ async fn dispatch_received(
     }
     for receipt in done {
         let _ = queue.delete(&receipt).await;
+    }
+}
+
+/// How many due deliveries one claim takes at most, and how long an idle deliverer waits
+/// before it looks again when nothing wakes it (a retry falling due wakes nobody).
+const DUE_PER_CLAIM: usize = 64;
+const DUE_IDLE_WAIT: Duration = Duration::from_millis(250);
+
+/// Claim due deliveries from the store, as many at once as there is room in flight for, and
+/// attempt each on a task of its own. One that fails (a store error) is due again when its
+/// lease ends.
+async fn deliver_due(
+    outbound: Arc<crate::outbound::Outbound>,
+    due: Arc<dyn crate::ports::outbound::DueDeliveries>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.changed() => break,
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let room = in_flight.available_permits().min(DUE_PER_CLAIM - 1) + 1;
+        let now = outbound.ports.clock.now();
+        let claimed = match due
+            .claim_due(now, now + outbound.deliverer.lease(), room)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::error!(error = %e, "deliverer cannot claim due deliveries; retrying");
+                drop(first);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            drop(first);
+            let wait = match due.next_due().await {
+                Ok(Some(at)) => (at - now).to_std().unwrap_or_default(),
+                _ => DUE_IDLE_WAIT,
+            };
+            let wait = wait.clamp(Duration::from_millis(5), DUE_IDLE_WAIT);
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = due.wait_for_work(wait) => {}
+            }
+            continue;
+        }
+        let mut first = Some(first);
+        for d in claimed {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => match in_flight.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let outbound = outbound.clone();
+            tokio::spawn(async move {
+                if let Err(e) = outbound.deliverer.handle_claimed(d).await {
+                    tracing::error!(error = %e, "delivery attempt failed; it is due again when its lease ends");
+                }
+                drop(permit);
+            });
+        }
     }
 }
 

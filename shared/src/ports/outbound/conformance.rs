@@ -684,6 +684,46 @@ pub async fn of_twenty_concurrent_creates_of_one_delivery_exactly_one_wins(
     assert_eq!(all, vec![d]);
 }
 
+pub async fn a_batch_of_deliveries_is_created_once_each_and_a_rerun_creates_only_the_missing(
+    store: &dyn OutboundStore,
+) {
+    let org = org();
+    let ep = endpoint(&org);
+    store.create_endpoint(&ep).await.unwrap();
+    let mut batch = Vec::new();
+    for _ in 0..5 {
+        let event = append(store, &new_event(&org, "invoice.paid")).await;
+        batch.push(delivery_for(&ep, &event));
+    }
+    // Two of them exist already (a run that stopped half-way made them).
+    assert!(store.create_delivery(&batch[1]).await.unwrap());
+    assert!(store.create_delivery(&batch[3]).await.unwrap());
+    assert_eq!(
+        store.create_deliveries(&batch).await.unwrap(),
+        vec![true, false, true, false, true]
+    );
+    assert_eq!(
+        store.create_deliveries(&batch).await.unwrap(),
+        vec![false; 5],
+        "a rerun creates nothing"
+    );
+    assert_eq!(
+        store.create_deliveries(&[]).await.unwrap(),
+        Vec::<bool>::new()
+    );
+    let (all, _) = store
+        .list_deliveries(&org, &DeliveryFilter::default(), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5);
+    for d in &batch {
+        assert_eq!(
+            store.get_delivery(&org, &d.id).await.unwrap().as_ref(),
+            Some(d)
+        );
+    }
+}
+
 pub async fn deliveries_list_newest_first_and_narrow_by_every_filter(store: &dyn OutboundStore) {
     let (org, other) = (org(), org());
     let (ep1, ep2) = (endpoint(&org), endpoint(&org));
@@ -1257,6 +1297,10 @@ macro_rules! outbound_conformance {
                 borrowed
             );
             case!(a_delivery_is_created_once_per_endpoint_and_event, borrowed);
+            case!(
+                a_batch_of_deliveries_is_created_once_each_and_a_rerun_creates_only_the_missing,
+                borrowed
+            );
             case!(
                 of_twenty_concurrent_creates_of_one_delivery_exactly_one_wins,
                 shared

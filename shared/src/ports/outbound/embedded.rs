@@ -4,8 +4,8 @@
 //! beside the writer on a reader connection and see everything committed before them.
 
 use super::{
-    decode_cursor, encode_cursor, json_corrupt, Appended, DeliveryFilter, OutboundError,
-    OutboundStore, MAX_PAGE,
+    decode_cursor, due_at, encode_cursor, json_corrupt, Appended, DeliveryFilter, DueDeliveries,
+    OutboundError, OutboundStore, MAX_PAGE,
 };
 use crate::outbound::model::{
     Attempt, Delivery, DeliveryId, Endpoint, EndpointId, Event, EventId, NewEvent,
@@ -25,11 +25,24 @@ const SEND_SLOT_KEEP_SECS: i64 = 60;
 #[derive(Debug, Clone)]
 pub struct EmbeddedOutboundStore {
     db: Database,
+    /// Woken when a delivery is created or rescheduled (the local deliverer waits on it).
+    scheduled: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl EmbeddedOutboundStore {
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            scheduled: Default::default(),
+        }
+    }
+
+    /// Tell the waiting deliverer (if any) that `delivery` may be due.
+    fn wake_for(&self, delivery: &Delivery) {
+        if delivery.lease_until.is_none() && due_at(delivery).is_some() {
+            // One permit is kept if nobody waits: the next wait returns at once.
+            self.scheduled.notify_one();
+        }
     }
 
     /// The record of `id` in `table`, if it is the org's.
@@ -129,7 +142,7 @@ const DELIVERY_RECORD: &str = "json_set(record, '$.lease_until', CASE WHEN lease
      THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', lease_until / 1000.0, 'unixepoch') END)";
 
 /// The columns of a delivery row, taken from its record.
-fn delivery_columns(d: &Delivery) -> [Value; 8] {
+fn delivery_columns(d: &Delivery) -> [Value; 9] {
     [
         Value::Text(d.id.as_str().to_owned()),
         Value::Text(d.org_id.clone()),
@@ -140,6 +153,9 @@ fn delivery_columns(d: &Delivery) -> [Value; 8] {
         Value::Integer(i64::from(d.attempts)),
         d.lease_until
             .map(|l| Value::Integer(millis(l)))
+            .unwrap_or(Value::Null),
+        due_at(d)
+            .map(|at| Value::Integer(millis(at)))
             .unwrap_or(Value::Null),
     ]
 }
@@ -375,20 +391,54 @@ impl OutboundStore for EmbeddedOutboundStore {
         let mut values = delivery_columns(delivery).to_vec();
         values.push(Value::Integer(millis(delivery.created_at)));
         values.push(Value::Text(record));
-        Ok(self
+        let created = self
             .db
             .call_one(move |conn| {
                 // OR IGNORE: the primary key (one delivery per endpoint and event) decides.
                 let inserted = conn
                     .prepare_cached(
                         "INSERT OR IGNORE INTO outbound_deliveries (id, org_id, endpoint_id, \
-                         event_id, event_type, status, attempts, lease_until, created_at, \
-                         record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                         event_id, event_type, status, attempts, lease_until, due_at, \
+                         created_at, record) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                     )?
                     .execute(params_from_iter(values))?;
                 Ok(inserted == 1)
             })
-            .await?)
+            .await?;
+        if created {
+            self.wake_for(delivery);
+        }
+        Ok(created)
+    }
+
+    async fn create_deliveries(&self, deliveries: &[Delivery]) -> Result<Vec<bool>, OutboundError> {
+        let mut rows = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            let mut values = delivery_columns(d).to_vec();
+            values.push(Value::Integer(millis(d.created_at)));
+            values.push(Value::Text(to_json(d.id.as_str(), d)?));
+            rows.push(values);
+        }
+        // One writer call for the lot: a round trip to the writer thread per delivery cost
+        // more than the insert itself.
+        let created = self
+            .db
+            .call(move |conn| {
+                let mut insert = conn.prepare_cached(
+                    "INSERT OR IGNORE INTO outbound_deliveries (id, org_id, endpoint_id, \
+                     event_id, event_type, status, attempts, lease_until, due_at, created_at, \
+                     record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                rows.into_iter()
+                    .map(|values| Ok(insert.execute(params_from_iter(values))? == 1))
+                    .collect::<Result<Vec<bool>, DbError>>()
+            })
+            .await?;
+        if created.iter().any(|c| *c) {
+            self.scheduled.notify_one();
+        }
+        Ok(created)
     }
 
     async fn get_delivery(
@@ -474,7 +524,10 @@ impl OutboundStore for EmbeddedOutboundStore {
             .call_one(move |conn| {
                 Ok(conn
                     .prepare_cached(
-                        "UPDATE outbound_deliveries SET lease_until = ?2 WHERE id = ?1 \
+                        // A due delivery is not due again before the lease ends.
+                        "UPDATE outbound_deliveries SET lease_until = ?2, \
+                         due_at = CASE WHEN due_at IS NULL THEN NULL ELSE MAX(due_at, ?2) END \
+                         WHERE id = ?1 \
                          AND attempts = ?3 AND (lease_until IS NULL OR lease_until <= ?4) \
                          RETURNING record",
                     )?
@@ -504,22 +557,24 @@ impl OutboundStore for EmbeddedOutboundStore {
         let record = to_json(delivery.id.as_str(), delivery)?;
         let attempt_key = format!("{}#{}", attempt.delivery_id, attempt.number);
         let attempt_record = to_json(&attempt_key, attempt)?;
-        let [id, org_id, _, _, _, status, attempts, lease] = delivery_columns(delivery);
+        let [id, org_id, _, _, _, status, attempts, lease, due] = delivery_columns(delivery);
         let (attempt_delivery, number, attempt_org) = (
             attempt.delivery_id.as_str().to_owned(),
             attempt.number,
             attempt.org_id.clone(),
         );
-        Ok(self
+        let recorded = self
             .db
             .call(move |conn| {
                 let changed = conn
                     .prepare_cached(
                         "UPDATE outbound_deliveries SET status = ?3, attempts = ?4, \
-                         lease_until = ?5, record = ?6 \
+                         lease_until = ?5, record = ?6, due_at = ?8 \
                          WHERE id = ?1 AND org_id = ?2 AND attempts = ?7",
                     )?
-                    .execute(params![id, org_id, status, attempts, lease, record, before])?;
+                    .execute(params![
+                        id, org_id, status, attempts, lease, record, before, due
+                    ])?;
                 if changed != 1 {
                     return Ok(false);
                 }
@@ -535,7 +590,11 @@ impl OutboundStore for EmbeddedOutboundStore {
                 ])?;
                 Ok(true)
             })
-            .await?)
+            .await?;
+        if recorded {
+            self.wake_for(delivery);
+        }
+        Ok(recorded)
     }
 
     async fn update_delivery(&self, delivery: &Delivery) -> Result<bool, OutboundError> {
@@ -543,20 +602,25 @@ impl OutboundStore for EmbeddedOutboundStore {
         let mut values = delivery_columns(delivery).to_vec();
         values.push(Value::Integer(millis(delivery.created_at)));
         values.push(Value::Text(record));
-        Ok(self
+        let changed = self
             .db
             .call(move |conn| {
                 // `attempts` is both the condition and (unchanged) the new value.
                 let changed = conn
                     .prepare_cached(
                         "UPDATE outbound_deliveries SET endpoint_id = ?3, event_id = ?4, \
-                         event_type = ?5, status = ?6, lease_until = ?8, created_at = ?9, \
-                         record = ?10 WHERE id = ?1 AND org_id = ?2 AND attempts = ?7",
+                         event_type = ?5, status = ?6, lease_until = ?8, due_at = ?9, \
+                         created_at = ?10, record = ?11 \
+                         WHERE id = ?1 AND org_id = ?2 AND attempts = ?7",
                     )?
                     .execute(params_from_iter(values))?;
                 Ok(changed == 1)
             })
-            .await?)
+            .await?;
+        if changed {
+            self.wake_for(delivery);
+        }
+        Ok(changed)
     }
 
     async fn list_attempts(
@@ -605,6 +669,59 @@ impl OutboundStore for EmbeddedOutboundStore {
     }
 }
 
+#[async_trait]
+impl DueDeliveries for EmbeddedOutboundStore {
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<Delivery>, OutboundError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let (now_ms, lease_ms, max) = (millis(now), millis(lease_until), int(max as u64));
+        // One statement claims the whole batch, in the order of the `outbound_deliveries_due`
+        // index: the lease moves each one's due time past the lease's end.
+        // Not waited on to reach the disk: a claim lost in a power cut leaves the delivery due,
+        // to be claimed again, which is what its lease ending would have done anyway.
+        let rows = self
+            .db
+            .call_one_unsynced(move |conn| {
+                records(
+                    conn,
+                    "UPDATE outbound_deliveries SET lease_until = ?2, due_at = ?2 \
+                     WHERE id IN (SELECT id FROM outbound_deliveries \
+                     WHERE due_at <= ?1 ORDER BY due_at LIMIT ?3) \
+                     AND (lease_until IS NULL OR lease_until <= ?1) \
+                     RETURNING id, record",
+                    params![now_ms, lease_ms, max],
+                )
+            })
+            .await?;
+        let mut claimed: Vec<Delivery> = parse_all(rows)?;
+        for d in &mut claimed {
+            d.lease_until = Some(lease_until);
+        }
+        Ok(claimed)
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, OutboundError> {
+        let at: Option<i64> = self.db.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT min(due_at) FROM outbound_deliveries WHERE due_at IS NOT NULL",
+                )?
+                .query_row([], |r| r.get(0))?)
+        })?;
+        Ok(at.and_then(DateTime::from_timestamp_millis))
+    }
+
+    async fn wait_for_work(&self, at_most: std::time::Duration) {
+        let _ = tokio::time::timeout(at_most, self.scheduled.notified()).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,6 +738,12 @@ mod tests {
     }
 
     crate::outbound_conformance!(fresh());
+
+    fn fresh_embedded() -> (tempfile::TempDir, EmbeddedOutboundStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        (dir, EmbeddedOutboundStore::new(db))
+    }
 
     #[tokio::test]
     async fn endpoints_events_and_deliveries_survive_a_restart() {
@@ -673,6 +796,216 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next.event().seq, 2);
+    }
+
+    /// An endpoint, one of its events and the delivery between them, created.
+    async fn one_delivery(store: &EmbeddedOutboundStore) -> Delivery {
+        let ep = endpoint("org-due");
+        store.create_endpoint(&ep).await.unwrap();
+        let event = store
+            .append_event(&new_event("org-due", "invoice.paid"))
+            .await
+            .unwrap()
+            .event()
+            .clone();
+        let d = delivery_for(&ep, &event);
+        assert!(store.create_delivery(&d).await.unwrap());
+        d
+    }
+
+    fn ids(claimed: &[Delivery]) -> Vec<String> {
+        claimed.iter().map(|d| d.id.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_due_delivery_is_claimed_once_and_again_only_after_its_lease_ends() {
+        let (_dir, store) = fresh_embedded();
+        let d = one_delivery(&store).await;
+        let due_at = d.next_attempt_at.unwrap();
+        assert_eq!(store.next_due().await.unwrap(), Some(due_at));
+        assert!(
+            store
+                .claim_due(due_at - chrono::Duration::seconds(1), t(100), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "not due before its time"
+        );
+        let lease = due_at + chrono::Duration::seconds(60);
+        let claimed = store.claim_due(due_at, lease, 10).await.unwrap();
+        assert_eq!(ids(&claimed), vec![d.id.to_string()]);
+        assert_eq!(claimed[0].lease_until, Some(lease));
+        assert!(
+            store
+                .claim_due(
+                    lease - chrono::Duration::milliseconds(1),
+                    lease + chrono::Duration::seconds(60),
+                    10
+                )
+                .await
+                .unwrap()
+                .is_empty(),
+            "held while the lease runs"
+        );
+        assert_eq!(
+            store.next_due().await.unwrap(),
+            Some(lease),
+            "due again when the lease ends"
+        );
+        // The deliverer died mid-attempt: its lease ends and the delivery is handed out again.
+        let again = store
+            .claim_due(lease, lease + chrono::Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(ids(&again), vec![d.id.to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_is_due_at_its_retry_and_a_finished_delivery_never() {
+        let (_dir, store) = fresh_embedded();
+        let d = one_delivery(&store).await;
+        let now = d.next_attempt_at.unwrap();
+        let claimed = store
+            .claim_due(now, now + chrono::Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        let a1 = attempt(&claimed[0], 1, false);
+        let failed = after(&claimed[0], &a1);
+        assert!(store.record_attempt(&failed, &a1).await.unwrap());
+        let retry = failed.next_attempt_at.unwrap();
+        assert_eq!(store.next_due().await.unwrap(), Some(retry));
+        assert!(store
+            .claim_due(retry - chrono::Duration::seconds(1), retry, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let claimed = store
+            .claim_due(retry, retry + chrono::Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].attempts, 1);
+        let a2 = attempt(&claimed[0], 2, true);
+        assert!(store
+            .record_attempt(&after(&claimed[0], &a2), &a2)
+            .await
+            .unwrap());
+        assert_eq!(
+            store.next_due().await.unwrap(),
+            None,
+            "delivered: nothing is due"
+        );
+        assert!(store
+            .claim_due(t(100_000), t(100_060), 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_delivery_claimed_for_a_message_is_not_handed_out_as_due_meanwhile() {
+        let (_dir, store) = fresh_embedded();
+        let d = one_delivery(&store).await;
+        let now = d.next_attempt_at.unwrap();
+        let lease = now + chrono::Duration::seconds(60);
+        assert!(store
+            .claim_delivery(&d.id, 0, lease, now)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(store
+            .claim_due(now + chrono::Duration::seconds(1), t(500), 10)
+            .await
+            .unwrap()
+            .is_empty());
+        // Dead-lettered by hand (its endpoint went away): never due.
+        let mut dead = d.clone();
+        dead.status = crate::outbound::model::DeliveryStatus::DeadLettered;
+        dead.next_attempt_at = None;
+        assert!(store.update_delivery(&dead).await.unwrap());
+        assert!(store
+            .claim_due(t(100_000), t(100_060), 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_claim_takes_at_most_what_it_asks_oldest_due_first() {
+        let (_dir, store) = fresh_embedded();
+        let ep = endpoint("org-due");
+        store.create_endpoint(&ep).await.unwrap();
+        let mut made = Vec::new();
+        for i in 0..5 {
+            let mut new = new_event("org-due", "invoice.paid");
+            new.created_at = t(10 - i);
+            let event = store.append_event(&new).await.unwrap().event().clone();
+            let d = delivery_for(&ep, &event);
+            assert!(store.create_delivery(&d).await.unwrap());
+            made.push(d);
+        }
+        let first = store.claim_due(t(20), t(80), 2).await.unwrap();
+        let mut got = ids(&first);
+        got.sort();
+        let mut want = vec![made[4].id.to_string(), made[3].id.to_string()];
+        want.sort();
+        assert_eq!(got, want, "the two due earliest");
+        assert_eq!(store.claim_due(t(20), t(80), 10).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn creating_a_delivery_wakes_a_waiting_deliverer() {
+        let (_dir, store) = fresh_embedded();
+        let waiting = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                store
+                    .wait_for_work(std::time::Duration::from_secs(30))
+                    .await;
+                started.elapsed()
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        one_delivery(&store).await;
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken, not left to its 30 s")
+            .unwrap();
+        assert!(waited < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_data_dir_from_before_due_times_gains_the_column_and_its_deliveries_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The table as it shipped before `due_at`.
+            let conn = rusqlite::Connection::open(dir.path().join("hookline.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE outbound_deliveries (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, \
+                 endpoint_id TEXT NOT NULL, event_id TEXT NOT NULL, event_type TEXT NOT NULL, \
+                 status TEXT NOT NULL, attempts INTEGER NOT NULL, lease_until INTEGER, \
+                 created_at INTEGER NOT NULL, record TEXT NOT NULL); \
+                 INSERT INTO outbound_deliveries VALUES ('dlv_old', 'org-a', 'ep_1', 'evt_1', \
+                 'invoice.paid', 'delivered', 1, NULL, 0, '{}');",
+            )
+            .unwrap();
+        }
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        let (rows, due): (i64, i64) = db
+            .read(|conn| {
+                Ok((
+                    conn.query_row("SELECT count(*) FROM outbound_deliveries", [], |r| r.get(0))?,
+                    conn.query_row(
+                        "SELECT count(*) FROM pragma_table_info('outbound_deliveries') \
+                         WHERE name = 'due_at'",
+                        [],
+                        |r| r.get(0),
+                    )?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((rows, due), (1, 1));
     }
 
     #[tokio::test]

@@ -33,6 +33,10 @@ pub enum OutboundError {
 /// The largest page a list returns, whatever the caller asks for.
 pub const MAX_PAGE: usize = 1000;
 
+/// How many single-record writes a batch method keeps in flight at once (DynamoDB takes
+/// conditional puts one item at a time).
+const CONCURRENT_WRITES: usize = 64;
+
 /// The outcome of appending an event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
@@ -129,6 +133,20 @@ pub trait OutboundStore: Send + Sync + 'static {
     /// this call created it (of concurrent calls, exactly one).
     async fn create_delivery(&self, delivery: &Delivery) -> Result<bool, OutboundError>;
 
+    /// [`create_delivery`] for each of `deliveries` (the dispatcher's fan-out of a batch of
+    /// events): for each, true when this call created it. An error may leave some created;
+    /// calling again with the same deliveries creates the rest.
+    ///
+    /// [`create_delivery`]: OutboundStore::create_delivery
+    async fn create_deliveries(&self, deliveries: &[Delivery]) -> Result<Vec<bool>, OutboundError> {
+        let mut created = Vec::with_capacity(deliveries.len());
+        for chunk in deliveries.chunks(CONCURRENT_WRITES) {
+            let writes = chunk.iter().map(|d| self.create_delivery(d));
+            created.extend(futures::future::try_join_all(writes).await?);
+        }
+        Ok(created)
+    }
+
     async fn get_delivery(
         &self,
         org_id: &str,
@@ -189,6 +207,49 @@ pub trait OutboundStore: Send + Sync + 'static {
         second: i64,
         limit: u32,
     ) -> Result<bool, OutboundError>;
+}
+
+/// A store that is also the deliverer's queue (the embedded one): a delivery whose next
+/// attempt is due and that no deliverer holds is handed out by [`claim_due`], so an attempt
+/// needs no queue message of its own (SQS carries one per attempt on AWS; locally those
+/// messages cost more writes than the attempt itself). Like `ports::intake`, for the store
+/// that shares a file with its queue.
+///
+/// [`claim_due`]: DueDeliveries::claim_due
+#[async_trait]
+pub trait DueDeliveries: Send + Sync + 'static {
+    /// Up to `max` deliveries (pending or failed) whose next attempt is due at `now` and whose
+    /// lease, if any, has ended, oldest due first: each leased until `lease_until` (and not
+    /// due again before then, so a deliverer that dies mid-attempt only delays it).
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<Delivery>, OutboundError>;
+
+    /// When the next attempt falls due, if one is scheduled.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, OutboundError>;
+
+    /// Resolves when a delivery may have fallen due since the last call (one was created or
+    /// rescheduled), or after `at_most`.
+    async fn wait_for_work(&self, at_most: std::time::Duration);
+}
+
+/// When a delivery in this state is next due for an attempt, if it is: while pending or
+/// failed, at its `next_attempt_at`, and not before a lease on it ends.
+pub fn due_at(delivery: &Delivery) -> Option<DateTime<Utc>> {
+    if !matches!(
+        delivery.status,
+        DeliveryStatus::Pending | DeliveryStatus::Failed
+    ) {
+        return None;
+    }
+    let at = delivery.next_attempt_at.unwrap_or(delivery.created_at);
+    Some(match delivery.lease_until {
+        Some(lease) if lease > at => lease,
+        _ => at,
+    })
 }
 
 // ---- shared by both adapters ---------------------------------------------------------------
