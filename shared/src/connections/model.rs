@@ -92,6 +92,34 @@ pub struct Connection {
     pub previous_secret: Option<StoredSecret>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Pings and what the hook-health check last found (records from before it read as none).
+    #[serde(default)]
+    pub health: HookHealth,
+}
+
+/// Whether the hook is known to deliver: the provider's ping Hookline asked for, and what the
+/// last hook-health check found. `last_ping_at` belongs to the store's `record_ping` (the
+/// worker records a ping when it arrives): like the delivery counters, `update` keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HookHealth {
+    /// When Hookline last asked the provider to ping the hook (after creating or repairing it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_requested_at: Option<DateTime<Utc>>,
+    /// Why the provider refused that ping request, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_error: Option<String>,
+    /// When a ping (GitHub `ping`, GitLab test push) last arrived and verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ping_at: Option<DateTime<Utc>>,
+    /// When the last hook-health check read this hook from the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<DateTime<Utc>>,
+    /// Since when the hook has been silent although the repository saw pushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_since: Option<DateTime<Utc>>,
+    /// What the user should know and do about the silence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<String>,
 }
 
 /// An incident: a failed workflow run (GitHub) or pipeline (GitLab) of a connected repository.

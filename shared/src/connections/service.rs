@@ -596,6 +596,7 @@ impl Repositories {
             previous_secret: None,
             created_at: now,
             updated_at: now,
+            health: Default::default(),
         };
         self.check_plan(org_id).await?;
         let secret = new_webhook_secret();
