@@ -122,6 +122,35 @@ pub struct HookHealth {
     pub alert: Option<String>,
 }
 
+/// How long a requested ping may take to arrive before the status calls it missing: providers
+/// deliver one within seconds, and retry a failed one for a few minutes.
+pub const PING_GRACE: chrono::Duration = chrono::Duration::minutes(10);
+
+impl HookHealth {
+    /// Whether the last ping Hookline asked for arrived: `Some(true)` once it did (or a ping
+    /// arrived though none was asked for), `Some(false)` when the provider refused the request
+    /// or it has not arrived within [`PING_GRACE`], `None` while it may still come or when no
+    /// ping was ever asked for.
+    pub fn ping_ok(&self, now: DateTime<Utc>) -> Option<bool> {
+        match (self.ping_requested_at, self.last_ping_at) {
+            (Some(asked), Some(arrived)) if arrived >= asked => Some(true),
+            (None, Some(_)) => Some(true),
+            (Some(_), _) if self.ping_error.is_some() => Some(false),
+            (Some(asked), _) if now - asked > PING_GRACE => Some(false),
+            _ => None,
+        }
+    }
+
+    /// A ping was asked for and has not arrived yet (a GitLab test push is then taken as it).
+    pub fn ping_pending(&self) -> bool {
+        match (self.ping_requested_at, self.last_ping_at) {
+            (Some(asked), Some(arrived)) => arrived < asked,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+}
+
 /// An incident: a failed workflow run (GitHub) or pipeline (GitLab) of a connected repository.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {

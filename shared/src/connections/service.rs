@@ -22,6 +22,8 @@ use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod health;
+
 /// Why a connection call failed; the API maps each to one status code.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -373,6 +375,8 @@ pub struct Repositories {
     events: Option<Arc<dyn EventSink>>,
     /// The plan's limit on repositories (`None`: nothing is limited).
     plans: Option<Arc<dyn crate::billing::plan::PlanGate>>,
+    /// `HOOK_SILENCE_ALERT`: a hook silent this long while its repository saw pushes is flagged.
+    silence_alert: Duration,
 }
 
 /// The encryption context of a connection's webhook secret: a sealed secret copied onto
@@ -460,6 +464,56 @@ impl Repositories {
             settings,
             events: None,
             plans: None,
+            silence_alert: health::DEFAULT_SILENCE_ALERT,
+        }
+    }
+
+    /// Flag hooks silent for `after` while their repository saw pushes (`HOOK_SILENCE_ALERT`).
+    pub fn with_silence_alert(mut self, after: Duration) -> Self {
+        self.silence_alert = after;
+        self
+    }
+
+    /// Now, by the service's clock (the status route's "has the ping arrived yet").
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Ask the provider to ping the hook just created or repaired, noting when (and, if the
+    /// provider refused, why) on `c`: the status route then shows whether the ping arrived.
+    /// A refusal is only noted: the hook itself is in place.
+    async fn request_ping(&self, c: &mut Connection, token: &Secret) -> bool {
+        let Some(hook_id) = c.webhook_id.clone() else {
+            return false;
+        };
+        let result = self
+            .hooks(c.provider)
+            .ping_hook(token, &c.repository_full_name, &hook_id)
+            .await;
+        c.health.ping_requested_at = Some(self.clock.now());
+        match result {
+            Ok(()) => {
+                c.health.ping_error = None;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(connection_id = %c.id, provider = c.provider.as_str(), reason = %e.reason(), "the provider refused to ping the hook");
+                c.health.ping_error = Some(e.reason());
+                false
+            }
+        }
+    }
+
+    /// [`request_ping`](Self::request_ping) with the user's token looked up first.
+    async fn ping_with_stored_token(&self, c: &mut Connection) {
+        match self.tokens.token(&c.org_id, &c.user_id, c.provider).await {
+            Ok(Some(token)) => {
+                self.request_ping(c, &token).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(connection_id = %c.id, error = %e, "no token to ask for a ping with")
+            }
         }
     }
 
@@ -621,6 +675,7 @@ impl Repositories {
     async fn install_hook(&self, c: &mut Connection, secret: &Secret) {
         let now = self.clock.now();
         c.updated_at = now;
+        let mut used_token = None;
         let outcome = match self.tokens.token(&c.org_id, &c.user_id, c.provider).await {
             Ok(Some(token)) => {
                 let spec = HookSpec::new(
@@ -628,10 +683,13 @@ impl Repositories {
                     secret.clone(),
                     c.webhook_events.clone(),
                 );
-                self.hooks(c.provider)
+                let created = self
+                    .hooks(c.provider)
                     .create_hook(&token, &c.repository_full_name, &spec)
                     .await
-                    .map_err(|e| e.reason())
+                    .map_err(|e| e.reason());
+                used_token = Some(token);
+                created
             }
             Ok(None) => Err(format!(
                 "no {} access token for this user: authorize with GET /api/v1/oauth/{}/authorize \
@@ -648,6 +706,9 @@ impl Repositories {
                 c.webhook_status = WebhookStatus::Active;
                 c.webhook_status_reason = None;
                 c.webhook_created_at = Some(now);
+                if let Some(token) = used_token {
+                    self.request_ping(c, &token).await;
+                }
             }
             Err(reason) => {
                 tracing::warn!(connection_id = %c.id, provider = c.provider.as_str(), reason = %reason, "could not create the webhook");
@@ -768,6 +829,10 @@ impl Repositories {
         });
         c.secret = Some(self.seal(&c, &secret).await?);
         c.updated_at = now;
+        if c.webhook_id.is_some() {
+            // The new secret is in place: a ping shows it verifies.
+            self.ping_with_stored_token(&mut c).await;
+        }
         self.store.update(&c).await?;
         Ok(c)
     }

@@ -205,7 +205,15 @@ impl Handler for RepositoryEvents {
             }
             Handled::Processed
         };
+        // GitLab marks its test push no differently from a real one: a push while a ping is
+        // awaited is taken as it (either way it proves the hook delivers).
+        if event.envelope.source == Source::Gitlab && event.envelope.event_type == "push" {
+            for c in connections.iter().filter(|c| c.health.ping_pending()) {
+                self.ping_arrived(c, event.envelope.received_at).await?;
+            }
+        }
         // Counted last: everything above is idempotent, the counter is not, and a retry
+
         // after a failure above should not count the delivery twice.
         for c in &connections {
             match self.connections.record_delivery(&c.id, now, false).await {
@@ -561,9 +569,68 @@ fn gitlab_mr(body: &Value, received_at: DateTime<Utc>) -> Option<PrEvent> {
     })
 }
 
+// ---- pings ------------------------------------------------------------------------------------
+
+/// GitHub's `ping` for a connected repository's hook: recorded on the connection (its status
+/// then shows the ping arrived), and in the log as skipped, as every ping is.
+pub struct RecordPing {
+    connections: Arc<dyn ConnectionStore>,
+}
+
+impl RecordPing {
+    pub fn new(connections: Arc<dyn ConnectionStore>) -> Self {
+        Self { connections }
+    }
+}
+
+#[async_trait]
+impl Handler for RecordPing {
+    async fn handle(&self, event: &Event, _now: DateTime<Utc>) -> Result<Handled, WorkerError> {
+        if let Payload::Json(body) = &event.payload {
+            if let Some(name) = text(body, &["repository", "full_name"]) {
+                let hook_id = text(body, &["hook_id"]);
+                let found = self
+                    .connections
+                    .find_by_repository(RepoProvider::Github, &name)
+                    .await
+                    .map_err(store_error)?;
+                // Another hook on the same repository (one made by hand) is not this one's.
+                for c in found.iter().filter(|c| {
+                    hook_id.is_none() || c.webhook_id.is_none() || c.webhook_id == hook_id
+                }) {
+                    record_ping(self.connections.as_ref(), c, event.envelope.received_at)
+                        .await?;
+                }
+            }
+        }
+        Ok(Handled::Skipped(
+            "ping: the hook is set up; nothing to process".into(),
+        ))
+    }
+}
+
+async fn record_ping(
+    connections: &dyn ConnectionStore,
+    c: &Connection,
+    at: DateTime<Utc>,
+) -> Result<(), WorkerError> {
+    match connections.record_ping(&c.id, at).await {
+        Ok(()) => {
+            tracing::info!(connection_id = %c.id, repository = %c.repository_full_name, "the hook's ping arrived");
+            Ok(())
+        }
+        Err(ConnectionError::NotFound) => Ok(()),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
 // ---- applying them ----------------------------------------------------------------------------
 
 impl RepositoryEvents {
+    async fn ping_arrived(&self, c: &Connection, at: DateTime<Utc>) -> Result<(), WorkerError> {
+        record_ping(self.connections.as_ref(), c, at).await
+    }
+
     /// The connections of the delivery's repository, in every org that connected it.
     async fn connections_for(
         &self,
