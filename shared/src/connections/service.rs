@@ -375,8 +375,6 @@ pub struct Repositories {
     events: Option<Arc<dyn EventSink>>,
     /// The plan's limit on repositories (`None`: nothing is limited).
     plans: Option<Arc<dyn crate::billing::plan::PlanGate>>,
-    /// `HOOK_SILENCE_ALERT`: a hook silent this long while its repository saw pushes is flagged.
-    silence_alert: Duration,
 }
 
 /// The encryption context of a connection's webhook secret: a sealed secret copied onto
@@ -464,14 +462,7 @@ impl Repositories {
             settings,
             events: None,
             plans: None,
-            silence_alert: health::DEFAULT_SILENCE_ALERT,
         }
-    }
-
-    /// Flag hooks silent for `after` while their repository saw pushes (`HOOK_SILENCE_ALERT`).
-    pub fn with_silence_alert(mut self, after: Duration) -> Self {
-        self.silence_alert = after;
-        self
     }
 
     /// Now, by the service's clock (the status route's "has the ping arrived yet").

@@ -18,6 +18,7 @@ use crate::connections::{Connection, RepoProvider, WebhookStatus};
 use crate::hooks::{Hook, HookError, HookSpec, Repository};
 use crate::secret::Secret;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -25,8 +26,63 @@ use std::time::Duration;
 /// `HOOK_SILENCE_ALERT`'s default: two weeks.
 pub const DEFAULT_SILENCE_ALERT: Duration = Duration::from_secs(14 * 24 * 3600);
 
+/// `HOOK_HEALTH_INTERVAL`'s default (the local server's schedule; the template's on AWS).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How the check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// `HOOK_HEALTH_INTERVAL` (default `1h`; `0` turns the local schedule off).
+    pub every: Option<Duration>,
+    /// `HOOK_SILENCE_ALERT` (default `14d`): a hook silent this long while its repository saw
+    /// pushes is flagged.
+    pub silence_alert: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            every: Some(DEFAULT_INTERVAL),
+            silence_alert: DEFAULT_SILENCE_ALERT,
+        }
+    }
+}
+
+impl HealthSettings {
+    /// From `HOOK_HEALTH_INTERVAL` and `HOOK_SILENCE_ALERT` as `lookup` gives them (durations
+    /// such as `30m`, `1h`, `14d`); an error names the variable.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let read = |name: &str| -> Result<Option<Duration>, String> {
+            match lookup(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(None),
+                Some(text) => humantime::parse_duration(text.trim())
+                    .map(Some)
+                    .map_err(|e| format!("{name}: {e} (e.g. 30m, 1h, 14d)")),
+            }
+        };
+        let every = match read("HOOK_HEALTH_INTERVAL")? {
+            None => Some(DEFAULT_INTERVAL),
+            Some(d) => (!d.is_zero()).then_some(d),
+        };
+        let silence_alert = match read("HOOK_SILENCE_ALERT")? {
+            None => DEFAULT_SILENCE_ALERT,
+            Some(d) if d.is_zero() => {
+                return Err("HOOK_SILENCE_ALERT must be longer than 0 (e.g. 14d)".into())
+            }
+            Some(d) => d,
+        };
+        Ok(Self {
+            every,
+            silence_alert,
+        })
+    }
+}
+
 /// Connections read from the store a page at a time.
 const PAGE: usize = 100;
+
+/// Connections checked at once: each check is a few provider calls, mostly waiting.
+const CONCURRENCY: usize = 8;
 
 /// What the check found (and, with `repair`, did) for one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -203,7 +259,11 @@ impl Repositories {
     /// Check every org's active connections; with `repair`, put right what can be, mark what
     /// cannot, flag silent hooks, and ask for pings. A store failure stops the run (the
     /// schedule retries it); a provider failure only skips that connection.
-    pub async fn check_hooks(&self, repair: bool) -> Result<HealthReport, ConnectError> {
+    pub async fn check_hooks(
+        &self,
+        repair: bool,
+        settings: &HealthSettings,
+    ) -> Result<HealthReport, ConnectError> {
         let mut report = HealthReport {
             repair,
             ..HealthReport::default()
@@ -211,13 +271,20 @@ impl Repositories {
         let mut cursor = None;
         loop {
             let (page, next) = self.store.list_all(PAGE, cursor).await?;
-            for c in page {
-                let active = c.is_enabled
-                    && c.webhook_status == WebhookStatus::Active
-                    && c.webhook_id.is_some();
-                if active {
-                    self.check_one(c, repair, &mut report).await;
-                }
+            let active = page.into_iter().filter(|c| {
+                c.is_enabled && c.webhook_status == WebhookStatus::Active && c.webhook_id.is_some()
+            });
+            let checks = futures::stream::iter(
+                active.map(|c| self.check_one(c, repair, settings.silence_alert)),
+            )
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+            for (action, pinged, finding) in checks {
+                report.checked += 1;
+                report.pinged += pinged;
+                report.count(action);
+                report.findings.extend(finding);
             }
             match next {
                 Some(n) => cursor = Some(n),
@@ -241,23 +308,29 @@ impl Repositories {
         Ok(report)
     }
 
-    async fn check_one(&self, mut c: Connection, repair: bool, report: &mut HealthReport) {
-        report.checked += 1;
-        let (action, detail, applied) = self.examine(&mut c, repair, report).await;
-        report.count(action);
+    /// Check one connection: what was found, the pings asked for, and the finding to report.
+    async fn check_one(
+        &self,
+        mut c: Connection,
+        repair: bool,
+        silence_alert: Duration,
+    ) -> (Action, u64, Option<Finding>) {
+        let mut pinged = 0;
+        let (action, detail, applied) = self
+            .examine(&mut c, repair, silence_alert, &mut pinged)
+            .await;
         if action == Action::Healthy {
-            return;
+            return (action, pinged, None);
         }
-        let level_info = matches!(
+        if matches!(
             action,
             Action::Recreated | Action::Reactivated | Action::Patched
-        );
-        if level_info {
+        ) {
             tracing::info!(connection_id = %c.id, org_id = %c.org_id, repository = %c.repository_full_name, action = ?action, applied, detail = %detail, "hook health: repair");
         } else {
             tracing::warn!(connection_id = %c.id, org_id = %c.org_id, repository = %c.repository_full_name, action = ?action, applied, detail = %detail, "hook health: needs attention");
         }
-        report.findings.push(Finding {
+        let finding = Finding {
             connection_id: c.id.to_string(),
             org_id: c.org_id.clone(),
             provider: c.provider,
@@ -265,7 +338,8 @@ impl Repositories {
             action,
             detail,
             applied,
-        });
+        };
+        (action, pinged, Some(finding))
     }
 
     /// What is wrong with `c` and, with `repair`, the change made and saved.
@@ -273,7 +347,8 @@ impl Repositories {
         &self,
         c: &mut Connection,
         repair: bool,
-        report: &mut HealthReport,
+        silence_alert: Duration,
+        pinged: &mut u64,
     ) -> (Action, String, bool) {
         let token = match self.tokens.token(&c.org_id, &c.user_id, c.provider).await {
             Ok(Some(token)) => token,
@@ -333,7 +408,9 @@ impl Repositories {
             Some(h) => {
                 let d = drift(c, h);
                 if d.0.is_empty() {
-                    return self.listen_for_silence(c, &repo, &token, repair, report).await;
+                    return self
+                        .listen_for_silence(c, &repo, &token, repair, silence_alert, pinged)
+                        .await;
                 }
                 (
                     Action::Patched,
@@ -347,7 +424,7 @@ impl Repositories {
         match self.repair(c, action, &token).await {
             Ok(()) => {
                 if self.request_ping(c, &token).await {
-                    report.pinged += 1;
+                    *pinged += 1;
                 }
                 c.health.silent_since = None;
                 c.health.alert = None;
@@ -459,11 +536,12 @@ impl Repositories {
         repo: &Repository,
         token: &Secret,
         repair: bool,
-        report: &mut HealthReport,
+        silence_alert: Duration,
+        pinged: &mut u64,
     ) -> (Action, String, bool) {
         let now = self.clock.now();
         let heard = last_heard(c);
-        let silence = chrono::Duration::from_std(self.silence_alert).unwrap_or(chrono::Duration::MAX);
+        let silence = chrono::Duration::from_std(silence_alert).unwrap_or(chrono::Duration::MAX);
         let silent = match (heard, repo.last_activity_at) {
             (Some(heard), Some(pushed)) => {
                 hears_pushes(c) && pushed > heard && now - heard >= silence
@@ -506,7 +584,7 @@ impl Repositories {
             return (Action::Silent, alert, false);
         }
         if self.request_ping(c, token).await {
-            report.pinged += 1;
+            *pinged += 1;
         }
         c.health.silent_since = Some(heard);
         c.health.alert = Some(alert.clone());
