@@ -61,8 +61,7 @@ async fn check(args: &CheckArgs) -> Result<ExitCode> {
     )
     .with_context(|| format!("opening the data dir {}", args.data_dir.display()))?;
     let config = RepositoriesConfig {
-        github_api_url: lookup("GITHUB_API_URL")
-            .unwrap_or_else(|| "https://api.github.com".into()),
+        github_api_url: lookup("GITHUB_API_URL").unwrap_or_else(|| "https://api.github.com".into()),
         gitlab_url: lookup("GITLAB_URL").unwrap_or_else(|| "https://gitlab.com".into()),
         auth: None,
         rotation_overlap: Duration::from_secs(3600),
@@ -72,7 +71,10 @@ async fn check(args: &CheckArgs) -> Result<ExitCode> {
     let base = lookup("WEBHOOK_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into());
     let app = with_repositories(app, &args.data_dir, &base, config, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;
-    let repos = app.hooks.clone().context("the repository service is not set up")?;
+    let repos = app
+        .hooks
+        .clone()
+        .context("the repository service is not set up")?;
     let report = repos
         .check_hooks(args.repair, &settings)
         .await

@@ -357,11 +357,18 @@ async fn the_hook_health_schedule_event_runs_one_check_that_recreates_a_deleted_
 
     let tick: serde_json::Value =
         serde_json::from_str(&event("hook-health-schedule.json")).unwrap();
-    assert!(tick.get("Records").is_none(), "a schedule tick, not an SQS batch");
+    assert!(
+        tick.get("Records").is_none(),
+        "a schedule tick, not an SQS batch"
+    );
     let done = handle_hook_health(app.hooks.as_ref().unwrap(), &HealthSettings::default())
         .await
         .unwrap();
-    assert_eq!((&done["checked"], &done["recreated"]), (&1.into(), &1.into()), "{done}");
+    assert_eq!(
+        (&done["checked"], &done["recreated"]),
+        (&1.into(), &1.into()),
+        "{done}"
+    );
     assert_eq!(done["repair"], true, "{done}");
     assert_eq!(stub.hooks("acme/hookline-demo").len(), 1);
 }

@@ -11,8 +11,8 @@ use hookline::model::Source;
 use hookline::ports::secrets::aws::sdk_config_for;
 use hookline::ports::store::aws::create_table;
 use hookline::runtime::lambda::{
-    aws_api_with, aws_billing_with, aws_inbound_with, aws_outbound_with, aws_worker_with,
-    aws_hook_health_with, handle_billing_reconcile, handle_hook_health, Api, ApiHandler,
+    aws_api_with, aws_billing_with, aws_hook_health_with, aws_inbound_with, aws_outbound_with,
+    aws_worker_with, handle_billing_reconcile, handle_hook_health, Api, ApiHandler,
 };
 use http::StatusCode;
 use serde_yaml::{Mapping, Value};

@@ -821,6 +821,8 @@ pub async fn spawn_app_on_moto_with(options: MotoOptions) -> TestApp {
 pub struct ApiServer {
     pub server: hookline::runtime::local::Server,
     pub stub: hookline::hooks::stub::HookApiStub,
+    /// The server's repository service: tests run the hook-health check on it.
+    pub hooks: std::sync::Arc<hookline::connections::service::Repositories>,
     pub issuer: hookline::auth::LocalIssuer,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
@@ -855,6 +857,7 @@ impl ApiServer {
         };
         let app =
             with_repositories(app, dir.path(), "https://hooks.example.com", config, clock).unwrap();
+        let hooks = app.hooks.clone().unwrap();
         let server =
             hookline::runtime::local::Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)
                 .await
@@ -863,6 +866,7 @@ impl ApiServer {
         Self {
             server,
             stub,
+            hooks,
             issuer,
             http: reqwest::Client::new(),
             dir,

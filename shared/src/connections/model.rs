@@ -108,7 +108,8 @@ pub struct HookHealth {
     /// Why the provider refused that ping request, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ping_error: Option<String>,
-    /// When a ping (GitHub `ping`, GitLab test push) last arrived and verified.
+    /// When a ping last arrived and verified: GitHub's `ping`, or a GitLab push (its test push
+    /// looks like any other, and either proves the hook delivers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ping_at: Option<DateTime<Utc>>,
     /// When the last hook-health check read this hook from the provider.
@@ -138,15 +139,6 @@ impl HookHealth {
             (Some(_), _) if self.ping_error.is_some() => Some(false),
             (Some(asked), _) if now - asked > PING_GRACE => Some(false),
             _ => None,
-        }
-    }
-
-    /// A ping was asked for and has not arrived yet (a GitLab test push is then taken as it).
-    pub fn ping_pending(&self) -> bool {
-        match (self.ping_requested_at, self.last_ping_at) {
-            (Some(asked), Some(arrived)) => arrived < asked,
-            (Some(_), None) => true,
-            _ => false,
         }
     }
 }

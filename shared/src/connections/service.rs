@@ -477,11 +477,15 @@ impl Repositories {
         let Some(hook_id) = c.webhook_id.clone() else {
             return false;
         };
+        // Noted before asking (and to the millisecond, as arrivals are): the ping may arrive
+        // before the provider's answer does.
+        let asked = self.clock.now();
+        let asked = DateTime::from_timestamp_millis(asked.timestamp_millis()).unwrap_or(asked);
         let result = self
             .hooks(c.provider)
             .ping_hook(token, &c.repository_full_name, &hook_id)
             .await;
-        c.health.ping_requested_at = Some(self.clock.now());
+        c.health.ping_requested_at = Some(asked);
         match result {
             Ok(()) => {
                 c.health.ping_error = None;
@@ -495,17 +499,24 @@ impl Repositories {
         }
     }
 
-    /// [`request_ping`](Self::request_ping) with the user's token looked up first.
-    async fn ping_with_stored_token(&self, c: &mut Connection) {
-        match self.tokens.token(&c.org_id, &c.user_id, c.provider).await {
-            Ok(Some(token)) => {
-                self.request_ping(c, &token).await;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(connection_id = %c.id, error = %e, "no token to ask for a ping with")
-            }
+    /// Save `c` (with the secret the hook now signs with), then ask for the ping: a ping that
+    /// arrived before the new secret was stored would not verify. A refused request is saved
+    /// too. True when the provider took the request.
+    async fn save_then_ping(
+        &self,
+        c: &mut Connection,
+        token: &Secret,
+    ) -> Result<bool, ConnectError> {
+        let asked = self.clock.now();
+        c.health.ping_requested_at =
+            Some(DateTime::from_timestamp_millis(asked.timestamp_millis()).unwrap_or(asked));
+        c.health.ping_error = None;
+        self.store.update(c).await?;
+        if self.request_ping(c, token).await {
+            return Ok(true);
         }
+        self.store.update(c).await?;
+        Ok(false)
     }
 
     /// Refuse a connection past the org's plan limit on repositories (402).
@@ -820,11 +831,16 @@ impl Repositories {
         });
         c.secret = Some(self.seal(&c, &secret).await?);
         c.updated_at = now;
-        if c.webhook_id.is_some() {
-            // The new secret is in place: a ping shows it verifies.
-            self.ping_with_stored_token(&mut c).await;
+        match (
+            &c.webhook_id,
+            self.tokens.token(&c.org_id, &c.user_id, c.provider).await,
+        ) {
+            // A ping shows the new secret verifies.
+            (Some(_), Ok(Some(token))) => {
+                self.save_then_ping(&mut c, &token).await?;
+            }
+            _ => self.store.update(&c).await?,
         }
-        self.store.update(&c).await?;
         Ok(c)
     }
 

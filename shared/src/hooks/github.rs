@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    encode_segment, http_client, next_link, provider_message, provider_time, same_origin,
-    same_url, scrub, transport_error, Deleted, ErrorAnswer, Hook, HookClient, HookError,
-    HookProvider, HookSpec, Repository, DEFAULT_TIMEOUT,
+    encode_segment, http_client, next_link, provider_message, provider_time, same_origin, same_url,
+    scrub, transport_error, Deleted, ErrorAnswer, Hook, HookClient, HookError, HookProvider,
+    HookSpec, Repository, DEFAULT_TIMEOUT,
 };
 use crate::secret::Secret;
 

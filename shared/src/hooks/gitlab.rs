@@ -10,9 +10,9 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 
 use super::{
-    encode_segment, http_client, next_link, provider_message, provider_time, same_origin,
-    same_url, scrub, transport_error, Deleted, ErrorAnswer, Hook, HookClient, HookError,
-    HookProvider, HookSpec, Repository, DEFAULT_TIMEOUT,
+    encode_segment, http_client, next_link, provider_message, provider_time, same_origin, same_url,
+    scrub, transport_error, Deleted, ErrorAnswer, Hook, HookClient, HookError, HookProvider,
+    HookSpec, Repository, DEFAULT_TIMEOUT,
 };
 use crate::secret::Secret;
 

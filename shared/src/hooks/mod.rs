@@ -548,7 +548,9 @@ pub(crate) fn same_origin(base: &str, candidate: &str) -> bool {
 }
 
 /// An RFC 3339 time from a provider's JSON, if it is one.
-pub(crate) fn provider_time(v: Option<&serde_json::Value>) -> Option<chrono::DateTime<chrono::Utc>> {
+pub(crate) fn provider_time(
+    v: Option<&serde_json::Value>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
     let text = v?.as_str()?;
     chrono::DateTime::parse_from_rfc3339(text)
         .ok()

@@ -429,14 +429,35 @@ fn now() -> String {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Route {
-    GhRepo { repo: String },
-    GhPings { repo: String, id: String },
-    GlProject { project: String },
-    GlTest { project: String, id: String, trigger: String },
-    GhHooks { repo: String },
-    GhHook { repo: String, id: String },
-    GlHooks { project: String },
-    GlHook { project: String, id: String },
+    GhRepo {
+        repo: String,
+    },
+    GhPings {
+        repo: String,
+        id: String,
+    },
+    GlProject {
+        project: String,
+    },
+    GlTest {
+        project: String,
+        id: String,
+        trigger: String,
+    },
+    GhHooks {
+        repo: String,
+    },
+    GhHook {
+        repo: String,
+        id: String,
+    },
+    GlHooks {
+        project: String,
+    },
+    GlHook {
+        project: String,
+        id: String,
+    },
     GhToken,
     GlToken,
     GhAuthorize,
@@ -1041,15 +1062,16 @@ impl Inner {
                 }
             };
             let body = body.to_string().into_bytes();
-            let signed = crate::providers::simulate::sign(&crate::providers::simulate::Simulation {
-                source,
-                secret: &secret,
-                url: Some(&target),
-                body: &body,
-                event: Some(event),
-                now: Utc::now(),
-                delivery_id: None,
-            });
+            let signed =
+                crate::providers::simulate::sign(&crate::providers::simulate::Simulation {
+                    source,
+                    secret: &secret,
+                    url: Some(&target),
+                    body: &body,
+                    event: Some(event),
+                    now: Utc::now(),
+                    delivery_id: None,
+                });
             if let Ok(mut signed) = signed {
                 if provider == HookProvider::GitHub {
                     signed

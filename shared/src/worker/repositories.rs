@@ -205,10 +205,10 @@ impl Handler for RepositoryEvents {
             }
             Handled::Processed
         };
-        // GitLab marks its test push no differently from a real one: a push while a ping is
-        // awaited is taken as it (either way it proves the hook delivers).
+        // GitLab marks its test push no differently from a real one: every push counts as the
+        // ping (either way it proves the hook delivers).
         if event.envelope.source == Source::Gitlab && event.envelope.event_type == "push" {
-            for c in connections.iter().filter(|c| c.health.ping_pending()) {
+            for c in &connections {
                 self.ping_arrived(c, event.envelope.received_at).await?;
             }
         }
@@ -598,8 +598,7 @@ impl Handler for RecordPing {
                 for c in found.iter().filter(|c| {
                     hook_id.is_none() || c.webhook_id.is_none() || c.webhook_id == hook_id
                 }) {
-                    record_ping(self.connections.as_ref(), c, event.envelope.received_at)
-                        .await?;
+                    record_ping(self.connections.as_ref(), c, event.envelope.received_at).await?;
                 }
             }
         }

@@ -184,7 +184,10 @@ fn expected_events(c: &Connection) -> BTreeSet<String> {
 fn drift(c: &Connection, hook: &Hook) -> Drift {
     let mut d = Drift::default();
     if !crate::hooks::same_url(&hook.url, &c.webhook_url) {
-        d.0.push(format!("its URL is {} instead of {}", hook.url, c.webhook_url));
+        d.0.push(format!(
+            "its URL is {} instead of {}",
+            hook.url, c.webhook_url
+        ));
     }
     let want = expected_events(c);
     let have: BTreeSet<String> = hook.events.iter().cloned().collect();
@@ -423,14 +426,19 @@ impl Repositories {
         }
         match self.repair(c, action, &token).await {
             Ok(()) => {
-                if self.request_ping(c, &token).await {
-                    *pinged += 1;
-                }
                 c.health.silent_since = None;
                 c.health.alert = None;
-                match self.save(c).await {
-                    Ok(()) => (action, detail, true),
-                    Err(e) => (Action::Error, format!("{detail}, but saving failed: {e}"), false),
+                c.health.checked_at = Some(self.clock.now());
+                match self.save_then_ping(c, &token).await {
+                    Ok(asked) => {
+                        *pinged += u64::from(asked);
+                        (action, detail, true)
+                    }
+                    Err(e) => (
+                        Action::Error,
+                        format!("{detail}, but saving failed: {e}"),
+                        false,
+                    ),
                 }
             }
             Err(RepairError::Here(e)) => (Action::Error, format!("{detail}, but {e}"), false),
@@ -464,7 +472,11 @@ impl Repositories {
         );
         let hook_id = c.webhook_id.clone().unwrap_or_default();
         let hook = match action {
-            Action::Recreated => hooks.create_hook(token, &c.repository_full_name, &spec).await,
+            Action::Recreated => {
+                hooks
+                    .create_hook(token, &c.repository_full_name, &spec)
+                    .await
+            }
             _ => {
                 hooks
                     .update_hook(token, &c.repository_full_name, &hook_id, &spec)
@@ -523,7 +535,11 @@ impl Repositories {
         c.updated_at = self.clock.now();
         match self.save(c).await {
             Ok(()) => (action, reason, true),
-            Err(e) => (Action::Error, format!("{reason} (saving failed: {e})"), false),
+            Err(e) => (
+                Action::Error,
+                format!("{reason} (saving failed: {e})"),
+                false,
+            ),
         }
     }
 
@@ -560,7 +576,11 @@ impl Repositories {
                     .is_none_or(|t| now - t >= chrono::Duration::hours(1));
                 if was_silent || stale {
                     if let Err(e) = self.save(c).await {
-                        return (Action::Error, format!("saving the check failed: {e}"), false);
+                        return (
+                            Action::Error,
+                            format!("saving the check failed: {e}"),
+                            false,
+                        );
                     }
                 }
             }
@@ -583,14 +603,19 @@ impl Repositories {
         if !repair {
             return (Action::Silent, alert, false);
         }
-        if self.request_ping(c, token).await {
-            *pinged += 1;
-        }
         c.health.silent_since = Some(heard);
         c.health.alert = Some(alert.clone());
-        match self.save(c).await {
-            Ok(()) => (Action::Silent, alert, true),
-            Err(e) => (Action::Error, format!("{alert} (saving failed: {e})"), false),
+        c.health.checked_at = Some(now);
+        match self.save_then_ping(c, token).await {
+            Ok(asked) => {
+                *pinged += u64::from(asked);
+                (Action::Silent, alert, true)
+            }
+            Err(e) => (
+                Action::Error,
+                format!("{alert} (saving failed: {e})"),
+                false,
+            ),
         }
     }
 

@@ -413,7 +413,11 @@ impl ConnectionStore for DynamoConnectionStore {
         }
     }
 
-    async fn record_ping(&self, id: &ConnectionId, at: DateTime<Utc>) -> Result<(), ConnectionError> {
+    async fn record_ping(
+        &self,
+        id: &ConnectionId,
+        at: DateTime<Utc>,
+    ) -> Result<(), ConnectionError> {
         let at_ms = at.timestamp_millis();
         let update = self
             .db()

@@ -484,7 +484,16 @@ pub async fn pings_are_kept_latest_first_and_survive_an_update(store: &dyn Conne
     let org = org();
     let c = connection(&org, "owner/pinged");
     store.create(&c).await.unwrap();
-    assert_eq!(store.get(&org, &c.id).await.unwrap().unwrap().health.last_ping_at, None);
+    assert_eq!(
+        store
+            .get(&org, &c.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .health
+            .last_ping_at,
+        None
+    );
     store.record_ping(&c.id, t(20)).await.unwrap();
     // A ping recorded late does not move the last one back.
     store.record_ping(&c.id, t(10)).await.unwrap();
@@ -497,7 +506,10 @@ pub async fn pings_are_kept_latest_first_and_survive_an_update(store: &dyn Conne
     let got = store.get(&org, &c.id).await.unwrap().unwrap();
     assert_eq!(got.health.last_ping_at, Some(t(20)));
     assert_eq!(got.health.ping_requested_at, Some(t(15)));
-    let listed = store.find_by_repository(RepoProvider::Github, "owner/pinged").await.unwrap();
+    let listed = store
+        .find_by_repository(RepoProvider::Github, "owner/pinged")
+        .await
+        .unwrap();
     assert_eq!(listed[0].health.last_ping_at, Some(t(20)));
     assert!(matches!(
         store.record_ping(&ConnectionId::generate(), t(1)).await,
@@ -1114,10 +1126,7 @@ macro_rules! connections_conformance {
             case!(a_delete_frees_the_repository, borrowed);
             case!(deliveries_are_counted_and_the_latest_kept, borrowed);
             case!(concurrent_deliveries_are_all_counted, shared);
-            case!(
-                pings_are_kept_latest_first_and_survive_an_update,
-                borrowed
-            );
+            case!(pings_are_kept_latest_first_and_survive_an_update, borrowed);
             case!(
                 every_orgs_connections_are_listed_once_across_pages,
                 borrowed

@@ -404,7 +404,11 @@ impl ConnectionStore for EmbeddedConnectionStore {
         }
     }
 
-    async fn record_ping(&self, id: &ConnectionId, at: DateTime<Utc>) -> Result<(), ConnectionError> {
+    async fn record_ping(
+        &self,
+        id: &ConnectionId,
+        at: DateTime<Utc>,
+    ) -> Result<(), ConnectionError> {
         let id = id.as_str().to_owned();
         let found = self
             .db
@@ -453,7 +457,9 @@ impl ConnectionStore for EmbeddedConnectionStore {
         let more = rows.len() > limit;
         rows.truncate(limit);
         let page = parse_all(rows, ConnectionRow::parse)?;
-        let next = more.then(|| page.last().map(|c| c.id.to_string())).flatten();
+        let next = more
+            .then(|| page.last().map(|c| c.id.to_string()))
+            .flatten();
         Ok((page, next))
     }
 

@@ -125,7 +125,11 @@ pub trait ConnectionStore: Send + Sync + 'static {
     /// Record that a ping (GitHub `ping`, GitLab test push) arrived for the connection,
     /// atomically: `health.last_ping_at = max(current, at)` (kept to the millisecond). `update`
     /// keeps the stored value, as it keeps the delivery counters. `NotFound` when it is gone.
-    async fn record_ping(&self, id: &ConnectionId, at: DateTime<Utc>) -> Result<(), ConnectionError>;
+    async fn record_ping(
+        &self,
+        id: &ConnectionId,
+        at: DateTime<Utc>,
+    ) -> Result<(), ConnectionError>;
 
     /// One page of every org's connections (the hook-health check reads them all), in no
     /// particular order, and the cursor of the next page (`None` on the last). A page holds
