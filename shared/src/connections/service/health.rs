@@ -606,7 +606,17 @@ impl Repositories {
         c.health.silent_since = Some(heard);
         c.health.alert = Some(alert.clone());
         c.health.checked_at = Some(now);
-        match self.save_then_ping(c, token).await {
+        // One ping when the silence is first noticed, not one every run after.
+        let saved = if was_silent {
+            self.store
+                .update(c)
+                .await
+                .map(|()| false)
+                .map_err(ConnectError::from)
+        } else {
+            self.save_then_ping(c, token).await
+        };
+        match saved {
             Ok(asked) => {
                 *pinged += u64::from(asked);
                 (Action::Silent, alert, true)
