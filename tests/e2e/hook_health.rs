@@ -245,7 +245,7 @@ async fn a_hook_deleted_by_hand_is_recreated_and_only_the_new_secret_verifies() 
 
     // The new hook's ping arrives; the connection names the new hook.
     let s = status_when(&api, &t, &id, |s| {
-        s["ping_ok"] == true && s["webhook_id"] == new.id.to_string()
+        s["ping_ok"] == true && s["webhook_id"] == json!(new.id.to_string())
     })
     .await;
     assert_eq!(s["status"], "active", "{s}");
