@@ -1181,6 +1181,43 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_ping_is_recorded_on_the_connection_whose_hook_sent_it_and_logged_as_skipped() {
+        let f = fixture();
+        // connection() names hook 123456 on the repository.
+        let c = f.connect("org-a", "acme/pinged").await;
+        let ping = RecordPing::new(f.connections.clone());
+        let body = |hook_id: u64| {
+            serde_json::json!({"zen": "Design for failure.", "hook_id": hook_id,
+                               "repository": {"full_name": "acme/pinged"}})
+        };
+        // Another hook on the same repository (one made by hand) is not this connection's.
+        let other = ping
+            .handle(&event(Source::Github, "ping", &body(42)), Utc::now())
+            .await
+            .unwrap();
+        assert!(matches!(other, Handled::Skipped(_)));
+        assert_eq!(f.reload(&c).await.health.last_ping_at, None);
+        let ev = event(Source::Github, "ping", &body(123456));
+        let handled = ping.handle(&ev, Utc::now()).await.unwrap();
+        assert!(matches!(handled, Handled::Skipped(why) if why.starts_with("ping")));
+        let got = f.reload(&c).await.health.last_ping_at.unwrap();
+        assert_eq!(
+            got.timestamp_millis(),
+            ev.envelope.received_at.timestamp_millis()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gitlab_push_proves_the_hook_delivers() {
+        let f = fixture();
+        let c = f.connect_gitlab("org-a", "acme/group/svc", "77").await;
+        let body = serde_json::json!({"object_kind": "push", "project": {"id": 77,
+            "path_with_namespace": "acme/group/svc"}, "before": "a", "after": "b", "commits": []});
+        f.handle(Source::Gitlab, "push", &body).await;
+        assert!(f.reload(&c).await.health.last_ping_at.is_some());
+    }
+
     fn payload(file: &str) -> Value {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../events/payloads")
