@@ -398,3 +398,30 @@ async fn an_archived_repository_is_inactive_and_a_vanished_one_failed() {
     );
     api.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_server_runs_the_check_on_its_interval() {
+    let settings = HealthSettings {
+        every: Some(Duration::from_millis(200)),
+        ..HealthSettings::default()
+    };
+    let api = ApiServer::spawn_with(
+        ProviderSecrets::default(),
+        Duration::from_secs(3600),
+        Some(settings),
+    )
+    .await;
+    api.stub.deliver_to(&api.server.url());
+    let t = token(&api, "org-a");
+    let id = connect(&api, &t, "github", REPO).await;
+    let old = hook(&api, REPO);
+    assert!(api.stub.remove_hook(old.id));
+    // Nobody runs the check here: the server's own schedule puts the hook back.
+    let s = status_when(&api, &t, &id, |s| {
+        s["webhook_id"] != json!(old.id.to_string()) && s["ping_ok"] == true
+    })
+    .await;
+    assert_eq!(s["status"], "active", "{s}");
+    assert_eq!(api.stub.hooks(REPO).len(), 1);
+    api.server.shutdown().await;
+}

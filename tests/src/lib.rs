@@ -835,6 +835,16 @@ impl ApiServer {
         secrets: hookline::providers::ProviderSecrets,
         rotation_overlap: std::time::Duration,
     ) -> Self {
+        Self::spawn_with(secrets, rotation_overlap, None).await
+    }
+
+    /// [`spawn`](Self::spawn), running the hook-health check on `hook_health`'s interval as
+    /// `hookline serve` does (`None`: only when a test calls it).
+    pub async fn spawn_with(
+        secrets: hookline::providers::ProviderSecrets,
+        rotation_overlap: std::time::Duration,
+        hook_health: Option<hookline::connections::service::health::HealthSettings>,
+    ) -> Self {
         use hookline::runtime::local::{embedded_app, with_repositories, RepositoriesConfig};
         let dir = tempfile::tempdir().unwrap();
         let stub = hookline::hooks::stub::HookApiStub::start().await;
@@ -855,8 +865,9 @@ impl ApiServer {
             rotation_overlap,
             oauth: None,
         };
-        let app =
+        let mut app =
             with_repositories(app, dir.path(), "https://hooks.example.com", config, clock).unwrap();
+        app.hook_health = hook_health;
         let hooks = app.hooks.clone().unwrap();
         let server =
             hookline::runtime::local::Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)

@@ -213,6 +213,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_ping_is_ok_once_it_arrives_and_missing_after_the_grace() {
+        let t = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let mut h = HookHealth::default();
+        assert_eq!(h.ping_ok(t(0)), None, "never asked");
+        h.ping_requested_at = Some(t(0));
+        assert_eq!(h.ping_ok(t(60)), None, "awaited");
+        assert_eq!(h.ping_ok(t(11 * 60)), Some(false), "not within the grace");
+        h.last_ping_at = Some(t(1));
+        assert_eq!(h.ping_ok(t(11 * 60)), Some(true));
+        h.ping_requested_at = Some(t(100));
+        assert_eq!(
+            h.ping_ok(t(101)),
+            None,
+            "the ping before the last request counts not"
+        );
+        h.ping_error = Some("GitHub answered 404".into());
+        assert_eq!(h.ping_ok(t(101)), Some(false), "refused at once");
+    }
+
+    #[test]
     fn ids_carry_their_prefix_and_parse_back() {
         let id = ConnectionId::generate();
         assert!(id.as_str().starts_with("rpc_"));
