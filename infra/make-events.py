@@ -839,6 +839,11 @@ def billing_reconcile_tick():
     return "billing-reconcile-schedule.json", {}
 
 
+def hook_health_tick():
+    """What hook-health's schedule (EventBridge Scheduler) sends: `{}`, one check of every hook."""
+    return "hook-health-schedule.json", {}
+
+
 def sqs_record(message_id: str, body: str, queue: str, offset_ms: int) -> dict:
     sent_ms = EPOCH * 1000 + offset_ms
     return {
@@ -945,6 +950,7 @@ def build(stripe_ts: int) -> dict[str, dict]:
             billing_entitlements(),
             billing_checkout(),
             billing_reconcile_tick(),
+            hook_health_tick(),
             sqs_dispatch(),
             dispatch_sweep(),
             sqs_outbound_delivery(),

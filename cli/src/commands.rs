@@ -60,8 +60,13 @@ pub async fn serve(
         .map_err(anyhow::Error::msg)?;
     // After outbound, so incidents, connections and relayed deliveries are published.
     let repositories = RepositoriesConfig::from_env().map_err(anyhow::Error::msg)?;
-    let app = with_repositories(app, data_dir, &base, repositories, Arc::new(SystemClock))
+    let mut app = with_repositories(app, data_dir, &base, repositories, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;
+    // The hook-health check on HOOK_HEALTH_INTERVAL (0 turns it off), as the schedule on AWS.
+    app.hook_health = Some(
+        hookline::connections::service::health::HealthSettings::from_lookup(&lookup)
+            .map_err(anyhow::Error::msg)?,
+    );
     // The operator's licence route (LICENSE_PRIVATE_KEY from the environment or the env file).
     let licenses = LicensesConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
     let signs_licences = licenses.key.is_some();

@@ -3,6 +3,7 @@
 
 mod billing;
 mod commands;
+mod hooks;
 mod license;
 mod listen;
 mod outbox;
@@ -105,6 +106,9 @@ enum Command {
     /// Billing upkeep: reconcile the data dir's subscriptions with Stripe.
     #[command(subcommand)]
     Billing(billing::BillingCommand),
+    /// Repository hooks: check each connected repository's hook on GitHub/GitLab, and repair.
+    #[command(subcommand)]
+    Hooks(hooks::HooksCommand),
 }
 
 #[tokio::main]
@@ -138,6 +142,7 @@ async fn main() -> std::process::ExitCode {
         Command::Token(args) => token::token(&args),
         Command::License(command) => license::license(&command),
         Command::Billing(command) => billing::billing(&command).await,
+        Command::Hooks(command) => hooks::hooks(&command).await,
     };
     match result {
         Ok(code) => code,

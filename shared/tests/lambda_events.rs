@@ -318,6 +318,62 @@ async fn the_api_sample_events_are_answered_by_their_functions() {
 }
 
 #[tokio::test]
+async fn the_hook_health_schedule_event_runs_one_check_that_recreates_a_deleted_hook() {
+    use hookline::auth::Scope;
+    use hookline::connections::service::health::HealthSettings;
+    use hookline::runtime::lambda::handle_hook_health;
+    let dir = tempfile::tempdir().unwrap();
+    let stub = hookline::hooks::stub::HookApiStub::start().await;
+    let app = api_app(dir.path(), &stub).await;
+    let api = app.repositories.clone().unwrap();
+    let call = |method: &str, path: &str, body: serde_json::Value| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(
+                http::header::AUTHORIZATION,
+                bearer(dir.path(), &[Scope::ReposRead, Scope::ReposWrite]),
+            )
+            .body(bytes::Bytes::from(body.to_string()))
+            .unwrap();
+        api.handle(req)
+    };
+    let res = call(
+        "PUT",
+        "/api/v1/provider-tokens/github",
+        serde_json::json!({"access_token": "gho_sample"}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let res = call(
+        "POST",
+        "/api/v1/repositories/connect",
+        serde_json::json!({"repository_full_name": "acme/hookline-demo"}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let hook = stub.hooks("acme/hookline-demo")[0].clone();
+    assert!(stub.remove_hook(hook.id));
+
+    let tick: serde_json::Value =
+        serde_json::from_str(&event("hook-health-schedule.json")).unwrap();
+    assert!(
+        tick.get("Records").is_none(),
+        "a schedule tick, not an SQS batch"
+    );
+    let done = handle_hook_health(app.hooks.as_ref().unwrap(), &HealthSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (&done["checked"], &done["recreated"]),
+        (&1.into(), &1.into()),
+        "{done}"
+    );
+    assert_eq!(done["repair"], true, "{done}");
+    assert_eq!(stub.hooks("acme/hookline-demo").len(), 1);
+}
+
+#[tokio::test]
 async fn the_oauth_callback_sample_event_is_refused_until_its_state_is_genuine() {
     use hookline::hooks::oauth::OAuthState;
     use hookline::runtime::lambda::ApiHandler;

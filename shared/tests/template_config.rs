@@ -11,8 +11,8 @@ use hookline::model::Source;
 use hookline::ports::secrets::aws::sdk_config_for;
 use hookline::ports::store::aws::create_table;
 use hookline::runtime::lambda::{
-    aws_api_with, aws_billing_with, aws_inbound_with, aws_outbound_with, aws_worker_with,
-    handle_billing_reconcile, Api, ApiHandler,
+    aws_api_with, aws_billing_with, aws_hook_health_with, aws_inbound_with, aws_outbound_with,
+    aws_worker_with, handle_billing_reconcile, handle_hook_health, Api, ApiHandler,
 };
 use http::StatusCode;
 use serde_yaml::{Mapping, Value};
@@ -54,6 +54,8 @@ enum Boot {
     Outbound,
     /// billing-reconcile: billing over DynamoDB, then one schedule tick.
     Reconcile,
+    /// hook-health: connections over DynamoDB and KMS, then one schedule tick.
+    HookHealth,
 }
 
 fn recipe(binary: &str) -> Option<Boot> {
@@ -117,6 +119,7 @@ fn recipe(binary: &str) -> Option<Boot> {
             StatusCode::OK,
         ),
         "billing-reconcile" => Boot::Reconcile,
+        "hook-health" => Boot::HookHealth,
         "dispatcher" | "deliverer" => Boot::Outbound,
         _ => return None,
     })
@@ -687,6 +690,20 @@ async fn boot_every_function(stack: &Stack) -> (usize, Vec<String>) {
                     failures.push(format!("{what}: cold start failed: {e}"));
                 }
             }
+            Boot::HookHealth => match aws_hook_health_with(&stack.sdk, &lookup).await {
+                Err(e) => failures.push(format!("{what}: cold start failed: {e}")),
+                Ok((repos, settings)) => {
+                    if settings.silence_alert != std::time::Duration::from_secs(14 * 24 * 3600) {
+                        failures.push(format!(
+                            "{what}: HOOK_SILENCE_ALERT read as {:?}, not the 14d default",
+                            settings.silence_alert
+                        ));
+                    }
+                    if let Err(e) = handle_hook_health(&repos, &settings).await {
+                        failures.push(format!("{what}: a schedule tick failed: {e}"));
+                    }
+                }
+            },
             Boot::Reconcile => match aws_billing_with(&stack.sdk, &lookup).await {
                 Err(e) => failures.push(format!("{what}: cold start failed: {e}")),
                 Ok(billing) => {

@@ -22,76 +22,107 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connected_repository_on_dynamodb_sqs_and_kms_turns_a_failed_run_into_an_incident() {
-    let sdk = sdk_config_for(Some(&moto_endpoint())).await;
-    let name = format!("hookline-repos-{}", uuid::Uuid::new_v4().simple());
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    create_table(&dynamo, &name).await.unwrap();
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let (queue_url, dlq_url) = create_queue_pair(&sqs, &name, Duration::from_secs(5), 3)
-        .await
-        .unwrap();
-    let kms = aws_sdk_kms::Client::new(&sdk);
-    let key_id = kms
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+/// The local server on DynamoDB, SQS and KMS in moto, hooks on the stub, a token for
+/// `org-moto`'s alice.
+struct MotoStack {
+    server: Server,
+    stub: HookApiStub,
+    hooks: Arc<hookline::connections::service::Repositories>,
+    http: reqwest::Client,
+    token: String,
+}
 
-    let stub = HookApiStub::start().await;
-    let issuer = LocalIssuer::ephemeral();
-    let app = App::assemble(
-        Arc::new(DynamoStore::new(dynamo.clone(), &name)),
-        Arc::new(SqsQueue::new(sqs, queue_url, dlq_url)),
-        ProviderSecrets::default(),
-        Arc::new(SystemClock),
-        Settings::default(),
-    );
-    let app = with_repositories_over(
-        app,
-        Arc::new(DynamoConnectionStore::new(dynamo, &name)),
-        Arc::new(CachedKeys::new(KmsKeys::new(kms, key_id))),
-        issuer.authenticator(),
-        "https://hooks.example.com",
-        RepositoriesConfig {
-            github_api_url: stub.url().to_string(),
-            gitlab_url: stub.url().to_string(),
-            auth: None,
-            rotation_overlap: Duration::from_secs(3600),
-            oauth: None,
-        },
-        Arc::new(SystemClock),
-    );
-    let server = Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)
-        .await
-        .unwrap();
-    let http = reqwest::Client::new();
-    let scopes = [Scope::ReposRead, Scope::ReposWrite].into_iter().collect();
-    let token = issuer.issue(
-        &OrgId::from("org-moto"),
-        &UserId::from("alice"),
-        &scopes,
-        Duration::from_secs(600),
-    );
-    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
-        let mut req = http
-            .request(method, format!("{}{path}", server.url()))
-            .bearer_auth(&token);
+impl MotoStack {
+    async fn start() -> Self {
+        let sdk = sdk_config_for(Some(&moto_endpoint())).await;
+        let name = format!("hookline-repos-{}", uuid::Uuid::new_v4().simple());
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        create_table(&dynamo, &name).await.unwrap();
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let (queue_url, dlq_url) = create_queue_pair(&sqs, &name, Duration::from_secs(5), 3)
+            .await
+            .unwrap();
+        let kms = aws_sdk_kms::Client::new(&sdk);
+        let key_id = kms
+            .create_key()
+            .send()
+            .await
+            .unwrap()
+            .key_metadata
+            .unwrap()
+            .key_id;
+
+        let stub = HookApiStub::start().await;
+        let issuer = LocalIssuer::ephemeral();
+        let app = App::assemble(
+            Arc::new(DynamoStore::new(dynamo.clone(), &name)),
+            Arc::new(SqsQueue::new(sqs, queue_url, dlq_url)),
+            ProviderSecrets::default(),
+            Arc::new(SystemClock),
+            Settings::default(),
+        );
+        let app = with_repositories_over(
+            app,
+            Arc::new(DynamoConnectionStore::new(dynamo, &name)),
+            Arc::new(CachedKeys::new(KmsKeys::new(kms, key_id))),
+            issuer.authenticator(),
+            "https://hooks.example.com",
+            RepositoriesConfig {
+                github_api_url: stub.url().to_string(),
+                gitlab_url: stub.url().to_string(),
+                auth: None,
+                rotation_overlap: Duration::from_secs(3600),
+                oauth: None,
+            },
+            Arc::new(SystemClock),
+        );
+        let hooks = app.hooks.clone().unwrap();
+        let server = Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)
+            .await
+            .unwrap();
+        let scopes = [Scope::ReposRead, Scope::ReposWrite].into_iter().collect();
+        let token = issuer.issue(
+            &OrgId::from("org-moto"),
+            &UserId::from("alice"),
+            &scopes,
+            Duration::from_secs(600),
+        );
+        Self {
+            server,
+            stub,
+            hooks,
+            http: reqwest::Client::new(),
+            token,
+        }
+    }
+
+    /// Call an API route as alice: the status and JSON body.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: String,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.server.url()))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
-        async move {
-            let res = req.send().await.unwrap();
-            (
-                res.status().as_u16(),
-                res.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        }
-    };
+        let res = req.send().await.unwrap();
+        (
+            res.status().as_u16(),
+            res.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_repository_on_dynamodb_sqs_and_kms_turns_a_failed_run_into_an_incident() {
+    let moto = MotoStack::start().await;
+    let (server, stub, http) = (&moto.server, &moto.stub, &moto.http);
+    let call = |method, path, body| moto.call(method, path, body);
 
     let (status, _) = call(
         reqwest::Method::PUT,
@@ -180,5 +211,98 @@ async fn a_connected_repository_on_dynamodb_sqs_and_kms_turns_a_failed_run_into_
     .await;
     assert_eq!(status, 200, "{gone}");
     assert_eq!(gone["webhook_deleted"], true);
-    server.shutdown().await;
+    moto.server.shutdown().await;
+}
+
+/// POST a failed workflow run to the GitHub route, signed with `secret`: the status code.
+async fn deliver(moto: &MotoStack, secret: &str) -> u16 {
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../events/payloads/github-workflow-run-failure.json"
+    ))
+    .unwrap();
+    let url = format!("{}{}", moto.server.url(), Source::Github.route());
+    let signed = sign(&Simulation {
+        source: Source::Github,
+        secret,
+        url: Some(&url),
+        body: &body,
+        event: Some("workflow_run"),
+        now: chrono::Utc::now(),
+        delivery_id: None,
+    })
+    .unwrap();
+    let mut req = moto.http.post(&signed.url).body(signed.body);
+    for (k, v) in &signed.headers {
+        req = req.header(k, v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_hook_is_recreated_on_dynamodb_and_kms_and_its_ping_recorded() {
+    use hookline::connections::service::health::HealthSettings;
+    let moto = MotoStack::start().await;
+    moto.stub.deliver_to(&moto.server.url());
+    let (status, _) = moto
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/provider-tokens/github".into(),
+            Some(json!({"access_token": "gho_moto"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, c) = moto
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/repositories/connect".into(),
+            Some(json!({"repository_full_name": "acme/hookline-demo"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{c}");
+    let id = c["id"].as_str().unwrap().to_string();
+    let status_of = || {
+        moto.call(
+            reqwest::Method::GET,
+            format!("/api/v1/repositories/connections/{id}/webhook/status"),
+            None,
+        )
+    };
+    let wait_for_ping = |hook_id: String| async move {
+        for _ in 0..100 {
+            let (_, st) = status_of().await;
+            if st["ping_ok"] == true && st["webhook_id"] == hook_id.as_str() {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the ping never showed: {}", status_of().await.1);
+    };
+    let old = moto.stub.hooks("acme/hookline-demo")[0].clone();
+    let st = wait_for_ping(old.id.to_string()).await;
+    assert!(st["last_ping_at"].is_string(), "{st}");
+
+    // Deleted by hand: the check (read from DynamoDB, sealed with KMS) makes it again.
+    assert!(moto.stub.remove_hook(old.id));
+    let settings = HealthSettings::default();
+    let done = moto.hooks.check_hooks(true, &settings).await.unwrap();
+    assert_eq!((done.checked, done.recreated), (1, 1), "{done:?}");
+    let new = moto.stub.hooks("acme/hookline-demo")[0].clone();
+    let (new_secret, old_secret) = (
+        new.secret.clone().unwrap().expose().to_string(),
+        old.secret.clone().unwrap().expose().to_string(),
+    );
+    assert_ne!(new_secret, old_secret);
+    assert_eq!(deliver(&moto, &new_secret).await, 202);
+    assert_eq!(deliver(&moto, &old_secret).await, 401);
+    wait_for_ping(new.id.to_string()).await;
+
+    // The token revoked: failed, with what to do, on DynamoDB too.
+    moto.stub.revoke_token("gho_moto");
+    let done = moto.hooks.check_hooks(true, &settings).await.unwrap();
+    assert_eq!(done.failed, 1, "{done:?}");
+    let (_, st) = status_of().await;
+    assert_eq!(st["status"], "failed", "{st}");
+    assert!(st["reason"].as_str().unwrap().contains("revoked"), "{st}");
+    moto.server.shutdown().await;
 }

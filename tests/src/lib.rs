@@ -821,6 +821,8 @@ pub async fn spawn_app_on_moto_with(options: MotoOptions) -> TestApp {
 pub struct ApiServer {
     pub server: hookline::runtime::local::Server,
     pub stub: hookline::hooks::stub::HookApiStub,
+    /// The server's repository service: tests run the hook-health check on it.
+    pub hooks: std::sync::Arc<hookline::connections::service::Repositories>,
     pub issuer: hookline::auth::LocalIssuer,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
@@ -832,6 +834,16 @@ impl ApiServer {
     pub async fn spawn(
         secrets: hookline::providers::ProviderSecrets,
         rotation_overlap: std::time::Duration,
+    ) -> Self {
+        Self::spawn_with(secrets, rotation_overlap, None).await
+    }
+
+    /// [`spawn`](Self::spawn), running the hook-health check on `hook_health`'s interval as
+    /// `hookline serve` does (`None`: only when a test calls it).
+    pub async fn spawn_with(
+        secrets: hookline::providers::ProviderSecrets,
+        rotation_overlap: std::time::Duration,
+        hook_health: Option<hookline::connections::service::health::HealthSettings>,
     ) -> Self {
         use hookline::runtime::local::{embedded_app, with_repositories, RepositoriesConfig};
         let dir = tempfile::tempdir().unwrap();
@@ -853,8 +865,10 @@ impl ApiServer {
             rotation_overlap,
             oauth: None,
         };
-        let app =
+        let mut app =
             with_repositories(app, dir.path(), "https://hooks.example.com", config, clock).unwrap();
+        app.hook_health = hook_health;
+        let hooks = app.hooks.clone().unwrap();
         let server =
             hookline::runtime::local::Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)
                 .await
@@ -863,6 +877,7 @@ impl ApiServer {
         Self {
             server,
             stub,
+            hooks,
             issuer,
             http: reqwest::Client::new(),
             dir,

@@ -66,6 +66,43 @@ struct WebhookStatusView<'a> {
     last_delivery_at: Option<DateTime<Utc>>,
     total_deliveries: u64,
     failed_deliveries: u64,
+    #[serde(flatten)]
+    health: HealthView,
+}
+
+/// Whether the hook is known to work (issue 10): the ping Hookline asked for after creating
+/// or repairing it, and what the hook-health check last found.
+#[derive(Debug, Serialize)]
+struct HealthView {
+    /// When a ping last arrived and verified.
+    last_ping_at: Option<DateTime<Utc>>,
+    /// `true` once the last ping asked for arrived; `false` if the provider refused to send it
+    /// or it did not come within ten minutes; `null` while awaited, or if none was asked for.
+    ping_ok: Option<bool>,
+    ping_requested_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ping_error: Option<String>,
+    /// When the hook-health check last read the hook from the provider.
+    last_checked_at: Option<DateTime<Utc>>,
+    /// Set while the hook has been silent for `HOOK_SILENCE_ALERT` though the repository saw
+    /// pushes: since when, and what to do about it.
+    silent_since: Option<DateTime<Utc>>,
+    alert: Option<String>,
+}
+
+impl HealthView {
+    fn of(c: &Connection, now: DateTime<Utc>) -> Self {
+        let h = &c.health;
+        Self {
+            last_ping_at: h.last_ping_at,
+            ping_ok: h.ping_ok(now),
+            ping_requested_at: h.ping_requested_at,
+            ping_error: h.ping_error.clone(),
+            last_checked_at: h.checked_at,
+            silent_since: h.silent_since,
+            alert: h.alert.clone(),
+        }
+    }
 }
 
 fn error(e: ConnectError) -> Response {
@@ -293,6 +330,7 @@ impl RepositoriesApi {
                     last_delivery_at: c.webhook_last_delivery_at,
                     total_deliveries: c.total_deliveries,
                     failed_deliveries: c.failed_deliveries,
+                    health: HealthView::of(&c, self.repos.now()),
                 },
             ),
             Err(e) => error(e),

@@ -92,6 +92,55 @@ pub struct Connection {
     pub previous_secret: Option<StoredSecret>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Pings and what the hook-health check last found (records from before it read as none).
+    #[serde(default)]
+    pub health: HookHealth,
+}
+
+/// Whether the hook is known to deliver: the provider's ping Hookline asked for, and what the
+/// last hook-health check found. `last_ping_at` belongs to the store's `record_ping` (the
+/// worker records a ping when it arrives): like the delivery counters, `update` keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HookHealth {
+    /// When Hookline last asked the provider to ping the hook (after creating or repairing it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_requested_at: Option<DateTime<Utc>>,
+    /// Why the provider refused that ping request, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_error: Option<String>,
+    /// When a ping last arrived and verified: GitHub's `ping`, or a GitLab push (its test push
+    /// looks like any other, and either proves the hook delivers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ping_at: Option<DateTime<Utc>>,
+    /// When the last hook-health check read this hook from the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<DateTime<Utc>>,
+    /// Since when the hook has been silent although the repository saw pushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_since: Option<DateTime<Utc>>,
+    /// What the user should know and do about the silence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<String>,
+}
+
+/// How long a requested ping may take to arrive before the status calls it missing: providers
+/// deliver one within seconds, and retry a failed one for a few minutes.
+pub const PING_GRACE: chrono::Duration = chrono::Duration::minutes(10);
+
+impl HookHealth {
+    /// Whether the last ping Hookline asked for arrived: `Some(true)` once it did (or a ping
+    /// arrived though none was asked for), `Some(false)` when the provider refused the request
+    /// or it has not arrived within [`PING_GRACE`], `None` while it may still come or when no
+    /// ping was ever asked for.
+    pub fn ping_ok(&self, now: DateTime<Utc>) -> Option<bool> {
+        match (self.ping_requested_at, self.last_ping_at) {
+            (Some(asked), Some(arrived)) if arrived >= asked => Some(true),
+            (None, Some(_)) => Some(true),
+            (Some(_), _) if self.ping_error.is_some() => Some(false),
+            (Some(asked), _) if now - asked > PING_GRACE => Some(false),
+            _ => None,
+        }
+    }
 }
 
 /// An incident: a failed workflow run (GitHub) or pipeline (GitLab) of a connected repository.
@@ -162,6 +211,26 @@ pub struct PullRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ping_is_ok_once_it_arrives_and_missing_after_the_grace() {
+        let t = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let mut h = HookHealth::default();
+        assert_eq!(h.ping_ok(t(0)), None, "never asked");
+        h.ping_requested_at = Some(t(0));
+        assert_eq!(h.ping_ok(t(60)), None, "awaited");
+        assert_eq!(h.ping_ok(t(11 * 60)), Some(false), "not within the grace");
+        h.last_ping_at = Some(t(1));
+        assert_eq!(h.ping_ok(t(11 * 60)), Some(true));
+        h.ping_requested_at = Some(t(100));
+        assert_eq!(
+            h.ping_ok(t(101)),
+            None,
+            "the ping before the last request counts not"
+        );
+        h.ping_error = Some("GitHub answered 404".into());
+        assert_eq!(h.ping_ok(t(101)), Some(false), "refused at once");
+    }
 
     #[test]
     fn ids_carry_their_prefix_and_parse_back() {

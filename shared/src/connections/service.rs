@@ -22,6 +22,8 @@ use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod health;
+
 /// Why a connection call failed; the API maps each to one status code.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -463,6 +465,60 @@ impl Repositories {
         }
     }
 
+    /// Now, by the service's clock (the status route's "has the ping arrived yet").
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Ask the provider to ping the hook just created or repaired, noting when (and, if the
+    /// provider refused, why) on `c`: the status route then shows whether the ping arrived.
+    /// A refusal is only noted: the hook itself is in place.
+    async fn request_ping(&self, c: &mut Connection, token: &Secret) -> bool {
+        let Some(hook_id) = c.webhook_id.clone() else {
+            return false;
+        };
+        // Noted before asking (and to the millisecond, as arrivals are): the ping may arrive
+        // before the provider's answer does.
+        let asked = self.clock.now();
+        let asked = DateTime::from_timestamp_millis(asked.timestamp_millis()).unwrap_or(asked);
+        let result = self
+            .hooks(c.provider)
+            .ping_hook(token, &c.repository_full_name, &hook_id)
+            .await;
+        c.health.ping_requested_at = Some(asked);
+        match result {
+            Ok(()) => {
+                c.health.ping_error = None;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(connection_id = %c.id, provider = c.provider.as_str(), reason = %e.reason(), "the provider refused to ping the hook");
+                c.health.ping_error = Some(e.reason());
+                false
+            }
+        }
+    }
+
+    /// Save `c` (with the secret the hook now signs with), then ask for the ping: a ping that
+    /// arrived before the new secret was stored would not verify. A refused request is saved
+    /// too. True when the provider took the request.
+    async fn save_then_ping(
+        &self,
+        c: &mut Connection,
+        token: &Secret,
+    ) -> Result<bool, ConnectError> {
+        let asked = self.clock.now();
+        c.health.ping_requested_at =
+            Some(DateTime::from_timestamp_millis(asked.timestamp_millis()).unwrap_or(asked));
+        c.health.ping_error = None;
+        self.store.update(c).await?;
+        if self.request_ping(c, token).await {
+            return Ok(true);
+        }
+        self.store.update(c).await?;
+        Ok(false)
+    }
+
     /// Refuse a connection past the org's plan limit on repositories (402).
     pub fn with_plan_gate(mut self, plans: Arc<dyn crate::billing::plan::PlanGate>) -> Self {
         self.plans = Some(plans);
@@ -596,6 +652,7 @@ impl Repositories {
             previous_secret: None,
             created_at: now,
             updated_at: now,
+            health: Default::default(),
         };
         self.check_plan(org_id).await?;
         let secret = new_webhook_secret();
@@ -620,6 +677,7 @@ impl Repositories {
     async fn install_hook(&self, c: &mut Connection, secret: &Secret) {
         let now = self.clock.now();
         c.updated_at = now;
+        let mut used_token = None;
         let outcome = match self.tokens.token(&c.org_id, &c.user_id, c.provider).await {
             Ok(Some(token)) => {
                 let spec = HookSpec::new(
@@ -627,10 +685,13 @@ impl Repositories {
                     secret.clone(),
                     c.webhook_events.clone(),
                 );
-                self.hooks(c.provider)
+                let created = self
+                    .hooks(c.provider)
                     .create_hook(&token, &c.repository_full_name, &spec)
                     .await
-                    .map_err(|e| e.reason())
+                    .map_err(|e| e.reason());
+                used_token = Some(token);
+                created
             }
             Ok(None) => Err(format!(
                 "no {} access token for this user: authorize with GET /api/v1/oauth/{}/authorize \
@@ -647,6 +708,9 @@ impl Repositories {
                 c.webhook_status = WebhookStatus::Active;
                 c.webhook_status_reason = None;
                 c.webhook_created_at = Some(now);
+                if let Some(token) = used_token {
+                    self.request_ping(c, &token).await;
+                }
             }
             Err(reason) => {
                 tracing::warn!(connection_id = %c.id, provider = c.provider.as_str(), reason = %reason, "could not create the webhook");
@@ -767,7 +831,16 @@ impl Repositories {
         });
         c.secret = Some(self.seal(&c, &secret).await?);
         c.updated_at = now;
-        self.store.update(&c).await?;
+        match (
+            &c.webhook_id,
+            self.tokens.token(&c.org_id, &c.user_id, c.provider).await,
+        ) {
+            // A ping shows the new secret verifies.
+            (Some(_), Ok(Some(token))) => {
+                self.save_then_ping(&mut c, &token).await?;
+            }
+            _ => self.store.update(&c).await?,
+        }
         Ok(c)
     }
 

@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    encode_segment, http_client, next_link, provider_message, same_origin, same_url, scrub,
-    transport_error, Deleted, ErrorAnswer, Hook, HookClient, HookError, HookProvider, HookSpec,
-    DEFAULT_TIMEOUT,
+    encode_segment, http_client, next_link, provider_message, provider_time, same_origin, same_url,
+    scrub, transport_error, Deleted, ErrorAnswer, Hook, HookClient, HookError, HookProvider,
+    HookSpec, Repository, DEFAULT_TIMEOUT,
 };
 use crate::secret::Secret;
 
@@ -64,14 +64,18 @@ impl GitHubHooks {
         self.timeout
     }
 
-    fn hooks_url(&self, repo: &str) -> Result<String, HookError> {
+    fn repo_url(&self, repo: &str) -> Result<String, HookError> {
         let (owner, name) = split_repo(repo)?;
         Ok(format!(
-            "{}/repos/{}/{}/hooks",
+            "{}/repos/{}/{}",
             self.api_url,
             encode_segment(owner),
             encode_segment(name)
         ))
+    }
+
+    fn hooks_url(&self, repo: &str) -> Result<String, HookError> {
+        Ok(format!("{}/hooks", self.repo_url(repo)?))
     }
 
     fn hook_url(&self, repo: &str, hook_id: &str) -> Result<String, HookError> {
@@ -262,6 +266,32 @@ impl HookClient for GitHubHooks {
         let res = self.send(req, &what, &[token]).await?;
         Self::read_hook(res, false).await
     }
+
+    async fn ping_hook(&self, token: &Secret, repo: &str, hook_id: &str) -> Result<(), HookError> {
+        // `POST /repos/{owner}/{repo}/hooks/{hook_id}/pings`: 204, then the `ping` event.
+        let url = format!("{}/pings", self.hook_url(repo, hook_id)?);
+        let what = format!("hook {hook_id} on repository {repo}");
+        self.send(self.request(Method::POST, &url, token), &what, &[token])
+            .await
+            .map(drop)
+    }
+
+    async fn repository(&self, token: &Secret, repo: &str) -> Result<Repository, HookError> {
+        let req = self.request(Method::GET, &self.repo_url(repo)?, token);
+        let res = self
+            .send(req, &format!("repository {repo}"), &[token])
+            .await?;
+        let status = res.status().as_u16();
+        let raw: serde_json::Value = res.json().await.map_err(|_| HookError::Unexpected {
+            provider: PROVIDER,
+            status,
+            message: "the repository in the answer could not be read".into(),
+        })?;
+        Ok(Repository {
+            archived: raw.get("archived").and_then(serde_json::Value::as_bool) == Some(true),
+            last_activity_at: provider_time(raw.get("pushed_at")),
+        })
+    }
 }
 
 /// `owner/repo`, both parts non-empty and free of `/`.
@@ -334,6 +364,8 @@ struct GhHook {
 struct GhConfig {
     #[serde(default)]
     url: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
 }
 
 fn yes() -> bool {
@@ -347,6 +379,7 @@ impl GhHook {
             url: self.config.url.unwrap_or_default(),
             events: self.events,
             active: self.active,
+            content_type: self.config.content_type,
             adopted,
             created_at: self.created_at,
         }

@@ -10,9 +10,9 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 
 use super::{
-    encode_segment, http_client, next_link, provider_message, same_origin, same_url, scrub,
-    transport_error, Deleted, ErrorAnswer, Hook, HookClient, HookError, HookProvider, HookSpec,
-    DEFAULT_TIMEOUT,
+    encode_segment, http_client, next_link, provider_message, provider_time, same_origin, same_url,
+    scrub, transport_error, Deleted, ErrorAnswer, Hook, HookClient, HookError, HookProvider,
+    HookSpec, Repository, DEFAULT_TIMEOUT,
 };
 use crate::secret::Secret;
 
@@ -125,13 +125,17 @@ impl GitLabHooks {
         self.timeout
     }
 
-    fn hooks_url(&self, project: &str) -> Result<String, HookError> {
+    fn project_url(&self, project: &str) -> Result<String, HookError> {
         check_project(project)?;
         Ok(format!(
-            "{}/projects/{}/hooks",
+            "{}/projects/{}",
             self.api_url(),
             encode_segment(project)
         ))
+    }
+
+    fn hooks_url(&self, project: &str) -> Result<String, HookError> {
+        Ok(format!("{}/hooks", self.project_url(project)?))
     }
 
     fn hook_url(&self, project: &str, hook_id: &str) -> Result<String, HookError> {
@@ -294,6 +298,33 @@ impl HookClient for GitLabHooks {
         let res = self.send(req, &what, &[token]).await?;
         Self::read_hook(res, false).await
     }
+
+    async fn ping_hook(
+        &self,
+        token: &Secret,
+        project: &str,
+        hook_id: &str,
+    ) -> Result<(), HookError> {
+        // `POST /projects/:id/hooks/:hook_id/test/push_events`: 201, and the test push.
+        let url = format!("{}/test/push_events", self.hook_url(project, hook_id)?);
+        let what = format!("hook {hook_id} on project {project}");
+        self.send(self.request(Method::POST, &url, token), &what, &[token])
+            .await
+            .map(drop)
+    }
+
+    async fn repository(&self, token: &Secret, project: &str) -> Result<Repository, HookError> {
+        let req = self.request(Method::GET, &self.project_url(project)?, token);
+        let res = self
+            .send(req, &format!("project {project}"), &[token])
+            .await?;
+        let status = res.status().as_u16();
+        let raw: Value = res.json().await.map_err(|_| unreadable(status))?;
+        Ok(Repository {
+            archived: raw.get("archived").and_then(Value::as_bool) == Some(true),
+            last_activity_at: provider_time(raw.get("last_activity_at")),
+        })
+    }
 }
 
 fn unreadable(status: u16) -> HookError {
@@ -347,6 +378,7 @@ fn to_hook(raw: &Value, adopted: bool) -> Option<Hook> {
         url: raw.get("url").and_then(Value::as_str)?.to_string(),
         events,
         active,
+        content_type: None,
         adopted,
         created_at: raw
             .get("created_at")

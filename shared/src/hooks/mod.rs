@@ -139,10 +139,22 @@ pub struct Hook {
     /// are on (`pipeline_events`, …).
     pub events: Vec<String>,
     pub active: bool,
+    /// GitHub's `config.content_type` (`json` or `form`); GitLab always posts JSON (`None`).
+    pub content_type: Option<String>,
     /// True when an existing hook for the same URL was updated instead of creating a second.
     pub adopted: bool,
     /// When the provider created it (RFC 3339), if it says.
     pub created_at: Option<String>,
+}
+
+/// A repository (GitHub) or project (GitLab) as the provider reports it: what the hook-health
+/// check needs to tell a hook that is silent from a repository that is quiet or read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Repository {
+    /// Archived: read-only, no pushes, and its hooks cannot be changed.
+    pub archived: bool,
+    /// GitHub's `pushed_at`; GitLab's `last_activity_at`.
+    pub last_activity_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What `delete_hook` found.
@@ -187,6 +199,13 @@ pub trait HookClient: Send + Sync {
     ) -> Result<Deleted, HookError>;
 
     async fn get_hook(&self, token: &Secret, repo: &str, hook_id: &str) -> Result<Hook, HookError>;
+
+    /// Ask the provider to deliver a test event to the hook now (GitHub's `ping`, GitLab's
+    /// test push); it arrives at the hook's URL like any delivery.
+    async fn ping_hook(&self, token: &Secret, repo: &str, hook_id: &str) -> Result<(), HookError>;
+
+    /// The repository (GitHub) or project (GitLab) itself.
+    async fn repository(&self, token: &Secret, repo: &str) -> Result<Repository, HookError>;
 }
 
 /// The client for a provider, configured from the environment (`GITHUB_API_URL`, `GITLAB_URL`).
@@ -309,6 +328,14 @@ impl HookError {
     /// True for a 404: the repository or hook is gone, or out of the account's reach.
     pub fn is_not_found(&self) -> bool {
         matches!(self, HookError::NotFound { .. })
+    }
+
+    /// A 404, or a 410 (GitHub's answer for a repository whose access is blocked).
+    pub fn is_gone(&self) -> bool {
+        matches!(
+            self,
+            HookError::NotFound { .. } | HookError::Unexpected { status: 410, .. }
+        )
     }
 
     /// A sentence saying what went wrong and what the user can do about it.
@@ -518,6 +545,16 @@ pub(crate) fn same_origin(base: &str, candidate: &str) -> bool {
         (Ok(a), Ok(b)) => a.origin() == b.origin(),
         _ => false,
     }
+}
+
+/// An RFC 3339 time from a provider's JSON, if it is one.
+pub(crate) fn provider_time(
+    v: Option<&serde_json::Value>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = v?.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 /// Two hook URLs name the same endpoint (a trailing slash aside).

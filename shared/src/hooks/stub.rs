@@ -9,6 +9,13 @@
 //!
 //! Unlike the providers, [`HookApiStub::hooks`] returns each hook's secret as the client sent
 //! it: tests sign deliveries with it.
+//!
+//! It also answers the repository (`GET /repos/{owner}/{repo}`, `GET /api/v4/projects/:id`)
+//! and ping endpoints (`POST …/hooks/{id}/pings`, `POST …/hooks/:hook_id/test/push_events`),
+//! and can be made to do what people do by hand: delete, deactivate or edit a hook, revoke a
+//! token, archive a repository. With [`HookApiStub::deliver_to`] a ping is delivered the way
+//! the provider would — signed with the hook's secret, to the hook URL's path on that origin
+//! (the tunnel a real provider would reach).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -90,8 +97,25 @@ struct Failure {
     headers: Vec<(String, String)>,
 }
 
+/// A repository's (GitHub) or project's (GitLab) state.
+#[derive(Debug, Clone, Default)]
+struct RepoState {
+    archived: bool,
+    pushed_at: Option<String>,
+}
+
+/// A delivery the stub sends once its answer is out (a ping).
+struct Outgoing {
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
 struct Inner {
     base: String,
+    repo_states: HashMap<String, RepoState>,
+    deliver_to: Option<String>,
+    outgoing: Vec<Outgoing>,
     next_hook_id: u64,
     next_project_id: u64,
     hooks: Vec<StubHook>,
@@ -145,6 +169,9 @@ impl HookApiStub {
         let url = format!("http://{addr}");
         let state: Shared = Arc::new(Mutex::new(Inner {
             base: url.clone(),
+            repo_states: HashMap::new(),
+            deliver_to: None,
+            outgoing: Vec::new(),
             next_hook_id: 1_000_001,
             next_project_id: 101,
             hooks: Vec::new(),
@@ -242,6 +269,49 @@ impl HookApiStub {
         let before = s.hooks.len();
         s.hooks.retain(|h| h.id != id);
         s.hooks.len() != before
+    }
+
+    /// Change a hook behind the client's back (a user edited it in the provider's settings:
+    /// its URL, events, content type, or `active`).
+    pub fn edit_hook(&self, id: u64, edit: impl FnOnce(&mut StubHook)) -> bool {
+        let mut s = self.lock();
+        match s.hooks.iter_mut().find(|h| h.id == id) {
+            Some(h) => {
+                edit(h);
+                h.updated_at = now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Deactivate a hook (GitHub's "Active" box unticked; GitLab's hook disabled).
+    pub fn deactivate_hook(&self, id: u64) -> bool {
+        self.edit_hook(id, |h| h.active = false)
+    }
+
+    /// Archive (or unarchive) a repository: it reads as `archived` and its hooks become
+    /// read-only (403), as GitHub and GitLab answer.
+    pub fn set_repo_archived(&self, repo: &str, archived: bool) {
+        self.lock()
+            .repo_states
+            .entry(repo.to_string())
+            .or_default()
+            .archived = archived;
+    }
+
+    /// When the repository was last pushed to (GitHub `pushed_at`, GitLab `last_activity_at`).
+    pub fn set_pushed_at(&self, repo: &str, at: chrono::DateTime<Utc>) {
+        self.lock()
+            .repo_states
+            .entry(repo.to_string())
+            .or_default()
+            .pushed_at = Some(at.to_rfc3339_opts(SecondsFormat::Secs, true));
+    }
+
+    /// Deliver pings from now on: to the hook URL's path (and query) on `origin`.
+    pub fn deliver_to(&self, origin: &str) {
+        self.lock().deliver_to = Some(origin.trim_end_matches('/').to_string());
     }
 
     /// The next request for `repo` answers `status` with `body` (queued: call twice for two).
@@ -359,10 +429,35 @@ fn now() -> String {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Route {
-    GhHooks { repo: String },
-    GhHook { repo: String, id: String },
-    GlHooks { project: String },
-    GlHook { project: String, id: String },
+    GhRepo {
+        repo: String,
+    },
+    GhPings {
+        repo: String,
+        id: String,
+    },
+    GlProject {
+        project: String,
+    },
+    GlTest {
+        project: String,
+        id: String,
+        trigger: String,
+    },
+    GhHooks {
+        repo: String,
+    },
+    GhHook {
+        repo: String,
+        id: String,
+    },
+    GlHooks {
+        project: String,
+    },
+    GlHook {
+        project: String,
+        id: String,
+    },
     GhToken,
     GlToken,
     GhAuthorize,
@@ -373,12 +468,18 @@ enum Route {
 impl Route {
     fn provider(&self) -> Option<HookProvider> {
         match self {
-            Route::GhHooks { .. } | Route::GhHook { .. } | Route::GhToken | Route::GhAuthorize => {
-                Some(HookProvider::GitHub)
-            }
-            Route::GlHooks { .. } | Route::GlHook { .. } | Route::GlToken | Route::GlAuthorize => {
-                Some(HookProvider::GitLab)
-            }
+            Route::GhHooks { .. }
+            | Route::GhHook { .. }
+            | Route::GhRepo { .. }
+            | Route::GhPings { .. }
+            | Route::GhToken
+            | Route::GhAuthorize => Some(HookProvider::GitHub),
+            Route::GlHooks { .. }
+            | Route::GlHook { .. }
+            | Route::GlProject { .. }
+            | Route::GlTest { .. }
+            | Route::GlToken
+            | Route::GlAuthorize => Some(HookProvider::GitLab),
             Route::Unknown => None,
         }
     }
@@ -439,6 +540,21 @@ fn route(path: &str) -> Route {
         ["login", "oauth", "authorize"] => Route::GhAuthorize,
         ["oauth", "token"] => Route::GlToken,
         ["oauth", "authorize"] => Route::GlAuthorize,
+        ["repos", owner, name] => Route::GhRepo {
+            repo: format!("{owner}/{name}"),
+        },
+        ["repos", owner, name, "hooks", id, "pings"] => Route::GhPings {
+            repo: format!("{owner}/{name}"),
+            id: id.to_string(),
+        },
+        ["api", "v4", "projects", project] => Route::GlProject {
+            project: project.to_string(),
+        },
+        ["api", "v4", "projects", project, "hooks", id, "test", trigger] => Route::GlTest {
+            project: project.to_string(),
+            id: id.to_string(),
+            trigger: trigger.to_string(),
+        },
         ["repos", owner, name, "hooks"] => Route::GhHooks {
             repo: format!("{owner}/{name}"),
         },
@@ -493,7 +609,10 @@ async fn handle(
         let mut s = lock(&state);
         // A GitLab numeric project id addresses the project's path.
         let project = match &mut call.route {
-            Route::GlHooks { project } | Route::GlHook { project, .. } => Some(project),
+            Route::GlHooks { project }
+            | Route::GlHook { project, .. }
+            | Route::GlProject { project }
+            | Route::GlTest { project, .. } => Some(project),
             _ => None,
         };
         if let Some(project) = project {
@@ -514,14 +633,36 @@ async fn handle(
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
-    let reply = lock(&state).answer(&call);
+    let (reply, outgoing) = {
+        let mut s = lock(&state);
+        let reply = s.answer(&call);
+        (reply, std::mem::take(&mut s.outgoing))
+    };
+    // The provider answers first and delivers afterwards, on its own time.
+    for o in outgoing {
+        tokio::spawn(async move {
+            let mut req = reqwest::Client::new().post(&o.url).body(o.body);
+            for (k, v) in &o.headers {
+                req = req.header(k, v);
+            }
+            if let Err(e) = req.send().await {
+                tracing::debug!(url = %o.url, error = %e, "the stub could not deliver a ping");
+            }
+        });
+    }
     reply.into_response()
 }
 
 fn repo_of(route: &Route) -> Option<String> {
     match route {
-        Route::GhHooks { repo } | Route::GhHook { repo, .. } => Some(repo.clone()),
-        Route::GlHooks { project } | Route::GlHook { project, .. } => Some(project.clone()),
+        Route::GhHooks { repo }
+        | Route::GhHook { repo, .. }
+        | Route::GhRepo { repo }
+        | Route::GhPings { repo, .. } => Some(repo.clone()),
+        Route::GlHooks { project }
+        | Route::GlHook { project, .. }
+        | Route::GlProject { project }
+        | Route::GlTest { project, .. } => Some(project.clone()),
         _ => None,
     }
 }
@@ -746,9 +887,11 @@ impl Inner {
                 (HookProvider::GitLab, _) => gl_message(401, "401 Unauthorized"),
             };
         }
-        // Scopes.
+        // Scopes (reading the repository itself needs none of the hook scopes).
         let reading = call.method == http::Method::GET;
+        let repo_read = matches!(call.route, Route::GhRepo { .. } | Route::GlProject { .. });
         match provider {
+            _ if repo_read => {}
             HookProvider::GitHub => {
                 let granted = self.github_scopes.clone();
                 let has = |s: &str| granted.split(',').any(|g| g.trim() == s);
@@ -785,6 +928,22 @@ impl Inner {
                 HookProvider::GitLab => gl_message(404, "404 Project Not Found"),
             };
         }
+        let state = self.repo_states.get(&repo).cloned().unwrap_or_default();
+        if state.archived && !reading && !repo_read {
+            return match provider {
+                HookProvider::GitHub => gh_error(403, "Repository was archived so is read-only."),
+                HookProvider::GitLab => gl_message(403, "403 Forbidden"),
+            };
+        }
+        match &call.route {
+            Route::GhRepo { .. } | Route::GlProject { .. } => {
+                return self.repository_json(provider, &repo, &state)
+            }
+            Route::GhPings { id, .. } | Route::GlTest { id, .. } => {
+                return self.ping(call, provider, &repo, id)
+            }
+            _ => {}
+        }
         let reply = match provider {
             HookProvider::GitHub => self.github(call, &repo),
             HookProvider::GitLab => self.gitlab(call, &repo),
@@ -794,6 +953,141 @@ impl Inner {
                 .header("X-OAuth-Scopes", self.github_scopes.clone())
                 .header("X-Accepted-OAuth-Scopes", "admin:repo_hook"),
             HookProvider::GitLab => reply,
+        }
+    }
+
+    /// `GET /repos/{owner}/{repo}` / `GET /projects/:id`: the fields the providers document
+    /// that Hookline reads, and a few around them.
+    fn repository_json(&mut self, provider: HookProvider, repo: &str, state: &RepoState) -> Reply {
+        let name = repo.rsplit('/').next().unwrap_or(repo);
+        match provider {
+            HookProvider::GitHub => Reply::json(
+                200,
+                json!({
+                    "id": 1_296_269,
+                    "name": name,
+                    "full_name": repo,
+                    "private": true,
+                    "archived": state.archived,
+                    "disabled": false,
+                    "default_branch": "main",
+                    "html_url": format!("https://github.com/{repo}"),
+                    "pushed_at": state.pushed_at,
+                    "permissions": {"admin": true, "push": true, "pull": true},
+                }),
+            ),
+            HookProvider::GitLab => {
+                let id = self.project_id(repo);
+                Reply::json(
+                    200,
+                    json!({
+                        "id": id,
+                        "name": name,
+                        "path_with_namespace": repo,
+                        "archived": state.archived,
+                        "default_branch": "main",
+                        "web_url": format!("https://gitlab.com/{repo}"),
+                        "last_activity_at": state.pushed_at,
+                    }),
+                )
+            }
+        }
+    }
+
+    /// GitHub's `POST …/hooks/{id}/pings` (204, then a `ping` event) and GitLab's
+    /// `POST …/hooks/:hook_id/test/:trigger` (201; a test re-enables a disabled hook, as
+    /// GitLab's docs say). The delivery goes out when [`HookApiStub::deliver_to`] is set.
+    fn ping(&mut self, call: &Call, provider: HookProvider, repo: &str, id: &str) -> Reply {
+        if call.method != http::Method::POST {
+            return match provider {
+                HookProvider::GitHub => gh_not_found(),
+                HookProvider::GitLab => gl_message(404, "404 Not Found"),
+            };
+        }
+        let Some(i) = self.position(provider, repo, id) else {
+            return match provider {
+                HookProvider::GitHub => gh_not_found(),
+                HookProvider::GitLab => gl_message(404, "404 Not Found"),
+            };
+        };
+        if let Route::GlTest { trigger, .. } = &call.route {
+            if !EVENT_FLAGS.contains(&trigger.as_str()) {
+                return gl_message(422, "Testing not available for this hook");
+            }
+            self.hooks[i].active = true;
+        }
+        let hook = self.hooks[i].clone();
+        let secret = hook.secret.as_ref().map(|s| s.expose().to_string());
+        if let (Some(origin), Some(secret)) = (self.deliver_to.clone(), secret) {
+            // The hook URL's path and query, on the origin a real provider would reach.
+            let path = url::Url::parse(&hook.url)
+                .map(|u| {
+                    let mut p = u.path().to_string();
+                    if let Some(q) = u.query() {
+                        p = format!("{p}?{q}");
+                    }
+                    p
+                })
+                .unwrap_or_default();
+            let target = format!("{origin}{path}");
+            let (source, event, body) = match provider {
+                HookProvider::GitHub => (
+                    crate::model::Source::Github,
+                    "ping",
+                    json!({
+                        "zen": "Keep it logically awesome.",
+                        "hook_id": hook.id,
+                        "hook": self.github_json(&hook),
+                        "repository": {"full_name": repo, "name": repo.rsplit('/').next()},
+                        "sender": {"login": "octocat"},
+                    }),
+                ),
+                HookProvider::GitLab => {
+                    let project_id = self.project_id(repo);
+                    (
+                        crate::model::Source::Gitlab,
+                        "Push Hook",
+                        json!({
+                            "object_kind": "push",
+                            "event_name": "push",
+                            "before": "0000000000000000000000000000000000000000",
+                            "after": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+                            "ref": "refs/heads/main",
+                            "project_id": project_id,
+                            "project": {"id": project_id, "path_with_namespace": repo},
+                            "commits": [],
+                            "total_commits_count": 0,
+                        }),
+                    )
+                }
+            };
+            let body = body.to_string().into_bytes();
+            let signed =
+                crate::providers::simulate::sign(&crate::providers::simulate::Simulation {
+                    source,
+                    secret: &secret,
+                    url: Some(&target),
+                    body: &body,
+                    event: Some(event),
+                    now: Utc::now(),
+                    delivery_id: None,
+                });
+            if let Ok(mut signed) = signed {
+                if provider == HookProvider::GitHub {
+                    signed
+                        .headers
+                        .push(("X-GitHub-Hook-ID".into(), hook.id.to_string()));
+                }
+                self.outgoing.push(Outgoing {
+                    url: signed.url,
+                    headers: signed.headers,
+                    body: signed.body,
+                });
+            }
+        }
+        match provider {
+            HookProvider::GitHub => Reply::empty(204),
+            HookProvider::GitLab => gl_message(201, "201 Created"),
         }
     }
 

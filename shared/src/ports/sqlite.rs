@@ -135,6 +135,12 @@ CREATE INDEX IF NOT EXISTS connections_by_org ON connections (org_id, created_at
 CREATE INDEX IF NOT EXISTS connections_by_repo ON connections (provider, repo_key);
 CREATE INDEX IF NOT EXISTS connections_by_project ON connections (project_id)
     WHERE project_id IS NOT NULL;
+-- When a connection's ping last arrived (ports::connections::record_ping): a table of its own
+-- so data dirs made before it need no migration; it overrides the record like the counters.
+CREATE TABLE IF NOT EXISTS connection_pings (
+    connection_id TEXT PRIMARY KEY,
+    last_ping_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY,
     org_id TEXT NOT NULL,

@@ -347,9 +347,7 @@ pub async fn aws_api(api: Api) -> Result<ApiHandler, Error> {
 
 /// [`aws_api`] over `sdk`, with its variables read from `env` instead of the environment.
 pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<ApiHandler, Error> {
-    use crate::connections::service::{
-        Repositories, Settings as RepoSettings, StoredProviderTokens,
-    };
+    use crate::connections::service::StoredProviderTokens;
     use crate::ports::connections::aws::DynamoConnectionStore;
     use crate::ports::connections::ConnectionStore;
     use crate::ports::keys::{aws::KmsKeys, CachedKeys, KeyService};
@@ -404,31 +402,8 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
                         .into(),
                 ));
             };
-            let overlap = match var(env, "HOOKLINE_SECRET_ROTATION_OVERLAP_SECS") {
-                Some(v) => v.trim().parse::<u64>().map_err(|_| {
-                    format!(
-                        "HOOKLINE_SECRET_ROTATION_OVERLAP_SECS must be a whole number, got {v:?}"
-                    )
-                })?,
-                None => 3600,
-            };
             let events = aws_event_sink(sdk, env).await?;
-            let mut repos = Repositories::new(
-                store,
-                keys,
-                tokens.clone(),
-                Arc::new(crate::hooks::github::GitHubHooks::new(
-                    var(env, "GITHUB_API_URL").unwrap_or_else(|| "https://api.github.com".into()),
-                )),
-                Arc::new(crate::hooks::gitlab::GitLabHooks::new(
-                    var(env, "GITLAB_URL").unwrap_or_else(|| "https://gitlab.com".into()),
-                )),
-                Arc::new(SystemClock),
-                RepoSettings {
-                    webhook_base_url: base,
-                    rotation_overlap: std::time::Duration::from_secs(overlap),
-                },
-            );
+            let mut repos = aws_repositories(store, keys, tokens.clone(), env, base)?;
             if let Some(events) = events {
                 // repository.connected / repository.disconnected into the org's stream.
                 repos = repos.with_events(events);
@@ -489,6 +464,106 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
             }
         }
     })
+}
+
+/// The repository service over `store`, `keys` and `tokens`: hooks on `GITHUB_API_URL` /
+/// `GITLAB_URL`, pointing at `webhook_base_url`, a rotated-out secret verifying for
+/// `HOOKLINE_SECRET_ROTATION_OVERLAP_SECS`.
+fn aws_repositories(
+    store: Arc<dyn crate::ports::connections::ConnectionStore>,
+    keys: Arc<dyn crate::ports::keys::KeyService>,
+    tokens: Arc<crate::connections::service::StoredProviderTokens>,
+    env: Vars<'_>,
+    webhook_base_url: String,
+) -> Result<crate::connections::service::Repositories, Error> {
+    use crate::connections::service::{Repositories, Settings as RepoSettings};
+    let overlap = match var(env, "HOOKLINE_SECRET_ROTATION_OVERLAP_SECS") {
+        Some(v) => v.trim().parse::<u64>().map_err(|_| {
+            format!("HOOKLINE_SECRET_ROTATION_OVERLAP_SECS must be a whole number, got {v:?}")
+        })?,
+        None => 3600,
+    };
+    Ok(Repositories::new(
+        store,
+        keys,
+        tokens,
+        Arc::new(crate::hooks::github::GitHubHooks::new(
+            var(env, "GITHUB_API_URL").unwrap_or_else(|| "https://api.github.com".into()),
+        )),
+        Arc::new(crate::hooks::gitlab::GitLabHooks::new(
+            var(env, "GITLAB_URL").unwrap_or_else(|| "https://gitlab.com".into()),
+        )),
+        Arc::new(SystemClock),
+        RepoSettings {
+            webhook_base_url,
+            rotation_overlap: std::time::Duration::from_secs(overlap),
+        },
+    ))
+}
+
+/// The `hook-health` function's service over DynamoDB (`HOOKLINE_TABLE`) and KMS
+/// (`HOOKLINE_KMS_KEY_ID`), with its variables read from `env` and the provider secret
+/// (OAuth client secrets, to renew expiring tokens), and `HOOK_SILENCE_ALERT`.
+pub async fn aws_hook_health_with(
+    sdk: &SdkConfig,
+    env: Vars<'_>,
+) -> Result<
+    (
+        Arc<crate::connections::service::Repositories>,
+        crate::connections::service::health::HealthSettings,
+    ),
+    Error,
+> {
+    use crate::connections::service::{health::HealthSettings, StoredProviderTokens};
+    use crate::ports::keys::{aws::KmsKeys, CachedKeys, KeyService};
+    let secrets = secret_values(sdk, env).await?;
+    let lookup = |name: &str| {
+        var(env, name).or_else(|| secrets.get(name).filter(|v| !v.trim().is_empty()).cloned())
+    };
+    // Each connection keeps the URL its hook was made with; a recreated hook gets that one.
+    let base = var(env, "WEBHOOK_BASE_URL").unwrap_or_default();
+    let settings = HealthSettings::from_lookup(&lookup)?;
+    let Some(store) = aws_connections(sdk, env)? else {
+        return Err("HOOKLINE_KMS_KEY_ID must be set (template.yaml sets it)".into());
+    };
+    let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(KmsKeys::new(
+        aws_sdk_kms::Client::new(sdk),
+        required(env, "HOOKLINE_KMS_KEY_ID")?,
+    )));
+    let tokens = Arc::new(
+        StoredProviderTokens::new(store.clone(), keys.clone()).with_refresh(
+            &crate::api::oauth::OAuthSettings::from_lookup(lookup),
+            Arc::new(SystemClock),
+        ),
+    );
+    let repos = aws_repositories(store, keys, tokens, env, base)?;
+    Ok((Arc::new(repos), settings))
+}
+
+/// Run `hook-health` on its schedule: every invocation checks and repairs every active
+/// connection's hook.
+pub async fn run_hook_health() -> Result<(), Error> {
+    super::init_tracing();
+    let (repos, settings) = aws_hook_health_with(&lambda_sdk().await, &crate::config::var).await?;
+    lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
+        let repos = repos.clone();
+        async move { handle_hook_health(&repos, &settings).await }
+    }))
+    .await
+}
+
+/// One schedule tick: check every active connection's hook and repair it; the summary (counts
+/// and each connection not found healthy) is the invocation's result. A store failure fails
+/// the invocation, so it shows in the function's error metrics.
+pub async fn handle_hook_health(
+    repos: &crate::connections::service::Repositories,
+    settings: &crate::connections::service::health::HealthSettings,
+) -> Result<serde_json::Value, Error> {
+    let report = repos.check_hooks(true, settings).await.map_err(|e| {
+        tracing::error!(error = %e, "hook health check failed");
+        Error::from(e.to_string())
+    })?;
+    Ok(serde_json::to_value(&report)?)
 }
 
 /// The licences API from `LICENSE_PRIVATE_KEY` (the provider secret, or the environment),

@@ -245,6 +245,7 @@ pub fn with_repositories_over(
         repos = repos.with_plan_gate(plans.clone());
     }
     let repos = Arc::new(repos);
+    app.hooks = Some(repos.clone());
     // GitHub and GitLab deliveries for connected repositories verify with their own secret.
     app.pipeline = Arc::new(app.pipeline.with_connections(repos.clone()));
     app.repositories = Some(Arc::new(crate::api::repositories::RepositoriesApi::new(
@@ -856,6 +857,32 @@ pub async fn run_billing_loop(
     }
 }
 
+/// Run the hook-health check on `settings`' interval (repairing), like the `hook-health`
+/// function's schedule on AWS, until `shutdown` resolves. The first run comes one interval
+/// after start.
+pub async fn run_hook_health_loop(
+    repos: Option<Arc<crate::connections::service::Repositories>>,
+    settings: Option<crate::connections::service::health::HealthSettings>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let (Some(repos), Some(settings)) = (repos, settings) else {
+        return;
+    };
+    let Some(every) = settings.every else { return };
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {
+                if let Err(e) = repos.check_hooks(true, &settings).await {
+                    tracing::error!(error = %e, "hook health check failed; it runs again next interval");
+                }
+            }
+        }
+    }
+}
+
 /// How often the local dispatcher sweeps for events a lost signal left behind.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -1116,9 +1143,10 @@ impl Server {
                 app.billing_reconcile_every,
                 stopped.clone(),
             );
+            let hooks = run_hook_health_loop(app.hooks.clone(), app.hook_health, stopped.clone());
             let workers =
                 run_worker_loops(app.worker.clone(), app.queue.clone(), worker_loops, stopped);
-            let (served, (), (), ()) = tokio::join!(http, workers, outbound, billing);
+            let (served, (), (), (), ()) = tokio::join!(http, workers, outbound, billing, hooks);
             if let Err(e) = served {
                 tracing::error!(error = %e, "local server stopped with an error");
             }

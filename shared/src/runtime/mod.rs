@@ -47,6 +47,10 @@ pub struct App {
     pub billing_reconcile_every: Option<std::time::Duration>,
     /// How many outbound attempts the local server makes at once.
     pub outbound_concurrency: usize,
+    /// The repository service, for the hook-health check, where this app manages connections.
+    pub hooks: Option<Arc<crate::connections::service::Repositories>>,
+    /// How the local server runs the hook-health check (`None`, or no interval: it does not).
+    pub hook_health: Option<crate::connections::service::health::HealthSettings>,
 }
 
 /// The ports billing runs over (DynamoDB and SES on AWS; the data dir locally).
@@ -140,6 +144,8 @@ impl App {
             billing_api: None,
             billing_reconcile_every: None,
             outbound_concurrency: 64,
+            hooks: None,
+            hook_health: None,
         }
     }
 }

@@ -145,7 +145,8 @@ impl Dispatcher {
     }
 
     /// [`standard`](Self::standard), plus the connected-repository handlers for every GitHub
-    /// and GitLab event but the ping: runs, incidents, jobs and PRs of connected repositories.
+    /// and GitLab event: runs, incidents, jobs and PRs of connected repositories, and pings
+    /// (still skipped in the log) recorded on the connection whose hook sent them.
     /// With `events`, also publishing into each org's outbound stream (relayed deliveries
     /// `github.*`, `gitlab.*`; `incident.created`, `incident.resolved`); with `usage`,
     /// counting each delivery in its orgs' monthly usage.
@@ -155,6 +156,7 @@ impl Dispatcher {
         events: Option<Arc<dyn crate::outbound::sink::EventSink>>,
         usage: Option<Arc<dyn crate::billing::plan::PlanGate>>,
     ) -> Self {
+        let ping: Arc<dyn Handler> = Arc::new(repositories::RecordPing::new(connections.clone()));
         let mut repos = repositories::RepositoryEvents::new(store.clone(), connections);
         if let Some(events) = events {
             repos = repos.with_events(events);
@@ -162,7 +164,9 @@ impl Dispatcher {
         if let Some(usage) = usage {
             repos = repos.with_usage(usage);
         }
-        Self::standard(store).with_repository_handler(repos)
+        Self::standard(store)
+            .with_repository_handler(repos)
+            .on(Source::Github, "ping", ping)
     }
 
     /// Also apply Stripe deliveries to the orgs' billing (and record them as activity).

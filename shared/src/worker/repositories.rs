@@ -205,7 +205,15 @@ impl Handler for RepositoryEvents {
             }
             Handled::Processed
         };
+        // GitLab marks its test push no differently from a real one: every push counts as the
+        // ping (either way it proves the hook delivers).
+        if event.envelope.source == Source::Gitlab && event.envelope.event_type == "push" {
+            for c in &connections {
+                self.ping_arrived(c, event.envelope.received_at).await?;
+            }
+        }
         // Counted last: everything above is idempotent, the counter is not, and a retry
+
         // after a failure above should not count the delivery twice.
         for c in &connections {
             match self.connections.record_delivery(&c.id, now, false).await {
@@ -561,9 +569,67 @@ fn gitlab_mr(body: &Value, received_at: DateTime<Utc>) -> Option<PrEvent> {
     })
 }
 
+// ---- pings ------------------------------------------------------------------------------------
+
+/// GitHub's `ping` for a connected repository's hook: recorded on the connection (its status
+/// then shows the ping arrived), and in the log as skipped, as every ping is.
+pub struct RecordPing {
+    connections: Arc<dyn ConnectionStore>,
+}
+
+impl RecordPing {
+    pub fn new(connections: Arc<dyn ConnectionStore>) -> Self {
+        Self { connections }
+    }
+}
+
+#[async_trait]
+impl Handler for RecordPing {
+    async fn handle(&self, event: &Event, _now: DateTime<Utc>) -> Result<Handled, WorkerError> {
+        if let Payload::Json(body) = &event.payload {
+            if let Some(name) = text(body, &["repository", "full_name"]) {
+                let hook_id = text(body, &["hook_id"]);
+                let found = self
+                    .connections
+                    .find_by_repository(RepoProvider::Github, &name)
+                    .await
+                    .map_err(store_error)?;
+                // Another hook on the same repository (one made by hand) is not this one's.
+                for c in found.iter().filter(|c| {
+                    hook_id.is_none() || c.webhook_id.is_none() || c.webhook_id == hook_id
+                }) {
+                    record_ping(self.connections.as_ref(), c, event.envelope.received_at).await?;
+                }
+            }
+        }
+        Ok(Handled::Skipped(
+            "ping: the hook is set up; nothing to process".into(),
+        ))
+    }
+}
+
+async fn record_ping(
+    connections: &dyn ConnectionStore,
+    c: &Connection,
+    at: DateTime<Utc>,
+) -> Result<(), WorkerError> {
+    match connections.record_ping(&c.id, at).await {
+        Ok(()) => {
+            tracing::info!(connection_id = %c.id, repository = %c.repository_full_name, "the hook's ping arrived");
+            Ok(())
+        }
+        Err(ConnectionError::NotFound) => Ok(()),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
 // ---- applying them ----------------------------------------------------------------------------
 
 impl RepositoryEvents {
+    async fn ping_arrived(&self, c: &Connection, at: DateTime<Utc>) -> Result<(), WorkerError> {
+        record_ping(self.connections.as_ref(), c, at).await
+    }
+
     /// The connections of the delivery's repository, in every org that connected it.
     async fn connections_for(
         &self,
@@ -1113,6 +1179,43 @@ mod tests {
             envelope: Envelope::new(source, &id, event_type, Utc::now(), &raw),
             payload: Payload::Json(body.clone()),
         }
+    }
+
+    #[tokio::test]
+    async fn a_ping_is_recorded_on_the_connection_whose_hook_sent_it_and_logged_as_skipped() {
+        let f = fixture();
+        // connection() names hook 123456 on the repository.
+        let c = f.connect("org-a", "acme/pinged").await;
+        let ping = RecordPing::new(f.connections.clone());
+        let body = |hook_id: u64| {
+            serde_json::json!({"zen": "Design for failure.", "hook_id": hook_id,
+                               "repository": {"full_name": "acme/pinged"}})
+        };
+        // Another hook on the same repository (one made by hand) is not this connection's.
+        let other = ping
+            .handle(&event(Source::Github, "ping", &body(42)), Utc::now())
+            .await
+            .unwrap();
+        assert!(matches!(other, Handled::Skipped(_)));
+        assert_eq!(f.reload(&c).await.health.last_ping_at, None);
+        let ev = event(Source::Github, "ping", &body(123456));
+        let handled = ping.handle(&ev, Utc::now()).await.unwrap();
+        assert!(matches!(handled, Handled::Skipped(why) if why.starts_with("ping")));
+        let got = f.reload(&c).await.health.last_ping_at.unwrap();
+        assert_eq!(
+            got.timestamp_millis(),
+            ev.envelope.received_at.timestamp_millis()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gitlab_push_proves_the_hook_delivers() {
+        let f = fixture();
+        let c = f.connect_gitlab("org-a", "acme/group/svc", "77").await;
+        let body = serde_json::json!({"object_kind": "push", "project": {"id": 77,
+            "path_with_namespace": "acme/group/svc"}, "before": "a", "after": "b", "commits": []});
+        f.handle(Source::Gitlab, "push", &body).await;
+        assert!(f.reload(&c).await.health.last_ping_at.is_some());
     }
 
     fn payload(file: &str) -> Value {

@@ -20,7 +20,8 @@
 //! `org_id`, `connection_id`, `repo_key`, `status` on an incident; `updated_ms` (and `finished`,
 //! 0/1, on a run) for the newer-wins conditional puts. A few attributes override the record:
 //! a connection's `total_deliveries`, `failed_deliveries` (N, `ADD`ed by `record_delivery`) and
-//! `last_delivery_at` (N, epoch ms), and an incident's `pr_status`. Markers and pointers name
+//! `last_delivery_at` (N, epoch ms), `last_ping_at` (N, epoch ms, `record_ping`'s), and an
+//! incident's `pr_status`. Markers and pointers name
 //! their record in `connection_id` / `incident_id`.
 //!
 //! A connection, its marker and its project pointer are written and deleted together in one
@@ -409,6 +410,87 @@ impl ConnectionStore for DynamoConnectionStore {
             Ok(())
         } else {
             Err(ConnectionError::NotFound)
+        }
+    }
+
+    async fn record_ping(
+        &self,
+        id: &ConnectionId,
+        at: DateTime<Utc>,
+    ) -> Result<(), ConnectionError> {
+        let at_ms = at.timestamp_millis();
+        let update = self
+            .db()
+            .update_item(conn_pk(id.as_str()), CONN_SK)
+            .update_expression("SET last_ping_at = :at")
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(last_ping_at) \
+                 OR last_ping_at < :at)",
+            )
+            .expression_attribute_values(":at", n(at_ms));
+        if self.send_update("UpdateItem (record ping)", update).await? {
+            return Ok(());
+        }
+        // The condition failed: a later ping is stored already, or the connection is gone.
+        match self.connection_by_id(id.as_str()).await? {
+            Some(_) => Ok(()),
+            None => Err(ConnectionError::NotFound),
+        }
+    }
+
+    async fn list_all(
+        &self,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<Connection>, Option<String>), ConnectionError> {
+        // A Scan of the connection items: the check runs hourly, and no index spans every org.
+        // The cursor is the last evaluated item's key, `pk` then `sk`, as opaque text.
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut start: Option<Item> = match cursor {
+            None => None,
+            Some(c) => {
+                let raw = engine
+                    .decode(c.as_bytes())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok());
+                match raw.as_deref().and_then(|r| r.split_once('\n')) {
+                    Some((pk, sk)) => Some(HashMap::from([
+                        ("pk".to_owned(), s(pk)),
+                        ("sk".to_owned(), s(sk)),
+                    ])),
+                    None => return Ok((Vec::new(), None)),
+                }
+            }
+        };
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("sk = :conn")
+                .expression_attribute_values(":conn", s(CONN_SK))
+                .consistent_read(true)
+                .limit(limit as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| ConnectionError::dynamo("Scan", &e))?;
+            for item in page.items() {
+                out.push(parse_connection(item)?);
+            }
+            let last = page.last_evaluated_key().cloned();
+            match last {
+                Some(key) if out.len() < limit => start = Some(key),
+                Some(key) => {
+                    let r = Reader::new(&key);
+                    let text = format!("{}\n{}", r.str("pk")?, r.str("sk")?);
+                    return Ok((out, Some(engine.encode(text))));
+                }
+                None => return Ok((out, None)),
+            }
         }
     }
 
@@ -855,6 +937,7 @@ fn parse_connection(item: &Item) -> Result<Connection, ConnectionError> {
     c.total_deliveries = count("total_deliveries")?;
     c.failed_deliveries = count("failed_deliveries")?;
     c.webhook_last_delivery_at = r.opt_millis("last_delivery_at")?;
+    c.health.last_ping_at = r.opt_millis("last_ping_at")?;
     Ok(c)
 }
 

@@ -54,6 +54,7 @@ pub fn connection(org: &str, repo: &str) -> Connection {
         }),
         created_at: t(0),
         updated_at: t(0),
+        health: Default::default(),
     }
 }
 
@@ -477,6 +478,73 @@ pub async fn concurrent_deliveries_are_all_counted(store: Arc<dyn ConnectionStor
     assert_eq!(got.total_deliveries, 20);
     assert_eq!(got.failed_deliveries, 5);
     assert_eq!(got.webhook_last_delivery_at, Some(t(19)));
+}
+
+pub async fn pings_are_kept_latest_first_and_survive_an_update(store: &dyn ConnectionStore) {
+    let org = org();
+    let c = connection(&org, "owner/pinged");
+    store.create(&c).await.unwrap();
+    assert_eq!(
+        store
+            .get(&org, &c.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .health
+            .last_ping_at,
+        None
+    );
+    store.record_ping(&c.id, t(20)).await.unwrap();
+    // A ping recorded late does not move the last one back.
+    store.record_ping(&c.id, t(10)).await.unwrap();
+    let got = store.get(&org, &c.id).await.unwrap().unwrap();
+    assert_eq!(got.health.last_ping_at, Some(t(20)));
+    // An update made from an older read keeps the stored ping, like the counters.
+    let mut stale = c.clone();
+    stale.health.ping_requested_at = Some(t(15));
+    store.update(&stale).await.unwrap();
+    let got = store.get(&org, &c.id).await.unwrap().unwrap();
+    assert_eq!(got.health.last_ping_at, Some(t(20)));
+    assert_eq!(got.health.ping_requested_at, Some(t(15)));
+    let listed = store
+        .find_by_repository(RepoProvider::Github, "owner/pinged")
+        .await
+        .unwrap();
+    assert_eq!(listed[0].health.last_ping_at, Some(t(20)));
+    assert!(matches!(
+        store.record_ping(&ConnectionId::generate(), t(1)).await,
+        Err(ConnectionError::NotFound)
+    ));
+    store.delete(&org, &c.id).await.unwrap();
+    assert!(matches!(
+        store.record_ping(&c.id, t(30)).await,
+        Err(ConnectionError::NotFound)
+    ));
+}
+
+pub async fn every_orgs_connections_are_listed_once_across_pages(store: &dyn ConnectionStore) {
+    let mut want = std::collections::BTreeSet::new();
+    for (o, n) in [("a", 3), ("b", 2), ("c", 1)] {
+        let org = format!("{}-{o}", org());
+        for i in 0..n {
+            let c = connection(&org, &format!("owner/all-{o}-{i}"));
+            store.create(&c).await.unwrap();
+            want.insert(c.id.to_string());
+        }
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    for _ in 0..20 {
+        let (page, next) = store.list_all(2, cursor).await.unwrap();
+        seen.extend(page.into_iter().map(|c| c.id.to_string()));
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    let unique: std::collections::BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "listed twice: {seen:?}");
+    assert_eq!(unique, want);
 }
 
 // ---- workflow runs -------------------------------------------------------------------------
@@ -1058,6 +1126,11 @@ macro_rules! connections_conformance {
             case!(a_delete_frees_the_repository, borrowed);
             case!(deliveries_are_counted_and_the_latest_kept, borrowed);
             case!(concurrent_deliveries_are_all_counted, shared);
+            case!(pings_are_kept_latest_first_and_survive_an_update, borrowed);
+            case!(
+                every_orgs_connections_are_listed_once_across_pages,
+                borrowed
+            );
             case!(
                 an_older_workflow_run_event_does_not_overwrite_a_newer,
                 borrowed

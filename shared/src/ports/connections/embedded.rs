@@ -100,10 +100,12 @@ struct ConnectionRow {
     total: i64,
     failed: i64,
     last_delivery_at: Option<i64>,
+    last_ping_at: Option<i64>,
 }
 
-const CONNECTION_COLUMNS: &str =
-    "id, record, total_deliveries, failed_deliveries, last_delivery_at";
+const CONNECTION_COLUMNS: &str = "id, record, total_deliveries, failed_deliveries, \
+     last_delivery_at, (SELECT p.last_ping_at FROM connection_pings p \
+     WHERE p.connection_id = connections.id)";
 
 fn read_connection_row(row: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     Ok(ConnectionRow {
@@ -112,6 +114,7 @@ fn read_connection_row(row: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
         total: row.get(2)?,
         failed: row.get(3)?,
         last_delivery_at: row.get(4)?,
+        last_ping_at: row.get(5)?,
     })
 }
 
@@ -121,6 +124,7 @@ impl ConnectionRow {
         c.total_deliveries = self.total.max(0) as u64;
         c.failed_deliveries = self.failed.max(0) as u64;
         c.webhook_last_delivery_at = self.last_delivery_at.map(from_millis);
+        c.health.last_ping_at = self.last_ping_at.map(from_millis);
         Ok(c)
     }
 }
@@ -363,7 +367,11 @@ impl ConnectionStore for EmbeddedConnectionStore {
             .call(move |conn| {
                 let deleted = conn
                     .prepare_cached("DELETE FROM connections WHERE id = ?1 AND org_id = ?2")?
-                    .execute([id, org_id])?;
+                    .execute([&id, &org_id])?;
+                if deleted == 1 {
+                    conn.prepare_cached("DELETE FROM connection_pings WHERE connection_id = ?1")?
+                        .execute([&id])?;
+                }
                 Ok(deleted == 1)
             })
             .await?)
@@ -394,6 +402,65 @@ impl ConnectionStore for EmbeddedConnectionStore {
         } else {
             Err(ConnectionError::NotFound)
         }
+    }
+
+    async fn record_ping(
+        &self,
+        id: &ConnectionId,
+        at: DateTime<Utc>,
+    ) -> Result<(), ConnectionError> {
+        let id = id.as_str().to_owned();
+        let found = self
+            .db
+            .call(move |conn| {
+                let exists = conn
+                    .prepare_cached("SELECT 1 FROM connections WHERE id = ?1")?
+                    .query_row([&id], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                if exists {
+                    conn.prepare_cached(
+                        "INSERT INTO connection_pings (connection_id, last_ping_at) \
+                         VALUES (?1, ?2) ON CONFLICT (connection_id) DO UPDATE \
+                         SET last_ping_at = MAX(last_ping_at, excluded.last_ping_at)",
+                    )?
+                    .execute(params![id, millis(at)])?;
+                }
+                Ok(exists)
+            })
+            .await?;
+        if found {
+            Ok(())
+        } else {
+            Err(ConnectionError::NotFound)
+        }
+    }
+
+    async fn list_all(
+        &self,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<Connection>, Option<String>), ConnectionError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        // The cursor is the last id of the previous page: pages go in id order.
+        let after = cursor.unwrap_or_default();
+        let rows = self.db.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CONNECTION_COLUMNS} FROM connections WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?;
+            let rows = stmt
+                .query_map(params![after, limit as i64 + 1], read_connection_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        });
+        let mut rows = rows?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let page = parse_all(rows, ConnectionRow::parse)?;
+        let next = more
+            .then(|| page.last().map(|c| c.id.to_string()))
+            .flatten();
+        Ok((page, next))
     }
 
     async fn upsert_workflow_run(&self, run: &WorkflowRun) -> Result<bool, ConnectionError> {

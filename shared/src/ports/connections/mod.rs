@@ -122,6 +122,24 @@ pub trait ConnectionStore: Send + Sync + 'static {
         failed: bool,
     ) -> Result<(), ConnectionError>;
 
+    /// Record that a ping (GitHub `ping`, GitLab test push) arrived for the connection,
+    /// atomically: `health.last_ping_at = max(current, at)` (kept to the millisecond). `update`
+    /// keeps the stored value, as it keeps the delivery counters. `NotFound` when it is gone.
+    async fn record_ping(
+        &self,
+        id: &ConnectionId,
+        at: DateTime<Utc>,
+    ) -> Result<(), ConnectionError>;
+
+    /// One page of every org's connections (the hook-health check reads them all), in no
+    /// particular order, and the cursor of the next page (`None` on the last). A page holds
+    /// about `limit` (capped at [`MAX_PAGE`]), fewer or more: page on until the cursor is `None`.
+    async fn list_all(
+        &self,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<Connection>, Option<String>), ConnectionError>;
+
     // ---- workflow runs -------------------------------------------------------------------
 
     /// Store the run's latest state, keyed by (connection, run id, attempt). An event older
