@@ -87,6 +87,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (received_at DESC);
 CREATE INDEX IF NOT EXISTS deliveries_by_source ON deliveries (source, received_at DESC);
+-- Payloads as received, for the delivery log API and replays, until `expires_at` (ms).
+CREATE TABLE IF NOT EXISTS payloads (
+    key TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payloads_by_expiry ON payloads (expires_at);
 CREATE TABLE IF NOT EXISTS activities (
     key TEXT PRIMARY KEY,
     received_at INTEGER NOT NULL,
@@ -284,6 +292,32 @@ CREATE TABLE IF NOT EXISTS billing_usage (
 );
 "#;
 
+/// Columns added to tables that earlier versions created, and the indexes on them: a data
+/// dir from before them opens with them added (empty).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("deliveries", "org_id", "TEXT"),
+    ("deliveries", "connection_id", "TEXT"),
+    ("deliveries", "repository_full_name", "TEXT"),
+];
+
+fn migrate(conn: &Connection) -> Result<(), DbError> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS deliveries_by_org \
+         ON deliveries (org_id, received_at DESC, key DESC) WHERE org_id IS NOT NULL;",
+    )?;
+    Ok(())
+}
+
 /// A connection that writes. Its commits never wait for the disk themselves
 /// (`synchronous=NORMAL`): with [`Durability::Full`] the `syncer` thread makes each batch
 /// durable before its callers hear of it. Checkpoints still sync the WAL before copying it and
@@ -347,6 +381,7 @@ impl Database {
         let path = dir.join("hookline.db");
         let conn = connect(&path)?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let checkpoints = connect(&path)?;
         let synced = match durability {
             Durability::Normal => None,
