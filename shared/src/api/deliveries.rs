@@ -215,7 +215,12 @@ mod tests {
         let key = "001700000000123#github#abc";
         let c = encode_cursor(key);
         assert_eq!(decode_cursor(&c).as_deref(), Some(key));
-        for bad in ["", "abc", &encode_cursor("17#github#x"), &encode_cursor("001700000000123#nope#x")] {
+        for bad in [
+            "",
+            "abc",
+            &encode_cursor("17#github#x"),
+            &encode_cursor("001700000000123#nope#x"),
+        ] {
             assert!(!valid_cursor(bad), "{bad}");
         }
     }

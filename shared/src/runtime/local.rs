@@ -249,13 +249,14 @@ pub fn with_repositories_over(
     // GitHub and GitLab deliveries for connected repositories verify with their own secret.
     app.pipeline = Arc::new(app.pipeline.with_connections(repos.clone()));
     app.repositories = Some(Arc::new(
-        crate::api::repositories::RepositoriesApi::new(auth, repos, tokens)
-            .with_delivery_log(Arc::new(crate::delivery_log::DeliveryLog::new(
+        crate::api::repositories::RepositoriesApi::new(auth, repos, tokens).with_delivery_log(
+            Arc::new(crate::delivery_log::DeliveryLog::new(
                 app.store.clone(),
                 app.queue.clone(),
                 log_clock,
                 app.pipeline.settings().payload_retention,
-            ))),
+            )),
+        ),
     ));
     app
 }

@@ -115,12 +115,12 @@ impl DynamoStore {
     async fn list_source(
         &self,
         source: Source,
-        limit: usize,
+        query: &DeliveryQuery,
         now_secs: i64,
     ) -> Result<Vec<Delivery>, StoreError> {
-        self.query_gsi1(&format!("DELIVERIES#{source}"), limit, |item| {
+        self.query_gsi1(&format!("DELIVERIES#{source}"), query.limit, |item| {
             let d = parse_delivery(item)?;
-            Ok((d.expires_at.timestamp() >= now_secs).then_some(d))
+            Ok((d.expires_at.timestamp() >= now_secs && query.matches(&d)).then_some(d))
         })
         .await
     }
@@ -410,7 +410,7 @@ impl DeliveryStore for DynamoStore {
         let pages = futures::future::try_join_all(
             sources
                 .into_iter()
-                .map(|source| self.list_source(source, query.limit, now_secs)),
+                .map(|source| self.list_source(source, query, now_secs)),
         )
         .await?;
         let mut all: Vec<Delivery> = pages.into_iter().flatten().collect();

@@ -332,6 +332,7 @@ pub async fn the_log_lists_newest_first_by_source(store: &dyn DeliveryStore) {
         .list(&DeliveryQuery {
             source: None,
             limit: 100,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -346,6 +347,7 @@ pub async fn the_log_lists_newest_first_by_source(store: &dyn DeliveryStore) {
         .list(&DeliveryQuery {
             source: Some(Source::Github),
             limit: 2,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -369,6 +371,7 @@ pub async fn the_log_leaves_out_expired_records(store: &dyn DeliveryStore) {
         .list(&DeliveryQuery {
             source: Some(Source::Jira),
             limit: 10,
+            ..Default::default()
         })
         .await
         .unwrap();

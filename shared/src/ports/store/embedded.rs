@@ -275,18 +275,20 @@ impl DeliveryStore for EmbeddedStore {
     }
 
     async fn list(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
-        let source = query.source.map(|s| s.as_str().to_owned());
-        let limit = query.limit as i64;
+        let query = query.clone();
         let now = Utc::now().timestamp();
         Ok(self
             .db
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM deliveries WHERE expires_at >= ?1 \
-                     AND (?2 IS NULL OR source = ?2) ORDER BY received_at DESC, rowid DESC \
-                     LIMIT ?3"
+                    "SELECT {COLUMNS} FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS} \
+                     ORDER BY received_at DESC, rowid DESC LIMIT ?5"
                 ))?;
-                let rows = stmt.query_map(params![now, source, limit], read_delivery)?;
+                let (source, status, since) = operator_filters(&query);
+                let rows = stmt.query_map(
+                    params![now, source, status, since, query.limit as i64],
+                    read_delivery,
+                )?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await?)
@@ -475,7 +477,38 @@ impl DeliveryStore for EmbeddedStore {
     }
 }
 
+/// The operator's filters (`hookline deliveries`), as parameters ?2 to ?4.
+const OPERATOR_FILTERS: &str = "AND (?2 IS NULL OR source = ?2) AND (?3 IS NULL OR status = ?3) \
+     AND (?4 IS NULL OR received_at >= ?4)";
+
+fn operator_filters(q: &DeliveryQuery) -> (Option<&str>, Option<&str>, Option<i64>) {
+    (
+        q.source.map(|s| s.as_str()),
+        q.status.map(|s| s.as_str()),
+        q.since.map(millis),
+    )
+}
+
 impl EmbeddedStore {
+    /// How many live deliveries `query` matches, whatever its limit (so `hookline deliveries`
+    /// can say how many it left out).
+    pub async fn count(&self, query: &DeliveryQuery) -> Result<u64, StoreError> {
+        let query = query.clone();
+        let now = Utc::now().timestamp();
+        Ok(self
+            .db
+            .call(move |conn| {
+                let (source, status, since) = operator_filters(&query);
+                let n: i64 = conn
+                    .prepare_cached(&format!(
+                        "SELECT COUNT(*) FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS}"
+                    ))?
+                    .query_row(params![now, source, status, since], |r| r.get(0))?;
+                Ok(n as u64)
+            })
+            .await?)
+    }
+
     async fn log_page(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
         let q = q.clone();
         let want = q.limit + 1;

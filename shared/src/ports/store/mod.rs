@@ -48,6 +48,9 @@ pub enum Claim {
 #[derive(Debug, Clone)]
 pub struct DeliveryQuery {
     pub source: Option<Source>,
+    pub status: Option<DeliveryStatus>,
+    /// Received at or after.
+    pub since: Option<DateTime<Utc>>,
     pub limit: usize,
 }
 
@@ -55,8 +58,18 @@ impl Default for DeliveryQuery {
     fn default() -> Self {
         Self {
             source: None,
+            status: None,
+            since: None,
             limit: 50,
         }
+    }
+}
+
+impl DeliveryQuery {
+    pub fn matches(&self, d: &Delivery) -> bool {
+        self.source.is_none_or(|s| d.source == s)
+            && self.status.is_none_or(|s| d.status == s)
+            && self.since.is_none_or(|t| d.received_at >= t)
     }
 }
 
