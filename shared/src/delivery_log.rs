@@ -279,6 +279,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_payload_that_is_not_utf8_reads_as_base64_and_one_that_is_as_text() {
+        use base64::Engine;
+        let new = crate::ports::store::conformance::new_delivery(
+            crate::model::Source::Twilio,
+            "d",
+            Utc::now(),
+        );
+        let d = Delivery {
+            source: new.source,
+            delivery_id: new.delivery_id.clone(),
+            event_type: new.event_type.clone(),
+            status: crate::model::DeliveryStatus::Processed,
+            payload_sha256: new.payload_sha256.clone(),
+            signature_verified: true,
+            received_at: new.received_at,
+            queued_at: None,
+            processed_at: None,
+            error: None,
+            duration_ms: None,
+            attempts: 1,
+            enqueue_lease_until: None,
+            process_lease_until: None,
+            expires_at: new.expires_at,
+            owner: None,
+        };
+        let mut p = crate::ports::store::conformance::payload(Utc::now());
+        p.body = b"Body=caf\xe9".to_vec();
+        let v = serde_json::to_value(DeliveryDetail::new(&d, Some(&p))).unwrap();
+        assert_eq!(v["payload_encoding"], "base64");
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(v["payload"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(back, p.body);
+        assert_eq!(v["id"], d.key().log_id());
+        p.body = "Body=café".as_bytes().to_vec();
+        let v = serde_json::to_value(DeliveryDetail::new(&d, Some(&p))).unwrap();
+        assert_eq!(
+            (v["payload_encoding"].as_str(), v["payload"].as_str()),
+            (Some("utf8"), Some("Body=café"))
+        );
+        let v = serde_json::to_value(DeliveryDetail::new(&d, None)).unwrap();
+        assert_eq!(v["payload_expired"], true);
+        assert_eq!(v["payload"], serde_json::Value::Null);
+    }
+
+    #[test]
     fn signature_and_secret_headers_are_redacted_and_the_rest_kept() {
         let mut h = http::HeaderMap::new();
         for (name, value) in [
