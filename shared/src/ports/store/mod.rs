@@ -23,6 +23,8 @@ pub enum StoreError {
 }
 
 /// The answer to [`DeliveryStore::record`].
+// A short-lived answer, moved once: boxing the record would cost an allocation per duplicate.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
     /// This call created the record.
