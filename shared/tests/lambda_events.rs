@@ -371,11 +371,8 @@ async fn the_delivery_log_sample_events_are_answered_by_the_repositories_functio
     // The delivery the replay sample names, processed, of org_acme's connected repository.
     let key = DeliveryKey::new(Source::Github, "72d3162e-cc78-11e3-81ab-4c9367dc0958");
     let now = chrono::Utc::now();
-    let mut new = hookline::ports::store::conformance::new_delivery(
-        Source::Github,
-        key.delivery_id(),
-        now,
-    );
+    let mut new =
+        hookline::ports::store::conformance::new_delivery(Source::Github, key.delivery_id(), now);
     new.owner = Some(Owner {
         org_id: "org_acme".into(),
         connection_id: Some("rpc_sample".into()),
