@@ -744,6 +744,28 @@ def repositories_list_connections():
     )
 
 
+# The delivery the replay sample names: a GitHub delivery of org_acme's connected repository.
+REPLAY_KEY = "github#72d3162e-cc78-11e3-81ab-4c9367dc0958"
+REPLAY_ID = "whd_" + base64.urlsafe_b64encode(REPLAY_KEY.encode()).decode().rstrip("=")
+
+
+def repositories_list_webhook_deliveries():
+    return api_event(
+        "repositories-api-list-webhook-deliveries.json", "/api/v1/webhooks/deliveries",
+        route="/api/v1/webhooks/deliveries", proxy=None, scope="repos:read",
+        request_id="XyZFcGhpoAMEoDw=", query=[("status", "failed"), ("limit", "20")],
+    )
+
+
+def repositories_replay_webhook_delivery():
+    return api_event(
+        "repositories-api-replay-webhook-delivery.json",
+        f"/api/v1/webhooks/deliveries/{REPLAY_ID}/replay",
+        route="/api/v1/webhooks/deliveries/{proxy+}", proxy=f"{REPLAY_ID}/replay",
+        scope="repos:write", request_id="XyZGcGhpoAMEpDw=", method="POST",
+    )
+
+
 def oauth_authorize():
     return api_event(
         "oauth-api-github-authorize.json", "/api/v1/oauth/github/authorize",
@@ -940,6 +962,8 @@ def build(stripe_ts: int) -> dict[str, dict]:
             whatsapp_message(),
             whatsapp_verify(),
             repositories_list_connections(),
+            repositories_list_webhook_deliveries(),
+            repositories_replay_webhook_delivery(),
             oauth_authorize(),
             oauth_callback(),
             incidents_list(),

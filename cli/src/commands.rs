@@ -190,44 +190,141 @@ fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-pub async fn deliveries(
-    data_dir: &Path,
-    json: bool,
-    source: Option<Source>,
-    limit: usize,
-) -> Result<ExitCode> {
+/// `--since`: an RFC 3339 time, or a span back from now (`90m`, `2h`, `7d`).
+pub fn parse_since(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    hookline::outbound::settings::parse_duration(raw)
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .map(|d| chrono::Utc::now() - d)
+        .ok_or_else(|| {
+            format!(
+                "{raw:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor a span (2h, 7d)"
+            )
+        })
+}
+
+pub async fn deliveries(data_dir: &Path, json: bool, query: &DeliveryQuery) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let store = EmbeddedStore::new(open_store(data_dir)?);
-    let list = store.list(&DeliveryQuery { source, limit }).await?;
+    let list = store.list(query).await?;
+    // Only a full page may have left some out.
+    let left_out = if list.len() >= query.limit {
+        store.count(query).await?.saturating_sub(list.len() as u64)
+    } else {
+        0
+    };
     if json {
         for d in &list {
             writeln!(out, "{}", serde_json::to_string(d)?)?;
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if list.is_empty() {
+    } else if list.is_empty() {
         writeln!(out, "No deliveries yet.")?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    writeln!(
-        out,
-        "{:<9} {:<40} {:<26} {:<10} {:<21} {:<21} ERROR",
-        "SOURCE", "DELIVERY ID", "EVENT", "STATUS", "RECEIVED", "PROCESSED"
-    )?;
-    for d in &list {
+    } else {
         writeln!(
             out,
-            "{:<9} {:<40} {:<26} {:<10} {:<21} {:<21} {}",
-            d.source.as_str(),
-            d.delivery_id,
-            d.event_type,
-            d.status.as_str(),
-            time(Some(d.received_at)),
-            time(d.processed_at),
-            d.error.as_deref().unwrap_or("")
+            "{:<9} {:<40} {:<26} {:<10} {:<21} {:<21} ERROR",
+            "SOURCE", "DELIVERY ID", "EVENT", "STATUS", "RECEIVED", "PROCESSED"
         )?;
+        for d in &list {
+            writeln!(
+                out,
+                "{:<9} {:<40} {:<26} {:<10} {:<21} {:<21} {}",
+                d.source.as_str(),
+                d.delivery_id,
+                d.event_type,
+                d.status.as_str(),
+                time(Some(d.received_at)),
+                time(d.processed_at),
+                d.error.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    if left_out > 0 {
+        // On stderr with --json, so the output stays one object per line.
+        let note = format!(
+            "… and {left_out} older deliver{} not shown (the newest {} are). See them with \
+             --limit {}, or narrow the list with --since (e.g. 2h or 2026-01-31T12:00:00Z), \
+             --status (e.g. failed) or --source.",
+            if left_out == 1 { "y" } else { "ies" },
+            list.len(),
+            list.len() as u64 + left_out,
+        );
+        if json {
+            eprintln!("{note}");
+        } else {
+            writeln!(out, "{note}")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The delivery `raw` names: a log id, `source#delivery-id`, or a provider's delivery id
+/// (which must name exactly one delivery among the sources).
+async fn find_delivery(store: &EmbeddedStore, raw: &str) -> Result<hookline::model::DeliveryKey> {
+    use hookline::model::DeliveryKey;
+    if let Some(key) = DeliveryKey::from_log_id(raw) {
+        return Ok(key);
+    }
+    let key = DeliveryKey::from_stored(raw);
+    if key.source().is_some() && store.get(&key).await?.is_some() {
+        return Ok(key);
+    }
+    let mut found = Vec::new();
+    for source in Source::ALL {
+        let key = DeliveryKey::new(source, raw);
+        if store.get(&key).await?.is_some() {
+            found.push(key);
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!("no delivery {raw:?} in the log (`hookline deliveries` lists them)"),
+        _ => bail!(
+            "{raw:?} names deliveries from several providers; say which: {}",
+            found
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub async fn replay(data_dir: &Path, raw: &str) -> Result<ExitCode> {
+    require_data(data_dir)?;
+    let settings = Settings::from_env()?;
+    let db = Database::open(data_dir, Durability::Full)?;
+    let store = Arc::new(EmbeddedStore::new(db.clone()));
+    let queue = hookline::ports::queue::embedded::EmbeddedQueue::new(
+        db,
+        hookline::runtime::local::LOCAL_QUEUE,
+    );
+    let key = find_delivery(&store, raw).await?;
+    let log = hookline::delivery_log::DeliveryLog::new(
+        store,
+        Arc::new(queue),
+        Arc::new(SystemClock),
+        settings.payload_retention,
+    );
+    match log.replay(None, &key).await {
+        Ok(before) => {
+            println!(
+                "Queued {} {} for replay (attempt {}); `hookline serve --data-dir {}` processes it, \
+                 and `hookline deliveries` shows the outcome.",
+                before.source,
+                before.delivery_id,
+                before.attempts + 1,
+                data_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(hookline::delivery_log::LogError::NotFound) => {
+            bail!("no live delivery {raw:?} in the log (its record may have expired)")
+        }
+        Err(e) => bail!("{e}"),
+    }
 }
 
 pub async fn activity(data_dir: &Path, json: bool, limit: usize) -> Result<ExitCode> {

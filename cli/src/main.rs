@@ -55,8 +55,24 @@ enum Command {
         /// Only this provider's deliveries.
         #[arg(long)]
         source: Option<hookline::model::Source>,
+        /// Only deliveries in this state: received, queued, processed, failed, skipped.
+        #[arg(long)]
+        status: Option<hookline::model::DeliveryStatus>,
+        /// Only deliveries received since then: an RFC 3339 time, or a span back from now
+        /// (`2h`, `7d`).
+        #[arg(long, value_parser = commands::parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// How many rows to show, newest first; the rest are counted.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// Run a stored delivery through the worker again, as a new attempt of the same delivery
+    /// (`hookline serve` on the data dir picks it up).
+    Replay {
+        /// The delivery: its log id (`whd_…`), `source#delivery-id`, or the provider's id.
+        delivery_id: String,
+        #[arg(long, default_value = ".hookline")]
+        data_dir: PathBuf,
     },
     /// List the normalised activity the worker recorded.
     Activity {
@@ -125,8 +141,22 @@ async fn main() -> std::process::ExitCode {
             data_dir,
             json,
             source,
+            status,
+            since,
             limit,
-        } => commands::deliveries(&data_dir, json, source, limit).await,
+        } => {
+            let query = hookline::ports::store::DeliveryQuery {
+                source,
+                status,
+                since,
+                limit,
+            };
+            commands::deliveries(&data_dir, json, &query).await
+        }
+        Command::Replay {
+            delivery_id,
+            data_dir,
+        } => commands::replay(&data_dir, &delivery_id).await,
         Command::Activity {
             data_dir,
             json,

@@ -380,3 +380,156 @@ fn serve_stops_on_ctrl_c_and_its_data_survives_a_restart() {
     assert_eq!(after, vec![before], "the log after the restart");
     assert_eq!(http_get(serve.addr, "/healthz").map(|r| r.0), Some(200));
 }
+
+/// A data dir holding `n` processed GitHub deliveries, a second apart, the newest last.
+fn data_dir_with_deliveries(data_dir: &Path, n: i64) {
+    use hookline::model::{DeliveryOutcome, DeliveryStatus, Source};
+    use hookline::ports::sqlite::{Database, Durability};
+    use hookline::ports::store::embedded::EmbeddedStore;
+    use hookline::ports::store::DeliveryStore;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = EmbeddedStore::new(Database::open(data_dir, Durability::Normal).unwrap());
+        let start = chrono::Utc::now() - chrono::Duration::hours(1);
+        for i in 0..n {
+            let at = start + chrono::Duration::seconds(i);
+            let new = hookline::ports::store::conformance::new_delivery(
+                Source::Github,
+                &format!("d-{i:03}"),
+                at,
+            );
+            store.record(&new).await.unwrap();
+            let status = if i % 10 == 0 {
+                DeliveryStatus::Failed
+            } else {
+                DeliveryStatus::Processed
+            };
+            let outcome = DeliveryOutcome {
+                status,
+                error: None,
+                processed_at: at,
+                duration_ms: 1,
+            };
+            store.finish(&new.key, &outcome).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn deliveries_shows_fifty_rows_and_says_how_many_it_left_out_and_how_to_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    data_dir_with_deliveries(&data_dir, 53);
+    let dd = data_dir.to_str().unwrap();
+
+    let out = run(&["deliveries", "--data-dir", dd]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let rows = table.lines().filter(|l| l.starts_with("github")).count();
+    assert_eq!(rows, 50, "{table}");
+    assert!(table.contains("d-052"), "newest first: {table}");
+    assert!(
+        !table.contains("d-002 "),
+        "the oldest are left out: {table}"
+    );
+    let note = table.lines().last().unwrap();
+    assert!(note.contains("3 older deliveries not shown"), "{note}");
+    for how in ["--limit 53", "--since", "--status"] {
+        assert!(note.contains(how), "says how to see them ({how}): {note}");
+    }
+
+    // All of them: nothing left out, nothing said.
+    let out = run(&["deliveries", "--data-dir", dd, "--limit", "53"]);
+    let table = text(&out.stdout);
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("github")).count(),
+        53
+    );
+    assert!(!table.contains("not shown"), "{table}");
+
+    // The filters it suggests narrow the list, and the count follows them.
+    let out = run(&[
+        "deliveries",
+        "--data-dir",
+        dd,
+        "--status",
+        "failed",
+        "--limit",
+        "2",
+    ]);
+    let table = text(&out.stdout);
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("github") && l.contains("failed"))
+            .count(),
+        2,
+        "{table}"
+    );
+    assert!(table.contains("4 older deliveries not shown"), "{table}");
+    let out = run(&["deliveries", "--data-dir", dd, "--since", "2h", "--json"]);
+    assert_eq!(text(&out.stdout).lines().count(), 50);
+    assert!(
+        text(&out.stderr).contains("3 older deliveries not shown"),
+        "with --json the note goes to stderr: {}",
+        text(&out.stderr)
+    );
+    let out = run(&["deliveries", "--data-dir", dd, "--since", "yesterday-ish"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("RFC 3339"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn replay_runs_a_processed_delivery_through_the_serving_worker_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let serve = Serve::start(&data_dir);
+    assert!(send_github(&serve, "dev-github-secret").status.success());
+    let d = wait_until_processed(&serve);
+    assert_eq!(d["attempts"], 1);
+    let id = d["delivery_id"].as_str().unwrap().to_owned();
+
+    let out = run(&["replay", &id, "--data-dir", data_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("attempt 2"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let started = Instant::now();
+    loop {
+        let lines = deliveries_json(&data_dir);
+        assert_eq!(
+            lines.len(),
+            1,
+            "the same delivery, not a new one: {lines:#?}"
+        );
+        if lines[0]["status"] == "processed" && lines[0]["attempts"] == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "replay not processed: {lines:#?}\n{}",
+            serve.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = run(&[
+        "replay",
+        "no-such-delivery",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no delivery"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -19,6 +19,9 @@ pub struct Settings {
     /// `HOOKLINE_PROCESS_LEASE_SECS`: how long a worker owns a delivery it started on; match
     /// the queue's visibility timeout.
     pub process_lease: Duration,
+    /// `HOOKLINE_PAYLOAD_RETENTION`: how long a delivery's payload and headers are kept for
+    /// the delivery log API and replays.
+    pub payload_retention: Duration,
 }
 
 impl Default for Settings {
@@ -30,6 +33,7 @@ impl Default for Settings {
             enqueue_lease: Duration::from_secs(30),
             in_progress_wait: Duration::from_secs(2),
             process_lease: Duration::from_secs(180),
+            payload_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -91,6 +95,15 @@ impl Settings {
         }
         if let Some(secs) = number(&lookup, "HOOKLINE_PROCESS_LEASE_SECS")? {
             s.process_lease = Duration::from_secs(secs);
+        }
+        if let Some(raw) = lookup("HOOKLINE_PAYLOAD_RETENTION").filter(|v| !v.trim().is_empty()) {
+            s.payload_retention = crate::outbound::settings::parse_duration(&raw)
+                .filter(|d| !d.is_zero())
+                .ok_or(ConfigError {
+                    name: "HOOKLINE_PAYLOAD_RETENTION",
+                    expected: "a duration such as 7d, 36h or 90m",
+                    value: raw,
+                })?;
         }
         Ok(s)
     }

@@ -8,6 +8,7 @@ pub mod billing;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod delivery_log;
 pub mod hooks;
 pub mod http;
 pub(crate) mod ids;

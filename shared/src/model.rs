@@ -101,6 +101,29 @@ impl DeliveryKey {
     }
 }
 
+/// What the delivery log API calls a delivery (`whd_…`): its key, base64url, so the id is
+/// one URL segment whatever the provider's delivery id holds, and needs no index to resolve.
+const LOG_ID_PREFIX: &str = "whd_";
+
+impl DeliveryKey {
+    pub fn log_id(&self) -> String {
+        use base64::Engine;
+        let tail = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0.as_bytes());
+        format!("{LOG_ID_PREFIX}{tail}")
+    }
+
+    /// The key a log id names; `None` for anything [`log_id`](Self::log_id) did not make.
+    pub fn from_log_id(id: &str) -> Option<Self> {
+        use base64::Engine;
+        let tail = id.strip_prefix(LOG_ID_PREFIX)?;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(tail)
+            .ok()?;
+        let key = Self(String::from_utf8(raw).ok()?);
+        (key.source().is_some() && !key.delivery_id().is_empty()).then_some(key)
+    }
+}
+
 impl fmt::Display for DeliveryKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -166,6 +189,24 @@ impl FromStr for DeliveryStatus {
     }
 }
 
+/// The org a delivery belongs to: the connected repository whose secret verified it, or the
+/// org a Stripe event was applied to. Deliveries without one are the operator's only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub org_id: String,
+    pub connection_id: Option<String>,
+    pub repository_full_name: Option<String>,
+}
+
+/// A delivery's body exactly as received and the headers that came with it (secret-bearing
+/// ones redacted before they are stored), kept until `expires_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPayload {
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// What the pipeline records when a verified delivery first arrives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDelivery {
@@ -180,6 +221,8 @@ pub struct NewDelivery {
     pub enqueue_lease_until: DateTime<Utc>,
     /// The record's TTL (DynamoDB `expires_at`).
     pub expires_at: DateTime<Utc>,
+    /// Whose delivery it is, when the pipeline knows (a connected repository's).
+    pub owner: Option<Owner>,
 }
 
 /// One row of the delivery log.
@@ -203,12 +246,24 @@ pub struct Delivery {
     #[serde(skip)]
     pub process_lease_until: Option<DateTime<Utc>>,
     pub expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
 }
 
 impl Delivery {
     pub fn key(&self) -> DeliveryKey {
         DeliveryKey::new(self.source, &self.delivery_id)
     }
+
+    /// Where it sorts in the delivery log: received time (ms, 15 digits), then key. The log's
+    /// cursors are these, so both stores page the same way.
+    pub fn log_sort_key(&self) -> String {
+        log_sort_key(self.received_at, &self.key())
+    }
+}
+
+pub fn log_sort_key(received_at: DateTime<Utc>, key: &DeliveryKey) -> String {
+    format!("{:015}#{}", received_at.timestamp_millis().max(0), key)
 }
 
 /// How the worker's attempt on a delivery ended.
@@ -433,6 +488,20 @@ mod tests {
         // Pretty-printed, as a hand-written event may be: newlines, but no head line.
         let pretty = serde_json::to_string_pretty(&env).unwrap();
         assert_eq!(Envelope::from_message(&pretty).unwrap(), env);
+    }
+
+    #[test]
+    fn a_log_id_names_its_key_and_nothing_else_parses() {
+        let key = DeliveryKey::new(Source::Twilio, "a/b#c?d");
+        let id = key.log_id();
+        assert!(id.starts_with("whd_"));
+        assert!(id[4..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(DeliveryKey::from_log_id(&id), Some(key));
+        for bad in ["", "whd_", "whd_!!", "dlv_abc", "whd_Ym9ndXM"] {
+            assert_eq!(DeliveryKey::from_log_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

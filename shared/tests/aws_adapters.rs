@@ -253,3 +253,70 @@ async fn activities_round_trip_every_field() {
     assert_eq!(listed, vec![millis(bare), millis(again)]);
     assert_eq!(store.list_activities(1).await.unwrap().len(), 1);
 }
+
+/// A payload over DynamoDB's 400 KB item limit is kept as parts, each carrying the TTL
+/// attribute (epoch seconds) so DynamoDB deletes all of them when the retention ends.
+#[tokio::test]
+async fn store_a_large_payload_is_split_into_parts_that_each_carry_the_ttl() {
+    use hookline::model::{DeliveryKey, Source, StoredPayload};
+    use hookline::ports::store::aws::{PAYLOAD_PART_BYTES, TTL_ATTRIBUTE};
+    let client = aws_sdk_dynamodb::Client::new(&config().await);
+    let table = unique("hookline-test");
+    create_table(&client, &table).await.unwrap();
+    let store = DynamoStore::new(client.clone(), &table);
+    let key = DeliveryKey::new(Source::Github, &unique("big"));
+    let expires_at = chrono::Utc::now() + chrono::Duration::days(7);
+    let payload = StoredPayload {
+        body: vec![b'x'; 1024 * 1024],
+        headers: vec![("content-type".into(), "application/json".into())],
+        expires_at,
+    };
+    store.put_payload(&key, &payload).await.unwrap();
+    // A Query answers at most 1 MB a page: read page after page.
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .query()
+            .table_name(&table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(
+                ":pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("PAYLOAD#{key}")),
+            )
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        items.extend(page.items.unwrap_or_default());
+        start = page.last_evaluated_key.filter(|k| !k.is_empty());
+        if start.is_none() {
+            break;
+        }
+    }
+    assert_eq!(items.len(), (1024 * 1024usize).div_ceil(PAYLOAD_PART_BYTES));
+    for item in &items {
+        assert_eq!(
+            item.get(TTL_ATTRIBUTE).and_then(|v| v.as_n().ok()),
+            Some(&expires_at.timestamp().to_string()),
+            "every part has the TTL"
+        );
+    }
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ttl.time_to_live_description()
+            .and_then(|d| d.attribute_name()),
+        Some(TTL_ATTRIBUTE)
+    );
+    let back = store
+        .get_payload(&key, chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(back.body == payload.body);
+}

@@ -415,6 +415,64 @@ async fn the_oauth_callback_sample_event_is_refused_until_its_state_is_genuine()
     assert!(!body.to_string().contains(token.expose()));
 }
 
+#[tokio::test]
+async fn the_delivery_log_sample_events_are_answered_by_the_repositories_function() {
+    use hookline::auth::Scope;
+    use hookline::model::{DeliveryKey, DeliveryOutcome, DeliveryStatus, Owner, Source};
+    use hookline::runtime::lambda::ApiHandler;
+    let dir = tempfile::tempdir().unwrap();
+    let stub = hookline::hooks::stub::HookApiStub::start().await;
+    let app = api_app(dir.path(), &stub).await;
+    let repositories = ApiHandler::Repositories(app.repositories.clone().unwrap());
+    // The delivery the replay sample names, processed, of org_acme's connected repository.
+    let key = DeliveryKey::new(Source::Github, "72d3162e-cc78-11e3-81ab-4c9367dc0958");
+    let now = chrono::Utc::now();
+    let mut new =
+        hookline::ports::store::conformance::new_delivery(Source::Github, key.delivery_id(), now);
+    new.owner = Some(Owner {
+        org_id: "org_acme".into(),
+        connection_id: Some("rpc_sample".into()),
+        repository_full_name: Some("acme/hookline-demo".into()),
+    });
+    app.store.record(&new).await.unwrap();
+    app.store
+        .put_payload(&key, &hookline::ports::store::conformance::payload(now))
+        .await
+        .unwrap();
+    let done = DeliveryOutcome {
+        status: DeliveryStatus::Failed,
+        error: Some("handler failed".into()),
+        processed_at: now,
+        duration_ms: 4,
+    };
+    app.store.finish(&key, &done).await.unwrap();
+    for (name, scope, expected) in [
+        (
+            "repositories-api-list-webhook-deliveries.json",
+            Scope::ReposRead,
+            200,
+        ),
+        (
+            "repositories-api-replay-webhook-delivery.json",
+            Scope::ReposWrite,
+            202,
+        ),
+    ] {
+        let (status, body) = invoke_api(&repositories, http_event(name)).await;
+        assert_eq!(status, 401, "{name}: {body}");
+        let mut req = http_event(name);
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, bearer(dir.path(), &[scope]));
+        let (status, body) = invoke_api(&repositories, req).await;
+        assert_eq!(status, expected, "{name}: {body}");
+        if expected == 200 {
+            assert_eq!(body["deliveries"][0]["id"], key.log_id(), "{body}");
+        } else {
+            assert_eq!(body["attempt"], 1, "{body}");
+        }
+    }
+}
+
 // ---- The outbound functions' sample events (endpoints-api, events-api, dispatcher, deliverer) ----
 
 /// Outbound over the embedded adapters in `dir`, as the local server runs it.

@@ -827,6 +827,7 @@ async fn a_mail_service_that_fails_never_fails_the_webhook() {
         .list(&hookline::ports::store::DeliveryQuery {
             source: Some(hookline::model::Source::Stripe),
             limit: 10,
+            ..Default::default()
         })
         .await
         .unwrap();

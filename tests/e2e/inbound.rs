@@ -422,6 +422,7 @@ async fn a_delivery_left_unqueued_by_a_crash_is_queued_by_the_providers_retry() 
             received_at: now,
             enqueue_lease_until: lease_ends,
             expires_at: now + chrono::Duration::days(1),
+            owner: None,
         })
         .await
         .unwrap();

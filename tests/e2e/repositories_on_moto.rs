@@ -192,6 +192,58 @@ async fn a_connected_repository_on_dynamodb_sqs_and_kms_turns_a_failed_run_into_
     )
     .await;
     assert_eq!(st["total_deliveries"], 1, "{st}");
+
+    // The org's delivery log on DynamoDB (gsi2): the delivery, its payload byte for byte (a
+    // Query of its parts), and a replay through SQS that the worker runs as attempt 2.
+    let (status, log) = call(
+        reqwest::Method::GET,
+        "/api/v1/webhooks/deliveries".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{log}");
+    let row = &log["deliveries"][0];
+    assert_eq!(row["connection_id"], id.as_str(), "{log}");
+    let delivery = row["id"].as_str().unwrap().to_string();
+    let (status, d) = call(
+        reqwest::Method::GET,
+        format!("/api/v1/webhooks/deliveries/{delivery}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{d}");
+    assert!(d["payload"].as_str().unwrap().as_bytes() == body.as_slice());
+    assert_eq!(d["headers"]["x-hub-signature-256"], "[redacted]");
+    let (status, r) = call(
+        reqwest::Method::POST,
+        format!("/api/v1/webhooks/deliveries/{delivery}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{r}");
+    let mut attempts = Value::Null;
+    for _ in 0..100 {
+        let (_, d) = call(
+            reqwest::Method::GET,
+            format!("/api/v1/webhooks/deliveries/{delivery}"),
+            None,
+        )
+        .await;
+        attempts = d["attempts"].clone();
+        if attempts == 2 && d["status"] == "processed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(attempts, 2, "the replay ran once on SQS");
+    let (_, other) = call(
+        reqwest::Method::GET,
+        "/api/v1/webhooks/deliveries?source=stripe".into(),
+        None,
+    )
+    .await;
+    assert_eq!(other["deliveries"], json!([]));
+
     let (status, _) = call(
         reqwest::Method::POST,
         format!("/api/v1/repositories/connections/{id}/webhook/rotate"),

@@ -460,6 +460,7 @@ impl BillingServer {
                 .list(&DeliveryQuery {
                     source: Some(Source::Stripe),
                     limit: 1000,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

@@ -502,6 +502,7 @@ impl TestApp {
             .list(&DeliveryQuery {
                 source: None,
                 limit: 1000,
+                ..Default::default()
             })
             .await
             .expect("list the delivery log")

@@ -3,6 +3,7 @@
 //! under `lambda_http` and in the local server alike.
 
 pub mod billing;
+pub mod deliveries;
 pub mod endpoints;
 pub mod events;
 pub mod incidents;

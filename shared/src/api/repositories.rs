@@ -1,5 +1,6 @@
 //! `/api/v1/repositories/…` and `/api/v1/provider-tokens/…`: connect, list, read, change,
-//! rotate, retry and disconnect repositories, and register provider access tokens. Every
+//! rotate, retry and disconnect repositories, and register provider access tokens; with a
+//! delivery log, `/api/v1/webhooks/deliveries…` (`api::deliveries`) too. Every
 //! route needs a bearer token; a principal only ever sees its own org (another org's id is a
 //! 404, never a 403).
 
@@ -136,6 +137,8 @@ pub struct RepositoriesApi {
     auth: Authenticator,
     repos: Arc<Repositories>,
     tokens: Arc<StoredProviderTokens>,
+    /// The inbound delivery log: its routes, and the status route's counts.
+    deliveries: Option<super::deliveries::DeliveriesApi>,
 }
 
 impl RepositoriesApi {
@@ -148,7 +151,14 @@ impl RepositoriesApi {
             auth,
             repos,
             tokens,
+            deliveries: None,
         }
+    }
+
+    /// Also serve the delivery log, and count each connection's deliveries from it.
+    pub fn with_delivery_log(mut self, log: Arc<crate::delivery_log::DeliveryLog>) -> Self {
+        self.deliveries = Some(super::deliveries::DeliveriesApi::new(log));
+        self
     }
 
     pub async fn handle(&self, req: Request) -> Response {
@@ -159,6 +169,10 @@ impl RepositoriesApi {
         let path = req.uri().path().trim_end_matches('/').to_string();
         let segments: Vec<&str> = path.split('/').skip(3).collect(); // after "", "api", "v1"
         match segments.as_slice() {
+            ["webhooks", "deliveries", rest @ ..] => match &self.deliveries {
+                Some(api) => api.handle(&principal, &req, rest).await,
+                None => not_found(),
+            },
             ["repositories", "connect"] => match *req.method() {
                 Method::POST => self.connect(&principal, &req).await,
                 _ => method_not_allowed(),
@@ -319,22 +333,35 @@ impl RepositoriesApi {
     }
 
     async fn status(&self, p: &Principal, id: ConnectionId) -> Response {
-        match self.repos.get(p.org_id.as_str(), &id).await {
-            Ok(c) => json(
-                StatusCode::OK,
-                &WebhookStatusView {
-                    webhook_id: c.webhook_id.as_deref(),
-                    status: c.webhook_status,
-                    reason: c.webhook_status_reason.as_deref(),
-                    events: &c.webhook_events,
-                    last_delivery_at: c.webhook_last_delivery_at,
-                    total_deliveries: c.total_deliveries,
-                    failed_deliveries: c.failed_deliveries,
-                    health: HealthView::of(&c, self.repos.now()),
-                },
+        let c = match self.repos.get(p.org_id.as_str(), &id).await {
+            Ok(c) => c,
+            Err(e) => return error(e),
+        };
+        // The counts come from the delivery log, so they agree with what it lists.
+        let (last_delivery_at, total_deliveries, failed_deliveries) = match &self.deliveries {
+            Some(api) => match api.log().counts(p.org_id.as_str(), id.as_str()).await {
+                Ok(n) => (n.last_received_at, n.total, n.failed),
+                Err(e) => return error(ConnectError::Unavailable(e.to_string())),
+            },
+            None => (
+                c.webhook_last_delivery_at,
+                c.total_deliveries,
+                c.failed_deliveries,
             ),
-            Err(e) => error(e),
-        }
+        };
+        json(
+            StatusCode::OK,
+            &WebhookStatusView {
+                webhook_id: c.webhook_id.as_deref(),
+                status: c.webhook_status,
+                reason: c.webhook_status_reason.as_deref(),
+                events: &c.webhook_events,
+                last_delivery_at,
+                total_deliveries,
+                failed_deliveries,
+                health: HealthView::of(&c, self.repos.now()),
+            },
+        )
     }
 
     async fn retry(&self, p: &Principal, id: ConnectionId) -> Response {

@@ -975,6 +975,11 @@ impl crate::pipeline::ConnectionSecrets for Repositories {
             out.push(crate::pipeline::Candidate {
                 enabled: c.is_enabled,
                 secrets,
+                owner: crate::model::Owner {
+                    org_id: c.org_id.clone(),
+                    connection_id: Some(c.id.as_str().to_owned()),
+                    repository_full_name: Some(c.repository_full_name.clone()),
+                },
             });
         }
         Ok(out)

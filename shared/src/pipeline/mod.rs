@@ -4,7 +4,9 @@
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::{json, problem, text, Request, Response};
-use crate::model::{sha256_hex, DeliveryKey, DeliveryStatus, Envelope, NewDelivery, Source};
+use crate::model::{
+    sha256_hex, DeliveryKey, DeliveryStatus, Envelope, NewDelivery, Owner, Source, StoredPayload,
+};
 use crate::ports::intake::AtomicIntake;
 use crate::ports::queue::Queue;
 use crate::ports::store::{DeliveryStore, RecordOutcome};
@@ -111,6 +113,8 @@ pub struct Pipeline {
 pub struct Candidate {
     pub enabled: bool,
     pub secrets: Vec<crate::secret::Secret>,
+    /// The connection's org: a delivery its secrets verify goes in that org's log.
+    pub owner: Owner,
 }
 
 /// Finds the connections of the repository a GitHub or GitLab delivery names, so it is
@@ -134,6 +138,9 @@ struct Arrival {
     payload_sha256: String,
     signature_verified: bool,
     received_at: DateTime<Utc>,
+    owner: Option<Owner>,
+    /// The body and headers (redacted) as kept for the log API and replays.
+    payload: StoredPayload,
 }
 
 fn lease(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -177,14 +184,15 @@ impl Pipeline {
     }
 
     /// Verify with the connection's secrets when the delivery names a connected repository,
-    /// else with the global provider secret. `Some(false)` means a disabled connection.
+    /// else with the global provider secret. With a connection: whether it is enabled, and
+    /// its owner.
     async fn verify(
         &self,
         source: Source,
         req: &Inbound,
         repository: Option<&RepositoryRef>,
         ctx: &VerifyContext,
-    ) -> Result<(crate::providers::Verified, Option<bool>), InboundError> {
+    ) -> Result<(crate::providers::Verified, Option<(bool, Owner)>), InboundError> {
         let provider = provider(source);
         let candidates = match (&self.connections, repository) {
             (Some(c), Some(repository)) if matches!(source, Source::Github | Source::Gitlab) => c
@@ -205,7 +213,7 @@ impl Pipeline {
                     _ => secrets.gitlab_webhook_token = Some(secret.clone()),
                 }
                 match provider.verify(req, &secrets, ctx) {
-                    Ok(v) => return Ok((v, Some(candidate.enabled))),
+                    Ok(v) => return Ok((v, Some((candidate.enabled, candidate.owner.clone())))),
                     Err(e) => last = e,
                 }
             }
@@ -290,7 +298,7 @@ impl Pipeline {
         // that cannot be read still fails verification first (401 before 400).
         let described = provider.describe(req);
         let repository = described.as_ref().ok().map(|d| &d.repository);
-        let (verified, connection_enabled) = self.verify(source, req, repository, &ctx).await?;
+        let (verified, connection) = self.verify(source, req, repository, &ctx).await?;
         let described = described?;
         let payload_sha256 = sha256_hex(&req.body);
         let delivery_id = described
@@ -304,8 +312,14 @@ impl Pipeline {
             payload_sha256,
             signature_verified: verified == crate::providers::Verified::Signature,
             received_at: now,
+            owner: connection.as_ref().map(|(_, owner)| owner.clone()),
+            payload: StoredPayload {
+                body: req.body.to_vec(),
+                headers: crate::delivery_log::redact_headers(&req.headers),
+                expires_at: lease(now, self.settings.payload_retention),
+            },
         };
-        if connection_enabled == Some(false) {
+        if matches!(connection, Some((false, _))) {
             return self.record_skipped(&arrival).await.map(Answer::Delivery);
         }
         self.record_and_enqueue(&arrival, &req.body)
@@ -324,6 +338,7 @@ impl Pipeline {
             received_at: a.received_at,
             enqueue_lease_until: lease(a.received_at, self.settings.enqueue_lease),
             expires_at: lease(a.received_at, self.settings.delivery_ttl),
+            owner: a.owner.clone(),
         }
     }
 
@@ -336,6 +351,11 @@ impl Pipeline {
             .map_err(unavailable)?
         {
             RecordOutcome::Recorded => {
+                // Kept like any other, so the log shows what a disabled connection dropped.
+                self.store
+                    .put_payload(&a.key, &a.payload)
+                    .await
+                    .map_err(unavailable)?;
                 let outcome = crate::model::DeliveryOutcome {
                     status: DeliveryStatus::Skipped,
                     error: Some("the repository's connection is disabled".into()),
@@ -359,7 +379,7 @@ impl Pipeline {
                 let message = envelope_message(a, body);
                 let queued_at = self.clock.now();
                 match intake
-                    .record_and_send(&new, &message, queued_at)
+                    .record_and_send(&new, &message, queued_at, &a.payload)
                     .await
                     .map_err(unavailable)?
                 {
@@ -410,6 +430,13 @@ impl Pipeline {
     }
 
     async fn enqueue(&self, a: &Arrival, body: &[u8]) -> Result<Accepted, InboundError> {
+        // The payload is kept before the message goes: a replay never finds it missing.
+        if let Err(e) = self.store.put_payload(&a.key, &a.payload).await {
+            if let Err(release) = self.store.release_enqueue(&a.key).await {
+                tracing::warn!(source = %a.source, delivery_id = %a.delivery_id, error = %release, "could not release the enqueue lease; a retry will wait for it to end");
+            }
+            return Err(unavailable(e));
+        }
         let message = envelope_message(a, body);
         // Taken before the send: the message is visible to the worker before send returns.
         let queued_at = self.clock.now();

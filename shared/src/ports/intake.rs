@@ -6,9 +6,9 @@
 //! embedded store and queue live in one SQLite file, and there one transaction does it: one
 //! commit per delivery instead of three, and no record is ever left received-but-not-queued.
 
-use crate::model::NewDelivery;
+use crate::model::{NewDelivery, StoredPayload};
 use crate::ports::queue::embedded::{insert_message, EmbeddedQueue};
-use crate::ports::store::embedded::insert_new;
+use crate::ports::store::embedded::{insert_new, insert_payload};
 use crate::ports::store::{RecordOutcome, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,13 +16,15 @@ use std::time::Duration;
 
 #[async_trait]
 pub trait AtomicIntake: Send + Sync + 'static {
-    /// Record `new` as `queued` at `queued_at` and send `message` to the queue, both or
-    /// neither. A live record with the same key wins: nothing is written and it is returned.
+    /// Record `new` as `queued` at `queued_at`, keep its payload and send `message` to the
+    /// queue, all or none. A live record with the same key wins: nothing is written and it is
+    /// returned.
     async fn record_and_send(
         &self,
         new: &NewDelivery,
         message: &str,
         queued_at: DateTime<Utc>,
+        payload: &StoredPayload,
     ) -> Result<RecordOutcome, StoreError>;
 }
 
@@ -46,8 +48,10 @@ impl AtomicIntake for EmbeddedIntake {
         new: &NewDelivery,
         message: &str,
         queued_at: DateTime<Utc>,
+        payload: &StoredPayload,
     ) -> Result<RecordOutcome, StoreError> {
         let new = new.clone();
+        let payload = payload.clone();
         let message = message.to_owned();
         let queued_at = crate::ports::sqlite::millis(queued_at);
         let queue_name: std::sync::Arc<str> = std::sync::Arc::from(self.queue.name());
@@ -57,6 +61,7 @@ impl AtomicIntake for EmbeddedIntake {
             .call(move |conn| {
                 let outcome = insert_new(conn, &new, Some(queued_at))?;
                 if outcome == RecordOutcome::Recorded {
+                    insert_payload(conn, new.key.as_str(), &payload)?;
                     insert_message(conn, &queue_name, &message, Duration::ZERO)?;
                 }
                 Ok(outcome)
@@ -76,7 +81,7 @@ mod tests {
     use crate::ports::queue::conformance::SETTINGS;
     use crate::ports::queue::Queue;
     use crate::ports::sqlite::{Database, Durability};
-    use crate::ports::store::conformance::new_delivery;
+    use crate::ports::store::conformance::{new_delivery, payload};
     use crate::ports::store::embedded::EmbeddedStore;
     use crate::ports::store::DeliveryStore;
 
@@ -96,7 +101,10 @@ mod tests {
         let (store, queue, intake) = open(dir.path());
         let now = Utc::now();
         let new = new_delivery(Source::Github, "atomic-1", now);
-        let outcome = intake.record_and_send(&new, "m1", now).await.unwrap();
+        let outcome = intake
+            .record_and_send(&new, "m1", now, &payload(now))
+            .await
+            .unwrap();
         assert_eq!(outcome, RecordOutcome::Recorded);
         let got = store.get(&new.key).await.unwrap().unwrap();
         assert_eq!(got.status, DeliveryStatus::Queued);
@@ -115,8 +123,14 @@ mod tests {
         let (_store, queue, intake) = open(dir.path());
         let now = Utc::now();
         let new = new_delivery(Source::Stripe, "atomic-2", now);
-        intake.record_and_send(&new, "first", now).await.unwrap();
-        let again = intake.record_and_send(&new, "second", now).await.unwrap();
+        intake
+            .record_and_send(&new, "first", now, &payload(now))
+            .await
+            .unwrap();
+        let again = intake
+            .record_and_send(&new, "second", now, &payload(now))
+            .await
+            .unwrap();
         match again {
             RecordOutcome::Exists(existing) => assert_eq!(existing.status, DeliveryStatus::Queued),
             other => panic!("expected the first record back, got {other:?}"),
@@ -137,7 +151,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = Utc::now();
         let new = new_delivery(Source::Jira, "atomic-3", now);
-        intake.record_and_send(&new, "wake", now).await.unwrap();
+        intake
+            .record_and_send(&new, "wake", now, &payload(now))
+            .await
+            .unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("the receiver was not woken")
@@ -162,10 +179,11 @@ mod tests {
         let now = Utc::now();
         let new = new_delivery(Source::Github, "atomic-4", now);
         let err = intake
-            .record_and_send(&new, "lost?", now)
+            .record_and_send(&new, "lost?", now, &payload(now))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("queue is full"), "{err}");
         assert!(store.get(&new.key).await.unwrap().is_none());
+        assert!(store.get_payload(&new.key, now).await.unwrap().is_none());
     }
 }

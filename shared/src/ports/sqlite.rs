@@ -98,6 +98,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (received_at DESC);
 CREATE INDEX IF NOT EXISTS deliveries_by_source ON deliveries (source, received_at DESC);
+-- Payloads as received, for the delivery log API and replays, until `expires_at` (ms).
+CREATE TABLE IF NOT EXISTS payloads (
+    key TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payloads_by_expiry ON payloads (expires_at);
 CREATE TABLE IF NOT EXISTS activities (
     key TEXT PRIMARY KEY,
     received_at INTEGER NOT NULL,
@@ -304,21 +312,29 @@ CREATE TABLE IF NOT EXISTS billing_usage (
 );
 "#;
 
-/// Columns added to a table after it first shipped (`CREATE TABLE IF NOT EXISTS` leaves an
-/// older data dir's table as it was), and what depends on them.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("outbound_deliveries", "due_at", "INTEGER")];
-const AFTER_ADDED_COLUMNS: &str = "CREATE INDEX IF NOT EXISTS outbound_deliveries_due \
-     ON outbound_deliveries (due_at) WHERE due_at IS NOT NULL;";
+/// Columns added to tables that earlier versions created (`CREATE TABLE IF NOT EXISTS`
+/// leaves an older data dir's table as it was), and the indexes on them: a data dir from
+/// before them opens with them added (empty).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("deliveries", "org_id", "TEXT"),
+    ("deliveries", "connection_id", "TEXT"),
+    ("deliveries", "repository_full_name", "TEXT"),
+    ("outbound_deliveries", "due_at", "INTEGER"),
+];
+const AFTER_ADDED_COLUMNS: &str = "\
+    CREATE INDEX IF NOT EXISTS deliveries_by_org \
+        ON deliveries (org_id, received_at DESC, key DESC) WHERE org_id IS NOT NULL; \
+    CREATE INDEX IF NOT EXISTS outbound_deliveries_due \
+        ON outbound_deliveries (due_at) WHERE due_at IS NOT NULL;";
 
 /// Bring an older data dir's schema up to [`SCHEMA`].
 fn migrate(conn: &Connection) -> Result<(), DbError> {
     for (table, column, kind) in ADDED_COLUMNS {
-        let present: bool = conn
-            .prepare(&format!(
-                "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"
-            ))?
-            .query_row([], |r| r.get::<_, i64>(0))?
-            > 0;
+        let present: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
         if !present {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
         }

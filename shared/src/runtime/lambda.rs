@@ -412,11 +412,25 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
                 Ok(billing) => repos = repos.with_plan_gate(billing.plans().clone()),
                 Err(message) => return Ok(ApiHandler::Misconfigured(message)),
             }
-            ApiHandler::Repositories(Arc::new(crate::api::repositories::RepositoriesApi::new(
-                auth,
-                Arc::new(repos),
-                tokens,
-            )))
+            // The delivery log reads the same table, and replays go on the worker's queue.
+            let settings = Settings::from_lookup(env)?;
+            let log = crate::delivery_log::DeliveryLog::new(
+                Arc::new(DynamoStore::new(
+                    aws_sdk_dynamodb::Client::new(sdk),
+                    required(env, "HOOKLINE_TABLE")?,
+                )),
+                Arc::new(SqsQueue::new(
+                    aws_sdk_sqs::Client::new(sdk),
+                    required(env, "HOOKLINE_QUEUE_URL")?,
+                    required(env, "HOOKLINE_DLQ_URL")?,
+                )),
+                Arc::new(SystemClock),
+                settings.payload_retention,
+            );
+            ApiHandler::Repositories(Arc::new(
+                crate::api::repositories::RepositoriesApi::new(auth, Arc::new(repos), tokens)
+                    .with_delivery_log(Arc::new(log)),
+            ))
         }
         Api::Incidents => ApiHandler::Incidents(Arc::new(
             crate::api::incidents::IncidentsApi::new(auth, store),

@@ -196,6 +196,7 @@ pub fn with_repositories_over(
     clock: Arc<dyn Clock>,
 ) -> App {
     use crate::connections::service::{Repositories, Settings, StoredProviderTokens};
+    let log_clock = clock.clone();
     let oauth = config
         .oauth
         .clone()
@@ -248,9 +249,16 @@ pub fn with_repositories_over(
     app.hooks = Some(repos.clone());
     // GitHub and GitLab deliveries for connected repositories verify with their own secret.
     app.pipeline = Arc::new(app.pipeline.with_connections(repos.clone()));
-    app.repositories = Some(Arc::new(crate::api::repositories::RepositoriesApi::new(
-        auth, repos, tokens,
-    )));
+    app.repositories = Some(Arc::new(
+        crate::api::repositories::RepositoriesApi::new(auth, repos, tokens).with_delivery_log(
+            Arc::new(crate::delivery_log::DeliveryLog::new(
+                app.store.clone(),
+                app.queue.clone(),
+                log_clock,
+                app.pipeline.settings().payload_retention,
+            )),
+        ),
+    ));
     app
 }
 
@@ -583,7 +591,9 @@ pub fn router(app: &App) -> Router {
         );
         router = router
             .route("/api/v1/repositories/{*rest}", api.clone())
-            .route("/api/v1/provider-tokens/{*rest}", api);
+            .route("/api/v1/provider-tokens/{*rest}", api.clone())
+            .route("/api/v1/webhooks/deliveries", api.clone())
+            .route("/api/v1/webhooks/deliveries/{*rest}", api);
     }
     if app.incidents.is_some() {
         let api = any(
@@ -814,6 +824,27 @@ async fn process_received(
     for m in messages.iter().filter(|m| !failed.contains(&m.message_id)) {
         if let Err(e) = queue.delete(&m.receipt).await {
             tracing::warn!(error = %e, "could not delete a processed message; it will be seen again and skipped");
+        }
+    }
+}
+
+/// How often expired payloads are deleted from the data dir (reads skip them meanwhile).
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Delete expired payloads now and every [`PRUNE_EVERY`] until `shutdown` resolves.
+pub async fn run_prune_loop(
+    store: Arc<dyn crate::ports::store::DeliveryStore>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = every.tick() => match store.prune_payloads(chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "expired payloads deleted"),
+                Err(e) => tracing::warn!(error = %e, "could not delete expired payloads; trying again later"),
+            },
         }
     }
 }
@@ -1144,9 +1175,11 @@ impl Server {
                 stopped.clone(),
             );
             let hooks = run_hook_health_loop(app.hooks.clone(), app.hook_health, stopped.clone());
+            let prune = run_prune_loop(app.store.clone(), stopped.clone());
             let workers =
                 run_worker_loops(app.worker.clone(), app.queue.clone(), worker_loops, stopped);
-            let (served, (), (), (), ()) = tokio::join!(http, workers, outbound, billing, hooks);
+            let (served, (), (), (), (), ()) =
+                tokio::join!(http, workers, outbound, billing, hooks, prune);
             if let Err(e) = served {
                 tracing::error!(error = %e, "local server stopped with an error");
             }

@@ -4,6 +4,8 @@
 use super::activity::RecordActivity;
 use super::{Event, Handled, Handler, WorkerError};
 use crate::billing::service::{Applied, Billing, Error};
+use crate::model::Owner;
+use crate::ports::store::DeliveryStore;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -11,11 +13,21 @@ use std::sync::Arc;
 pub struct BillingEvents {
     billing: Arc<Billing>,
     activity: RecordActivity,
+    /// Where the delivery is put in its org's log once the event names the org.
+    store: Arc<dyn DeliveryStore>,
 }
 
 impl BillingEvents {
-    pub fn new(billing: Arc<Billing>, activity: RecordActivity) -> Self {
-        Self { billing, activity }
+    pub fn new(
+        billing: Arc<Billing>,
+        activity: RecordActivity,
+        store: Arc<dyn DeliveryStore>,
+    ) -> Self {
+        Self {
+            billing,
+            activity,
+            store,
+        }
     }
 }
 
@@ -29,6 +41,15 @@ impl Handler for BillingEvents {
         match self.billing.apply_event(&raw).await {
             Ok(Applied::Parked) => {
                 tracing::info!("Stripe event kept until its customer is linked to an org")
+            }
+            // The org's own billing event: it joins that org's delivery log.
+            Ok(Applied::Applied { org_id } | Applied::Stale { org_id }) => {
+                let owner = Owner {
+                    org_id,
+                    connection_id: None,
+                    repository_full_name: None,
+                };
+                self.store.set_owner(&event.envelope.key(), &owner).await?;
             }
             Ok(_) => {}
             // A malformed event is recorded and not retried; a store that failed is retried.

@@ -177,7 +177,8 @@ impl Dispatcher {
     ) -> Self {
         let h: Arc<dyn Handler> = Arc::new(billing::BillingEvents::new(
             billing,
-            activity::RecordActivity::new(store),
+            activity::RecordActivity::new(store.clone()),
+            store,
         ));
         self.on_source(Source::Stripe, h)
     }
@@ -356,6 +357,7 @@ impl Worker {
             enqueue_lease_until: now,
             expires_at: now
                 + chrono::Duration::from_std(self.delivery_ttl).unwrap_or(chrono::Duration::MAX),
+            owner: None,
         };
         self.store.record(&new).await?;
         Ok(())

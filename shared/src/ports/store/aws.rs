@@ -7,16 +7,26 @@
 //! |---|---|---|---|---|
 //! | delivery | `DELIVERY#{source}#{delivery_id}` | `DELIVERY` | `DELIVERIES#{source}` | `{received_at ms, 15 digits}#{delivery_id}` |
 //! | activity | `ACTIVITY#{source}#{delivery_id}` | `ACTIVITY` | `ACTIVITIES` | `{received_at ms, 15 digits}#{source}#{delivery_id}` |
+//! | payload part | `PAYLOAD#{source}#{delivery_id}` | `PART#{n, 4 digits}` | — | — |
+//!
+//! A delivery that belongs to an org also carries `gsi2pk` = `ORGDLV#{org}` and `gsi2sk` =
+//! `{received_at ms, 15 digits}#{source}#{delivery_id}` (the org's log, sparse index `gsi2`).
+//! A payload is split into parts of at most [`PAYLOAD_PART_BYTES`] (an item holds 400 KB);
+//! part 0 also holds the part count and the headers; every part has the payload's TTL.
 //!
 //! Times are epoch milliseconds (`N`), except `expires_at`, the TTL attribute, in epoch
 //! seconds. DynamoDB deletes expired items lazily, so every read and conditional write treats
 //! an item past its `expires_at` as absent itself.
 
-use super::{Claim, DeliveryQuery, DeliveryStore, RecordOutcome, StoreError};
-use crate::model::{
-    Activity, Delivery, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDelivery, Source,
+use super::{
+    Claim, DeliveryQuery, DeliveryStore, LogCounts, LogPage, LogQuery, RecordOutcome, Reopen,
+    StoreError,
 };
-use crate::ports::dynamo::{self, n, s, DynamoError, Item};
+use crate::model::{
+    log_sort_key, Activity, Delivery, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDelivery,
+    Owner, Source, StoredPayload,
+};
+use crate::ports::dynamo::{self, esc, n, s, DynamoError, Item};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -34,8 +44,12 @@ type Reader<'a> = dynamo::Reader<'a, StoreError>;
 
 /// The name of the one global secondary index.
 pub const GSI1: &str = "gsi1";
+/// The sparse index of each org's delivery log.
+pub const GSI2: &str = "gsi2";
 /// The TTL attribute (epoch seconds).
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// The most payload bytes one item holds (DynamoDB's item limit is 400 KB, keys included).
+pub const PAYLOAD_PART_BYTES: usize = 350_000;
 
 const DELIVERY_SK: &str = "DELIVERY";
 const ACTIVITY_SK: &str = "ACTIVITY";
@@ -101,19 +115,19 @@ impl DynamoStore {
     async fn list_source(
         &self,
         source: Source,
-        limit: usize,
+        query: &DeliveryQuery,
         now_secs: i64,
     ) -> Result<Vec<Delivery>, StoreError> {
-        self.query_gsi1(&format!("DELIVERIES#{source}"), limit, |item| {
+        self.query_gsi1(&format!("DELIVERIES#{source}"), query.limit, |item| {
             let d = parse_delivery(item)?;
-            Ok((d.expires_at.timestamp() >= now_secs).then_some(d))
+            Ok((d.expires_at.timestamp() >= now_secs && query.matches(&d)).then_some(d))
         })
         .await
     }
 }
 
-/// Create the delivery table exactly as the SAM template does (on-demand billing, `gsi1`
-/// projecting everything, TTL on `expires_at`). For tests and local bootstrap.
+/// Create the delivery table exactly as the SAM template does (on-demand billing, `gsi1` and
+/// `gsi2` projecting everything, TTL on `expires_at`). For tests and local bootstrap.
 pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
     let attr = |name: &str| {
         AttributeDefinition::builder()
@@ -140,6 +154,17 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         )
         .build()
         .map_err(|e| StoreError::Unavailable(format!("building the table definition: {e}")))?;
+    let gsi2 = GlobalSecondaryIndex::builder()
+        .index_name(GSI2)
+        .key_schema(key("gsi2pk", KeyType::Hash)?)
+        .key_schema(key("gsi2sk", KeyType::Range)?)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        )
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("building the table definition: {e}")))?;
     client
         .create_table()
         .table_name(table)
@@ -148,9 +173,12 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .attribute_definitions(attr("sk")?)
         .attribute_definitions(attr("gsi1pk")?)
         .attribute_definitions(attr("gsi1sk")?)
+        .attribute_definitions(attr("gsi2pk")?)
+        .attribute_definitions(attr("gsi2sk")?)
         .key_schema(key("pk", KeyType::Hash)?)
         .key_schema(key("sk", KeyType::Range)?)
         .global_secondary_indexes(gsi)
+        .global_secondary_indexes(gsi2)
         .send()
         .await
         .map_err(|e| unavailable("CreateTable", e))?;
@@ -382,7 +410,7 @@ impl DeliveryStore for DynamoStore {
         let pages = futures::future::try_join_all(
             sources
                 .into_iter()
-                .map(|source| self.list_source(source, query.limit, now_secs)),
+                .map(|source| self.list_source(source, query, now_secs)),
         )
         .await?;
         let mut all: Vec<Delivery> = pages.into_iter().flatten().collect();
@@ -412,6 +440,284 @@ impl DeliveryStore for DynamoStore {
         })
         .await
     }
+
+    async fn set_owner(&self, key: &DeliveryKey, owner: &Owner) -> Result<(), StoreError> {
+        let Some(current) = self.get(key).await? else {
+            return Ok(());
+        };
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(delivery_key(key)))
+            .condition_expression("attribute_exists(pk)");
+        let mut sets = Vec::new();
+        for (i, (name, value)) in owner_attributes(owner, current.received_at, key)
+            .into_iter()
+            .enumerate()
+        {
+            sets.push(format!("#a{i} = :v{i}"));
+            update = update
+                .expression_attribute_names(format!("#a{i}"), name)
+                .expression_attribute_values(format!(":v{i}"), value);
+        }
+        let done = update
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .send()
+            .await;
+        conditional_update("UpdateItem (owner)", done).map(drop)
+    }
+
+    async fn list_org(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
+        let now_secs = q.now.timestamp();
+        let lo = q
+            .since
+            .map(|t| format!("{:015}", t.timestamp_millis().max(0)))
+            .unwrap_or_else(|| "0".to_owned());
+        // Above every sort key: '~' follows the digits and '#'.
+        let hi = q.after.clone().unwrap_or_else(|| "~".to_owned());
+        let mut out = Vec::new();
+        let want = q.limit + 1;
+        self.query_org(&q.org_id, lo, hi, None, |item| {
+            let d = parse_delivery(item)?;
+            let after = q.after.as_deref();
+            let keep = d.expires_at.timestamp() >= now_secs
+                && after != Some(d.log_sort_key().as_str())
+                && q.connection_id.as_ref().is_none_or(|c| {
+                    d.owner.as_ref().and_then(|o| o.connection_id.as_ref()) == Some(c)
+                })
+                && q.source.is_none_or(|s| d.source == s)
+                && q.event_type.as_ref().is_none_or(|e| &d.event_type == e)
+                && q.status.is_none_or(|s| d.status == s);
+            if keep {
+                out.push(d);
+            }
+            Ok(out.len() < want)
+        })
+        .await?;
+        let next = if out.len() > q.limit {
+            out.truncate(q.limit);
+            out.last().map(Delivery::log_sort_key)
+        } else {
+            None
+        };
+        Ok(LogPage {
+            deliveries: out,
+            next,
+        })
+    }
+
+    async fn count_connection(
+        &self,
+        org_id: &str,
+        connection_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<LogCounts, StoreError> {
+        let now_secs = now.timestamp();
+        let mut counts = LogCounts::default();
+        self.query_org(
+            org_id,
+            "0".to_owned(),
+            "~".to_owned(),
+            Some("connection_id, #status, received_at, expires_at"),
+            |item| {
+                let r = Reader::new(item);
+                if r.opt_str("connection_id")? != Some(connection_id)
+                    || r.i64(TTL_ATTRIBUTE)? < now_secs
+                {
+                    return Ok(true);
+                }
+                counts.total += 1;
+                if r.str("status")? == DeliveryStatus::Failed.as_str() {
+                    counts.failed += 1;
+                }
+                let at = r.millis("received_at")?;
+                if counts.last_received_at.is_none_or(|last| at > last) {
+                    counts.last_received_at = Some(at);
+                }
+                Ok(true)
+            },
+        )
+        .await?;
+        Ok(counts)
+    }
+
+    async fn reopen(&self, key: &DeliveryKey, now: DateTime<Utc>) -> Result<Reopen, StoreError> {
+        let done = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(delivery_key(key)))
+            .update_expression("SET #status = :queued, queued_at = :now")
+            .condition_expression(
+                "attribute_exists(pk) AND expires_at >= :now_secs \
+                 AND #status IN (:processed, :skipped, :failed) \
+                 AND (attribute_not_exists(process_lease_until) OR process_lease_until <= :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":queued", s(DeliveryStatus::Queued.as_str()))
+            .expression_attribute_values(":processed", s(DeliveryStatus::Processed.as_str()))
+            .expression_attribute_values(":skipped", s(DeliveryStatus::Skipped.as_str()))
+            .expression_attribute_values(":failed", s(DeliveryStatus::Failed.as_str()))
+            .expression_attribute_values(":now", n(now.timestamp_millis()))
+            .expression_attribute_values(":now_secs", n(now.timestamp()))
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let old = match done {
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                return Ok(Reopen::Reopened(parse_delivery(&item)?));
+            }
+            Err(SdkError::ServiceError(e)) => match e.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => failed.item,
+                other => return Err(StoreError::dynamo("UpdateItem (reopen)", &other)),
+            },
+            Err(e) => return Err(unavailable("UpdateItem (reopen)", e)),
+        };
+        let old = match old {
+            Some(item) if !item.is_empty() => Some(item),
+            _ => self.get_item(key).await?,
+        };
+        Ok(match old.map(|item| parse_delivery(&item)).transpose()? {
+            Some(d) if d.expires_at.timestamp() >= now.timestamp() => Reopen::InFlight(d),
+            _ => Reopen::Missing,
+        })
+    }
+
+    async fn put_payload(
+        &self,
+        key: &DeliveryKey,
+        payload: &StoredPayload,
+    ) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        let items = payload_items(key, payload)?;
+        // Parts after the first go first: part 0 names the count, so a reader never sees a
+        // count whose parts are not all there yet.
+        let (first, rest) = items.split_at(1);
+        for batch in rest.chunks(25) {
+            let mut pending: Vec<WriteRequest> = batch
+                .iter()
+                .map(|item| {
+                    PutRequest::builder()
+                        .set_item(Some(item.clone()))
+                        .build()
+                        .map(|put| WriteRequest::builder().put_request(put).build())
+                        .map_err(|e| StoreError::Unavailable(format!("building a put: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+            for attempt in 0.. {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, pending)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("BatchWriteItem (payload)", e))?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.table))
+                    .unwrap_or_default();
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt >= 5 {
+                    return Err(StoreError::Unavailable(
+                        "BatchWriteItem (payload): parts left unprocessed after retries".into(),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+            }
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(first[0].clone()))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem (payload)", e))?;
+        Ok(())
+    }
+
+    async fn get_payload(
+        &self,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredPayload>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let answer = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(payload_pk(key)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query (payload)", e))?;
+            items.extend(answer.items().iter().cloned());
+            match answer.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => break,
+            }
+        }
+        Ok(payload_from_items(&items)?.filter(|p| p.expires_at > now))
+    }
+
+    async fn prune_payloads(&self, _now: DateTime<Utc>) -> Result<u64, StoreError> {
+        // The table's TTL deletes them; reads already treat an expired one as gone.
+        Ok(0)
+    }
+}
+
+impl DynamoStore {
+    /// Query one org's `gsi2` partition newest first between `lo` and `hi` (inclusive),
+    /// handing each item to `keep` until it says stop (false) or the range ends.
+    async fn query_org(
+        &self,
+        org_id: &str,
+        lo: String,
+        hi: String,
+        projection: Option<&str>,
+        mut keep: impl FnMut(&Item) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut start: Option<Item> = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI2)
+                .key_condition_expression("gsi2pk = :pk AND gsi2sk BETWEEN :lo AND :hi")
+                .expression_attribute_values(":pk", s(org_gsi2pk(org_id)))
+                .expression_attribute_values(":lo", s(&lo))
+                .expression_attribute_values(":hi", s(&hi))
+                .scan_index_forward(false)
+                .set_exclusive_start_key(start.take());
+            if let Some(p) = projection {
+                query = query
+                    .projection_expression(p)
+                    .expression_attribute_names("#status", "status");
+            }
+            let answer = query
+                .send()
+                .await
+                .map_err(|e| StoreError::dynamo("Query (org log)", &e))?;
+            for item in answer.items() {
+                if !keep(item)? {
+                    return Ok(());
+                }
+            }
+            match answer.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => return Ok(()),
+            }
+        }
+    }
 }
 
 // ---- items ---------------------------------------------------------------------------------
@@ -432,7 +738,35 @@ fn delivery_key(key: &DeliveryKey) -> Item {
     ])
 }
 
+fn org_gsi2pk(org_id: &str) -> String {
+    format!("ORGDLV#{}", esc(org_id))
+}
+
+/// The attributes that put a delivery in its org's log.
+fn owner_attributes(owner: &Owner, received_at: DateTime<Utc>, key: &DeliveryKey) -> Item {
+    let mut item = HashMap::from([
+        ("org_id".to_owned(), s(&owner.org_id)),
+        ("gsi2pk".to_owned(), s(org_gsi2pk(&owner.org_id))),
+        ("gsi2sk".to_owned(), s(log_sort_key(received_at, key))),
+    ]);
+    if let Some(c) = &owner.connection_id {
+        item.insert("connection_id".to_owned(), s(c));
+    }
+    if let Some(r) = &owner.repository_full_name {
+        item.insert("repository_full_name".to_owned(), s(r));
+    }
+    item
+}
+
 fn delivery_item(new: &NewDelivery) -> Item {
+    let mut item = delivery_item_without_owner(new);
+    if let Some(owner) = &new.owner {
+        item.extend(owner_attributes(owner, new.received_at, &new.key));
+    }
+    item
+}
+
+fn delivery_item_without_owner(new: &NewDelivery) -> Item {
     HashMap::from([
         ("pk".to_owned(), s(delivery_pk(&new.key))),
         ("sk".to_owned(), s(DELIVERY_SK)),
@@ -552,7 +886,95 @@ fn parse_delivery(item: &Item) -> Result<Delivery, StoreError> {
         process_lease_until: r.opt_millis("process_lease_until")?,
         expires_at: DateTime::from_timestamp(expires_secs, 0)
             .ok_or_else(|| r.corrupt(format!("attribute {TTL_ATTRIBUTE} is out of range")))?,
+        owner: r.opt_str("org_id")?.map(|org_id| Owner {
+            org_id: org_id.to_owned(),
+            connection_id: item
+                .get("connection_id")
+                .and_then(|v| v.as_s().ok())
+                .cloned(),
+            repository_full_name: item
+                .get("repository_full_name")
+                .and_then(|v| v.as_s().ok())
+                .cloned(),
+        }),
     })
+}
+
+fn payload_pk(key: &DeliveryKey) -> String {
+    format!("PAYLOAD#{key}")
+}
+
+fn payload_part_sk(n: usize) -> String {
+    format!("PART#{n:04}")
+}
+
+/// A payload as items: its parts in order, part 0 with the count and the headers.
+fn payload_items(key: &DeliveryKey, p: &StoredPayload) -> Result<Vec<Item>, StoreError> {
+    let headers = serde_json::to_string(&p.headers).map_err(|e| StoreError::Corrupt {
+        key: payload_pk(key),
+        reason: e.to_string(),
+    })?;
+    let parts: Vec<&[u8]> = if p.body.is_empty() {
+        vec![&[]]
+    } else {
+        p.body.chunks(PAYLOAD_PART_BYTES).collect()
+    };
+    let count = parts.len();
+    Ok(parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let mut item = HashMap::from([
+                ("pk".to_owned(), s(payload_pk(key))),
+                ("sk".to_owned(), s(payload_part_sk(i))),
+                (
+                    "body".to_owned(),
+                    AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(bytes)),
+                ),
+                (TTL_ATTRIBUTE.to_owned(), n(p.expires_at.timestamp())),
+                (
+                    "expires_at_ms".to_owned(),
+                    n(p.expires_at.timestamp_millis()),
+                ),
+            ]);
+            if i == 0 {
+                item.insert("parts".to_owned(), n(count as i64));
+                item.insert("headers".to_owned(), s(&headers));
+            }
+            item
+        })
+        .collect())
+}
+
+/// The payload from its parts (in `sk` order), or `None` when a part is missing (still
+/// being written over, or partly deleted on expiry).
+fn payload_from_items(items: &[Item]) -> Result<Option<StoredPayload>, StoreError> {
+    let Some(first) = items.first() else {
+        return Ok(None);
+    };
+    let r = Reader::new(first);
+    let count = usize::try_from(r.i64("parts")?).unwrap_or(0);
+    if items.len() < count {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    for (i, item) in items.iter().take(count).enumerate() {
+        let r = Reader::new(item);
+        if r.str("sk")? != payload_part_sk(i) {
+            return Ok(None);
+        }
+        match item.get("body") {
+            Some(AttributeValue::B(b)) => body.extend_from_slice(b.as_ref()),
+            _ => return Err(r.corrupt("attribute body is not binary")),
+        }
+    }
+    let headers = serde_json::from_str(r.str("headers")?)
+        .map_err(|e| r.corrupt(dynamo::unreadable_json(&e)))?;
+    Ok(Some(StoredPayload {
+        body,
+        headers,
+        expires_at: r.millis("expires_at_ms")?,
+    }))
 }
 
 fn parse_activity(item: &Item) -> Result<Activity, StoreError> {

@@ -2,8 +2,11 @@
 //! DynamoDB store run these through [`store_conformance!`](crate::store_conformance), each
 //! test on a fresh, empty store.
 
-use super::{Claim, DeliveryQuery, DeliveryStore, RecordOutcome};
-use crate::model::{Activity, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDelivery, Source};
+use super::{Claim, DeliveryQuery, DeliveryStore, LogCounts, LogQuery, RecordOutcome, Reopen};
+use crate::model::{
+    Activity, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDelivery, Owner, Source,
+    StoredPayload,
+};
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
 
@@ -29,6 +32,19 @@ pub fn new_delivery(source: Source, id: &str, received_at: DateTime<Utc>) -> New
         received_at,
         enqueue_lease_until: received_at + Duration::seconds(30),
         expires_at: received_at + Duration::days(7),
+        owner: None,
+    }
+}
+
+/// A small payload kept for a day from `at`.
+pub fn payload(at: DateTime<Utc>) -> crate::model::StoredPayload {
+    crate::model::StoredPayload {
+        body: b"{\"zen\":\"Keep it logically awesome.\"}".to_vec(),
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("x-github-event".into(), "ping".into()),
+        ],
+        expires_at: at + Duration::days(1),
     }
 }
 
@@ -316,6 +332,7 @@ pub async fn the_log_lists_newest_first_by_source(store: &dyn DeliveryStore) {
         .list(&DeliveryQuery {
             source: None,
             limit: 100,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -330,6 +347,7 @@ pub async fn the_log_lists_newest_first_by_source(store: &dyn DeliveryStore) {
         .list(&DeliveryQuery {
             source: Some(Source::Github),
             limit: 2,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -353,6 +371,7 @@ pub async fn the_log_leaves_out_expired_records(store: &dyn DeliveryStore) {
         .list(&DeliveryQuery {
             source: Some(Source::Jira),
             limit: 10,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -415,6 +434,329 @@ pub async fn activities_are_kept_once_per_delivery_newest_first(store: &dyn Deli
     assert_eq!(listed[1], expected);
 }
 
+fn owned(
+    source: Source,
+    id: &str,
+    at: DateTime<Utc>,
+    org: &str,
+    connection: Option<&str>,
+) -> NewDelivery {
+    NewDelivery {
+        owner: Some(Owner {
+            org_id: org.to_string(),
+            connection_id: connection.map(str::to_string),
+            repository_full_name: connection.map(|_| "acme/api".to_string()),
+        }),
+        ..new_delivery(source, id, at)
+    }
+}
+
+fn org_query(org: &str, limit: usize) -> LogQuery {
+    LogQuery {
+        org_id: org.to_string(),
+        connection_id: None,
+        source: None,
+        event_type: None,
+        status: None,
+        since: None,
+        limit,
+        after: None,
+        now: t(100),
+    }
+}
+
+pub async fn an_orgs_log_holds_only_its_deliveries_newest_first(store: &dyn DeliveryStore) {
+    let (org, other) = (unique_id("org"), unique_id("org"));
+    let mut mine = Vec::new();
+    for i in 0..5 {
+        let conn = if i % 2 == 0 { "rpc_one" } else { "rpc_two" };
+        let new = owned(Source::Github, &unique_id("mine"), t(i), &org, Some(conn));
+        store.record(&new).await.unwrap();
+        mine.push(new);
+    }
+    store
+        .record(&owned(
+            Source::Github,
+            &unique_id("theirs"),
+            t(2),
+            &other,
+            Some("rpc_x"),
+        ))
+        .await
+        .unwrap();
+    store
+        .record(&new_delivery(Source::Jira, &unique_id("nobody"), t(3)))
+        .await
+        .unwrap();
+
+    let page = store.list_org(&org_query(&org, 10)).await.unwrap();
+    let ids: Vec<_> = page
+        .deliveries
+        .iter()
+        .map(|d| d.delivery_id.clone())
+        .collect();
+    let expected: Vec<_> = mine.iter().rev().map(|n| n.delivery_id.clone()).collect();
+    assert_eq!(ids, expected, "only the org's, newest first");
+    assert_eq!(page.next, None);
+    let first = &page.deliveries[0];
+    assert_eq!(first.owner, mine[4].owner);
+
+    // Pages of two, each going on from the last one's cursor, cover the log once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_org(&LogQuery {
+                after: after.clone(),
+                ..org_query(&org, 2)
+            })
+            .await
+            .unwrap();
+        assert!(page.deliveries.len() <= 2);
+        seen.extend(page.deliveries.iter().map(|d| d.delivery_id.clone()));
+        match page.next {
+            Some(next) => {
+                assert!(super::valid_log_sort_key(&next), "{next}");
+                after = Some(next)
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+
+    // Filters: connection, status, source, event type, since.
+    store
+        .finish(
+            &mine[1].key,
+            &outcome(DeliveryStatus::Failed, Some("boom"), t(10)),
+        )
+        .await
+        .unwrap();
+    let by = |q: LogQuery| async move {
+        store
+            .list_org(&q)
+            .await
+            .unwrap()
+            .deliveries
+            .into_iter()
+            .map(|d| d.delivery_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        by(LogQuery {
+            connection_id: Some("rpc_two".into()),
+            ..org_query(&org, 10)
+        })
+        .await,
+        vec![mine[3].delivery_id.clone(), mine[1].delivery_id.clone()]
+    );
+    assert_eq!(
+        by(LogQuery {
+            status: Some(DeliveryStatus::Failed),
+            ..org_query(&org, 10)
+        })
+        .await,
+        vec![mine[1].delivery_id.clone()]
+    );
+    assert!(by(LogQuery {
+        source: Some(Source::Stripe),
+        ..org_query(&org, 10)
+    })
+    .await
+    .is_empty());
+    assert!(by(LogQuery {
+        event_type: Some("issues".into()),
+        ..org_query(&org, 10)
+    })
+    .await
+    .is_empty());
+    assert_eq!(
+        by(LogQuery {
+            since: Some(t(3)),
+            ..org_query(&org, 10)
+        })
+        .await,
+        vec![mine[4].delivery_id.clone(), mine[3].delivery_id.clone()]
+    );
+    // Expired by `now`: gone from the log.
+    assert!(by(LogQuery {
+        now: t(0) + Duration::days(8),
+        ..org_query(&org, 10)
+    })
+    .await
+    .is_empty());
+}
+
+pub async fn a_delivery_joins_an_orgs_log_once_its_owner_is_known(store: &dyn DeliveryStore) {
+    let org = unique_id("org");
+    let new = new_delivery(Source::Stripe, &unique_id("evt"), t(0));
+    store.record(&new).await.unwrap();
+    assert!(store
+        .list_org(&org_query(&org, 10))
+        .await
+        .unwrap()
+        .deliveries
+        .is_empty());
+    let owner = Owner {
+        org_id: org.clone(),
+        connection_id: None,
+        repository_full_name: None,
+    };
+    store.set_owner(&new.key, &owner).await.unwrap();
+    let page = store.list_org(&org_query(&org, 10)).await.unwrap();
+    assert_eq!(page.deliveries.len(), 1);
+    assert_eq!(page.deliveries[0].owner.as_ref(), Some(&owner));
+    assert_eq!(
+        store.get(&new.key).await.unwrap().unwrap().owner,
+        Some(owner)
+    );
+}
+
+pub async fn a_connections_counts_are_those_of_its_log(store: &dyn DeliveryStore) {
+    let org = unique_id("org");
+    let mut keys = Vec::new();
+    for i in 0..4 {
+        let new = owned(Source::Gitlab, &unique_id("c"), t(i), &org, Some("rpc_c"));
+        store.record(&new).await.unwrap();
+        keys.push(new.key);
+    }
+    store
+        .record(&owned(
+            Source::Gitlab,
+            &unique_id("c"),
+            t(9),
+            &org,
+            Some("rpc_other"),
+        ))
+        .await
+        .unwrap();
+    for key in &keys[..2] {
+        store
+            .finish(key, &outcome(DeliveryStatus::Failed, Some("x"), t(5)))
+            .await
+            .unwrap();
+    }
+    let counts = store.count_connection(&org, "rpc_c", t(100)).await.unwrap();
+    assert_eq!(counts.total, 4);
+    assert_eq!(counts.failed, 2);
+    assert_eq!(
+        counts.last_received_at.map(|t| t.timestamp_millis()),
+        Some(t(3).timestamp_millis())
+    );
+    assert_eq!(
+        store
+            .count_connection(&org, "rpc_none", t(100))
+            .await
+            .unwrap(),
+        LogCounts::default()
+    );
+}
+
+pub async fn a_finished_delivery_reopens_for_one_replay_at_a_time(store: &dyn DeliveryStore) {
+    let new = new_delivery(Source::Github, &unique_id("replay"), t(0));
+    store.record(&new).await.unwrap();
+    // Not finished yet: nothing to replay.
+    assert!(matches!(
+        store.reopen(&new.key, t(1)).await.unwrap(),
+        Reopen::InFlight(_)
+    ));
+    let Claim::Claimed(_) = store.claim(&new.key, t(1), t(31)).await.unwrap() else {
+        panic!("claimable")
+    };
+    store
+        .finish(&new.key, &outcome(DeliveryStatus::Processed, None, t(2)))
+        .await
+        .unwrap();
+    match store.reopen(&new.key, t(3)).await.unwrap() {
+        Reopen::Reopened(before) => {
+            assert_eq!(before.status, DeliveryStatus::Processed);
+            assert_eq!(before.attempts, 1);
+        }
+        other => panic!("a processed delivery reopens, got {other:?}"),
+    }
+    let queued = store.get(&new.key).await.unwrap().unwrap();
+    assert_eq!(queued.status, DeliveryStatus::Queued);
+    // A second replay while the first is queued changes nothing.
+    assert!(matches!(
+        store.reopen(&new.key, t(4)).await.unwrap(),
+        Reopen::InFlight(_)
+    ));
+    // The worker's claim counts the replay as a new attempt of the same delivery.
+    let Claim::Claimed(again) = store.claim(&new.key, t(5), t(35)).await.unwrap() else {
+        panic!("a reopened delivery is claimable")
+    };
+    assert_eq!(again.attempts, 2);
+    // While a worker holds it, no replay.
+    assert!(matches!(
+        store.reopen(&new.key, t(6)).await.unwrap(),
+        Reopen::InFlight(_)
+    ));
+    store
+        .finish(&new.key, &outcome(DeliveryStatus::Failed, Some("no"), t(7)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.reopen(&new.key, t(8)).await.unwrap(),
+        Reopen::Reopened(_)
+    ));
+    let nobody = DeliveryKey::new(Source::Github, &unique_id("nobody"));
+    assert_eq!(store.reopen(&nobody, t(8)).await.unwrap(), Reopen::Missing);
+}
+
+/// Bytes that are not UTF-8 anywhere and differ from part to part.
+fn binary_body(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] | 0x80)
+        .collect()
+}
+
+pub async fn a_payload_round_trips_byte_for_byte_until_it_expires(store: &dyn DeliveryStore) {
+    let at = t(0);
+    for (name, body) in [
+        ("small", b"{\"a\":1}\n".to_vec()),
+        ("empty", Vec::new()),
+        // Over DynamoDB's 400 KB item limit, and the default 1 MiB body limit itself.
+        ("big", binary_body(1024 * 1024)),
+    ] {
+        let key = DeliveryKey::new(Source::Twilio, &unique_id(name));
+        let kept = StoredPayload {
+            body,
+            headers: vec![
+                (
+                    "content-type".into(),
+                    "application/x-www-form-urlencoded".into(),
+                ),
+                ("x-twilio-signature".into(), "[redacted]".into()),
+                ("x-twilio-signature".into(), "[redacted]".into()),
+            ],
+            expires_at: at + Duration::hours(1),
+        };
+        store.put_payload(&key, &kept).await.unwrap();
+        let got = store
+            .get_payload(&key, at + Duration::minutes(59))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}: kept until it expires"));
+        assert_eq!(got.body.len(), kept.body.len(), "{name}");
+        assert!(got.body == kept.body, "{name}: byte for byte");
+        assert_eq!(got.headers, kept.headers, "{name}");
+        assert_eq!(
+            got.expires_at.timestamp_millis(),
+            kept.expires_at.timestamp_millis()
+        );
+        assert_eq!(
+            store
+                .get_payload(&key, at + Duration::hours(1))
+                .await
+                .unwrap(),
+            None,
+            "{name}: expired payloads are gone on read"
+        );
+    }
+    let never = DeliveryKey::new(Source::Github, &unique_id("never"));
+    assert_eq!(store.get_payload(&never, at).await.unwrap(), None);
+}
+
 /// Generates one `#[tokio::test]` per conformance case. `$make` is an async expression
 /// yielding `(guard, Arc<dyn DeliveryStore>)` for a fresh, empty store; the guard lives for
 /// the test (a temp dir, a table to drop).
@@ -466,6 +808,20 @@ macro_rules! store_conformance {
             case!(the_log_lists_newest_first_by_source, borrowed);
             case!(the_log_leaves_out_expired_records, borrowed);
             case!(activities_are_kept_once_per_delivery_newest_first, borrowed);
+            case!(an_orgs_log_holds_only_its_deliveries_newest_first, borrowed);
+            case!(
+                a_delivery_joins_an_orgs_log_once_its_owner_is_known,
+                borrowed
+            );
+            case!(a_connections_counts_are_those_of_its_log, borrowed);
+            case!(
+                a_finished_delivery_reopens_for_one_replay_at_a_time,
+                borrowed
+            );
+            case!(
+                a_payload_round_trips_byte_for_byte_until_it_expires,
+                borrowed
+            );
         }
     };
 }

@@ -1,8 +1,14 @@
 //! The embedded delivery store: the `deliveries` and `activities` tables of the local SQLite
 //! file, with the same conditional-write semantics as the DynamoDB store.
 
-use super::{Claim, DeliveryQuery, DeliveryStore, RecordOutcome, StoreError};
-use crate::model::{Activity, Delivery, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDelivery};
+use super::{
+    Claim, DeliveryQuery, DeliveryStore, LogCounts, LogPage, LogQuery, RecordOutcome, Reopen,
+    StoreError,
+};
+use crate::model::{
+    Activity, Delivery, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDelivery, Owner,
+    StoredPayload,
+};
 use crate::ports::sqlite::{from_millis, millis, Database, DbError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -27,7 +33,8 @@ impl From<DbError> for StoreError {
 
 const COLUMNS: &str = "source, delivery_id, event_type, status, payload_sha256, \
     signature_verified, received_at, queued_at, processed_at, error, duration_ms, attempts, \
-    enqueue_lease_until, process_lease_until, expires_at";
+    enqueue_lease_until, process_lease_until, expires_at, org_id, connection_id, \
+    repository_full_name";
 
 /// A column that holds something the model does not know.
 fn bad_column(index: usize, reason: String) -> rusqlite::Error {
@@ -57,7 +64,32 @@ fn read_delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
         enqueue_lease_until: Some(from_millis(row.get(12)?)),
         process_lease_until: Some(from_millis(row.get(13)?)),
         expires_at: from_millis(row.get::<_, i64>(14)? * 1000),
+        owner: row.get::<_, Option<String>>(15)?.map(|org_id| Owner {
+            org_id,
+            connection_id: row.get(16).ok().flatten(),
+            repository_full_name: row.get(17).ok().flatten(),
+        }),
     })
+}
+
+/// Keep a payload (the intake writes it in the transaction that records the delivery).
+pub(crate) fn insert_payload(
+    conn: &Connection,
+    key: &str,
+    payload: &StoredPayload,
+) -> Result<(), DbError> {
+    let headers = serde_json::to_string(&payload.headers)
+        .map_err(|e| DbError(format!("headers of {key}: {e}")))?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO payloads (key, body, headers, expires_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        key,
+        payload.body,
+        headers,
+        millis(payload.expires_at)
+    ])?;
+    Ok(())
 }
 
 fn get(conn: &Connection, key: &str) -> Result<Option<Delivery>, DbError> {
@@ -85,10 +117,12 @@ pub(crate) fn insert_new(
         Some(_) => DeliveryStatus::Queued,
         None => DeliveryStatus::Received,
     };
+    let owner = new.owner.as_ref();
     conn.prepare_cached(
         "INSERT OR REPLACE INTO deliveries (key, source, delivery_id, event_type, status, \
          payload_sha256, signature_verified, received_at, queued_at, enqueue_lease_until, \
-         expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         expires_at, org_id, connection_id, repository_full_name) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         key,
@@ -102,6 +136,9 @@ pub(crate) fn insert_new(
         queued_at,
         millis(new.enqueue_lease_until),
         new.expires_at.timestamp(),
+        owner.map(|o| &o.org_id),
+        owner.and_then(|o| o.connection_id.as_ref()),
+        owner.and_then(|o| o.repository_full_name.as_ref()),
     ])?;
     Ok(RecordOutcome::Recorded)
 }
@@ -238,18 +275,20 @@ impl DeliveryStore for EmbeddedStore {
     }
 
     async fn list(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
-        let source = query.source.map(|s| s.as_str().to_owned());
-        let limit = query.limit as i64;
+        let query = query.clone();
         let now = Utc::now().timestamp();
         Ok(self
             .db
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM deliveries WHERE expires_at >= ?1 \
-                     AND (?2 IS NULL OR source = ?2) ORDER BY received_at DESC, rowid DESC \
-                     LIMIT ?3"
+                    "SELECT {COLUMNS} FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS} \
+                     ORDER BY received_at DESC, rowid DESC LIMIT ?5"
                 ))?;
-                let rows = stmt.query_map(params![now, source, limit], read_delivery)?;
+                let (source, status, since) = operator_filters(&query);
+                let rows = stmt.query_map(
+                    params![now, source, status, since, query.limit as i64],
+                    read_delivery,
+                )?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await?)
@@ -298,6 +337,224 @@ impl DeliveryStore for EmbeddedStore {
             })
             .collect()
     }
+
+    async fn set_owner(&self, key: &DeliveryKey, owner: &Owner) -> Result<(), StoreError> {
+        let key = key.as_str().to_owned();
+        let owner = owner.clone();
+        Ok(self
+            .db
+            .call(move |conn| {
+                conn.prepare_cached(
+                    "UPDATE deliveries SET org_id = ?2, connection_id = ?3, \
+                     repository_full_name = ?4 WHERE key = ?1",
+                )?
+                .execute(params![
+                    key,
+                    owner.org_id,
+                    owner.connection_id,
+                    owner.repository_full_name
+                ])?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn list_org(&self, query: &LogQuery) -> Result<LogPage, StoreError> {
+        self.log_page(query).await
+    }
+
+    async fn count_connection(
+        &self,
+        org_id: &str,
+        connection_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<LogCounts, StoreError> {
+        let (org_id, connection_id) = (org_id.to_owned(), connection_id.to_owned());
+        Ok(self
+            .db
+            .call(move |conn| {
+                let counts = conn
+                    .prepare_cached(
+                        "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0), MAX(received_at) \
+                         FROM deliveries WHERE org_id = ?1 AND connection_id = ?2 \
+                         AND expires_at >= ?3",
+                    )?
+                    .query_row(params![org_id, connection_id, now.timestamp()], |r| {
+                        Ok(LogCounts {
+                            total: r.get::<_, i64>(0)? as u64,
+                            failed: r.get::<_, i64>(1)? as u64,
+                            last_received_at: r.get::<_, Option<i64>>(2)?.map(from_millis),
+                        })
+                    })?;
+                Ok(counts)
+            })
+            .await?)
+    }
+
+    async fn reopen(&self, key: &DeliveryKey, now: DateTime<Utc>) -> Result<Reopen, StoreError> {
+        let key = key.as_str().to_owned();
+        Ok(self
+            .db
+            .call(move |conn| {
+                let Some(before) = get(conn, &key)? else {
+                    return Ok(Reopen::Missing);
+                };
+                if before.expires_at.timestamp() < now.timestamp() {
+                    return Ok(Reopen::Missing);
+                }
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET status = 'queued', queued_at = ?2 WHERE key = ?1 \
+                         AND status IN ('processed', 'skipped', 'failed') \
+                         AND process_lease_until <= ?2",
+                    )?
+                    .execute(params![key, millis(now)])?;
+                Ok(if changed == 1 {
+                    Reopen::Reopened(before)
+                } else {
+                    Reopen::InFlight(before)
+                })
+            })
+            .await?)
+    }
+
+    async fn put_payload(
+        &self,
+        key: &DeliveryKey,
+        payload: &StoredPayload,
+    ) -> Result<(), StoreError> {
+        let key = key.as_str().to_owned();
+        let payload = payload.clone();
+        Ok(self
+            .db
+            .call(move |conn| insert_payload(conn, &key, &payload))
+            .await?)
+    }
+
+    async fn get_payload(
+        &self,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredPayload>, StoreError> {
+        let key = key.as_str().to_owned();
+        let row: Option<(Vec<u8>, String, i64)> = self
+            .db
+            .call(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT body, headers, expires_at FROM payloads \
+                         WHERE key = ?1 AND expires_at > ?2",
+                    )?
+                    .query_row(params![key, millis(now)], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?)
+            })
+            .await?;
+        row.map(|(body, headers, expires_at)| {
+            Ok(StoredPayload {
+                body,
+                headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt {
+                    key: "payload headers".into(),
+                    reason: e.to_string(),
+                })?,
+                expires_at: from_millis(expires_at),
+            })
+        })
+        .transpose()
+    }
+
+    async fn prune_payloads(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .call(move |conn| {
+                let gone = conn
+                    .prepare_cached("DELETE FROM payloads WHERE expires_at <= ?1")?
+                    .execute([millis(now)])?;
+                Ok(gone as u64)
+            })
+            .await?)
+    }
+}
+
+/// The operator's filters (`hookline deliveries`), as parameters ?2 to ?4.
+const OPERATOR_FILTERS: &str = "AND (?2 IS NULL OR source = ?2) AND (?3 IS NULL OR status = ?3) \
+     AND (?4 IS NULL OR received_at >= ?4)";
+
+fn operator_filters(q: &DeliveryQuery) -> (Option<&str>, Option<&str>, Option<i64>) {
+    (
+        q.source.map(|s| s.as_str()),
+        q.status.map(|s| s.as_str()),
+        q.since.map(millis),
+    )
+}
+
+impl EmbeddedStore {
+    /// How many live deliveries `query` matches, whatever its limit (so `hookline deliveries`
+    /// can say how many it left out).
+    pub async fn count(&self, query: &DeliveryQuery) -> Result<u64, StoreError> {
+        let query = query.clone();
+        let now = Utc::now().timestamp();
+        Ok(self
+            .db
+            .call(move |conn| {
+                let (source, status, since) = operator_filters(&query);
+                let n: i64 = conn
+                    .prepare_cached(&format!(
+                        "SELECT COUNT(*) FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS}"
+                    ))?
+                    .query_row(params![now, source, status, since], |r| r.get(0))?;
+                Ok(n as u64)
+            })
+            .await?)
+    }
+
+    async fn log_page(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
+        let q = q.clone();
+        let want = q.limit + 1;
+        let mut rows: Vec<Delivery> = self
+            .db
+            .call(move |conn| {
+                // The sort key is `{received_at ms, 15 digits}#{key}`: the same order as
+                // (received_at, key), which the index serves.
+                let after = q.after.as_deref().and_then(|a| a.split_once('#'));
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM deliveries WHERE org_id = ?1 AND expires_at >= ?2 \
+                     AND (?3 IS NULL OR connection_id = ?3) AND (?4 IS NULL OR source = ?4) \
+                     AND (?5 IS NULL OR event_type = ?5) AND (?6 IS NULL OR status = ?6) \
+                     AND (?7 IS NULL OR received_at >= ?7) \
+                     AND (?8 IS NULL OR (received_at, key) < (?8, ?9)) \
+                     ORDER BY received_at DESC, key DESC LIMIT ?10"
+                ))?;
+                let rows = stmt.query_map(
+                    params![
+                        q.org_id,
+                        q.now.timestamp(),
+                        q.connection_id,
+                        q.source.map(|s| s.as_str()),
+                        q.event_type,
+                        q.status.map(|s| s.as_str()),
+                        q.since.map(millis),
+                        after.map(|(ms, _)| ms.parse::<i64>().unwrap_or(0)),
+                        after.map(|(_, key)| key),
+                        want as i64,
+                    ],
+                    read_delivery,
+                )?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        let next = if rows.len() > q.limit {
+            rows.truncate(q.limit);
+            rows.last().map(Delivery::log_sort_key)
+        } else {
+            None
+        };
+        Ok(LogPage {
+            deliveries: rows,
+            next,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -313,6 +570,53 @@ mod tests {
     }
 
     crate::store_conformance!(fresh());
+
+    #[tokio::test]
+    async fn pruning_deletes_only_expired_payloads() {
+        let (_dir, store) = fresh().await;
+        let at = Utc::now();
+        let old = DeliveryKey::new(crate::model::Source::Github, "old");
+        let new = DeliveryKey::new(crate::model::Source::Github, "new");
+        let mut p = crate::ports::store::conformance::payload(at);
+        p.expires_at = at + chrono::Duration::minutes(1);
+        store.put_payload(&old, &p).await.unwrap();
+        p.expires_at = at + chrono::Duration::hours(1);
+        store.put_payload(&new, &p).await.unwrap();
+        let pruned = store
+            .prune_payloads(at + chrono::Duration::minutes(2))
+            .await
+            .unwrap();
+        assert_eq!(pruned, 1);
+        // Read as of before its expiry: gone because it was deleted, not filtered.
+        assert_eq!(store.get_payload(&old, at).await.unwrap(), None);
+        assert!(store.get_payload(&new, at).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_from_before_the_log_opens_with_its_columns_added() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let raw = Connection::open(dir.path().join("hookline.db")).unwrap();
+            raw.execute_batch(
+                "CREATE TABLE deliveries (key TEXT PRIMARY KEY, source TEXT NOT NULL, \
+                 delivery_id TEXT NOT NULL, event_type TEXT NOT NULL, status TEXT NOT NULL, \
+                 payload_sha256 TEXT NOT NULL, signature_verified INTEGER NOT NULL, \
+                 received_at INTEGER NOT NULL, queued_at INTEGER, processed_at INTEGER, \
+                 error TEXT, duration_ms INTEGER, attempts INTEGER NOT NULL DEFAULT 0, \
+                 enqueue_lease_until INTEGER NOT NULL DEFAULT 0, \
+                 process_lease_until INTEGER NOT NULL DEFAULT 0, expires_at INTEGER NOT NULL);",
+            )
+            .unwrap();
+        }
+        let store = EmbeddedStore::new(Database::open(dir.path(), Durability::Normal).unwrap());
+        let new = crate::ports::store::conformance::new_delivery(
+            crate::model::Source::Github,
+            "old-dir",
+            Utc::now(),
+        );
+        store.record(&new).await.unwrap();
+        assert_eq!(store.get(&new.key).await.unwrap().unwrap().owner, None);
+    }
 
     #[tokio::test]
     async fn records_survive_a_restart() {

@@ -1,7 +1,10 @@
 //! The delivery store: idempotent delivery records, their status transitions and TTL, the
 //! delivery log, and the worker's activity records.
 
-use crate::model::{Activity, Delivery, DeliveryKey, DeliveryOutcome, NewDelivery, Source};
+use crate::model::{
+    Activity, Delivery, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDelivery, Owner, Source,
+    StoredPayload,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -20,6 +23,8 @@ pub enum StoreError {
 }
 
 /// The answer to [`DeliveryStore::record`].
+// A short-lived answer, moved once: boxing the record would cost an allocation per duplicate.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
     /// This call created the record.
@@ -45,6 +50,9 @@ pub enum Claim {
 #[derive(Debug, Clone)]
 pub struct DeliveryQuery {
     pub source: Option<Source>,
+    pub status: Option<DeliveryStatus>,
+    /// Received at or after.
+    pub since: Option<DateTime<Utc>>,
     pub limit: usize,
 }
 
@@ -52,9 +60,69 @@ impl Default for DeliveryQuery {
     fn default() -> Self {
         Self {
             source: None,
+            status: None,
+            since: None,
             limit: 50,
         }
     }
+}
+
+impl DeliveryQuery {
+    pub fn matches(&self, d: &Delivery) -> bool {
+        self.source.is_none_or(|s| d.source == s)
+            && self.status.is_none_or(|s| d.status == s)
+            && self.since.is_none_or(|t| d.received_at >= t)
+    }
+}
+
+/// A page of one org's delivery log (`GET /api/v1/webhooks/deliveries`), newest first.
+#[derive(Debug, Clone)]
+pub struct LogQuery {
+    pub org_id: String,
+    pub connection_id: Option<String>,
+    pub source: Option<Source>,
+    pub event_type: Option<String>,
+    pub status: Option<DeliveryStatus>,
+    /// Received at or after.
+    pub since: Option<DateTime<Utc>>,
+    pub limit: usize,
+    /// Strictly older than this sort key ([`Delivery::log_sort_key`]) of a previous page.
+    pub after: Option<String>,
+    /// Records expired by then are left out.
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogPage {
+    pub deliveries: Vec<Delivery>,
+    /// The sort key to go on from, when there may be more.
+    pub next: Option<String>,
+}
+
+/// One connection's numbers, from the same log the list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogCounts {
+    pub total: u64,
+    pub failed: u64,
+    pub last_received_at: Option<DateTime<Utc>>,
+}
+
+/// The answer to [`DeliveryStore::reopen`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reopen {
+    /// It is `queued` again; this is how it was before.
+    Reopened(Delivery),
+    /// Queued, or a worker is on it right now: nothing changed.
+    InFlight(Delivery),
+    /// No live record.
+    Missing,
+}
+
+/// Does a stored sort key look like one [`Delivery::log_sort_key`] made?
+pub fn valid_log_sort_key(raw: &str) -> bool {
+    matches!(raw.split_once('#'), Some((ms, key))
+        if ms.len() == 15 && ms.bytes().all(|b| b.is_ascii_digit())
+            && DeliveryKey::from_stored(key).source().is_some())
 }
 
 #[async_trait]
@@ -99,4 +167,39 @@ pub trait DeliveryStore: Send + Sync + 'static {
 
     /// Activity records, newest first.
     async fn list_activities(&self, limit: usize) -> Result<Vec<Activity>, StoreError>;
+
+    /// Say whose delivery it is (the worker learns a Stripe event's org when it applies it).
+    async fn set_owner(&self, key: &DeliveryKey, owner: &Owner) -> Result<(), StoreError>;
+
+    /// One org's deliveries, newest first, filtered; live records only.
+    async fn list_org(&self, query: &LogQuery) -> Result<LogPage, StoreError>;
+
+    /// Total and failed live deliveries of one connection of `org_id`, and the newest one's time.
+    async fn count_connection(
+        &self,
+        org_id: &str,
+        connection_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<LogCounts, StoreError>;
+
+    /// A replay: a processed, skipped or failed delivery whose worker is done with it goes
+    /// back to `queued` (the worker's claim then counts a new attempt).
+    async fn reopen(&self, key: &DeliveryKey, now: DateTime<Utc>) -> Result<Reopen, StoreError>;
+
+    /// Keep the payload (overwriting one kept before under the same key).
+    async fn put_payload(
+        &self,
+        key: &DeliveryKey,
+        payload: &StoredPayload,
+    ) -> Result<(), StoreError>;
+
+    /// The payload, unless none was kept or it expired by `now`.
+    async fn get_payload(
+        &self,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredPayload>, StoreError>;
+
+    /// Delete payloads expired by `now`; how many went. (DynamoDB's TTL does this itself.)
+    async fn prune_payloads(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 }
