@@ -1077,22 +1077,22 @@ async fn deliver_due(
                 Err(_) => break,
             },
         };
-        let room = in_flight.available_permits().min(DUE_PER_CLAIM - 1) + 1;
+        let room = gather_room(&in_flight, first).await;
         let now = outbound.ports.clock.now();
         let claimed = match due
-            .claim_due(now, now + outbound.deliverer.lease(), room)
+            .claim_due(now, now + outbound.deliverer.lease(), room.len())
             .await
         {
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::error!(error = %e, "deliverer cannot claim due deliveries; retrying");
-                drop(first);
+                drop(room);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
         if claimed.is_empty() {
-            drop(first);
+            drop(room);
             let wait = match due.next_due().await {
                 Ok(Some(at)) => (at - now).to_std().unwrap_or_default(),
                 _ => DUE_IDLE_WAIT,
@@ -1104,15 +1104,8 @@ async fn deliver_due(
             }
             continue;
         }
-        let mut first = Some(first);
-        for d in claimed {
-            let permit = match first.take() {
-                Some(p) => p,
-                None => match in_flight.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
+        // One permit per claimed delivery; the room left over is given back as they drop.
+        for (d, permit) in claimed.into_iter().zip(room) {
             let outbound = outbound.clone();
             tokio::spawn(async move {
                 if let Err(e) = outbound.deliverer.handle_claimed(d).await {
@@ -1122,6 +1115,34 @@ async fn deliver_due(
             });
         }
     }
+}
+
+/// The room in flight for one claim: `first`, what else is free now, and, when that is
+/// little (attempts finish one at a time), whatever frees up within a couple of
+/// milliseconds. Claiming for each permit as it freed made the poller's round trip to the
+/// writer thread the limit on deliveries per second.
+async fn gather_room(
+    in_flight: &Arc<tokio::sync::Semaphore>,
+    first: tokio::sync::OwnedSemaphorePermit,
+) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+    const GATHER_FOR: Duration = Duration::from_millis(2);
+    const ENOUGH: usize = 16;
+    let mut room = vec![first];
+    let deadline = tokio::time::Instant::now() + GATHER_FOR;
+    while room.len() < DUE_PER_CLAIM {
+        match in_flight.clone().try_acquire_owned() {
+            Ok(p) => room.push(p),
+            Err(tokio::sync::TryAcquireError::Closed) => break,
+            Err(tokio::sync::TryAcquireError::NoPermits) if room.len() >= ENOUGH => break,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                match tokio::time::timeout_at(deadline, in_flight.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => room.push(p),
+                    _ => break,
+                }
+            }
+        }
+    }
+    room
 }
 
 async fn deliver_one(
@@ -1194,5 +1215,62 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Semaphore;
+
+    #[tokio::test]
+    async fn a_claim_takes_all_the_room_there_is_up_to_one_claims_worth() {
+        let in_flight = Arc::new(Semaphore::new(100));
+        let first = in_flight.clone().acquire_owned().await.unwrap();
+        let room = gather_room(&in_flight, first).await;
+        assert_eq!(room.len(), DUE_PER_CLAIM);
+        assert_eq!(in_flight.available_permits(), 100 - DUE_PER_CLAIM);
+        drop(room);
+        assert_eq!(
+            in_flight.available_permits(),
+            100,
+            "given back as they drop"
+        );
+    }
+
+    #[tokio::test]
+    async fn when_attempts_free_up_one_at_a_time_a_claim_waits_briefly_for_more() {
+        let in_flight = Arc::new(Semaphore::new(64));
+        let mut busy = in_flight.clone().acquire_many_owned(64).await.unwrap();
+        // Attempts finish one by one (each after the claimer has run), well within the
+        // gathering window.
+        let freeing = {
+            let mut held: Vec<_> = (0..20).map(|_| busy.split(1).unwrap()).collect();
+            tokio::spawn(async move {
+                while let Some(permit) = held.pop() {
+                    tokio::task::yield_now().await;
+                    drop(permit);
+                }
+            })
+        };
+        let first = in_flight.clone().acquire_owned().await.unwrap();
+        let room = gather_room(&in_flight, first).await;
+        freeing.await.unwrap();
+        assert!(
+            room.len() >= 16,
+            "one claim for many attempts, not one per attempt: {}",
+            room.len()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_does_not_wait_long_for_room_that_does_not_come() {
+        let in_flight = Arc::new(Semaphore::new(64));
+        let _busy = in_flight.clone().acquire_many_owned(63).await.unwrap();
+        let first = in_flight.clone().acquire_owned().await.unwrap();
+        let started = tokio::time::Instant::now();
+        let room = gather_room(&in_flight, first).await;
+        assert_eq!(room.len(), 1);
+        assert!(started.elapsed() <= Duration::from_millis(2));
     }
 }
