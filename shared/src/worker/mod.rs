@@ -228,7 +228,7 @@ impl Worker {
             dispatcher,
             clock,
             lease: settings.process_lease,
-            delivery_ttl: settings.delivery_ttl,
+            delivery_ttl: settings.record_ttl(),
         }
     }
 
