@@ -341,7 +341,10 @@ async fn store_a_payload_whose_parts_expire_separately_reads_as_expired() {
         store.clone(),
         queue,
         Arc::new(ManualClock::at(now)),
-        Duration::from_secs(3600),
+        &hookline::config::Settings {
+            payload_retention: Duration::from_secs(3600),
+            ..Default::default()
+        },
     );
     for gone in [0usize, 1] {
         let new = new_delivery(Source::Github, &unique(&format!("part-{gone}")), now);

@@ -50,7 +50,7 @@ async fn spawn(retention: Duration) -> LogServer {
     let app = embedded_app(
         dir.path(),
         dev_secrets(),
-        settings,
+        settings.clone(),
         hookline::runtime::local::LOCAL_QUEUE,
         hookline::ports::sqlite::Durability::Normal,
         clock.clone(),
@@ -67,7 +67,7 @@ async fn spawn(retention: Duration) -> LogServer {
     };
     let app = with_repositories(app, dir.path(), PUBLIC, config, clock.clone()).unwrap();
     let store = app.store.clone();
-    let operator = DeliveryLog::new(store.clone(), app.queue.clone(), clock.clone(), retention);
+    let operator = DeliveryLog::new(store.clone(), app.queue.clone(), clock.clone(), &settings);
     let server = hookline::runtime::local::Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)
         .await
         .unwrap();

@@ -542,7 +542,12 @@ impl DeliveryStore for DynamoStore {
         Ok(counts)
     }
 
-    async fn reopen(&self, key: &DeliveryKey, now: DateTime<Utc>) -> Result<Reopen, StoreError> {
+    async fn reopen(
+        &self,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+        queued_before: DateTime<Utc>,
+    ) -> Result<Reopen, StoreError> {
         let done = self
             .client
             .update_item()
@@ -551,9 +556,13 @@ impl DeliveryStore for DynamoStore {
             .update_expression("SET #status = :queued, queued_at = :now")
             .condition_expression(
                 "attribute_exists(pk) AND expires_at >= :now_secs \
-                 AND #status IN (:processed, :skipped, :failed) \
+                 AND (#status IN (:processed, :skipped, :failed) \
+                      OR (#status = :received AND enqueue_lease_until <= :now) \
+                      OR (#status = :queued AND queued_at <= :queued_before)) \
                  AND (attribute_not_exists(process_lease_until) OR process_lease_until <= :now)",
             )
+            .expression_attribute_values(":received", s(DeliveryStatus::Received.as_str()))
+            .expression_attribute_values(":queued_before", n(queued_before.timestamp_millis()))
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":queued", s(DeliveryStatus::Queued.as_str()))
             .expression_attribute_values(":processed", s(DeliveryStatus::Processed.as_str()))
