@@ -757,6 +757,15 @@ def repositories_list_webhook_deliveries():
     )
 
 
+def repositories_get_webhook_delivery():
+    return api_event(
+        "repositories-api-get-webhook-delivery.json",
+        f"/api/v1/webhooks/deliveries/{REPLAY_ID}",
+        route="/api/v1/webhooks/deliveries/{proxy+}", proxy=REPLAY_ID,
+        scope="repos:read", request_id="XyZHcGhpoAMEqDw=",
+    )
+
+
 def repositories_replay_webhook_delivery():
     return api_event(
         "repositories-api-replay-webhook-delivery.json",
@@ -963,6 +972,7 @@ def build(stripe_ts: int) -> dict[str, dict]:
             whatsapp_verify(),
             repositories_list_connections(),
             repositories_list_webhook_deliveries(),
+            repositories_get_webhook_delivery(),
             repositories_replay_webhook_delivery(),
             oauth_authorize(),
             oauth_callback(),

@@ -306,7 +306,7 @@ pub async fn replay(data_dir: &Path, raw: &str) -> Result<ExitCode> {
         store,
         Arc::new(queue),
         Arc::new(SystemClock),
-        settings.payload_retention,
+        &settings,
     );
     match log.replay(None, &key).await {
         Ok(before) => {

@@ -77,6 +77,15 @@ fn number(
 }
 
 impl Settings {
+    /// How long a delivery record lives: `delivery_ttl`, but never less than the payload's
+    /// retention plus as long again (at most a day), so a replay of an expired payload finds
+    /// its record and answers 410, and a payload is never kept where no record can reach it.
+    pub fn record_ttl(&self) -> Duration {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let floor = self.payload_retention + self.payload_retention.min(DAY);
+        self.delivery_ttl.max(floor)
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(var)
     }

@@ -176,6 +176,8 @@ pub struct DeliveryLog {
     queue: Arc<dyn Queue>,
     clock: Arc<dyn Clock>,
     retention: Duration,
+    /// A record `queued` longer than this has lost its message: a replay may requeue it.
+    process_lease: Duration,
 }
 
 impl DeliveryLog {
@@ -183,13 +185,14 @@ impl DeliveryLog {
         store: Arc<dyn DeliveryStore>,
         queue: Arc<dyn Queue>,
         clock: Arc<dyn Clock>,
-        retention: Duration,
+        settings: &crate::config::Settings,
     ) -> Self {
         Self {
             store,
             queue,
             clock,
-            retention,
+            retention: settings.payload_retention,
+            process_lease: settings.process_lease,
         }
     }
 
@@ -243,7 +246,9 @@ impl DeliveryLog {
                 retention: humantime::format_duration(self.retention).to_string(),
             });
         };
-        let before = match self.store.reopen(key, now).await? {
+        let queued_before =
+            now - chrono::Duration::from_std(self.process_lease).unwrap_or(chrono::Duration::MAX);
+        let before = match self.store.reopen(key, now, queued_before).await? {
             Reopen::Reopened(before) => before,
             Reopen::InFlight(_) => return Err(LogError::InFlight),
             Reopen::Missing => return Err(LogError::NotFound),

@@ -320,3 +320,63 @@ async fn store_a_large_payload_is_split_into_parts_that_each_carry_the_ttl() {
         .unwrap();
     assert!(back.body == payload.body);
 }
+
+/// DynamoDB's TTL deletes a payload's parts one by one, in no set order: once any part is
+/// gone (part 0 and its count first included) the payload reads as expired, so a replay is
+/// 410 `payload_expired`, never a 503 for a "corrupt" item.
+#[tokio::test]
+async fn store_a_payload_whose_parts_expire_separately_reads_as_expired() {
+    use hookline::clock::ManualClock;
+    use hookline::delivery_log::{DeliveryLog, LogError};
+    use hookline::model::{Source, StoredPayload};
+    use hookline::ports::store::aws::PAYLOAD_PART_BYTES;
+    use hookline::ports::store::conformance::new_delivery;
+    let client = aws_sdk_dynamodb::Client::new(&config().await);
+    let table = unique("hookline-test");
+    create_table(&client, &table).await.unwrap();
+    let store: Arc<dyn DeliveryStore> = Arc::new(DynamoStore::new(client.clone(), &table));
+    let (_, queue) = fresh_queue().await;
+    let now = chrono::Utc::now();
+    let log = DeliveryLog::new(
+        store.clone(),
+        queue,
+        Arc::new(ManualClock::at(now)),
+        &hookline::config::Settings {
+            payload_retention: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    );
+    for gone in [0usize, 1] {
+        let new = new_delivery(Source::Github, &unique(&format!("part-{gone}")), now);
+        store.record(&new).await.unwrap();
+        let payload = StoredPayload {
+            body: vec![b'x'; 3 * PAYLOAD_PART_BYTES],
+            headers: vec![("content-type".into(), "application/json".into())],
+            expires_at: now + chrono::Duration::hours(1),
+        };
+        store.put_payload(&new.key, &payload).await.unwrap();
+        client
+            .delete_item()
+            .table_name(&table)
+            .key(
+                "pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("PAYLOAD#{}", new.key)),
+            )
+            .key(
+                "sk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("PART#{gone:04}")),
+            )
+            .send()
+            .await
+            .unwrap();
+        let (_, detail) = log
+            .detail(None, &new.key)
+            .await
+            .unwrap_or_else(|e| panic!("part {gone} gone: the detail still answers, got {e}"));
+        assert_eq!(detail, None, "part {gone} gone: the payload is expired");
+        match log.replay(None, &new.key).await {
+            Err(LogError::PayloadExpired { .. }) => {}
+            other => panic!("part {gone} gone: a replay is 410 payload_expired, got {other:?}"),
+        }
+    }
+}

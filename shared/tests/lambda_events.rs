@@ -453,6 +453,11 @@ async fn the_delivery_log_sample_events_are_answered_by_the_repositories_functio
             200,
         ),
         (
+            "repositories-api-get-webhook-delivery.json",
+            Scope::ReposRead,
+            200,
+        ),
+        (
             "repositories-api-replay-webhook-delivery.json",
             Scope::ReposWrite,
             202,
@@ -465,8 +470,11 @@ async fn the_delivery_log_sample_events_are_answered_by_the_repositories_functio
             .insert(http::header::AUTHORIZATION, bearer(dir.path(), &[scope]));
         let (status, body) = invoke_api(&repositories, req).await;
         assert_eq!(status, expected, "{name}: {body}");
-        if expected == 200 {
+        if name.contains("list") {
             assert_eq!(body["deliveries"][0]["id"], key.log_id(), "{body}");
+        } else if expected == 200 {
+            assert_eq!(body["id"], key.log_id(), "{body}");
+            assert_eq!(body["payload_expired"], false, "{body}");
         } else {
             assert_eq!(body["attempt"], 1, "{body}");
         }

@@ -50,7 +50,7 @@ async fn spawn(retention: Duration) -> LogServer {
     let app = embedded_app(
         dir.path(),
         dev_secrets(),
-        settings,
+        settings.clone(),
         hookline::runtime::local::LOCAL_QUEUE,
         hookline::ports::sqlite::Durability::Normal,
         clock.clone(),
@@ -67,7 +67,7 @@ async fn spawn(retention: Duration) -> LogServer {
     };
     let app = with_repositories(app, dir.path(), PUBLIC, config, clock.clone()).unwrap();
     let store = app.store.clone();
-    let operator = DeliveryLog::new(store.clone(), app.queue.clone(), clock.clone(), retention);
+    let operator = DeliveryLog::new(store.clone(), app.queue.clone(), clock.clone(), &settings);
     let server = hookline::runtime::local::Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)
         .await
         .unwrap();
@@ -551,6 +551,32 @@ async fn after_the_retention_the_payload_is_gone_and_a_replay_is_410() {
     assert_eq!(body["error"], "payload_expired");
     assert!(body["message"].as_str().unwrap().contains("1h"), "{body}");
     assert_eq!(s.store.get(&key).await.unwrap().unwrap().attempts, 1);
+    s.server.shutdown().await;
+}
+
+/// With the default settings (payloads kept 7d, records `HOOKLINE_DELIVERY_TTL_HOURS` 168h)
+/// the record outlives its payload, so an expired payload answers 410, not 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_default_settings_an_expired_payload_answers_410() {
+    let defaults = hookline::config::Settings::default();
+    let s = spawn(defaults.payload_retention).await;
+    let a = s.token("org-a", ALL);
+    let (_, secret) = s.connect(&a, "github", DEMO).await;
+    let (_, key) = s
+        .send(Source::Github, &payload("github-push.json"), &secret, "")
+        .await;
+    let key = key.unwrap();
+    s.wait_finished(&key, 1).await;
+    let detail = format!("/api/v1/webhooks/deliveries/{}", key.log_id());
+
+    s.clock
+        .advance(chrono::Duration::days(7) + chrono::Duration::minutes(1));
+    let (status, d) = s.get(&detail, &a).await;
+    assert_eq!(status, 200, "the record outlives its payload: {d}");
+    assert_eq!(d["payload_expired"], true);
+    let (status, body) = s.call(Method::POST, &format!("{detail}/replay"), &a).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["error"], "payload_expired");
     s.server.shutdown().await;
 }
 

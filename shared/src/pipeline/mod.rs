@@ -337,7 +337,7 @@ impl Pipeline {
             signature_verified: a.signature_verified,
             received_at: a.received_at,
             enqueue_lease_until: lease(a.received_at, self.settings.enqueue_lease),
-            expires_at: lease(a.received_at, self.settings.delivery_ttl),
+            expires_at: lease(a.received_at, self.settings.record_ttl()),
             owner: a.owner.clone(),
         }
     }

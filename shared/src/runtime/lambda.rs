@@ -425,7 +425,7 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
                     required(env, "HOOKLINE_DLQ_URL")?,
                 )),
                 Arc::new(SystemClock),
-                settings.payload_retention,
+                &settings,
             );
             ApiHandler::Repositories(Arc::new(
                 crate::api::repositories::RepositoriesApi::new(auth, Arc::new(repos), tokens)

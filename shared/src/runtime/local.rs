@@ -255,7 +255,7 @@ pub fn with_repositories_over(
                 app.store.clone(),
                 app.queue.clone(),
                 log_clock,
-                app.pipeline.settings().payload_retention,
+                app.pipeline.settings(),
             )),
         ),
     ));

@@ -264,7 +264,7 @@ mod tests {
     fn event(source: Source, event_type: &str, body: &str) -> Event {
         let envelope = Envelope::new(source, "d1", event_type, Utc::now(), body.as_bytes());
         let payload = Payload::parse(body.as_bytes()).unwrap();
-        Event { envelope, payload }
+        Event::new(envelope, payload)
     }
 
     #[test]

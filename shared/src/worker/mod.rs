@@ -21,6 +21,22 @@ pub mod repositories;
 pub struct Event {
     pub envelope: Envelope,
     pub payload: Payload,
+    /// Whose delivery it is, as its record says (`None`: nobody's yet, or the operator's).
+    pub owner: Option<crate::model::Owner>,
+    /// Which attempt this is (1 the first; more for a retry or a replay).
+    pub attempt: u32,
+}
+
+impl Event {
+    /// A first attempt of a delivery nobody owns.
+    pub fn new(envelope: Envelope, payload: Payload) -> Self {
+        Self {
+            envelope,
+            payload,
+            owner: None,
+            attempt: 1,
+        }
+    }
 }
 
 /// A provider body: JSON for most, form fields for Twilio.
@@ -228,7 +244,7 @@ impl Worker {
             dispatcher,
             clock,
             lease: settings.process_lease,
-            delivery_ttl: settings.delivery_ttl,
+            delivery_ttl: settings.record_ttl(),
         }
     }
 
@@ -288,15 +304,15 @@ impl Worker {
             }
             other => other,
         };
-        match claim {
+        let claimed = match claim {
             Claim::Done(_) => {
                 tracing::info!(source = %envelope.source, delivery_id = %envelope.delivery_id, "already processed; dropping the redelivered message");
                 return Ok(());
             }
             Claim::Busy => return Err(WorkerError::Busy),
             Claim::Missing => return Err(WorkerError::Malformed("record vanished".into())),
-            Claim::Claimed(_) => {}
-        }
+            Claim::Claimed(d) => d,
+        };
 
         let started = Instant::now();
         let result = match envelope.raw_body() {
@@ -305,6 +321,8 @@ impl Worker {
                     let event = Event {
                         envelope: envelope.clone(),
                         payload,
+                        owner: claimed.owner.clone(),
+                        attempt: claimed.attempts,
                     };
                     match self.dispatcher.route(envelope.source, &envelope.event_type) {
                         Some(handler) => handler.handle(&event, now).await,

@@ -205,17 +205,37 @@ impl Handler for RepositoryEvents {
             }
             Handled::Processed
         };
+        // Only the delivery's owner's connection hears of it below: the repository may be
+        // connected by other orgs too, each with its own hook sending its own deliveries.
+        let owned: Vec<&Connection> = match &event.owner {
+            Some(owner) => connections
+                .iter()
+                .filter(|c| {
+                    c.org_id == owner.org_id
+                        && owner.connection_id.as_deref() == Some(c.id.as_str())
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         // GitLab marks its test push no differently from a real one: every push counts as the
         // ping (either way it proves the hook delivers).
         if event.envelope.source == Source::Gitlab && event.envelope.event_type == "push" {
-            for c in &connections {
+            for c in &owned {
                 self.ping_arrived(c, event.envelope.received_at).await?;
             }
         }
-        // Counted last: everything above is idempotent, the counter is not, and a retry
-
-        // after a failure above should not count the delivery twice.
-        for c in &connections {
+        // A retry or a replay is not a new delivery: counted once, on the first attempt.
+        if event.attempt > 1 {
+            return Ok(outcome);
+        }
+        // Counted last: everything above is idempotent, the counter is not. A delivery nobody
+        // owns (a hook set up by hand with the global secret) counts for every org whose
+        // connection it matched, as before.
+        let counted_for: Vec<&Connection> = match &event.owner {
+            Some(_) => owned,
+            None => connections.iter().collect(),
+        };
+        for c in &counted_for {
             match self.connections.record_delivery(&c.id, now, false).await {
                 Ok(()) | Err(ConnectionError::NotFound) => {}
                 Err(e) => {
@@ -225,7 +245,7 @@ impl Handler for RepositoryEvents {
         }
         if let Some(usage) = &self.usage {
             let mut counted: Vec<&str> = Vec::new();
-            for c in &connections {
+            for c in &counted_for {
                 if !counted.contains(&c.org_id.as_str()) {
                     usage.count_inbound(&c.org_id).await;
                     counted.push(&c.org_id);
@@ -1175,10 +1195,10 @@ mod tests {
     fn event(source: Source, event_type: &str, body: &Value) -> Event {
         let raw = serde_json::to_vec(body).unwrap();
         let id = uuid::Uuid::new_v4().to_string();
-        Event {
-            envelope: Envelope::new(source, &id, event_type, Utc::now(), &raw),
-            payload: Payload::Json(body.clone()),
-        }
+        Event::new(
+            Envelope::new(source, &id, event_type, Utc::now(), &raw),
+            Payload::Json(body.clone()),
+        )
     }
 
     #[tokio::test]
@@ -1208,14 +1228,98 @@ mod tests {
         );
     }
 
+    /// `e` as an attempt of a delivery owned by `c` (what the worker reads off its record).
+    fn owned_by(mut e: Event, c: &Connection, attempt: u32) -> Event {
+        e.owner = Some(crate::model::Owner {
+            org_id: c.org_id.clone(),
+            connection_id: Some(c.id.to_string()),
+            repository_full_name: Some(c.repository_full_name.clone()),
+        });
+        e.attempt = attempt;
+        e
+    }
+
     #[tokio::test]
-    async fn a_gitlab_push_proves_the_hook_delivers() {
+    async fn a_gitlab_push_proves_only_its_owners_hook_delivers() {
         let f = fixture();
-        let c = f.connect_gitlab("org-a", "acme/group/svc", "77").await;
+        // Two orgs connected the same project, each with its own hook.
+        let a = f.connect_gitlab("org-a", "acme/group/svc", "77").await;
+        let b = f.connect_gitlab("org-b", "acme/group/svc", "77").await;
         let body = serde_json::json!({"object_kind": "push", "project": {"id": 77,
             "path_with_namespace": "acme/group/svc"}, "before": "a", "after": "b", "commits": []});
-        f.handle(Source::Gitlab, "push", &body).await;
-        assert!(f.reload(&c).await.health.last_ping_at.is_some());
+        f.handler
+            .handle(
+                &owned_by(event(Source::Gitlab, "push", &body), &b, 1),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert!(f.reload(&b).await.health.last_ping_at.is_some());
+        assert_eq!(
+            f.reload(&a).await.health.last_ping_at,
+            None,
+            "org-b's hook delivered, not org-a's"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_delivery_counts_once_and_only_for_its_owner_a_replay_not_at_all() {
+        use crate::billing::model::usage_period;
+        use crate::billing::plan::{Plans, TierSource};
+        use crate::ports::billing::embedded::EmbeddedBillingStore;
+        use crate::ports::billing::BillingStore;
+        let f = fixture();
+        let dir = tempfile::tempdir().unwrap();
+        let billing: Arc<dyn BillingStore> = Arc::new(EmbeddedBillingStore::new(
+            Database::open(dir.path(), Durability::Normal).unwrap(),
+        ));
+        let plans = Arc::new(Plans::new(
+            billing.clone(),
+            crate::billing::tiers::TierTable::from_lookup(|_| None).unwrap(),
+            TierSource::Stripe,
+            Arc::new(crate::clock::SystemClock),
+        ));
+        let handler =
+            RepositoryEvents::new(f.store.clone(), f.connections.clone()).with_usage(plans);
+        let a = f.connect("org-a", "acme/hookline-demo").await;
+        let b = f.connect("org-b", "acme/hookline-demo").await;
+        let push =
+            json!({"ref": "refs/heads/main", "repository": {"full_name": "acme/hookline-demo"}});
+        let first = owned_by(event(Source::Github, "push", &push), &a, 1);
+        handler.handle(&first, Utc::now()).await.unwrap();
+        // org-a replays its delivery, again and again.
+        for attempt in 2..=4 {
+            let replay = Event {
+                attempt,
+                ..first.clone()
+            };
+            handler.handle(&replay, Utc::now()).await.unwrap();
+        }
+        let period = usage_period(Utc::now());
+        let usage = |org: &'static str| {
+            let billing = billing.clone();
+            let period = period.clone();
+            async move {
+                billing
+                    .usage(org, &period)
+                    .await
+                    .unwrap()
+                    .inbound_deliveries
+            }
+        };
+        assert_eq!(usage("org-a").await, 1, "once, on its first attempt");
+        assert_eq!(
+            usage("org-b").await,
+            0,
+            "another org's delivery is not org-b's usage"
+        );
+        let (a, b) = (f.reload(&a).await, f.reload(&b).await);
+        assert_eq!(a.total_deliveries, 1);
+        assert_eq!(
+            (b.total_deliveries, b.webhook_last_delivery_at),
+            (0, None),
+            "org-b's counters are untouched"
+        );
     }
 
     fn payload(file: &str) -> Value {

@@ -542,7 +542,12 @@ impl DeliveryStore for DynamoStore {
         Ok(counts)
     }
 
-    async fn reopen(&self, key: &DeliveryKey, now: DateTime<Utc>) -> Result<Reopen, StoreError> {
+    async fn reopen(
+        &self,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+        queued_before: DateTime<Utc>,
+    ) -> Result<Reopen, StoreError> {
         let done = self
             .client
             .update_item()
@@ -551,9 +556,13 @@ impl DeliveryStore for DynamoStore {
             .update_expression("SET #status = :queued, queued_at = :now")
             .condition_expression(
                 "attribute_exists(pk) AND expires_at >= :now_secs \
-                 AND #status IN (:processed, :skipped, :failed) \
+                 AND (#status IN (:processed, :skipped, :failed) \
+                      OR (#status = :received AND enqueue_lease_until <= :now) \
+                      OR (#status = :queued AND queued_at <= :queued_before)) \
                  AND (attribute_not_exists(process_lease_until) OR process_lease_until <= :now)",
             )
+            .expression_attribute_values(":received", s(DeliveryStatus::Received.as_str()))
+            .expression_attribute_values(":queued_before", n(queued_before.timestamp_millis()))
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":queued", s(DeliveryStatus::Queued.as_str()))
             .expression_attribute_values(":processed", s(DeliveryStatus::Processed.as_str()))
@@ -665,7 +674,7 @@ impl DeliveryStore for DynamoStore {
                 _ => break,
             }
         }
-        Ok(payload_from_items(&items)?.filter(|p| p.expires_at > now))
+        payload_from_items(&items, now)
     }
 
     async fn prune_payloads(&self, _now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -947,18 +956,31 @@ fn payload_items(key: &DeliveryKey, p: &StoredPayload) -> Result<Vec<Item>, Stor
 }
 
 /// The payload from its parts (in `sk` order), or `None` when a part is missing (still
-/// being written over, or partly deleted on expiry).
-fn payload_from_items(items: &[Item]) -> Result<Option<StoredPayload>, StoreError> {
-    let Some(first) = items.first() else {
+/// being written over, or partly deleted on expiry: DynamoDB's TTL deletes each part on its
+/// own, part 0 and its count possibly first) or expired by `now` and not deleted yet.
+fn payload_from_items(
+    items: &[Item],
+    now: DateTime<Utc>,
+) -> Result<Option<StoredPayload>, StoreError> {
+    let mut live = Vec::with_capacity(items.len());
+    for item in items {
+        if Reader::new(item).millis("expires_at_ms")? > now {
+            live.push(item);
+        }
+    }
+    let Some(first) = live.first() else {
         return Ok(None);
     };
     let r = Reader::new(first);
+    if r.str("sk")? != payload_part_sk(0) {
+        return Ok(None);
+    }
     let count = usize::try_from(r.i64("parts")?).unwrap_or(0);
-    if items.len() < count {
+    if live.len() < count {
         return Ok(None);
     }
     let mut body = Vec::new();
-    for (i, item) in items.iter().take(count).enumerate() {
+    for (i, item) in live.iter().take(count).enumerate() {
         let r = Reader::new(item);
         if r.str("sk")? != payload_part_sk(i) {
             return Ok(None);

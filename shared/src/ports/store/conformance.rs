@@ -657,7 +657,7 @@ pub async fn a_finished_delivery_reopens_for_one_replay_at_a_time(store: &dyn De
     store.record(&new).await.unwrap();
     // Not finished yet: nothing to replay.
     assert!(matches!(
-        store.reopen(&new.key, t(1)).await.unwrap(),
+        store.reopen(&new.key, t(1), t(-179)).await.unwrap(),
         Reopen::InFlight(_)
     ));
     let Claim::Claimed(_) = store.claim(&new.key, t(1), t(31)).await.unwrap() else {
@@ -667,7 +667,7 @@ pub async fn a_finished_delivery_reopens_for_one_replay_at_a_time(store: &dyn De
         .finish(&new.key, &outcome(DeliveryStatus::Processed, None, t(2)))
         .await
         .unwrap();
-    match store.reopen(&new.key, t(3)).await.unwrap() {
+    match store.reopen(&new.key, t(3), t(-177)).await.unwrap() {
         Reopen::Reopened(before) => {
             assert_eq!(before.status, DeliveryStatus::Processed);
             assert_eq!(before.attempts, 1);
@@ -678,7 +678,7 @@ pub async fn a_finished_delivery_reopens_for_one_replay_at_a_time(store: &dyn De
     assert_eq!(queued.status, DeliveryStatus::Queued);
     // A second replay while the first is queued changes nothing.
     assert!(matches!(
-        store.reopen(&new.key, t(4)).await.unwrap(),
+        store.reopen(&new.key, t(4), t(-176)).await.unwrap(),
         Reopen::InFlight(_)
     ));
     // The worker's claim counts the replay as a new attempt of the same delivery.
@@ -688,7 +688,7 @@ pub async fn a_finished_delivery_reopens_for_one_replay_at_a_time(store: &dyn De
     assert_eq!(again.attempts, 2);
     // While a worker holds it, no replay.
     assert!(matches!(
-        store.reopen(&new.key, t(6)).await.unwrap(),
+        store.reopen(&new.key, t(6), t(-174)).await.unwrap(),
         Reopen::InFlight(_)
     ));
     store
@@ -696,11 +696,56 @@ pub async fn a_finished_delivery_reopens_for_one_replay_at_a_time(store: &dyn De
         .await
         .unwrap();
     assert!(matches!(
-        store.reopen(&new.key, t(8)).await.unwrap(),
+        store.reopen(&new.key, t(8), t(-172)).await.unwrap(),
         Reopen::Reopened(_)
     ));
     let nobody = DeliveryKey::new(Source::Github, &unique_id("nobody"));
-    assert_eq!(store.reopen(&nobody, t(8)).await.unwrap(), Reopen::Missing);
+    assert_eq!(
+        store.reopen(&nobody, t(8), t(-172)).await.unwrap(),
+        Reopen::Missing
+    );
+}
+
+/// A delivery no message will come for is not stuck: `received` once the request that
+/// recorded it can no longer queue it (its enqueue lease ended), and `queued` for longer than
+/// a process lease with no worker on it, both reopen for a replay.
+pub async fn a_stuck_delivery_reopens_once_no_message_can_come(store: &dyn DeliveryStore) {
+    let new = new_delivery(Source::Github, &unique_id("stuck"), t(0));
+    store.record(&new).await.unwrap();
+    // The recording request may still queue it until t(30).
+    assert!(matches!(
+        store.reopen(&new.key, t(29), t(29 - 180)).await.unwrap(),
+        Reopen::InFlight(_)
+    ));
+    match store.reopen(&new.key, t(31), t(31 - 180)).await.unwrap() {
+        Reopen::Reopened(before) => assert_eq!(before.status, DeliveryStatus::Received),
+        other => panic!("a received delivery past its enqueue lease reopens, got {other:?}"),
+    }
+    let queued = store.get(&new.key).await.unwrap().unwrap();
+    assert_eq!(queued.status, DeliveryStatus::Queued);
+    assert_eq!(
+        queued.queued_at.map(|t| t.timestamp()),
+        Some(t(31).timestamp())
+    );
+    // Queued within a process lease: its message may still come.
+    assert!(matches!(
+        store.reopen(&new.key, t(100), t(100 - 180)).await.unwrap(),
+        Reopen::InFlight(_)
+    ));
+    // Queued longer than that, no worker on it: its message was lost.
+    match store.reopen(&new.key, t(400), t(400 - 180)).await.unwrap() {
+        Reopen::Reopened(before) => assert_eq!(before.status, DeliveryStatus::Queued),
+        other => panic!("a delivery queued past the process lease reopens, got {other:?}"),
+    }
+    let Claim::Claimed(claimed) = store.claim(&new.key, t(401), t(431)).await.unwrap() else {
+        panic!("a reopened delivery is claimable")
+    };
+    assert_eq!(claimed.attempts, 1);
+    // A worker on it: no replay, however long it has been queued.
+    assert!(matches!(
+        store.reopen(&new.key, t(402), t(402)).await.unwrap(),
+        Reopen::InFlight(_)
+    ));
 }
 
 /// Bytes that are not UTF-8 anywhere and differ from part to part.
@@ -818,6 +863,7 @@ macro_rules! store_conformance {
                 a_finished_delivery_reopens_for_one_replay_at_a_time,
                 borrowed
             );
+            case!(a_stuck_delivery_reopens_once_no_message_can_come, borrowed);
             case!(
                 a_payload_round_trips_byte_for_byte_until_it_expires,
                 borrowed

@@ -391,7 +391,12 @@ impl DeliveryStore for EmbeddedStore {
             .await?)
     }
 
-    async fn reopen(&self, key: &DeliveryKey, now: DateTime<Utc>) -> Result<Reopen, StoreError> {
+    async fn reopen(
+        &self,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+        queued_before: DateTime<Utc>,
+    ) -> Result<Reopen, StoreError> {
         let key = key.as_str().to_owned();
         Ok(self
             .db
@@ -405,10 +410,12 @@ impl DeliveryStore for EmbeddedStore {
                 let changed = conn
                     .prepare_cached(
                         "UPDATE deliveries SET status = 'queued', queued_at = ?2 WHERE key = ?1 \
-                         AND status IN ('processed', 'skipped', 'failed') \
+                         AND (status IN ('processed', 'skipped', 'failed') \
+                              OR (status = 'received' AND enqueue_lease_until <= ?2) \
+                              OR (status = 'queued' AND queued_at <= ?3)) \
                          AND process_lease_until <= ?2",
                     )?
-                    .execute(params![key, millis(now)])?;
+                    .execute(params![key, millis(now), millis(queued_before)])?;
                 Ok(if changed == 1 {
                     Reopen::Reopened(before)
                 } else {

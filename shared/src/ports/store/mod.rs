@@ -183,8 +183,16 @@ pub trait DeliveryStore: Send + Sync + 'static {
     ) -> Result<LogCounts, StoreError>;
 
     /// A replay: a processed, skipped or failed delivery whose worker is done with it goes
-    /// back to `queued` (the worker's claim then counts a new attempt).
-    async fn reopen(&self, key: &DeliveryKey, now: DateTime<Utc>) -> Result<Reopen, StoreError>;
+    /// back to `queued` (the worker's claim then counts a new attempt). So does one stuck
+    /// where no message will come for it: `received` once its enqueue lease has ended (the
+    /// request that recorded it died before queueing it), or `queued` since before
+    /// `queued_before` (its message was lost, e.g. a replay whose send and restore both failed).
+    async fn reopen(
+        &self,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+        queued_before: DateTime<Utc>,
+    ) -> Result<Reopen, StoreError>;
 
     /// Keep the payload (overwriting one kept before under the same key).
     async fn put_payload(
