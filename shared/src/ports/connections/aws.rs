@@ -17,7 +17,8 @@
 //!
 //! Every record item holds its serialised model in `record` (S, JSON) plus the attributes its
 //! conditions and lookups need: `org_id`, `provider`, `repo_key`, `project_id` on a connection;
-//! `org_id`, `connection_id`, `repo_key`, `status` on an incident; `updated_ms` (and `finished`,
+//! `org_id`, `connection_id`, `repo_key`, `status` on an incident; `updated_at` (S, as in the record) on a connection for the hook-health check's
+//! conditional writes, `updated_ms` (and `finished`,
 //! 0/1, on a run) for the newer-wins conditional puts. A few attributes override the record:
 //! a connection's `total_deliveries`, `failed_deliveries` (N, `ADD`ed by `record_delivery`) and
 //! `last_delivery_at` (N, epoch ms), `last_ping_at` (N, epoch ms, `record_ping`'s), and an
@@ -30,7 +31,7 @@
 //! records they name are then read consistently.
 
 use super::{
-    decode_cursor, encode_cursor, json_corrupt, merge_jobs, repo_key, sortable_millis,
+    decode_cursor, encode_cursor, json_corrupt, json_time, merge_jobs, repo_key, sortable_millis,
     ConnectionError, ConnectionStore, MAX_PAGE,
 };
 use crate::connections::{
@@ -200,6 +201,65 @@ impl DynamoConnectionStore {
         Ok(self.db().send_update(op, update).await?.is_some())
     }
 
+    /// Replace the connection's record (its identity must be the stored one), only while its
+    /// `updated_at` is `read_at` when given. Items written before the `updated_at` attribute
+    /// existed are matched on their record's JSON. True when written.
+    async fn replace(
+        &self,
+        c: &Connection,
+        read_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, ConnectionError> {
+        let record = to_json(c.id.as_str(), c)?;
+        let mut condition = "attribute_exists(pk) AND org_id = :org AND provider = :provider \
+                             AND repo_key = :repo"
+            .to_owned();
+        if read_at.is_some() {
+            condition.push_str(
+                " AND (#updated = :read OR (attribute_not_exists(#updated) \
+                 AND contains(#record, :stamp)))",
+            );
+        }
+        let update = self
+            .db()
+            .update(conn_pk(c.id.as_str()), CONN_SK, |update| {
+                let mut update = update
+                    .condition_expression(condition)
+                    .expression_attribute_values(":org", s(&c.org_id))
+                    .expression_attribute_values(":provider", s(c.provider.as_str()))
+                    .expression_attribute_values(":repo", s(repo_key(&c.repository_full_name)))
+                    .expression_attribute_values(":record", s(record))
+                    .expression_attribute_values(":updated", s(json_time(c.updated_at)))
+                    .expression_attribute_names("#record", "record")
+                    .expression_attribute_names("#updated", "updated_at");
+                if let Some(read_at) = read_at {
+                    let read = json_time(read_at);
+                    update = update
+                        .expression_attribute_values(
+                            ":stamp",
+                            s(format!("\"updated_at\":\"{read}\"")),
+                        )
+                        .expression_attribute_values(":read", s(read));
+                }
+                match &c.project_id {
+                    Some(project_id) => update
+                        .update_expression(
+                            "SET #record = :record, #updated = :updated, project_id = :project",
+                        )
+                        .expression_attribute_values(":project", s(project_id)),
+                    None => update.update_expression(
+                        "SET #record = :record, #updated = :updated REMOVE project_id",
+                    ),
+                }
+            })?;
+        let items = vec![
+            update,
+            self.project_pointer(&c.id, c.project_id.as_deref())?,
+        ];
+        self.db()
+            .transact("TransactWriteItems (update)", items)
+            .await
+    }
+
     fn db(&self) -> Table<'_, ConnectionError> {
         Table::new(&self.client, &self.table)
     }
@@ -333,39 +393,24 @@ impl ConnectionStore for DynamoConnectionStore {
     }
 
     async fn update(&self, c: &Connection) -> Result<(), ConnectionError> {
-        let record = to_json(c.id.as_str(), c)?;
-        let update = self
-            .db()
-            .update(conn_pk(c.id.as_str()), CONN_SK, |update| {
-                let update = update
-                    .condition_expression(
-                        "attribute_exists(pk) AND org_id = :org AND provider = :provider \
-                     AND repo_key = :repo",
-                    )
-                    .expression_attribute_values(":org", s(&c.org_id))
-                    .expression_attribute_values(":provider", s(c.provider.as_str()))
-                    .expression_attribute_values(":repo", s(repo_key(&c.repository_full_name)))
-                    .expression_attribute_values(":record", s(record))
-                    .expression_attribute_names("#record", "record");
-                match &c.project_id {
-                    Some(project_id) => update
-                        .update_expression("SET #record = :record, project_id = :project")
-                        .expression_attribute_values(":project", s(project_id)),
-                    None => update.update_expression("SET #record = :record REMOVE project_id"),
-                }
-            })?;
-        let items = vec![
-            update,
-            self.project_pointer(&c.id, c.project_id.as_deref())?,
-        ];
-        if self
-            .db()
-            .transact("TransactWriteItems (update)", items)
-            .await?
-        {
-            Ok(())
-        } else {
-            Err(ConnectionError::NotFound)
+        match self.replace(c, None).await? {
+            true => Ok(()),
+            false => Err(ConnectionError::NotFound),
+        }
+    }
+
+    async fn update_if_unchanged(
+        &self,
+        c: &Connection,
+        read_at: DateTime<Utc>,
+    ) -> Result<bool, ConnectionError> {
+        if self.replace(c, Some(read_at)).await? {
+            return Ok(true);
+        }
+        // The condition failed: gone, or changed since it was read.
+        match self.get(&c.org_id, &c.id).await? {
+            Some(_) => Ok(false),
+            None => Err(ConnectionError::NotFound),
         }
     }
 
@@ -913,6 +958,7 @@ fn connection_item(c: &Connection) -> Result<Item, ConnectionError> {
             n(i64::try_from(c.failed_deliveries).unwrap_or(i64::MAX)),
         ),
         ("record".to_owned(), s(to_json(c.id.as_str(), c)?)),
+        ("updated_at".to_owned(), s(json_time(c.updated_at))),
     ]);
     if let Some(project_id) = &c.project_id {
         item.insert("project_id".to_owned(), s(project_id));
