@@ -4,6 +4,9 @@
 //! events, disables the connection or disconnects it. The check must not write back what it
 //! read before: no old secret restored, no events "patched back", no connection switched on
 //! again, no hook left behind for a connection that is gone.
+//!
+//! And a ping asked for after a connect or a retry names a hook the stored record already
+//! names (review finding 8): the record is saved before the ping is asked for.
 
 use hookline::clock::SystemClock;
 use hookline::connections::service::health::{Action, HealthSettings};
@@ -207,4 +210,41 @@ async fn a_hook_recreated_for_a_connection_disconnected_meanwhile_is_removed() {
         "an orphan hook was left: {:?}",
         f.stub.hooks("acme/gone")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_saves_the_new_hook_before_asking_for_its_ping() {
+    let f = fixture().await;
+    let c = connect(&f, "acme/retried").await;
+    assert!(f.stub.remove_hook(hook_id(&c)));
+    // The retry looks for a hook with its URL, creates one, then asks for the ping: the stub
+    // holds the ping request while the test reads what is stored.
+    f.stub.delay_next("acme/retried", Duration::ZERO);
+    f.stub.delay_next("acme/retried", Duration::ZERO);
+    f.stub.delay_next("acme/retried", HELD);
+    f.stub.clear_requests();
+    let repos = f.repos.clone();
+    let id = c.id.clone();
+    let retry = tokio::spawn(async move { repos.retry("org-a", &id).await.unwrap() });
+    let asked = async {
+        loop {
+            if f.stub.requests().iter().any(|r| r.path.ends_with("/pings")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(HELD, asked)
+        .await
+        .expect("the retry asked for a ping");
+    let new_hook = f.stub.hooks("acme/retried")[0].id.to_string();
+    let stored = f.repos.get("org-a", &c.id).await.unwrap();
+    assert_eq!(
+        stored.webhook_id.as_deref(),
+        Some(new_hook.as_str()),
+        "the ping was asked for before the new hook id was stored: it would be dropped"
+    );
+    let done = retry.await.unwrap();
+    assert_eq!(done.webhook_id.as_deref(), Some(new_hook.as_str()));
+    assert!(done.health.ping_requested_at.is_some());
 }
