@@ -7,6 +7,13 @@
 //! | item | `pk` | `sk` | `gsi1pk` | `gsi1sk` |
 //! |---|---|---|---|---|
 //! | connection | `CONN#{id}` | `CONN` | `ORGCONN#{org}` (the org's list) | `{created_at ms, 15 digits}#{id}` |
+//!
+//! A connection item also carries `gsi2pk` = `ALLCONN`, `gsi2sk` = `{id}`: every org's
+//! connections in the sparse `gsi2`, which the hook-health check queries (no Scan). Items
+//! written before that are indexed by the check's first run (marker item `CONNINDEX#v1`).
+//!
+//! | item | `pk` | `sk` | `gsi1pk` | `gsi1sk` |
+//! |---|---|---|---|---|
 //! | uniqueness marker | `CONNREPO#{org}#{provider}#{repo}` | `CONNREPO` | `REPO#{provider}#{repo}` (routing) | `{id}` |
 //! | GitLab project pointer | `CONN#{id}` | `PROJECT` | `GLPROJECT#{project_id}` (routing) | `{id}` |
 //! | incident | `INC#{id}` | `INC` | `ORGINC#{org}` (the org's list) | `{created_at ms}#{id}` |
@@ -39,7 +46,7 @@ use crate::connections::{
     WorkflowRun,
 };
 use crate::ports::dynamo::{self, esc, n, s, DynamoError, Item, Table};
-use crate::ports::store::aws::Gsi1Query;
+use crate::ports::store::aws::{Gsi1Query, GSI2};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
@@ -59,6 +66,10 @@ const BRANCH_SK: &str = "BRANCH";
 const INCRUN_SK: &str = "INCRUN";
 const RUN_SK: &str = "RUN";
 const PR_SK: &str = "PR";
+/// `gsi2pk` of every connection item: the hook-health check's list of them all.
+const ALL_CONNECTIONS: &str = "ALLCONN";
+/// The marker saying every connection item carries `gsi2pk` (written before they all did).
+const INDEXED_PK: &str = "CONNINDEX#v1";
 /// Items one gsi1 query page reads.
 const QUERY_PAGE: usize = 1000;
 
@@ -258,6 +269,63 @@ impl DynamoConnectionStore {
         self.db()
             .transact("TransactWriteItems (update)", items)
             .await
+    }
+
+    /// Put connection items written before they carried `gsi2pk` into the every-connection
+    /// index: one Scan, once per table (a marker item records it is done).
+    async fn index_legacy_connections(&self) -> Result<(), ConnectionError> {
+        if self
+            .db()
+            .get_item(INDEXED_PK.to_owned(), INDEXED_PK)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("sk = :conn AND attribute_not_exists(gsi2pk)")
+                .expression_attribute_values(":conn", s(CONN_SK))
+                .projection_expression("pk")
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| ConnectionError::dynamo("Scan (index connections)", &e))?;
+            for item in page.items() {
+                let pk = Reader::new(item).str("pk")?.to_owned();
+                let id = pk.strip_prefix("CONN#").unwrap_or(&pk).to_owned();
+                let update = self
+                    .db()
+                    .update_item(pk, CONN_SK)
+                    .update_expression("SET gsi2pk = :all, gsi2sk = :id")
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_values(":all", s(ALL_CONNECTIONS))
+                    .expression_attribute_values(":id", s(id));
+                // A connection deleted meanwhile needs no indexing.
+                self.send_update("UpdateItem (index connection)", update)
+                    .await?;
+            }
+            match page.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => break,
+            }
+        }
+        let marker = HashMap::from([
+            ("pk".to_owned(), s(INDEXED_PK)),
+            ("sk".to_owned(), s(INDEXED_PK)),
+        ]);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(marker))
+            .send()
+            .await
+            .map_err(|e| ConnectionError::dynamo("PutItem (connections indexed)", &e))?;
+        Ok(())
     }
 
     fn db(&self) -> Table<'_, ConnectionError> {
@@ -488,55 +556,55 @@ impl ConnectionStore for DynamoConnectionStore {
         limit: usize,
         cursor: Option<String>,
     ) -> Result<(Vec<Connection>, Option<String>), ConnectionError> {
-        // A Scan of the connection items: the check runs hourly, and no index spans every org.
-        // The cursor is the last evaluated item's key, `pk` then `sk`, as opaque text.
+        // A Query of the sparse `gsi2` partition only connection items carry (it projects
+        // everything): the table's other items — payload parts above all — are never read.
+        // The cursor is the last evaluated item's pk (`CONN#{id}`), as opaque text.
         use base64::Engine;
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let limit = limit.clamp(1, MAX_PAGE);
-        let mut start: Option<Item> = match cursor {
-            None => None,
+        let start = match cursor {
+            None => {
+                self.index_legacy_connections().await?;
+                None
+            }
             Some(c) => {
-                let raw = engine
+                let pk = engine
                     .decode(c.as_bytes())
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok());
-                match raw.as_deref().and_then(|r| r.split_once('\n')) {
-                    Some((pk, sk)) => Some(HashMap::from([
-                        ("pk".to_owned(), s(pk)),
-                        ("sk".to_owned(), s(sk)),
+                match pk.as_deref().and_then(|pk| pk.strip_prefix("CONN#")) {
+                    Some(id) => Some(HashMap::from([
+                        ("pk".to_owned(), s(conn_pk(id))),
+                        ("sk".to_owned(), s(CONN_SK)),
+                        ("gsi2pk".to_owned(), s(ALL_CONNECTIONS)),
+                        ("gsi2sk".to_owned(), s(id)),
                     ])),
                     None => return Ok((Vec::new(), None)),
                 }
             }
         };
-        let mut out = Vec::new();
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("sk = :conn")
-                .expression_attribute_values(":conn", s(CONN_SK))
-                .consistent_read(true)
-                .limit(limit as i32)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| ConnectionError::dynamo("Scan", &e))?;
-            for item in page.items() {
-                out.push(parse_connection(item)?);
-            }
-            let last = page.last_evaluated_key().cloned();
-            match last {
-                Some(key) if out.len() < limit => start = Some(key),
-                Some(key) => {
-                    let r = Reader::new(&key);
-                    let text = format!("{}\n{}", r.str("pk")?, r.str("sk")?);
-                    return Ok((out, Some(engine.encode(text))));
-                }
-                None => return Ok((out, None)),
-            }
-        }
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI2)
+            .key_condition_expression("gsi2pk = :all")
+            .expression_attribute_values(":all", s(ALL_CONNECTIONS))
+            .limit(limit as i32)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| ConnectionError::dynamo("Query (every connection)", &e))?;
+        let out = page
+            .items()
+            .iter()
+            .map(parse_connection)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = match page.last_evaluated_key() {
+            Some(key) => Some(engine.encode(Reader::new(key).str("pk")?)),
+            None => None,
+        };
+        Ok((out, next))
     }
 
     async fn upsert_workflow_run(&self, run: &WorkflowRun) -> Result<bool, ConnectionError> {
@@ -959,6 +1027,8 @@ fn connection_item(c: &Connection) -> Result<Item, ConnectionError> {
         ),
         ("record".to_owned(), s(to_json(c.id.as_str(), c)?)),
         ("updated_at".to_owned(), s(json_time(c.updated_at))),
+        ("gsi2pk".to_owned(), s(ALL_CONNECTIONS)),
+        ("gsi2sk".to_owned(), s(c.id.as_str())),
     ]);
     if let Some(project_id) = &c.project_id {
         item.insert("project_id".to_owned(), s(project_id));
