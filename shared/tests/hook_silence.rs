@@ -172,3 +172,67 @@ fn the_check_reads_its_interval_and_silence_window_from_the_environment() {
     let bad = read(&[("HOOK_SILENCE_ALERT", "soon")]).unwrap_err();
     assert!(bad.contains("HOOK_SILENCE_ALERT"), "{bad}");
 }
+
+/// GitLab's `last_activity_at` moves with issues, comments and merge requests: only a push
+/// (its newest `pushed` event) makes a silent hook suspicious.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitlab_project_busy_with_issues_but_no_pushes_is_not_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), Durability::Normal).unwrap();
+    let store: Arc<dyn ConnectionStore> = Arc::new(EmbeddedConnectionStore::new(db));
+    let keys: Arc<dyn KeyService> = Arc::new(LocalKeys::open_or_create(dir.path()).unwrap());
+    let tokens = StoredProviderTokens::new(store.clone(), keys.clone());
+    tokens
+        .put(
+            "org-a",
+            "user-1",
+            RepoProvider::Gitlab,
+            &Secret::new("glpat-silence"),
+        )
+        .await
+        .unwrap();
+    let stub = HookApiStub::start().await;
+    let clock = Arc::new(ManualClock::at(t0()));
+    let repos = Repositories::new(
+        store.clone(),
+        keys,
+        Arc::new(tokens),
+        Arc::new(stub.github()),
+        Arc::new(stub.gitlab()),
+        clock.clone(),
+        Settings {
+            webhook_base_url: "https://hooks.example.com".into(),
+            rotation_overlap: Duration::from_secs(3600),
+        },
+    );
+    let req: ConnectRequest = serde_json::from_value(serde_json::json!({
+        "repository_full_name": "group/chatty",
+        "provider": "gitlab",
+    }))
+    .unwrap();
+    let c = repos.connect("org-a", "user-1", req).await.unwrap();
+    let settings = HealthSettings {
+        every: None,
+        silence_alert: Duration::from_secs(14 * 24 * 3600),
+    };
+    // Comments a day after the hook was made; the last push long before it.
+    stub.set_pushed_at("group/chatty", t0() - Days::days(30));
+    stub.set_activity_at("group/chatty", t0() + Days::days(1));
+    clock.advance(Days::days(15));
+    let report = repos.check_hooks(true, &settings).await.unwrap();
+    assert_eq!((report.healthy, report.silent), (1, 0), "{report:?}");
+    assert!(
+        stub.requests().iter().any(|r| r.path.ends_with("/events")
+            && r.query
+                .as_deref()
+                .is_some_and(|q| q.contains("action=pushed"))),
+        "the pushes are read from the project's push events"
+    );
+    // A push, and the hook heard nothing: flagged.
+    stub.set_pushed_at("group/chatty", t0() + Days::days(2));
+    clock.advance(Days::hours(1));
+    let report = repos.check_hooks(true, &settings).await.unwrap();
+    assert_eq!((report.healthy, report.silent), (0, 1), "{report:?}");
+    let got = repos.get("org-a", &c.id).await.unwrap();
+    assert_eq!(got.health.silent_since, Some(t0()));
+}

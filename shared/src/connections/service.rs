@@ -660,8 +660,7 @@ impl Repositories {
         // Saved before the provider is called: whatever the provider says, the connection stays.
         self.store.create(&c).await?;
         if req.setup_webhook.unwrap_or(true) {
-            self.install_hook(&mut c, &secret).await;
-            self.store.update(&c).await?;
+            self.install_hook_then_ping(&mut c, &secret).await?;
         }
         let data = serde_json::json!({
             "connection_id": c.id,
@@ -673,8 +672,26 @@ impl Repositories {
         Ok(c)
     }
 
-    /// Create (or adopt) the hook with `secret`, recording the outcome on `c`.
-    async fn install_hook(&self, c: &mut Connection, secret: &Secret) {
+    /// [`install_hook`](Self::install_hook), then save `c` and, once the new hook id is
+    /// stored, ask for the ping: a ping arriving before would name a hook the stored record
+    /// does not, and be dropped.
+    async fn install_hook_then_ping(
+        &self,
+        c: &mut Connection,
+        secret: &Secret,
+    ) -> Result<(), ConnectError> {
+        match self.install_hook(c, secret).await {
+            Some(token) => {
+                self.save_then_ping(c, &token).await?;
+            }
+            None => self.store.update(c).await?,
+        }
+        Ok(())
+    }
+
+    /// Create (or adopt) the hook with `secret`, recording the outcome on `c` (not saved):
+    /// the token it was made with when it was, for the ping.
+    async fn install_hook(&self, c: &mut Connection, secret: &Secret) -> Option<Secret> {
         let now = self.clock.now();
         c.updated_at = now;
         let mut used_token = None;
@@ -708,14 +725,13 @@ impl Repositories {
                 c.webhook_status = WebhookStatus::Active;
                 c.webhook_status_reason = None;
                 c.webhook_created_at = Some(now);
-                if let Some(token) = used_token {
-                    self.request_ping(c, &token).await;
-                }
+                used_token
             }
             Err(reason) => {
                 tracing::warn!(connection_id = %c.id, provider = c.provider.as_str(), reason = %reason, "could not create the webhook");
                 c.webhook_status = WebhookStatus::Failed;
                 c.webhook_status_reason = Some(reason);
+                None
             }
         }
     }
@@ -804,8 +820,7 @@ impl Repositories {
     pub async fn retry(&self, org_id: &str, id: &ConnectionId) -> Result<Connection, ConnectError> {
         let mut c = self.get(org_id, id).await?;
         let secret = self.current_secret(&c).await?;
-        self.install_hook(&mut c, &secret).await;
-        self.store.update(&c).await?;
+        self.install_hook_then_ping(&mut c, &secret).await?;
         Ok(c)
     }
 

@@ -320,9 +320,20 @@ impl HookClient for GitLabHooks {
             .await?;
         let status = res.status().as_u16();
         let raw: Value = res.json().await.map_err(|_| unreadable(status))?;
+        // The project's `last_activity_at` counts issues, comments and merge requests too:
+        // the last push is its newest `pushed` event.
+        let url = format!("{}/events", self.project_url(project)?);
+        let req = self
+            .request(Method::GET, &url, token)
+            .query(&[("action", "pushed"), ("per_page", "1")]);
+        let res = self
+            .send(req, &format!("push events of project {project}"), &[token])
+            .await?;
+        let status = res.status().as_u16();
+        let pushes: Value = res.json().await.map_err(|_| unreadable(status))?;
         Ok(Repository {
             archived: raw.get("archived").and_then(Value::as_bool) == Some(true),
-            last_activity_at: provider_time(raw.get("last_activity_at")),
+            last_activity_at: provider_time(pushes.get(0).and_then(|e| e.get("created_at"))),
         })
     }
 }

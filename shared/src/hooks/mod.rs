@@ -153,7 +153,8 @@ pub struct Hook {
 pub struct Repository {
     /// Archived: read-only, no pushes, and its hooks cannot be changed.
     pub archived: bool,
-    /// GitHub's `pushed_at`; GitLab's `last_activity_at`.
+    /// The last push: GitHub's `pushed_at`; GitLab's newest push event (`GET
+    /// /projects/:id/events?action=pushed`; its `last_activity_at` counts issues and comments).
     pub last_activity_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 

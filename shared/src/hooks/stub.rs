@@ -102,6 +102,50 @@ struct Failure {
 struct RepoState {
     archived: bool,
     pushed_at: Option<String>,
+    /// Other activity (issues, comments, merge requests): GitLab's `last_activity_at`
+    /// counts it, its push events do not.
+    active_at: Option<String>,
+}
+
+/// GitLab's `GET /projects/:id/events` (newest first; `action=pushed` keeps the pushes,
+/// `per_page` is honoured): a push event at the project's last push, and one for its other
+/// activity.
+fn project_events(call: &Call, state: &RepoState) -> Reply {
+    let query: Vec<(String, String)> = call
+        .query
+        .as_deref()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let only_pushes = param("action").as_deref() == Some("pushed");
+    let per_page = param("per_page")
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(20);
+    let mut events: Vec<(String, Value)> = Vec::new();
+    if let Some(at) = &state.pushed_at {
+        events.push((
+            at.clone(),
+            json!({"action_name": "pushed to", "created_at": at, "push_data": {"ref": "main"}}),
+        ));
+    }
+    if let (Some(at), false) = (&state.active_at, only_pushes) {
+        events.push((
+            at.clone(),
+            json!({"action_name": "commented on", "created_at": at}),
+        ));
+    }
+    events.sort_by(|a, b| b.0.cmp(&a.0));
+    let page: Vec<Value> = events.into_iter().take(per_page).map(|(_, e)| e).collect();
+    Reply::json(200, Value::Array(page))
 }
 
 /// A delivery the stub sends once its answer is out (a ping).
@@ -300,7 +344,18 @@ impl HookApiStub {
             .archived = archived;
     }
 
-    /// When the repository was last pushed to (GitHub `pushed_at`, GitLab `last_activity_at`).
+    /// Activity on a GitLab project that is not a push (an issue, a comment, a merge
+    /// request): it moves `last_activity_at`, and shows in no `action=pushed` event.
+    pub fn set_activity_at(&self, repo: &str, at: chrono::DateTime<Utc>) {
+        self.lock()
+            .repo_states
+            .entry(repo.to_string())
+            .or_default()
+            .active_at = Some(at.to_rfc3339_opts(SecondsFormat::Secs, true));
+    }
+
+    /// When the repository was last pushed to (GitHub `pushed_at`; GitLab's latest push
+    /// event, and `last_activity_at`).
     pub fn set_pushed_at(&self, repo: &str, at: chrono::DateTime<Utc>) {
         self.lock()
             .repo_states
@@ -439,6 +494,9 @@ enum Route {
     GlProject {
         project: String,
     },
+    GlEvents {
+        project: String,
+    },
     GlTest {
         project: String,
         id: String,
@@ -477,6 +535,7 @@ impl Route {
             Route::GlHooks { .. }
             | Route::GlHook { .. }
             | Route::GlProject { .. }
+            | Route::GlEvents { .. }
             | Route::GlTest { .. }
             | Route::GlToken
             | Route::GlAuthorize => Some(HookProvider::GitLab),
@@ -550,6 +609,9 @@ fn route(path: &str) -> Route {
         ["api", "v4", "projects", project] => Route::GlProject {
             project: project.to_string(),
         },
+        ["api", "v4", "projects", project, "events"] => Route::GlEvents {
+            project: project.to_string(),
+        },
         ["api", "v4", "projects", project, "hooks", id, "test", trigger] => Route::GlTest {
             project: project.to_string(),
             id: id.to_string(),
@@ -612,6 +674,7 @@ async fn handle(
             Route::GlHooks { project }
             | Route::GlHook { project, .. }
             | Route::GlProject { project }
+            | Route::GlEvents { project }
             | Route::GlTest { project, .. } => Some(project),
             _ => None,
         };
@@ -662,6 +725,7 @@ fn repo_of(route: &Route) -> Option<String> {
         Route::GlHooks { project }
         | Route::GlHook { project, .. }
         | Route::GlProject { project }
+        | Route::GlEvents { project }
         | Route::GlTest { project, .. } => Some(project.clone()),
         _ => None,
     }
@@ -889,7 +953,10 @@ impl Inner {
         }
         // Scopes (reading the repository itself needs none of the hook scopes).
         let reading = call.method == http::Method::GET;
-        let repo_read = matches!(call.route, Route::GhRepo { .. } | Route::GlProject { .. });
+        let repo_read = matches!(
+            call.route,
+            Route::GhRepo { .. } | Route::GlProject { .. } | Route::GlEvents { .. }
+        );
         match provider {
             _ if repo_read => {}
             HookProvider::GitHub => {
@@ -939,6 +1006,7 @@ impl Inner {
             Route::GhRepo { .. } | Route::GlProject { .. } => {
                 return self.repository_json(provider, &repo, &state)
             }
+            Route::GlEvents { .. } => return project_events(call, &state),
             Route::GhPings { id, .. } | Route::GlTest { id, .. } => {
                 return self.ping(call, provider, &repo, id)
             }
@@ -987,7 +1055,7 @@ impl Inner {
                         "archived": state.archived,
                         "default_branch": "main",
                         "web_url": format!("https://gitlab.com/{repo}"),
-                        "last_activity_at": state.pushed_at,
+                        "last_activity_at": state.pushed_at.clone().max(state.active_at.clone()),
                     }),
                 )
             }

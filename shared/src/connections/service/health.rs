@@ -78,6 +78,11 @@ impl HealthSettings {
     }
 }
 
+/// Why a finding was not saved: a user's change (rotate, events, disable, disconnect) made
+/// while the check ran wins over what the check read before it.
+const CHANGED: &str = "the connection changed while it was being checked: nothing was saved \
+                       (the change made meanwhile stands), and the next run checks it again";
+
 /// Connections read from the store a page at a time.
 const PAGE: usize = 100;
 
@@ -353,6 +358,8 @@ impl Repositories {
         silence_alert: Duration,
         pinged: &mut u64,
     ) -> (Action, String, bool) {
+        // Every write below is conditional on this: a user's change made meanwhile wins.
+        let read_at = c.updated_at;
         let token = match self.tokens.token(&c.org_id, &c.user_id, c.provider).await {
             Ok(Some(token)) => token,
             Ok(None) => {
@@ -365,18 +372,22 @@ impl Repositories {
                     p = c.provider.as_str(),
                     id = c.id
                 );
-                return self.mark(c, WebhookStatus::Failed, reason, repair).await;
+                return self
+                    .mark(c, WebhookStatus::Failed, reason, repair, read_at)
+                    .await;
             }
             // An OAuth token that could not be renewed: the reason says to connect again.
             Err(ConnectError::Provider(reason)) => {
-                return self.mark(c, WebhookStatus::Failed, reason, repair).await;
+                return self
+                    .mark(c, WebhookStatus::Failed, reason, repair, read_at)
+                    .await;
             }
             Err(e) => return (Action::Error, e.to_string(), false),
         };
         let hooks = self.hooks(c.provider);
         let repo = match hooks.repository(&token, &c.repository_full_name).await {
             Ok(r) => r,
-            Err(e) => return self.refused(c, &e, repair).await,
+            Err(e) => return self.refused(c, &e, repair, read_at).await,
         };
         if repo.archived {
             let reason = format!(
@@ -385,7 +396,9 @@ impl Repositories {
                  /api/v1/repositories/connections/{}/webhook/retry",
                 c.repository_full_name, c.id
             );
-            return self.mark(c, WebhookStatus::Inactive, reason, repair).await;
+            return self
+                .mark(c, WebhookStatus::Inactive, reason, repair, read_at)
+                .await;
         }
         let hook_id = c.webhook_id.clone().unwrap_or_default();
         let hook = match hooks
@@ -395,7 +408,7 @@ impl Repositories {
             Ok(hook) => Some(hook),
             // The repository is there (read above): the hook itself was deleted.
             Err(e) if e.is_gone() => None,
-            Err(e) => return self.refused(c, &e, repair).await,
+            Err(e) => return self.refused(c, &e, repair, read_at).await,
         };
         let (action, detail) = match &hook {
             None => (
@@ -429,10 +442,22 @@ impl Repositories {
                 c.health.silent_since = None;
                 c.health.alert = None;
                 c.health.checked_at = Some(self.clock.now());
-                match self.save_then_ping(c, &token).await {
-                    Ok(asked) => {
+                match self.save_checked_then_ping(c, &token, read_at).await {
+                    Ok(Some(asked)) => {
                         *pinged += u64::from(asked);
                         (action, detail, true)
+                    }
+                    Ok(None) => {
+                        self.undo(c, action, &token).await;
+                        (Action::Error, format!("{detail}, but {CHANGED}"), false)
+                    }
+                    Err(ConnectError::NotFound) => {
+                        self.undo(c, action, &token).await;
+                        (
+                            Action::Error,
+                            format!("{detail}, but the connection was disconnected meanwhile"),
+                            false,
+                        )
                     }
                     Err(e) => (
                         Action::Error,
@@ -445,10 +470,84 @@ impl Repositories {
             Err(RepairError::Provider(e)) => match self.refusal(c, &e) {
                 Refusal::Transient(why) => (Action::Error, format!("{detail}, but {why}"), false),
                 Refusal::Unrepairable(reason) => {
-                    self.mark(c, WebhookStatus::Failed, reason, repair).await
+                    self.mark(c, WebhookStatus::Failed, reason, repair, read_at)
+                        .await
                 }
             },
         }
+    }
+
+    /// A repair made at the provider whose record could not be saved (the connection changed
+    /// or went meanwhile): put the hook back as the stored record has it — delete a hook
+    /// created for nothing, push the stored secret and events to one patched or switched on
+    /// — so the user's change stands at the provider too. Best effort: the next run checks
+    /// again.
+    async fn undo(&self, ours: &Connection, action: Action, token: &Secret) {
+        let hooks = self.hooks(ours.provider);
+        let Some(our_hook) = ours.webhook_id.clone() else {
+            return;
+        };
+        let stored = self.store.get(&ours.org_id, &ours.id).await;
+        let result = match (action, stored) {
+            // A hook recreated for a connection that no longer names it.
+            (Action::Recreated, Ok(stored))
+                if stored.as_ref().and_then(|s| s.webhook_id.as_deref())
+                    != Some(our_hook.as_str()) =>
+            {
+                hooks
+                    .delete_hook(token, &ours.repository_full_name, &our_hook)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.reason())
+            }
+            (Action::Reactivated | Action::Patched, Ok(Some(stored)))
+                if stored.webhook_id.as_deref() == Some(our_hook.as_str()) =>
+            {
+                match self.current_secret(&stored).await {
+                    Ok(secret) => {
+                        let spec = HookSpec::new(
+                            stored.webhook_url.clone(),
+                            secret,
+                            stored.webhook_events.clone(),
+                        );
+                        hooks
+                            .update_hook(token, &stored.repository_full_name, &our_hook, &spec)
+                            .await
+                            .map(drop)
+                            .map_err(|e| e.reason())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            (_, Err(e)) => Err(e.to_string()),
+            _ => Ok(()),
+        };
+        if let Err(reason) = result {
+            tracing::warn!(connection_id = %ours.id, hook_id = %our_hook, reason = %reason, "hook health: could not put the hook back after the connection changed");
+        }
+    }
+
+    /// [`save_then_ping`](Repositories::save_then_ping), each write conditional on the record
+    /// being as it was read at `read_at`: `None` (nothing saved, no ping) when it changed.
+    async fn save_checked_then_ping(
+        &self,
+        c: &mut Connection,
+        token: &Secret,
+        read_at: DateTime<Utc>,
+    ) -> Result<Option<bool>, ConnectError> {
+        let asked = self.clock.now();
+        c.health.ping_requested_at =
+            Some(DateTime::from_timestamp_millis(asked.timestamp_millis()).unwrap_or(asked));
+        c.health.ping_error = None;
+        if !self.store.update_if_unchanged(c, read_at).await? {
+            return Ok(None);
+        }
+        if self.request_ping(c, token).await {
+            return Ok(Some(true));
+        }
+        // The refusal noted, unless the user changed the connection since.
+        self.store.update_if_unchanged(c, c.updated_at).await?;
+        Ok(Some(false))
     }
 
     /// Make the repair `action` names at the provider and on `c` (not saved yet).
@@ -506,11 +605,13 @@ impl Repositories {
         c: &mut Connection,
         e: &HookError,
         repair: bool,
+        read_at: DateTime<Utc>,
     ) -> (Action, String, bool) {
         match self.refusal(c, e) {
             Refusal::Transient(why) => (Action::Error, why, false),
             Refusal::Unrepairable(reason) => {
-                self.mark(c, WebhookStatus::Failed, reason, repair).await
+                self.mark(c, WebhookStatus::Failed, reason, repair, read_at)
+                    .await
             }
         }
     }
@@ -522,6 +623,7 @@ impl Repositories {
         status: WebhookStatus,
         reason: String,
         repair: bool,
+        read_at: DateTime<Utc>,
     ) -> (Action, String, bool) {
         let action = match status {
             WebhookStatus::Inactive => Action::Inactive,
@@ -533,8 +635,9 @@ impl Repositories {
         c.webhook_status = status;
         c.webhook_status_reason = Some(reason.clone());
         c.updated_at = self.clock.now();
-        match self.save(c).await {
-            Ok(()) => (action, reason, true),
+        match self.save(c, read_at).await {
+            Ok(true) => (action, reason, true),
+            Ok(false) => (Action::Error, format!("{reason}, but {CHANGED}"), false),
             Err(e) => (
                 Action::Error,
                 format!("{reason} (saving failed: {e})"),
@@ -555,6 +658,8 @@ impl Repositories {
         silence_alert: Duration,
         pinged: &mut u64,
     ) -> (Action, String, bool) {
+        // Not changed since it was read: its writes below are conditional on this.
+        let read_at = c.updated_at;
         let now = self.clock.now();
         let heard = last_heard(c);
         let silence = chrono::Duration::from_std(silence_alert).unwrap_or(chrono::Duration::MAX);
@@ -575,12 +680,16 @@ impl Repositories {
                     .checked_at
                     .is_none_or(|t| now - t >= chrono::Duration::hours(1));
                 if was_silent || stale {
-                    if let Err(e) = self.save(c).await {
-                        return (
-                            Action::Error,
-                            format!("saving the check failed: {e}"),
-                            false,
-                        );
+                    match self.save(c, read_at).await {
+                        Ok(true) => {}
+                        Ok(false) => return (Action::Error, CHANGED.to_string(), false),
+                        Err(e) => {
+                            return (
+                                Action::Error,
+                                format!("saving the check failed: {e}"),
+                                false,
+                            )
+                        }
                     }
                 }
             }
@@ -609,18 +718,19 @@ impl Repositories {
         // One ping when the silence is first noticed, not one every run after.
         let saved = if was_silent {
             self.store
-                .update(c)
+                .update_if_unchanged(c, read_at)
                 .await
-                .map(|()| false)
+                .map(|written| written.then_some(false))
                 .map_err(ConnectError::from)
         } else {
-            self.save_then_ping(c, token).await
+            self.save_checked_then_ping(c, token, read_at).await
         };
         match saved {
-            Ok(asked) => {
+            Ok(Some(asked)) => {
                 *pinged += u64::from(asked);
                 (Action::Silent, alert, true)
             }
+            Ok(None) => (Action::Error, format!("{alert}, but {CHANGED}"), false),
             Err(e) => (
                 Action::Error,
                 format!("{alert} (saving failed: {e})"),
@@ -629,9 +739,11 @@ impl Repositories {
         }
     }
 
-    async fn save(&self, c: &mut Connection) -> Result<(), ConnectError> {
+    /// Save what the check found, unless the connection changed since it was read at
+    /// `read_at`: false then, and the user's change stands.
+    async fn save(&self, c: &mut Connection, read_at: DateTime<Utc>) -> Result<bool, ConnectError> {
         c.health.checked_at = Some(self.clock.now());
-        Ok(self.store.update(c).await?)
+        Ok(self.store.update_if_unchanged(c, read_at).await?)
     }
 }
 

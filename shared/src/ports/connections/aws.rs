@@ -7,6 +7,13 @@
 //! | item | `pk` | `sk` | `gsi1pk` | `gsi1sk` |
 //! |---|---|---|---|---|
 //! | connection | `CONN#{id}` | `CONN` | `ORGCONN#{org}` (the org's list) | `{created_at ms, 15 digits}#{id}` |
+//!
+//! A connection item also carries `gsi2pk` = `ALLCONN`, `gsi2sk` = `{id}`: every org's
+//! connections in the sparse `gsi2`, which the hook-health check queries (no Scan). Items
+//! written before that are indexed by the check's first run (marker item `CONNINDEX#v1`).
+//!
+//! | item | `pk` | `sk` | `gsi1pk` | `gsi1sk` |
+//! |---|---|---|---|---|
 //! | uniqueness marker | `CONNREPO#{org}#{provider}#{repo}` | `CONNREPO` | `REPO#{provider}#{repo}` (routing) | `{id}` |
 //! | GitLab project pointer | `CONN#{id}` | `PROJECT` | `GLPROJECT#{project_id}` (routing) | `{id}` |
 //! | incident | `INC#{id}` | `INC` | `ORGINC#{org}` (the org's list) | `{created_at ms}#{id}` |
@@ -17,7 +24,8 @@
 //!
 //! Every record item holds its serialised model in `record` (S, JSON) plus the attributes its
 //! conditions and lookups need: `org_id`, `provider`, `repo_key`, `project_id` on a connection;
-//! `org_id`, `connection_id`, `repo_key`, `status` on an incident; `updated_ms` (and `finished`,
+//! `org_id`, `connection_id`, `repo_key`, `status` on an incident; `updated_at` (S, as in the record) on a connection for the hook-health check's
+//! conditional writes, `updated_ms` (and `finished`,
 //! 0/1, on a run) for the newer-wins conditional puts. A few attributes override the record:
 //! a connection's `total_deliveries`, `failed_deliveries` (N, `ADD`ed by `record_delivery`) and
 //! `last_delivery_at` (N, epoch ms), `last_ping_at` (N, epoch ms, `record_ping`'s), and an
@@ -30,7 +38,7 @@
 //! records they name are then read consistently.
 
 use super::{
-    decode_cursor, encode_cursor, json_corrupt, merge_jobs, repo_key, sortable_millis,
+    decode_cursor, encode_cursor, json_corrupt, json_time, merge_jobs, repo_key, sortable_millis,
     ConnectionError, ConnectionStore, MAX_PAGE,
 };
 use crate::connections::{
@@ -38,7 +46,7 @@ use crate::connections::{
     WorkflowRun,
 };
 use crate::ports::dynamo::{self, esc, n, s, DynamoError, Item, Table};
-use crate::ports::store::aws::Gsi1Query;
+use crate::ports::store::aws::{Gsi1Query, GSI2};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
@@ -58,6 +66,10 @@ const BRANCH_SK: &str = "BRANCH";
 const INCRUN_SK: &str = "INCRUN";
 const RUN_SK: &str = "RUN";
 const PR_SK: &str = "PR";
+/// `gsi2pk` of every connection item: the hook-health check's list of them all.
+const ALL_CONNECTIONS: &str = "ALLCONN";
+/// The marker saying every connection item carries `gsi2pk` (written before they all did).
+const INDEXED_PK: &str = "CONNINDEX#v1";
 /// Items one gsi1 query page reads.
 const QUERY_PAGE: usize = 1000;
 
@@ -200,6 +212,122 @@ impl DynamoConnectionStore {
         Ok(self.db().send_update(op, update).await?.is_some())
     }
 
+    /// Replace the connection's record (its identity must be the stored one), only while its
+    /// `updated_at` is `read_at` when given. Items written before the `updated_at` attribute
+    /// existed are matched on their record's JSON. True when written.
+    async fn replace(
+        &self,
+        c: &Connection,
+        read_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, ConnectionError> {
+        let record = to_json(c.id.as_str(), c)?;
+        let mut condition = "attribute_exists(pk) AND org_id = :org AND provider = :provider \
+                             AND repo_key = :repo"
+            .to_owned();
+        if read_at.is_some() {
+            condition.push_str(
+                " AND (#updated = :read OR (attribute_not_exists(#updated) \
+                 AND contains(#record, :stamp)))",
+            );
+        }
+        let update = self
+            .db()
+            .update(conn_pk(c.id.as_str()), CONN_SK, |update| {
+                let mut update = update
+                    .condition_expression(condition)
+                    .expression_attribute_values(":org", s(&c.org_id))
+                    .expression_attribute_values(":provider", s(c.provider.as_str()))
+                    .expression_attribute_values(":repo", s(repo_key(&c.repository_full_name)))
+                    .expression_attribute_values(":record", s(record))
+                    .expression_attribute_values(":updated", s(json_time(c.updated_at)))
+                    .expression_attribute_names("#record", "record")
+                    .expression_attribute_names("#updated", "updated_at");
+                if let Some(read_at) = read_at {
+                    let read = json_time(read_at);
+                    update = update
+                        .expression_attribute_values(
+                            ":stamp",
+                            s(format!("\"updated_at\":\"{read}\"")),
+                        )
+                        .expression_attribute_values(":read", s(read));
+                }
+                match &c.project_id {
+                    Some(project_id) => update
+                        .update_expression(
+                            "SET #record = :record, #updated = :updated, project_id = :project",
+                        )
+                        .expression_attribute_values(":project", s(project_id)),
+                    None => update.update_expression(
+                        "SET #record = :record, #updated = :updated REMOVE project_id",
+                    ),
+                }
+            })?;
+        let items = vec![
+            update,
+            self.project_pointer(&c.id, c.project_id.as_deref())?,
+        ];
+        self.db()
+            .transact("TransactWriteItems (update)", items)
+            .await
+    }
+
+    /// Put connection items written before they carried `gsi2pk` into the every-connection
+    /// index: one Scan, once per table (a marker item records it is done).
+    async fn index_legacy_connections(&self) -> Result<(), ConnectionError> {
+        if self
+            .db()
+            .get_item(INDEXED_PK.to_owned(), INDEXED_PK)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("sk = :conn AND attribute_not_exists(gsi2pk)")
+                .expression_attribute_values(":conn", s(CONN_SK))
+                .projection_expression("pk")
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| ConnectionError::dynamo("Scan (index connections)", &e))?;
+            for item in page.items() {
+                let pk = Reader::new(item).str("pk")?.to_owned();
+                let id = pk.strip_prefix("CONN#").unwrap_or(&pk).to_owned();
+                let update = self
+                    .db()
+                    .update_item(pk, CONN_SK)
+                    .update_expression("SET gsi2pk = :all, gsi2sk = :id")
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_values(":all", s(ALL_CONNECTIONS))
+                    .expression_attribute_values(":id", s(id));
+                // A connection deleted meanwhile needs no indexing.
+                self.send_update("UpdateItem (index connection)", update)
+                    .await?;
+            }
+            match page.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => break,
+            }
+        }
+        let marker = HashMap::from([
+            ("pk".to_owned(), s(INDEXED_PK)),
+            ("sk".to_owned(), s(INDEXED_PK)),
+        ]);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(marker))
+            .send()
+            .await
+            .map_err(|e| ConnectionError::dynamo("PutItem (connections indexed)", &e))?;
+        Ok(())
+    }
+
     fn db(&self) -> Table<'_, ConnectionError> {
         Table::new(&self.client, &self.table)
     }
@@ -333,39 +461,24 @@ impl ConnectionStore for DynamoConnectionStore {
     }
 
     async fn update(&self, c: &Connection) -> Result<(), ConnectionError> {
-        let record = to_json(c.id.as_str(), c)?;
-        let update = self
-            .db()
-            .update(conn_pk(c.id.as_str()), CONN_SK, |update| {
-                let update = update
-                    .condition_expression(
-                        "attribute_exists(pk) AND org_id = :org AND provider = :provider \
-                     AND repo_key = :repo",
-                    )
-                    .expression_attribute_values(":org", s(&c.org_id))
-                    .expression_attribute_values(":provider", s(c.provider.as_str()))
-                    .expression_attribute_values(":repo", s(repo_key(&c.repository_full_name)))
-                    .expression_attribute_values(":record", s(record))
-                    .expression_attribute_names("#record", "record");
-                match &c.project_id {
-                    Some(project_id) => update
-                        .update_expression("SET #record = :record, project_id = :project")
-                        .expression_attribute_values(":project", s(project_id)),
-                    None => update.update_expression("SET #record = :record REMOVE project_id"),
-                }
-            })?;
-        let items = vec![
-            update,
-            self.project_pointer(&c.id, c.project_id.as_deref())?,
-        ];
-        if self
-            .db()
-            .transact("TransactWriteItems (update)", items)
-            .await?
-        {
-            Ok(())
-        } else {
-            Err(ConnectionError::NotFound)
+        match self.replace(c, None).await? {
+            true => Ok(()),
+            false => Err(ConnectionError::NotFound),
+        }
+    }
+
+    async fn update_if_unchanged(
+        &self,
+        c: &Connection,
+        read_at: DateTime<Utc>,
+    ) -> Result<bool, ConnectionError> {
+        if self.replace(c, Some(read_at)).await? {
+            return Ok(true);
+        }
+        // The condition failed: gone, or changed since it was read.
+        match self.get(&c.org_id, &c.id).await? {
+            Some(_) => Ok(false),
+            None => Err(ConnectionError::NotFound),
         }
     }
 
@@ -443,55 +556,55 @@ impl ConnectionStore for DynamoConnectionStore {
         limit: usize,
         cursor: Option<String>,
     ) -> Result<(Vec<Connection>, Option<String>), ConnectionError> {
-        // A Scan of the connection items: the check runs hourly, and no index spans every org.
-        // The cursor is the last evaluated item's key, `pk` then `sk`, as opaque text.
+        // A Query of the sparse `gsi2` partition only connection items carry (it projects
+        // everything): the table's other items — payload parts above all — are never read.
+        // The cursor is the last evaluated item's pk (`CONN#{id}`), as opaque text.
         use base64::Engine;
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let limit = limit.clamp(1, MAX_PAGE);
-        let mut start: Option<Item> = match cursor {
-            None => None,
+        let start = match cursor {
+            None => {
+                self.index_legacy_connections().await?;
+                None
+            }
             Some(c) => {
-                let raw = engine
+                let pk = engine
                     .decode(c.as_bytes())
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok());
-                match raw.as_deref().and_then(|r| r.split_once('\n')) {
-                    Some((pk, sk)) => Some(HashMap::from([
-                        ("pk".to_owned(), s(pk)),
-                        ("sk".to_owned(), s(sk)),
+                match pk.as_deref().and_then(|pk| pk.strip_prefix("CONN#")) {
+                    Some(id) => Some(HashMap::from([
+                        ("pk".to_owned(), s(conn_pk(id))),
+                        ("sk".to_owned(), s(CONN_SK)),
+                        ("gsi2pk".to_owned(), s(ALL_CONNECTIONS)),
+                        ("gsi2sk".to_owned(), s(id)),
                     ])),
                     None => return Ok((Vec::new(), None)),
                 }
             }
         };
-        let mut out = Vec::new();
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("sk = :conn")
-                .expression_attribute_values(":conn", s(CONN_SK))
-                .consistent_read(true)
-                .limit(limit as i32)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| ConnectionError::dynamo("Scan", &e))?;
-            for item in page.items() {
-                out.push(parse_connection(item)?);
-            }
-            let last = page.last_evaluated_key().cloned();
-            match last {
-                Some(key) if out.len() < limit => start = Some(key),
-                Some(key) => {
-                    let r = Reader::new(&key);
-                    let text = format!("{}\n{}", r.str("pk")?, r.str("sk")?);
-                    return Ok((out, Some(engine.encode(text))));
-                }
-                None => return Ok((out, None)),
-            }
-        }
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI2)
+            .key_condition_expression("gsi2pk = :all")
+            .expression_attribute_values(":all", s(ALL_CONNECTIONS))
+            .limit(limit as i32)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| ConnectionError::dynamo("Query (every connection)", &e))?;
+        let out = page
+            .items()
+            .iter()
+            .map(parse_connection)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = match page.last_evaluated_key() {
+            Some(key) => Some(engine.encode(Reader::new(key).str("pk")?)),
+            None => None,
+        };
+        Ok((out, next))
     }
 
     async fn upsert_workflow_run(&self, run: &WorkflowRun) -> Result<bool, ConnectionError> {
@@ -913,6 +1026,9 @@ fn connection_item(c: &Connection) -> Result<Item, ConnectionError> {
             n(i64::try_from(c.failed_deliveries).unwrap_or(i64::MAX)),
         ),
         ("record".to_owned(), s(to_json(c.id.as_str(), c)?)),
+        ("updated_at".to_owned(), s(json_time(c.updated_at))),
+        ("gsi2pk".to_owned(), s(ALL_CONNECTIONS)),
+        ("gsi2sk".to_owned(), s(c.id.as_str())),
     ]);
     if let Some(project_id) = &c.project_id {
         item.insert("project_id".to_owned(), s(project_id));

@@ -522,6 +522,58 @@ pub async fn pings_are_kept_latest_first_and_survive_an_update(store: &dyn Conne
     ));
 }
 
+pub async fn an_update_from_a_stale_read_loses_to_a_change_made_since(store: &dyn ConnectionStore) {
+    let org = org();
+    let c = connection(&org, "owner/raced");
+    store.create(&c).await.unwrap();
+    let read = store.get(&org, &c.id).await.unwrap().unwrap();
+    // Written from the read it was made from: it goes through.
+    let mut checked = read.clone();
+    checked.health.checked_at = Some(t(30));
+    assert!(store
+        .update_if_unchanged(&checked, read.updated_at)
+        .await
+        .unwrap());
+    // A user's change meanwhile (disable, a new updated_at)…
+    let mut user = store.get(&org, &c.id).await.unwrap().unwrap();
+    user.is_enabled = false;
+    user.updated_at = read.updated_at + chrono::Duration::microseconds(1);
+    store.update(&user).await.unwrap();
+    // …wins over a write made from the older read.
+    let mut stale = read.clone();
+    stale.is_enabled = true;
+    stale.health.checked_at = Some(t(40));
+    assert!(!store
+        .update_if_unchanged(&stale, read.updated_at)
+        .await
+        .unwrap());
+    let got = store.get(&org, &c.id).await.unwrap().unwrap();
+    assert!(!got.is_enabled);
+    assert_eq!(got.health.checked_at, Some(t(30)));
+    // Made from the fresh read, it goes through again.
+    let mut fresh = got.clone();
+    fresh.health.checked_at = Some(t(50));
+    assert!(store
+        .update_if_unchanged(&fresh, got.updated_at)
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .get(&org, &c.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .health
+            .checked_at,
+        Some(t(50))
+    );
+    store.delete(&org, &c.id).await.unwrap();
+    assert!(matches!(
+        store.update_if_unchanged(&fresh, got.updated_at).await,
+        Err(ConnectionError::NotFound)
+    ));
+}
+
 pub async fn every_orgs_connections_are_listed_once_across_pages(store: &dyn ConnectionStore) {
     let mut want = std::collections::BTreeSet::new();
     for (o, n) in [("a", 3), ("b", 2), ("c", 1)] {
@@ -1127,6 +1179,10 @@ macro_rules! connections_conformance {
             case!(deliveries_are_counted_and_the_latest_kept, borrowed);
             case!(concurrent_deliveries_are_all_counted, shared);
             case!(pings_are_kept_latest_first_and_survive_an_update, borrowed);
+            case!(
+                an_update_from_a_stale_read_loses_to_a_change_made_since,
+                borrowed
+            );
             case!(
                 every_orgs_connections_are_listed_once_across_pages,
                 borrowed

@@ -4,8 +4,8 @@
 //! the write that depends on it are atomic; the UNIQUE indexes back the uniqueness rules up.
 
 use super::{
-    corrupt, decode_cursor, encode_cursor, json_corrupt, merge_jobs, repo_key, run_is_newer,
-    ConnectionError, ConnectionStore, MAX_PAGE,
+    corrupt, decode_cursor, encode_cursor, json_corrupt, json_time, merge_jobs, repo_key,
+    run_is_newer, ConnectionError, ConnectionStore, MAX_PAGE,
 };
 use crate::connections::{
     Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, StoredProviderToken,
@@ -140,7 +140,6 @@ fn parse_all<T>(
 enum Written {
     Done,
     Duplicate(String),
-    NotFound,
 }
 
 fn incident_rows(
@@ -161,6 +160,43 @@ fn parse_incident(
     let mut incident: Incident = from_json(&id, &record)?;
     incident.pr_status = pr_status;
     Ok(incident)
+}
+
+impl EmbeddedConnectionStore {
+    /// Replace the connection's record (its identity must be the stored one), only while its
+    /// stored `updated_at` is `read_at` when given. True when a row was written.
+    async fn replace(
+        &self,
+        connection: &Connection,
+        read_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, ConnectionError> {
+        let c = connection.clone();
+        let record = to_json(c.id.as_str(), &c)?;
+        let read_at = read_at.map(json_time);
+        let written = self
+            .db
+            .call(move |conn| {
+                // Counters, created_at and the identity columns stay as stored.
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE connections SET project_id = ?5, record = ?6 \
+                         WHERE id = ?1 AND org_id = ?2 AND provider = ?3 AND repo_key = ?4 \
+                         AND (?7 IS NULL OR json_extract(record, '$.updated_at') = ?7)",
+                    )?
+                    .execute(params![
+                        c.id.as_str(),
+                        c.org_id,
+                        c.provider.as_str(),
+                        repo_key(&c.repository_full_name),
+                        c.project_id,
+                        record,
+                        read_at,
+                    ])?;
+                Ok(changed == 1)
+            })
+            .await?;
+        Ok(written)
+    }
 }
 
 #[async_trait]
@@ -207,7 +243,6 @@ impl ConnectionStore for EmbeddedConnectionStore {
             Written::Duplicate(id) => Err(ConnectionError::Duplicate(
                 ConnectionId::parse(&id).ok_or_else(|| corrupt(id, "not a connection id"))?,
             )),
-            Written::NotFound => Err(ConnectionError::NotFound),
         }
     }
 
@@ -327,35 +362,24 @@ impl ConnectionStore for EmbeddedConnectionStore {
     }
 
     async fn update(&self, connection: &Connection) -> Result<(), ConnectionError> {
-        let c = connection.clone();
-        let record = to_json(c.id.as_str(), &c)?;
-        let written = self
-            .db
-            .call(move |conn| {
-                // Counters, created_at and the identity columns stay as stored.
-                let changed = conn
-                    .prepare_cached(
-                        "UPDATE connections SET project_id = ?5, record = ?6 \
-                         WHERE id = ?1 AND org_id = ?2 AND provider = ?3 AND repo_key = ?4",
-                    )?
-                    .execute(params![
-                        c.id.as_str(),
-                        c.org_id,
-                        c.provider.as_str(),
-                        repo_key(&c.repository_full_name),
-                        c.project_id,
-                        record,
-                    ])?;
-                Ok(if changed == 1 {
-                    Written::Done
-                } else {
-                    Written::NotFound
-                })
-            })
-            .await?;
-        match written {
-            Written::Done => Ok(()),
-            _ => Err(ConnectionError::NotFound),
+        match self.replace(connection, None).await? {
+            true => Ok(()),
+            false => Err(ConnectionError::NotFound),
+        }
+    }
+
+    async fn update_if_unchanged(
+        &self,
+        connection: &Connection,
+        read_at: DateTime<Utc>,
+    ) -> Result<bool, ConnectionError> {
+        if self.replace(connection, Some(read_at)).await? {
+            return Ok(true);
+        }
+        // Not written: gone, or changed since it was read.
+        match self.get(&connection.org_id, &connection.id).await? {
+            Some(_) => Ok(false),
+            None => Err(ConnectionError::NotFound),
         }
     }
 

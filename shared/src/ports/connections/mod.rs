@@ -107,6 +107,16 @@ pub trait ConnectionStore: Send + Sync + 'static {
     /// caller passes, so a concurrent delivery is never lost.
     async fn update(&self, connection: &Connection) -> Result<(), ConnectionError>;
 
+    /// As [`update`](Self::update), but only while the stored record's `updated_at` is still
+    /// `read_at` (the value the caller read): true when written; false, writing nothing, when
+    /// the record changed since it was read — a user's change (rotate, events, disable) made
+    /// meanwhile wins over the hook-health check's. `NotFound` when the connection is gone.
+    async fn update_if_unchanged(
+        &self,
+        connection: &Connection,
+        read_at: DateTime<Utc>,
+    ) -> Result<bool, ConnectionError>;
+
     /// Remove the connection (with its secrets) and its uniqueness marker atomically: the
     /// repository can be connected again. False when there was no such connection in the org.
     /// The connection's runs, incidents and pull requests stay (history).
@@ -251,6 +261,15 @@ pub trait ConnectionStore: Send + Sync + 'static {
 }
 
 // ---- shared by both adapters ---------------------------------------------------------------
+
+/// How a record's `updated_at` reads in its stored JSON (the string, without its quotes), for
+/// the conditional writes of [`ConnectionStore::update_if_unchanged`].
+pub(crate) fn json_time(t: DateTime<Utc>) -> String {
+    match serde_json::to_value(t) {
+        Ok(serde_json::Value::String(text)) => text,
+        _ => t.to_rfc3339(),
+    }
+}
 
 /// The case-folded repository name the lookups and the uniqueness marker use.
 pub(crate) fn repo_key(repository_full_name: &str) -> String {
