@@ -80,6 +80,32 @@ impl DynamoStore {
     }
 
     /// The item as stored, expired or not.
+    /// The outcome of a conditional UpdateItem on a delivery: `Ok` with the item it returned,
+    /// or, when its condition failed, `Err` with the item as it was (from the failure, else
+    /// read again; `None` when there is no such item).
+    async fn updated_or_as_was(
+        &self,
+        done: Result<
+            aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
+            SdkError<UpdateItemError, aws_sdk_dynamodb::config::http::HttpResponse>,
+        >,
+        key: &DeliveryKey,
+        op: &'static str,
+    ) -> Result<Result<Item, Option<Item>>, StoreError> {
+        let old = match done {
+            Ok(out) => return Ok(Ok(out.attributes.unwrap_or_default())),
+            Err(SdkError::ServiceError(e)) => match e.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => failed.item,
+                other => return Err(StoreError::dynamo(op, &other)),
+            },
+            Err(e) => return Err(unavailable(op, e)),
+        };
+        Ok(Err(match old {
+            Some(item) if !item.is_empty() => Some(item),
+            _ => self.get_item(key).await?,
+        }))
+    }
+
     async fn get_item(&self, key: &DeliveryKey) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
@@ -342,22 +368,14 @@ impl DeliveryStore for DynamoStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        let old = match done {
-            Ok(out) => {
-                let item = out.attributes.unwrap_or_default();
-                return Ok(Claim::Claimed(parse_delivery(&item)?));
-            }
-            Err(SdkError::ServiceError(e)) => match e.into_err() {
-                UpdateItemError::ConditionalCheckFailedException(failed) => failed.item,
-                other => return Err(StoreError::dynamo("UpdateItem (claim)", &other)),
-            },
-            Err(e) => return Err(unavailable("UpdateItem (claim)", e)),
+        let old = match self
+            .updated_or_as_was(done, key, "UpdateItem (claim)")
+            .await?
+        {
+            Ok(item) => return Ok(Claim::Claimed(parse_delivery(&item)?)),
+            Err(old) => old,
         };
         // The condition failed: say why, from the item as it was.
-        let old = match old {
-            Some(item) if !item.is_empty() => Some(item),
-            _ => self.get_item(key).await?,
-        };
         let Some(item) = old else {
             return Ok(Claim::Missing);
         };
@@ -574,20 +592,12 @@ impl DeliveryStore for DynamoStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        let old = match done {
-            Ok(out) => {
-                let item = out.attributes.unwrap_or_default();
-                return Ok(Reopen::Reopened(parse_delivery(&item)?));
-            }
-            Err(SdkError::ServiceError(e)) => match e.into_err() {
-                UpdateItemError::ConditionalCheckFailedException(failed) => failed.item,
-                other => return Err(StoreError::dynamo("UpdateItem (reopen)", &other)),
-            },
-            Err(e) => return Err(unavailable("UpdateItem (reopen)", e)),
-        };
-        let old = match old {
-            Some(item) if !item.is_empty() => Some(item),
-            _ => self.get_item(key).await?,
+        let old = match self
+            .updated_or_as_was(done, key, "UpdateItem (reopen)")
+            .await?
+        {
+            Ok(item) => return Ok(Reopen::Reopened(parse_delivery(&item)?)),
+            Err(old) => old,
         };
         Ok(match old.map(|item| parse_delivery(&item)).transpose()? {
             Some(d) if d.expires_at.timestamp() >= now.timestamp() => Reopen::InFlight(d),
