@@ -87,23 +87,16 @@ impl DynamoStore {
         &self,
         done: Result<
             aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
-            SdkError<UpdateItemError, aws_sdk_dynamodb::config::http::HttpResponse>,
+            SdkError<UpdateItemError>,
         >,
         key: &DeliveryKey,
         op: &'static str,
     ) -> Result<Result<Item, Option<Item>>, StoreError> {
-        let old = match done {
-            Ok(out) => return Ok(Ok(out.attributes.unwrap_or_default())),
-            Err(SdkError::ServiceError(e)) => match e.into_err() {
-                UpdateItemError::ConditionalCheckFailedException(failed) => failed.item,
-                other => return Err(StoreError::dynamo(op, &other)),
-            },
-            Err(e) => return Err(unavailable(op, e)),
-        };
-        Ok(Err(match old {
-            Some(item) if !item.is_empty() => Some(item),
-            _ => self.get_item(key).await?,
-        }))
+        Ok(match condition_outcome(op, done)? {
+            Ok(out) => Ok(out.attributes.unwrap_or_default()),
+            Err(Some(item)) if !item.is_empty() => Err(Some(item)),
+            Err(_) => Err(self.get_item(key).await?),
+        })
     }
 
     async fn get_item(&self, key: &DeliveryKey) -> Result<Option<Item>, StoreError> {
@@ -1034,10 +1027,19 @@ fn conditional_update<O>(
     op: &str,
     done: Result<O, SdkError<UpdateItemError>>,
 ) -> Result<bool, StoreError> {
+    Ok(condition_outcome(op, done)?.is_ok())
+}
+
+/// A conditional UpdateItem's outcome: `Ok` with its output, or `Err` with the item as it was
+/// when the condition failed (if the call asked for it); any other failure is the error.
+fn condition_outcome<O>(
+    op: &str,
+    done: Result<O, SdkError<UpdateItemError>>,
+) -> Result<Result<O, Option<Item>>, StoreError> {
     match done {
-        Ok(_) => Ok(true),
+        Ok(out) => Ok(Ok(out)),
         Err(SdkError::ServiceError(e)) => match e.into_err() {
-            UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
+            UpdateItemError::ConditionalCheckFailedException(failed) => Ok(Err(failed.item)),
             other => Err(StoreError::dynamo(op, &other)),
         },
         Err(e) => Err(unavailable(op, e)),
