@@ -907,6 +907,9 @@ const STRIPE_KEY: &str = "sk_test_template_config_0123456789";
 async fn stripe_listing_one_team_subscription() -> String {
     use axum::http::{HeaderMap, StatusCode as S};
     let json_body = |v: serde_json::Value| ([("content-type", "application/json")], v.to_string());
+    // Fixed once: Stripe's subscription does not change between two list calls, and a period
+    // end that moved with the clock would look like a change to reconcile each second.
+    let now = chrono::Utc::now().timestamp();
     let answer = move |headers: HeaderMap| async move {
         if headers.get("authorization").and_then(|v| v.to_str().ok())
             != Some(&format!("Bearer {STRIPE_KEY}"))
@@ -918,7 +921,6 @@ async fn stripe_listing_one_team_subscription() -> String {
                 ),
             );
         }
-        let now = chrono::Utc::now().timestamp();
         (
             S::OK,
             json_body(serde_json::json!({
