@@ -51,6 +51,9 @@ pub struct App {
     pub hooks: Option<Arc<crate::connections::service::Repositories>>,
     /// How the local server runs the hook-health check (`None`, or no interval: it does not).
     pub hook_health: Option<crate::connections::service::health::HealthSettings>,
+    /// The per-org limit in front of the local server's authenticated API routes (`None`: no
+    /// limit).
+    pub api_rate_limit: Option<Arc<crate::api::ratelimit::ApiRateLimit>>,
 }
 
 /// The ports billing runs over (DynamoDB and SES on AWS; the data dir locally).
@@ -146,6 +149,7 @@ impl App {
             outbound_concurrency: 64,
             hooks: None,
             hook_health: None,
+            api_rate_limit: None,
         }
     }
 }
