@@ -12,6 +12,7 @@ import functools
 import threading
 
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.responses import DynamoHandler
 from moto.server import main
 
 _write_lock = threading.RLock()
@@ -26,9 +27,14 @@ def _serialised(method):
     return wrapper
 
 
-for _name in ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item"):
-    if hasattr(DynamoDBBackend, _name):
-        setattr(DynamoDBBackend, _name, _serialised(getattr(DynamoDBBackend, _name)))
+# The request handlers too: moto's UpdateItem handler reads the item before the write and
+# renders ReturnValues from the live item after it, so with only the backend locked two
+# concurrent `ADD n :one` could both answer the later count. (An RLock: the handler holds it
+# while calling the backend.)
+for _cls in (DynamoDBBackend, DynamoHandler):
+    for _name in ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item"):
+        if hasattr(_cls, _name):
+            setattr(_cls, _name, _serialised(getattr(_cls, _name)))
 
 if __name__ == "__main__":
     main()
