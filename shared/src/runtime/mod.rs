@@ -51,6 +51,8 @@ pub struct App {
     pub hooks: Option<Arc<crate::connections::service::Repositories>>,
     /// How the local server runs the hook-health check (`None`, or no interval: it does not).
     pub hook_health: Option<crate::connections::service::health::HealthSettings>,
+    /// The local queues whose backlog `GET /metrics` shows (the embedded adapters only).
+    pub local_queues: Option<local::QueueGauges>,
 }
 
 /// The ports billing runs over (DynamoDB and SES on AWS; the data dir locally).
@@ -146,6 +148,7 @@ impl App {
             outbound_concurrency: 64,
             hooks: None,
             hook_health: None,
+            local_queues: None,
         }
     }
 }
