@@ -5,13 +5,18 @@
 #   3. the SAM transform run locally (samtranslator, as CloudFormation would) and cfn-lint on
 #      the plain CloudFormation it produces. cfn-lint no longer expands SAM itself, so only
 #      this step sees generated resources, e.g. a circular dependency between the HttpApi's
-#      OpenAPI body and a function.
-# Tools come from the project venv: $HOOKLINE_VENV (default $HOME/.cache/hookline/venv).
+#      OpenAPI body and a function;
+#   4. checkov (security and configuration checks) on the template: no failed check, and
+#      every skip carries its reason in the template (`#checkov:skip=CKV_...:why`).
+# Tools come from the project venv: $HOOKLINE_VENV (default $HOME/.cache/hookline/venv); checkov
+# from its own, $HOOKLINE_CHECKOV_VENV (default $HOOKLINE_VENV-checkov), because it pins
+# versions of networkx, urllib3 and packaging that cfn-lint and the SAM CLI do not accept.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${HOOKLINE_VENV:-$HOME/.cache/hookline/venv}"
 bin="$venv/bin"
+checkov_venv="${HOOKLINE_CHECKOV_VENV:-$venv-checkov}"
 
 for tool in cfn-lint sam python; do
     if [[ ! -x "$bin/$tool" ]]; then
@@ -19,6 +24,10 @@ for tool in cfn-lint sam python; do
         exit 1
     fi
 done
+if [[ ! -x "$checkov_venv/bin/checkov" ]]; then
+    echo "lint-template: $checkov_venv/bin/checkov is missing; infra/test.sh installs it" >&2
+    exit 1
+fi
 
 cd "$root"
 template=template.yaml
@@ -76,5 +85,36 @@ with open(dst, "w", encoding="utf-8") as out:
     json.dump(transform(template, parameter_values, NoManagedPolicies()), out, indent=1)
 PY
 "$bin/cfn-lint" --format parseable -- "$work/transformed.json"
+
+echo "== checkov $template"
+# Offline (--skip-download: no call to Prisma Cloud for guidelines). Its JSON report is read
+# back: every failed check is an error, and so is a skip whose comment gives no reason.
+checkov_status=0
+"$checkov_venv/bin/checkov" --file "$template" --framework cloudformation --skip-download \
+    --compact --output json >"$work/checkov.json" || checkov_status=$?
+"$bin/python" - "$work/checkov.json" "$checkov_status" <<'PY'
+import json
+import sys
+
+with open(sys.argv[1], encoding="utf-8") as f:
+    report = json.load(f)
+status = int(sys.argv[2])
+results, summary = report["results"], report["summary"]
+for check in results.get("failed_checks", []):
+    first, last = check["file_line_range"]
+    print(f"template.yaml:{first}-{last}: {check['check_id']} {check['check_name']} "
+          f"({check['resource']})", file=sys.stderr)
+unexplained = [
+    f"{c['check_id']} on {c['resource']}"
+    for c in results.get("skipped_checks", [])
+    if (c["check_result"].get("suppress_comment") or "").strip() in ("", "No comment provided")
+]
+for skip in unexplained:
+    print(f"lint-template: a checkov skip gives no reason: {skip}", file=sys.stderr)
+print(f"checkov {summary['checkov_version']}: {summary['passed']} passed, "
+      f"{summary['failed']} failed, {summary['skipped']} skipped with their reasons inline")
+if status or summary["failed"] or summary["parsing_errors"] or unexplained:
+    sys.exit(1)
+PY
 
 echo "lint-template: ok"

@@ -7,6 +7,8 @@
 # Installs (once, reused between runs):
 #   - a Python venv at $HOOKLINE_VENV (default ~/.cache/hookline/venv) with moto[server],
 #     cfn-lint, aws-sam-cli, cargo-lambda, pyjwt[crypto] and localstripe (a Stripe API emulator);
+#   - checkov in a venv of its own at $HOOKLINE_CHECKOV_VENV (default $HOOKLINE_VENV-checkov):
+#     it pins networkx, urllib3 and packaging to versions cfn-lint and the SAM CLI refuse;
 #   - jose (npm, the JavaScript JWT library) at $HOOKLINE_NODE_DIR (default
 #     ~/.cache/hookline/node), for the licence interop test; needs node and npm;
 #   - a cargo target dir at $CARGO_TARGET_DIR (default ~/.cache/hookline/target), so the AWS
@@ -55,6 +57,17 @@ fi
 "$HOOKLINE_VENV/bin/python3" -c 'import localstripe' \
   || { echo "test.sh: localstripe did not install" >&2; exit 1; }
 export HOOKLINE_PYTHON="$HOOKLINE_VENV/bin/python3"
+# checkov: the template's security checks (infra/lint-template.sh runs it). Pinned: a release
+# adds checks, so an upgrade is a reviewed change, not a red CI on an unchanged template.
+export HOOKLINE_CHECKOV_VENV="${HOOKLINE_CHECKOV_VENV:-$HOOKLINE_VENV-checkov}"
+checkov_version=3.3.30
+if [[ "$("$HOOKLINE_CHECKOV_VENV/bin/checkov" --version 2>/dev/null)" != "$checkov_version" ]]; then
+  echo "installing: checkov $checkov_version (own venv: $HOOKLINE_CHECKOV_VENV)"
+  [[ -x "$HOOKLINE_CHECKOV_VENV/bin/python3" ]] || python3 -m venv "$HOOKLINE_CHECKOV_VENV"
+  "$HOOKLINE_CHECKOV_VENV/bin/pip" install --quiet --disable-pip-version-check "checkov==$checkov_version"
+fi
+[[ "$("$HOOKLINE_CHECKOV_VENV/bin/checkov" --version 2>/dev/null)" == "$checkov_version" ]] \
+  || { echo "test.sh: checkov $checkov_version did not install" >&2; exit 1; }
 # jose (npm), the other JWT library the licence interop test verifies with. Pinned to 5: its
 # CommonJS build is what `node -e` can require.
 HOOKLINE_NODE_DIR="${HOOKLINE_NODE_DIR:-$HOME/.cache/hookline/node}"

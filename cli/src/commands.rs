@@ -12,8 +12,9 @@ use hookline::ports::store::embedded::EmbeddedStore;
 use hookline::ports::store::{DeliveryQuery, DeliveryStore};
 use hookline::providers::simulate::{self, Simulation};
 use hookline::runtime::local::{
-    default_embedded_app, with_billing, with_licenses, with_outbound, with_repositories,
-    BillingConfig, LicensesConfig, OutboundConfig, RepositoriesConfig, Server,
+    default_embedded_app, with_api_rate_limit, with_billing, with_licenses, with_outbound,
+    with_repositories, ApiRateLimitConfig, BillingConfig, LicensesConfig, OutboundConfig,
+    RepositoriesConfig, Server,
 };
 use std::io::Write;
 use std::net::SocketAddr;
@@ -71,6 +72,11 @@ pub async fn serve(
     let licenses = LicensesConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
     let signs_licences = licenses.key.is_some();
     let app = with_licenses(app, data_dir, licenses, Arc::new(SystemClock))
+        .map_err(anyhow::Error::msg)?;
+    // The per-org API limit (HOOKLINE_API_RATE_LIMIT, 600/min unless set; `off` lifts it).
+    let rate_limit = ApiRateLimitConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    let rate = rate_limit.rate;
+    let app = with_api_rate_limit(app, data_dir, rate_limit, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;
     let server = Server::start(app, addr, worker_loops)
         .await
@@ -147,6 +153,13 @@ pub async fn serve(
     println!(
         "  Billing   {url}/api/v1/billing/checkout, {url}/api/v1/billing/portal, {url}/api/v1/billing/entitlements/ORG\n            (tiers from: {tier_source}; STRIPE_SECRET_KEY for Stripe, HOOKLINE_LICENSE for a licence, neither: unlimited)",
         url = server.url(),
+    );
+    println!(
+        "  Limits    {} on the API routes above but licences (HOOKLINE_API_RATE_LIMIT); webhook routes: none",
+        match rate {
+            Some(rate) => format!("{rate} per org"),
+            None => "no rate limit".to_owned(),
+        }
     );
     println!(
         "Providers post to {base}<route> (WEBHOOK_BASE_URL{}).",

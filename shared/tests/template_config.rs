@@ -150,6 +150,14 @@ fn str_of(v: &Value) -> &str {
     v.as_str().unwrap_or_default()
 }
 
+/// A parameter's scalar as CloudFormation passes it: text (`365` for a number).
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
+    }
+}
+
 fn variables_at<'a>(v: Option<&'a Value>) -> impl Iterator<Item = (String, Value)> + 'a {
     v.and_then(|v| v.get("Environment"))
         .and_then(|e| e.get("Variables"))
@@ -232,10 +240,7 @@ impl Stack {
         let mut params = BTreeMap::new();
         for (name, p) in section(&doc, "Parameters") {
             let name = str_of(name).to_owned();
-            let default = p.get("Default").map(|d| match d {
-                Value::String(s) => s.clone(),
-                other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
-            });
+            let default = p.get("Default").map(scalar);
             if let Some(default) = default {
                 params.insert(name, default);
             }
@@ -255,7 +260,7 @@ impl Stack {
             });
             if let Some(allowed) = p.get("AllowedValues").and_then(Value::as_sequence) {
                 assert!(
-                    allowed.iter().any(|a| str_of(a) == value),
+                    allowed.iter().any(|a| scalar(a) == *value),
                     "parameter {name} = {value:?} is not in its AllowedValues {allowed:?}"
                 );
             }
@@ -272,121 +277,227 @@ impl Stack {
     }
 
     /// The table, queues, secrets and keys the template declares, made in moto with the names
-    /// the template gives them.
+    /// (and, for queues, the attributes) the template gives them, each once every resource it
+    /// names exists, as CloudFormation orders them: a queue names its key and its dead-letter
+    /// queue.
     async fn create_resources(&mut self, secret_value: &serde_json::Value) {
-        let resources: Vec<(String, String, Value)> = section(&self.doc, "Resources")
+        let mut pending: Vec<(String, String, Value)> = section(&self.doc, "Resources")
             .iter()
             .map(|(id, r)| {
                 let props = r.get("Properties").cloned().unwrap_or(Value::Null);
                 (str_of(id).to_owned(), str_of(&r["Type"]).to_owned(), props)
             })
+            .filter(|(_, kind, _)| Self::STATEFUL.contains(&kind.as_str()))
             .collect();
-        for (id, kind, props) in resources {
-            let name = |prop: &str| -> String {
-                match props.get(prop) {
-                    Some(v) => self
-                        .string(v)
-                        .unwrap_or_else(|e| panic!("{id}.{prop}: {e}")),
-                    None => format!("{}-{id}", self.name),
-                }
-            };
-            let created = match kind.as_str() {
-                "AWS::DynamoDB::Table" => {
-                    let table = name("TableName");
-                    let client = aws_sdk_dynamodb::Client::new(&self.sdk);
-                    create_table(&client, &table)
-                        .await
-                        .unwrap_or_else(|e| panic!("create table {table} in moto: {e}"));
-                    let arn = client
-                        .describe_table()
-                        .table_name(&table)
-                        .send()
-                        .await
-                        .expect("describe the table")
-                        .table
-                        .and_then(|t| t.table_arn)
-                        .expect("the table's ARN");
-                    Created {
-                        reference: table,
-                        attributes: HashMap::from([("Arn", arn)]),
-                    }
-                }
-                "AWS::SQS::Queue" => {
-                    let queue = name("QueueName");
-                    let client = aws_sdk_sqs::Client::new(&self.sdk);
-                    let url = client
-                        .create_queue()
-                        .queue_name(&queue)
-                        .send()
-                        .await
-                        .unwrap_or_else(|e| panic!("create queue {queue} in moto: {e:?}"))
-                        .queue_url
-                        .expect("the queue's URL");
-                    let arn = client
-                        .get_queue_attributes()
-                        .queue_url(&url)
-                        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                        .send()
-                        .await
-                        .expect("read the queue's ARN")
-                        .attributes
-                        .and_then(|a| {
-                            a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                                .cloned()
-                        })
-                        .expect("the queue's ARN");
-                    Created {
-                        reference: url,
-                        attributes: HashMap::from([("Arn", arn), ("QueueName", queue)]),
-                    }
-                }
-                "AWS::SecretsManager::Secret" => {
-                    let secret = name("Name");
-                    let client = aws_sdk_secretsmanager::Client::new(&self.sdk);
-                    let initial = match props.get("SecretString") {
-                        Some(v) => self.string(v).expect("the secret's SecretString"),
-                        None => "{}".into(),
-                    };
-                    let arn = client
-                        .create_secret()
-                        .name(&secret)
-                        .secret_string(initial)
-                        .send()
-                        .await
-                        .unwrap_or_else(|e| panic!("create secret {secret} in moto: {e:?}"))
-                        .arn
-                        .expect("the secret's ARN");
-                    // What the README tells a user to do after the first deploy.
-                    client
-                        .put_secret_value()
-                        .secret_id(&arn)
-                        .secret_string(secret_value.to_string())
-                        .send()
-                        .await
-                        .expect("put the deployment's secret value");
-                    Created {
-                        reference: arn,
-                        attributes: HashMap::new(),
-                    }
-                }
-                "AWS::KMS::Key" => {
-                    let meta = aws_sdk_kms::Client::new(&self.sdk)
-                        .create_key()
-                        .description(format!("{} {id}", self.name))
-                        .send()
-                        .await
-                        .expect("create a KMS key in moto")
-                        .key_metadata
-                        .expect("the key's metadata");
-                    Created {
-                        reference: meta.key_id,
-                        attributes: HashMap::from([("Arn", meta.arn.expect("the key's ARN"))]),
-                    }
-                }
-                _ => continue,
-            };
-            self.resources.insert(id, created);
+        while !pending.is_empty() {
+            let (ready, waiting): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|(_, _, props)| self.names_only_created(props));
+            assert!(
+                !ready.is_empty(),
+                "these resources name each other or something the test never creates: {:?}",
+                waiting.iter().map(|(id, ..)| id).collect::<Vec<_>>()
+            );
+            for (id, kind, props) in ready {
+                self.create_resource(id, &kind, &props, secret_value).await;
+            }
+            pending = waiting;
         }
+    }
+
+    /// What the functions' environment can name; other types (roles, alarms) are not made.
+    const STATEFUL: &'static [&'static str] = &[
+        "AWS::DynamoDB::Table",
+        "AWS::SQS::Queue",
+        "AWS::SecretsManager::Secret",
+        "AWS::KMS::Key",
+    ];
+
+    /// Whether every stateful resource `v` refers to (`!Ref`, `!GetAtt`, `${…}` in `!Sub`)
+    /// has been made already.
+    fn names_only_created(&self, v: &Value) -> bool {
+        let made = |name: &str| {
+            let name = name.split('.').next().unwrap_or(name);
+            match section(&self.doc, "Resources").get(name) {
+                Some(r) => {
+                    !Self::STATEFUL.contains(&str_of(&r["Type"]))
+                        || self.resources.contains_key(name)
+                }
+                None => true,
+            }
+        };
+        if let Some((name, arg)) = intrinsic(v) {
+            return match name.as_str() {
+                "Ref" => made(str_of(arg)),
+                "GetAtt" => match arg {
+                    Value::String(s) => made(s),
+                    _ => arg.as_sequence().is_none_or(|l| made(str_of(&l[0]))),
+                },
+                "Sub" => {
+                    let text = arg
+                        .as_str()
+                        .or_else(|| arg.as_sequence().map(|l| str_of(&l[0])))
+                        .unwrap_or_default();
+                    text.split("${")
+                        .skip(1)
+                        .all(|rest| made(rest.split('}').next().unwrap_or_default()))
+                        && self.names_only_created(arg)
+                }
+                _ => self.names_only_created(arg),
+            };
+        }
+        match v {
+            Value::Mapping(m) => m.values().all(|v| self.names_only_created(v)),
+            Value::Sequence(l) => l.iter().all(|v| self.names_only_created(v)),
+            _ => true,
+        }
+    }
+
+    /// A template value as the JSON CloudFormation hands a service (a queue's RedrivePolicy).
+    fn json(&self, v: &Value) -> Result<serde_json::Value, String> {
+        if intrinsic(v).is_some() {
+            return Ok(self.string(v)?.into());
+        }
+        Ok(match v {
+            Value::Mapping(m) => serde_json::Value::Object(
+                m.iter()
+                    .map(|(k, v)| Ok((str_of(k).to_owned(), self.json(v)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            Value::Sequence(l) => {
+                serde_json::Value::Array(l.iter().map(|v| self.json(v)).collect::<Result<_, _>>()?)
+            }
+            Value::Number(n) => serde_json::to_value(n).map_err(|e| e.to_string())?,
+            Value::Bool(b) => (*b).into(),
+            other => self.string(other)?.into(),
+        })
+    }
+
+    async fn create_resource(
+        &mut self,
+        id: String,
+        kind: &str,
+        props: &Value,
+        secret_value: &serde_json::Value,
+    ) {
+        let name = |prop: &str| -> String {
+            match props.get(prop) {
+                Some(v) => self
+                    .string(v)
+                    .unwrap_or_else(|e| panic!("{id}.{prop}: {e}")),
+                None => format!("{}-{id}", self.name),
+            }
+        };
+        let created = match kind {
+            "AWS::DynamoDB::Table" => {
+                let table = name("TableName");
+                let client = aws_sdk_dynamodb::Client::new(&self.sdk);
+                create_table(&client, &table)
+                    .await
+                    .unwrap_or_else(|e| panic!("create table {table} in moto: {e}"));
+                let arn = client
+                    .describe_table()
+                    .table_name(&table)
+                    .send()
+                    .await
+                    .expect("describe the table")
+                    .table
+                    .and_then(|t| t.table_arn)
+                    .expect("the table's ARN");
+                Created {
+                    reference: table,
+                    attributes: HashMap::from([("Arn", arn)]),
+                }
+            }
+            "AWS::SQS::Queue" => {
+                let queue = name("QueueName");
+                let client = aws_sdk_sqs::Client::new(&self.sdk);
+                // Every other property is a queue attribute of the same name (the KMS key,
+                // the redrive policy as JSON, the retention).
+                let mut create = client.create_queue().queue_name(&queue);
+                for (attr, v) in props.as_mapping().into_iter().flatten() {
+                    let attr = str_of(attr);
+                    if attr == "QueueName" {
+                        continue;
+                    }
+                    let value = match v {
+                        Value::Mapping(_) => self.json(v).map(|j| j.to_string()),
+                        _ => self.string(v),
+                    }
+                    .unwrap_or_else(|e| panic!("{id}.{attr}: {e}"));
+                    create = create
+                        .attributes(aws_sdk_sqs::types::QueueAttributeName::from(attr), value);
+                }
+                let url = create
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("create queue {queue} in moto: {e:?}"))
+                    .queue_url
+                    .expect("the queue's URL");
+                let arn = client
+                    .get_queue_attributes()
+                    .queue_url(&url)
+                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                    .send()
+                    .await
+                    .expect("read the queue's ARN")
+                    .attributes
+                    .and_then(|a| {
+                        a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                            .cloned()
+                    })
+                    .expect("the queue's ARN");
+                Created {
+                    reference: url,
+                    attributes: HashMap::from([("Arn", arn), ("QueueName", queue)]),
+                }
+            }
+            "AWS::SecretsManager::Secret" => {
+                let secret = name("Name");
+                let client = aws_sdk_secretsmanager::Client::new(&self.sdk);
+                let initial = match props.get("SecretString") {
+                    Some(v) => self.string(v).expect("the secret's SecretString"),
+                    None => "{}".into(),
+                };
+                let arn = client
+                    .create_secret()
+                    .name(&secret)
+                    .secret_string(initial)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("create secret {secret} in moto: {e:?}"))
+                    .arn
+                    .expect("the secret's ARN");
+                // What the README tells a user to do after the first deploy.
+                client
+                    .put_secret_value()
+                    .secret_id(&arn)
+                    .secret_string(secret_value.to_string())
+                    .send()
+                    .await
+                    .expect("put the deployment's secret value");
+                Created {
+                    reference: arn,
+                    attributes: HashMap::new(),
+                }
+            }
+            "AWS::KMS::Key" => {
+                let meta = aws_sdk_kms::Client::new(&self.sdk)
+                    .create_key()
+                    .description(format!("{} {id}", self.name))
+                    .send()
+                    .await
+                    .expect("create a KMS key in moto")
+                    .key_metadata
+                    .expect("the key's metadata");
+                Created {
+                    reference: meta.key_id,
+                    attributes: HashMap::from([("Arn", meta.arn.expect("the key's ARN"))]),
+                }
+            }
+            _ => return,
+        };
+        self.resources.insert(id, created);
     }
 
     /// A value as CloudFormation resolves it into a string; `None` for `AWS::NoValue`.
@@ -1068,4 +1179,243 @@ async fn the_reconcile_function_with_a_wrong_stripe_key_fails_its_invocation() {
     let text = err.to_string();
     assert!(text.contains("Invalid API Key"), "{text}");
     assert!(!text.contains("sk_test_not_the_key"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alarms: seed 004's thresholds on the metrics the functions write (no moto needed).
+
+/// The metrics the alarms read, with exactly the labels the functions give them: Embedded
+/// Metric Format publishes a metric under its full set of dimensions only, so an alarm that
+/// names fewer (or others) reads nothing and never fires.
+const ALARMED_METRICS: &[(&str, &[&str])] = &[
+    ("hookline_hook_operations_total", &["operation", "outcome"]),
+    ("hookline_processing_seconds", &[]),
+    ("hookline_signature_failures_total", &[]),
+    ("hookline_store_errors_total", &[]),
+    ("hookline_outbound_dead_lettered_total", &[]),
+];
+
+/// Seed 004's alerts (and issue 9's outbound one): metric, statistic, period (s), threshold.
+const SEED_004_ALERTS: &[(&str, &str, u64, f64)] = &[
+    ("hookline_processing_seconds", "p95", 300, 1.0),
+    ("hookline_signature_failures_total", "Sum", 60, 10.0),
+    ("hookline_store_errors_total", "Sum", 60, 0.0),
+    ("hookline_outbound_dead_lettered_total", "Sum", 60, 0.0),
+];
+
+/// Every value an `!If` can take (a plain value is its own only branch).
+fn branches(v: &Value) -> Vec<&Value> {
+    match intrinsic(v) {
+        Some((name, arg)) if name == "If" => arg
+            .as_sequence()
+            .map(|l| l[1..].iter().flat_map(branches).collect())
+            .unwrap_or_default(),
+        _ => vec![v],
+    }
+}
+
+fn refers_to(v: &Value, id: &str) -> bool {
+    match intrinsic(v) {
+        Some((name, arg)) if name == "Ref" => str_of(arg) == id,
+        Some((name, arg)) if name == "GetAtt" => match arg {
+            Value::String(s) => s.split('.').next() == Some(id),
+            _ => arg.as_sequence().is_some_and(|l| str_of(&l[0]) == id),
+        },
+        _ => false,
+    }
+}
+
+/// An alarm's metrics: (namespace, name, dimension names, statistic, period) of each, from its
+/// own properties or from each `Metrics[].MetricStat`.
+fn alarm_metrics(props: &Value) -> Vec<(&Value, String, Vec<String>, String, u64)> {
+    let dims = |m: &Value| -> Vec<String> {
+        let mut names: Vec<String> = m
+            .get("Dimensions")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .map(|d| str_of(&d["Name"]).to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let period = |v: &Value| v.get("Period").and_then(Value::as_u64).unwrap_or_default();
+    match props.get("Metrics").and_then(Value::as_sequence) {
+        Some(metrics) => metrics
+            .iter()
+            .filter_map(|m| m.get("MetricStat"))
+            .map(|stat| {
+                let metric = &stat["Metric"];
+                (
+                    &metric["Namespace"],
+                    str_of(&metric["MetricName"]).to_owned(),
+                    dims(metric),
+                    str_of(&stat["Stat"]).to_owned(),
+                    period(stat),
+                )
+            })
+            .collect(),
+        None => vec![(
+            &props["Namespace"],
+            str_of(&props["MetricName"]).to_owned(),
+            dims(props),
+            str_of(
+                props
+                    .get("ExtendedStatistic")
+                    .unwrap_or(&props["Statistic"]),
+            )
+            .to_owned(),
+            period(props),
+        )],
+    }
+}
+
+#[test]
+fn every_alarm_reads_a_metric_the_functions_write_and_tells_the_alarm_topic() {
+    let doc = template();
+    let resources = section(&doc, "Resources");
+    let alarms: Vec<(&str, &Value)> = resources
+        .iter()
+        .filter(|(_, r)| str_of(&r["Type"]) == "AWS::CloudWatch::Alarm")
+        .map(|(id, r)| (str_of(id), &r["Properties"]))
+        .collect();
+    let mut problems = Vec::new();
+    let mut alerts_found = Vec::new();
+    for (id, props) in &alarms {
+        for action in ["AlarmActions", "OKActions"] {
+            for branch in branches(&props[action]) {
+                let topics = branch.as_sequence().cloned().unwrap_or_default();
+                if !topics.iter().any(|t| refers_to(t, "AlarmTopic")) {
+                    problems.push(format!(
+                        "{id}: an {action} branch does not publish to AlarmTopic"
+                    ));
+                }
+            }
+        }
+        if str_of(&props["TreatMissingData"]) != "notBreaching" {
+            problems.push(format!("{id}: no data (nothing happened) must not alarm"));
+        }
+        for (namespace, metric, dims, stat, period) in alarm_metrics(props) {
+            if str_of(namespace) == "AWS/SQS" {
+                continue;
+            }
+            if !refers_to(namespace, "MetricsNamespace") {
+                problems.push(format!(
+                    "{id}: namespace {namespace:?} is not !Ref MetricsNamespace"
+                ));
+            }
+            match ALARMED_METRICS.iter().find(|(name, _)| *name == metric) {
+                None => problems.push(format!(
+                    "{id}: {metric} is not a metric the functions write"
+                )),
+                Some((_, labels)) if dims != *labels => problems.push(format!(
+                    "{id}: {metric} is written with dimensions {labels:?}, the alarm names {dims:?}"
+                )),
+                Some(_) => {}
+            }
+            let threshold = props["Threshold"].as_f64().unwrap_or(f64::NAN);
+            alerts_found.push((metric, stat, period, threshold));
+        }
+    }
+    for (metric, stat, period, threshold) in SEED_004_ALERTS {
+        let wanted = (metric.to_string(), stat.to_string(), *period, *threshold);
+        if !alerts_found.contains(&wanted) {
+            problems.push(format!(
+                "no alarm on {metric} {stat} over {period} s > {threshold} (seed 004)"
+            ));
+        }
+    }
+    // Hook creation failure rate > 5%: failed / (ok + failed) of operation=create.
+    let rate = alarms.iter().find(|(_, p)| {
+        p.get("Metrics")
+            .and_then(Value::as_sequence)
+            .is_some_and(|m| {
+                m.iter().any(|m| {
+                    str_of(&m["MetricStat"]["Metric"]["MetricName"])
+                        == "hookline_hook_operations_total"
+                })
+            })
+    });
+    match rate {
+        None => problems.push("no hook creation failure rate alarm".into()),
+        Some((id, p)) => {
+            let metrics = p["Metrics"].as_sequence().unwrap();
+            let outcome_of = |m: &Value| -> Vec<(String, String)> {
+                m["MetricStat"]["Metric"]["Dimensions"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| {
+                        (
+                            str_of(&d["Name"]).to_owned(),
+                            str_of(&d["Value"]).to_owned(),
+                        )
+                    })
+                    .collect()
+            };
+            let id_of = |outcome: &str| {
+                metrics
+                    .iter()
+                    .find(|m| {
+                        let d = outcome_of(m);
+                        d.contains(&("operation".into(), "create".into()))
+                            && d.contains(&("outcome".into(), outcome.into()))
+                    })
+                    .map(|m| str_of(&m["Id"]).to_owned())
+            };
+            match (id_of("failed"), id_of("ok")) {
+                (Some(failed), Some(ok)) => {
+                    let expression = metrics
+                        .iter()
+                        .find(|m| m["ReturnData"].as_bool() == Some(true))
+                        .map(|m| str_of(&m["Expression"]).replace(' ', ""))
+                        .unwrap_or_default();
+                    let expected = format!("100*FILL({failed},0)/(FILL({failed},0)+FILL({ok},0))");
+                    if expression != expected || p["Threshold"].as_f64() != Some(5.0) {
+                        problems.push(format!(
+                            "{id}: {expression} > {:?}, not {expected} > 5",
+                            p["Threshold"]
+                        ));
+                    }
+                }
+                _ => problems.push(format!(
+                    "{id}: needs the create/failed and create/ok series"
+                )),
+            }
+        }
+    }
+    // Each dead-letter queue (a queue some RedrivePolicy targets) has an alarm on any message.
+    for (dlq, _) in resources.iter().filter(|(id, _)| {
+        resources.values().any(|r| {
+            r["Properties"]
+                .get("RedrivePolicy")
+                .is_some_and(|p| refers_to(&p["deadLetterTargetArn"], str_of(id)))
+        })
+    }) {
+        let dlq = str_of(dlq);
+        let watched = alarms.iter().any(|(_, p)| {
+            str_of(&p["Namespace"]) == "AWS/SQS"
+                && str_of(&p["MetricName"]) == "ApproximateNumberOfMessagesVisible"
+                && p["Threshold"].as_f64() == Some(0.0)
+                && p["Dimensions"]
+                    .as_sequence()
+                    .is_some_and(|d| d.iter().any(|d| refers_to(&d["Value"], dlq)))
+        });
+        if !watched {
+            problems.push(format!(
+                "dead-letter queue {dlq} has no alarm on a message in it"
+            ));
+        }
+        let retention = resources[dlq]["Properties"]["MessageRetentionPeriod"].as_u64();
+        if retention != Some(14 * 24 * 3600) {
+            problems.push(format!(
+                "dead-letter queue {dlq} keeps messages {retention:?} s, not 14 days"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "template.yaml's alarms:\n  {}",
+        problems.join("\n  ")
+    );
 }

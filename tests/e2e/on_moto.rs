@@ -199,11 +199,23 @@ async fn concurrent_copies_of_one_delivery_are_accepted_once_on_moto() {
         .iter()
         .filter(|r| r.status == 200 && r.outcome() == "duplicate")
         .count();
+    // A copy that waited longer than `in_progress_wait` for the first one's enqueue (moto on
+    // a busy machine is slow) is answered 503 so the provider retries it: nothing is lost.
+    let retried = replies
+        .iter()
+        .filter(|r| r.status == 503 && r.json()["error"] == "delivery_in_progress")
+        .count();
     assert!(
-        accepted == 1 && duplicates == CONCURRENT_COPIES - 1,
-        "expected one 202 and {} duplicates, got {h:?}",
+        accepted == 1 && duplicates + retried == CONCURRENT_COPIES - 1,
+        "expected one 202 and {} duplicates or retry-laters, got {h:?}",
         CONCURRENT_COPIES - 1
     );
+    // The provider's retry of each of those, once the first copy is queued, is a duplicate.
+    for _ in 0..retried {
+        let again = app.post(&req).await;
+        again.assert_status(200);
+        assert_eq!(again.json()["status"], "duplicate");
+    }
     let log = app.wait_until_processed(1).await;
     assert_eq!(log.len(), 1, "{}", describe(&log));
     assert!(processed_once(&log[0]), "{}", describe(&log));

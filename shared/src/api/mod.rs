@@ -10,6 +10,7 @@ pub mod incidents;
 pub mod licenses;
 pub mod oauth;
 pub mod org;
+pub mod ratelimit;
 pub mod repositories;
 
 use crate::http::{problem, Response};

@@ -11,6 +11,7 @@ pub mod mail;
 pub mod orgs;
 pub mod outbound;
 pub mod queue;
+pub mod ratelimit;
 pub mod secrets;
 pub mod sqlite;
 pub mod store;

@@ -169,7 +169,8 @@ pub fn verify_with_key(
         .trim()
         .parse()
         .map_err(|_| VerifyError::MalformedHeader(TIMESTAMP_HEADER))?;
-    if (now.timestamp() - timestamp).abs() > tolerance_secs {
+    // abs_diff: a timestamp near i64::MIN must be refused, not overflow.
+    if now.timestamp().abs_diff(timestamp) > tolerance_secs.unsigned_abs() {
         return Err(VerifyError::StaleTimestamp { tolerance_secs });
     }
 

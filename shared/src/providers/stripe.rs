@@ -122,7 +122,8 @@ pub fn verify(
 ) -> Result<(), VerifyError> {
     let header = header.ok_or(VerifyError::MissingHeader(SIGNATURE_HEADER))?;
     let scanned = scan_header(header)?;
-    if (now.timestamp() - scanned.timestamp).abs() > tolerance_secs {
+    // abs_diff: `t=-9223372036854775808` must be refused, not overflow.
+    if now.timestamp().abs_diff(scanned.timestamp) > tolerance_secs.unsigned_abs() {
         return Err(VerifyError::StaleTimestamp { tolerance_secs });
     }
     let expected = mac(secret, body, scanned.timestamp);

@@ -336,6 +336,8 @@ pub enum ApiHandler {
     Events(Arc<crate::api::events::EventsApi>),
     Licenses(Arc<crate::api::licenses::LicensesApi>),
     Billing(Arc<crate::api::billing::BillingApi>),
+    /// A handler behind the per-org API rate limit (`HOOKLINE_API_RATE_LIMIT`).
+    RateLimited(Arc<crate::api::ratelimit::ApiRateLimit>, Arc<ApiHandler>),
     /// A configuration this function cannot serve without: every request answers a 503 that
     /// names the variable to set (visible to the caller, unlike a failed cold start).
     Misconfigured(String),
@@ -357,6 +359,9 @@ impl ApiHandler {
             ApiHandler::Events(api) => api.handle(req).await,
             ApiHandler::Licenses(api) => api.handle(req).await,
             ApiHandler::Billing(api) => api.handle(req).await,
+            ApiHandler::RateLimited(limit, inner) => {
+                limit.serve(req, |req| Box::pin(inner.handle(req))).await
+            }
             ApiHandler::Misconfigured(message) => crate::http::problem(
                 http::StatusCode::SERVICE_UNAVAILABLE,
                 "not_configured",
@@ -392,17 +397,16 @@ async fn secret_values(
 /// (`HOOKLINE_KMS_KEY_ID`, decrypted secrets cached per warm Lambda), with bearer tokens
 /// verified per the `HOOKLINE_JWT_*` variables (required here: there is no dev key on AWS).
 /// Secrets (`HOOKLINE_JWT_HS256_SECRET`, `*_OAUTH_CLIENT_SECRET`, `HOOKLINE_OAUTH_STATE_KEY`)
-/// may live in the provider secret; the environment wins where both set one.
+/// may live in the provider secret; the environment wins where both set one. Every API but
+/// the licences one is behind `HOOKLINE_API_RATE_LIMIT` per org, counted in the table.
 pub async fn aws_api(api: Api) -> Result<ApiHandler, Error> {
     aws_api_with(api, &lambda_sdk().await, &crate::config::var).await
 }
 
 /// [`aws_api`] over `sdk`, with its variables read from `env` instead of the environment.
 pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<ApiHandler, Error> {
-    use crate::connections::service::StoredProviderTokens;
-    use crate::ports::connections::aws::DynamoConnectionStore;
-    use crate::ports::connections::ConnectionStore;
-    use crate::ports::keys::{aws::KmsKeys, CachedKeys, KeyService};
+    // Read before anything is fetched: a malformed limit stops the cold start, naming it.
+    let rate = crate::api::ratelimit::Rate::from_lookup(|name| var(env, name))?;
     let secrets = secret_values(sdk, env).await?;
     let lookup = |name: &str| {
         var(env, name).or_else(|| secrets.get(name).filter(|v| !v.trim().is_empty()).cloned())
@@ -428,13 +432,49 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
         }
     };
     if api == Api::Licenses {
-        // Needs only the signing key and the tier table: no table, queue or KMS key.
+        // Needs only the signing key and the tier table: no table, queue or KMS key. Not rate
+        // limited either: only the operator's staff hold its scope.
         return Ok(licenses_api(auth, &lookup));
     }
-    let store: Arc<dyn ConnectionStore> = Arc::new(DynamoConnectionStore::new(
-        aws_sdk_dynamodb::Client::new(sdk),
-        required(env, "HOOKLINE_TABLE")?,
-    ));
+    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+    let table = required(env, "HOOKLINE_TABLE")?;
+    let limit = rate.map(|rate| {
+        Arc::new(crate::api::ratelimit::ApiRateLimit::new(
+            rate,
+            auth.clone(),
+            Arc::new(crate::ports::ratelimit::aws::DynamoRateLimiter::new(
+                dynamo.clone(),
+                table.clone(),
+            )),
+            Arc::new(SystemClock),
+        ))
+    });
+    let handler = aws_api_handler(api, sdk, env, &lookup, auth, dynamo, table).await?;
+    Ok(match (limit, handler) {
+        // A misconfigured function answers its 503 uncounted.
+        (Some(limit), handler) if !matches!(handler, ApiHandler::Misconfigured(_)) => {
+            ApiHandler::RateLimited(limit, Arc::new(handler))
+        }
+        (_, handler) => handler,
+    })
+}
+
+/// The handler of one API function (not yet behind the rate limit) over the DynamoDB client
+/// and table it shares with the limit.
+async fn aws_api_handler(
+    api: Api,
+    sdk: &SdkConfig,
+    env: Vars<'_>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    auth: crate::auth::Authenticator,
+    dynamo: aws_sdk_dynamodb::Client,
+    table: String,
+) -> Result<ApiHandler, Error> {
+    use crate::connections::service::StoredProviderTokens;
+    use crate::ports::connections::aws::DynamoConnectionStore;
+    use crate::ports::connections::ConnectionStore;
+    use crate::ports::keys::{aws::KmsKeys, CachedKeys, KeyService};
+    let store: Arc<dyn ConnectionStore> = Arc::new(DynamoConnectionStore::new(dynamo, table));
     let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(KmsKeys::new(
         aws_sdk_kms::Client::new(sdk),
         required(env, "HOOKLINE_KMS_KEY_ID")?,

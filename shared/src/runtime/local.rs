@@ -683,6 +683,47 @@ async fn run_metrics_upkeep(mut shutdown: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// The per-org limit of the local server's authenticated API routes.
+pub struct ApiRateLimitConfig {
+    /// `HOOKLINE_API_RATE_LIMIT` (default `600/min`); `None` when it is `off`.
+    pub rate: Option<crate::api::ratelimit::Rate>,
+    /// Bearer-token verification, as the API routes verify; `None` accepts the tokens
+    /// `hookline token` prints.
+    pub auth: Option<crate::auth::Authenticator>,
+}
+
+impl ApiRateLimitConfig {
+    /// From `HOOKLINE_API_RATE_LIMIT` as `lookup` gives it (the environment, then the
+    /// `--env-file`) and the `HOOKLINE_JWT_*` variables; the error names the variable.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        Ok(Self {
+            rate: crate::api::ratelimit::Rate::from_lookup(lookup).map_err(|e| e.to_string())?,
+            auth: crate::auth::Authenticator::from_env().map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+/// Put the authenticated API routes (all but the operator's licence route) behind a per-org
+/// limit counted in this process: one process serves every request, so no shared store is
+/// needed, and no write per request reaches the data dir.
+pub fn with_api_rate_limit(
+    mut app: App,
+    data_dir: &Path,
+    config: ApiRateLimitConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<App, String> {
+    app.api_rate_limit = match config.rate {
+        None => None,
+        Some(rate) => Some(Arc::new(crate::api::ratelimit::ApiRateLimit::new(
+            rate,
+            local_auth(data_dir, config.auth)?,
+            Arc::new(crate::ports::ratelimit::embedded::InProcessRateLimiter::new()),
+            clock,
+        ))),
+    };
+    Ok(app)
+}
+
 /// Every route of the local server.
 pub fn router(app: &App) -> Router {
     let healthz = || async { to_axum(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))) };
@@ -703,7 +744,7 @@ pub fn router(app: &App) -> Router {
     if app.repositories.is_some() {
         let api = any(
             |State(app): State<App>, req: axum::extract::Request| async move {
-                to_axum(repositories(app, req).await)
+                to_axum(limited(app, req, repositories).await)
             },
         );
         router = router
@@ -715,7 +756,7 @@ pub fn router(app: &App) -> Router {
     if app.incidents.is_some() {
         let api = any(
             |State(app): State<App>, req: axum::extract::Request| async move {
-                to_axum(incidents(app, req).await)
+                to_axum(limited(app, req, incidents).await)
             },
         );
         router = router
@@ -727,7 +768,7 @@ pub fn router(app: &App) -> Router {
             "/api/v1/oauth/{*rest}",
             any(
                 |State(app): State<App>, req: axum::extract::Request| async move {
-                    to_axum(oauth(app, req).await)
+                    to_axum(limited(app, req, oauth).await)
                 },
             ),
         );
@@ -737,7 +778,7 @@ pub fn router(app: &App) -> Router {
             "/api/v1/billing/{*rest}",
             any(
                 |State(app): State<App>, req: axum::extract::Request| async move {
-                    to_axum(billing(app, req).await)
+                    to_axum(limited(app, req, billing).await)
                 },
             ),
         );
@@ -755,7 +796,7 @@ pub fn router(app: &App) -> Router {
     if app.endpoints_api.is_some() {
         let api = any(
             |State(app): State<App>, req: axum::extract::Request| async move {
-                to_axum(outbound_api(app, req).await)
+                to_axum(limited(app, req, outbound_api).await)
             },
         );
         for path in [
@@ -780,6 +821,19 @@ pub fn router(app: &App) -> Router {
             ))
         })
         .with_state(app.clone())
+}
+
+/// An authenticated API route, behind the org's rate limit when one is set. The webhook
+/// routes never are: a verified delivery is never refused for a rate.
+async fn limited<Fut: std::future::Future<Output = Response>>(
+    app: App,
+    req: axum::extract::Request,
+    route: impl FnOnce(App, axum::extract::Request) -> Fut,
+) -> Response {
+    match app.api_rate_limit.clone() {
+        Some(limit) => limit.serve(req, |req| route(app, req)).await,
+        None => route(app, req).await,
+    }
 }
 
 fn to_axum(res: Response) -> axum::response::Response {

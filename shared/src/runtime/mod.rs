@@ -53,6 +53,9 @@ pub struct App {
     pub hook_health: Option<crate::connections::service::health::HealthSettings>,
     /// The local queues whose backlog `GET /metrics` shows (the embedded adapters only).
     pub local_queues: Option<local::QueueGauges>,
+    /// The per-org limit in front of the local server's authenticated API routes (`None`: no
+    /// limit).
+    pub api_rate_limit: Option<Arc<crate::api::ratelimit::ApiRateLimit>>,
 }
 
 /// The ports billing runs over (DynamoDB and SES on AWS; the data dir locally).
@@ -149,6 +152,7 @@ impl App {
             hooks: None,
             hook_health: None,
             local_queues: None,
+            api_rate_limit: None,
         }
     }
 }

@@ -133,14 +133,20 @@ pub async fn concurrent_receivers_never_share_a_message(queue: Arc<dyn Queue>) {
     for i in 0..20 {
         queue.send(&format!("c{i}"), Duration::ZERO).await.unwrap();
     }
+    // Nothing is deleted, so on a slow server a message may come back once its visibility
+    // timeout has run out; what must never happen is a second receiver getting it while the
+    // first still holds it. Each receive notes when its call started and returned.
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let queue = queue.clone();
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 for _ in 0..10 {
-                    for m in queue.receive(3, Duration::from_millis(100)).await.unwrap() {
-                        mine.push(m.body);
+                    let started = tokio::time::Instant::now();
+                    let got = queue.receive(3, Duration::from_millis(100)).await.unwrap();
+                    let returned = tokio::time::Instant::now();
+                    for m in got {
+                        mine.push((m.body, started, returned));
                     }
                 }
                 mine
@@ -151,13 +157,21 @@ pub async fn concurrent_receivers_never_share_a_message(queue: Arc<dyn Queue>) {
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let unique: BTreeSet<_> = all.iter().cloned().collect();
-    assert_eq!(
-        all.len(),
-        unique.len(),
-        "a message went to two receivers at once"
-    );
-    assert_eq!(unique.len(), 20);
+    let mut by_body: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+    for (body, started, returned) in all {
+        by_body.entry(body).or_default().push((started, returned));
+    }
+    for (body, receives) in &mut by_body {
+        receives.sort();
+        for pair in receives.windows(2) {
+            let ((first_started, _), (_, second_returned)) = (pair[0], pair[1]);
+            assert!(
+                second_returned >= first_started + SETTINGS.visibility_timeout,
+                "message {body} went to a second receiver while the first still held it"
+            );
+        }
+    }
+    assert_eq!(by_body.len(), 20, "every message was received");
 }
 
 /// Generates one `#[tokio::test]` per case. `$make` is an async expression yielding
