@@ -88,6 +88,7 @@ pub async fn serve(
         data_dir.display()
     );
     println!("  GET  {}/healthz", server.url());
+    println!("  GET  {}/metrics  (Prometheus text)", server.url());
     let configured =
         |s: &Option<hookline::secret::Secret>| if s.is_some() { "set" } else { "NOT SET" };
     for (source, name, secret) in [

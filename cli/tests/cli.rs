@@ -381,6 +381,43 @@ fn serve_stops_on_ctrl_c_and_its_data_survives_a_restart() {
     assert_eq!(http_get(serve.addr, "/healthz").map(|r| r.0), Some(200));
 }
 
+#[test]
+fn serve_answers_get_metrics_in_prometheus_text_after_a_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(&dir.path().join("data"));
+    assert!(send_github(&serve, "dev-github-secret").status.success());
+    assert!(!send_github(&serve, "not-the-secret").status.success());
+    wait_until_processed(&serve);
+    // Its own process: the counts are this server's alone.
+    let want = [
+        "hookline_inbound_deliveries_total{source=\"github\",outcome=\"accepted\"} 1",
+        "hookline_inbound_deliveries_total{source=\"github\",outcome=\"invalid_signature\"} 1",
+        "hookline_signature_failures_total 1",
+        "hookline_ingest_seconds_count{source=\"github\"} 2",
+        "hookline_processing_seconds_count 1",
+        "hookline_queue_depth{queue=\"inbound\"} 0",
+        "# TYPE hookline_processing_seconds summary",
+    ];
+    // The worker times a delivery just after the log shows it processed.
+    let started = Instant::now();
+    loop {
+        let (status, body) = http_get(serve.addr, "/metrics").expect("GET /metrics answers");
+        assert_eq!(status, 200, "{body}");
+        let missing: Vec<_> = want
+            .iter()
+            .filter(|line| !body.lines().any(|l| l == **line))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no lines {missing:?} in:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A data dir holding `n` processed GitHub deliveries, a second apart, the newest last.
 fn data_dir_with_deliveries(data_dir: &Path, n: i64) {
     use hookline::model::{DeliveryOutcome, DeliveryStatus, Source};

@@ -19,4 +19,5 @@ pub mod ports;
 pub mod providers;
 pub mod runtime;
 pub mod secret;
+pub mod telemetry;
 pub mod worker;

@@ -251,6 +251,7 @@ impl Billing {
         };
         tracing::info!(event = %event.id, kind = %event.event_type, org = %org_id, written, "Stripe event applied");
         Ok(if written {
+            crate::telemetry::stripe_event_applied(&event.event_type);
             Applied::Applied { org_id }
         } else {
             Applied::Stale { org_id }

@@ -18,6 +18,7 @@ use crate::outbound::sink::EventSink;
 use crate::ports::connections::{ConnectionError, ConnectionStore};
 use crate::ports::keys::{EncryptionContext, KeyError, KeyService, Sealed};
 use crate::secret::Secret;
+use crate::telemetry::{self, HookOperation};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -719,6 +720,7 @@ impl Repositories {
             )),
             Err(e) => Err(e.to_string()),
         };
+        telemetry::hook_operation(HookOperation::Create, outcome.is_ok());
         match outcome {
             Ok(hook) => {
                 c.webhook_id = Some(hook.id);
@@ -876,28 +878,43 @@ impl Repositories {
                         .delete_hook(&token, &c.repository_full_name, hook_id)
                         .await
                     {
-                        Ok(Deleted::Deleted) => (true, "and webhook deleted".to_string()),
+                        Ok(Deleted::Deleted) => {
+                            telemetry::hook_operation(HookOperation::Delete, true);
+                            (true, "and webhook deleted".to_string())
+                        }
+                        // Gone already: the delete asked for is done.
                         Ok(Deleted::AlreadyGone) => {
+                            telemetry::hook_operation(HookOperation::Delete, true);
                             (false, "; the webhook was already gone".to_string())
                         }
-                        Err(e) => (
-                            false,
-                            format!("; the webhook could not be deleted: {}", e.reason()),
-                        ),
+                        Err(e) => {
+                            telemetry::hook_operation(HookOperation::Delete, false);
+                            (
+                                false,
+                                format!("; the webhook could not be deleted: {}", e.reason()),
+                            )
+                        }
                     },
-                    Ok(None) => (
-                        false,
-                        format!(
-                            "; the webhook was left: no {} access token",
-                            c.provider.as_str()
-                        ),
-                    ),
-                    Err(e) => (false, format!("; the webhook was left: {e}")),
+                    Ok(None) => {
+                        telemetry::hook_operation(HookOperation::Delete, false);
+                        (
+                            false,
+                            format!(
+                                "; the webhook was left: no {} access token",
+                                c.provider.as_str()
+                            ),
+                        )
+                    }
+                    Err(e) => {
+                        telemetry::hook_operation(HookOperation::Delete, false);
+                        (false, format!("; the webhook was left: {e}"))
+                    }
                 }
             }
             (Some(_), false) => (false, "; the webhook was left as asked".to_string()),
             (None, _) => (false, "; it had no webhook".to_string()),
         };
+
         self.store.delete(org_id, id).await?;
         let data = serde_json::json!({
             "connection_id": c.id,

@@ -15,6 +15,7 @@ use super::Error;
 use crate::clock::Clock;
 use crate::ports::keys::KeyService;
 use crate::ports::outbound::OutboundStore;
+use crate::telemetry;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,7 +218,9 @@ impl Deliverer {
             &signing_secrets,
             &endpoint.signature_header,
         );
+        let sending = std::time::Instant::now();
         let sent = self.sender.post(&endpoint.url, headers, body.into()).await;
+        telemetry::outbound_attempt(sent.outcome(), sending.elapsed());
         let number = d.attempts + 1;
         let attempt = Attempt {
             id: AttemptId::generate(),
@@ -288,8 +291,11 @@ impl Deliverer {
                 Ok(Outcome::Retrying(at))
             }
             _ => {
-                if !was_finished && !gone {
-                    self.tell_dead_lettered(&next, &endpoint).await;
+                if !was_finished {
+                    telemetry::outbound_dead_lettered();
+                    if !gone {
+                        self.tell_dead_lettered(&next, &endpoint).await;
+                    }
                 }
                 Ok(Outcome::DeadLettered)
             }
@@ -354,6 +360,7 @@ impl Deliverer {
         d.last_error = Some(why.to_owned());
         d.updated_at = self.clock.now();
         self.store.update_delivery(&d).await?;
+        telemetry::outbound_dead_lettered();
         Ok(Outcome::DeadLettered)
     }
 
@@ -415,6 +422,7 @@ impl Deliverer {
             return;
         }
         if let Some(reason) = disable {
+            telemetry::endpoint_disabled();
             tracing::warn!(endpoint = %e.id, reason = %reason, "endpoint disabled");
             let key = format!("endpoint_disabled#{}#{}", e.id, now.timestamp_millis());
             let text = format!(

@@ -81,10 +81,12 @@ impl Notifier {
         };
         match self.mailer.send(&mail).await {
             Ok(message_id) => {
+                crate::telemetry::mail(true);
                 tracing::info!(org_id, notice_key, message_id, "told the org's owner");
                 Told::Sent
             }
             Err(e) => {
+                crate::telemetry::mail(false);
                 tracing::warn!(org_id, notice_key, error = %e, "mailing the org's owner failed; the notice is dropped");
                 Told::Failed
             }

@@ -44,6 +44,9 @@ pub struct SendOutcome {
     pub retry_after: Option<Duration>,
     /// The SSRF policy refused the URL or what it resolved to: nothing was sent.
     pub refused: bool,
+    /// No answer came within the timeout.
+    #[serde(skip)]
+    pub timed_out: bool,
 }
 
 impl SendOutcome {
@@ -52,14 +55,53 @@ impl SendOutcome {
         self.status.is_some_and(|s| (200..300).contains(&s))
     }
 
-    fn failed(started: Instant, error: String, refused: bool) -> Self {
+    /// How the attempt ended, as the attempts metric counts it.
+    pub fn outcome(&self) -> crate::telemetry::AttemptOutcome {
+        use crate::telemetry::AttemptOutcome;
+        if self.succeeded() {
+            AttemptOutcome::Delivered
+        } else if self.refused {
+            AttemptOutcome::Refused
+        } else if self.timed_out {
+            AttemptOutcome::Timeout
+        } else {
+            AttemptOutcome::Failed
+        }
+    }
+
+    fn failed(started: Instant, error: Failure) -> Self {
         Self {
             status: None,
             duration_ms: elapsed_ms(started),
             response_body: None,
-            error: Some(error),
+            error: Some(error.why),
             retry_after: None,
-            refused,
+            refused: error.refused,
+            timed_out: error.timed_out,
+        }
+    }
+}
+
+/// Why a request got no response.
+struct Failure {
+    why: String,
+    refused: bool,
+    timed_out: bool,
+}
+
+impl Failure {
+    fn new(why: String) -> Self {
+        Self {
+            why,
+            refused: false,
+            timed_out: false,
+        }
+    }
+
+    fn refused(why: String) -> Self {
+        Self {
+            refused: true,
+            ..Self::new(why)
         }
     }
 }
@@ -135,7 +177,10 @@ impl Sender {
         let url = match self.policy.check_url(url) {
             Ok(url) => url,
             Err(refused) => {
-                return SendOutcome::failed(started, format!("refused: {}", refused.reason()), true)
+                return SendOutcome::failed(
+                    started,
+                    Failure::refused(format!("refused: {}", refused.reason())),
+                )
             }
         };
         let mut map = HeaderMap::with_capacity(headers.len());
@@ -152,9 +197,9 @@ impl Sender {
         let response = match sent {
             Ok(response) => response,
             Err(e) => {
-                let (error, refused) = self.describe(&e);
-                tracing::debug!(url = %super::ssrf::display(&url), error = %error, "outbound attempt failed");
-                return SendOutcome::failed(started, error, refused);
+                let failure = self.describe(&e);
+                tracing::debug!(url = %super::ssrf::display(&url), error = %failure.why, "outbound attempt failed");
+                return SendOutcome::failed(started, failure);
             }
         };
 
@@ -180,20 +225,21 @@ impl Sender {
             error,
             retry_after,
             refused: false,
+            timed_out: false,
         }
     }
 
     /// A short cause for a request that got no response, without the URL (it may hold a token).
-    fn describe(&self, e: &reqwest::Error) -> (String, bool) {
+    fn describe(&self, e: &reqwest::Error) -> Failure {
         let mut source: Option<&(dyn StdError + 'static)> = e.source();
         let mut io_kind = None;
         let mut innermost = None;
         while let Some(cause) = source {
             if let Some(refused) = cause.downcast_ref::<Refused>() {
                 return if refused.by_policy() {
-                    (format!("refused: {}", refused.reason()), true)
+                    Failure::refused(format!("refused: {}", refused.reason()))
                 } else {
-                    (refused.reason().to_owned(), false)
+                    Failure::new(refused.reason().to_owned())
                 };
             }
             if let Some(io) = cause.downcast_ref::<std::io::Error>() {
@@ -203,7 +249,10 @@ impl Sender {
             source = cause.source();
         }
         if e.is_timeout() || io_kind == Some(std::io::ErrorKind::TimedOut) {
-            return (format!("timed out after {}", human(self.timeout)), false);
+            return Failure {
+                timed_out: true,
+                ..Failure::new(format!("timed out after {}", human(self.timeout)))
+            };
         }
         let error = match io_kind {
             Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
@@ -214,7 +263,7 @@ impl Sender {
                 None => "request failed".to_owned(),
             },
         };
-        (error, false)
+        Failure::new(error)
     }
 }
 

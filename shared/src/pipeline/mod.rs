@@ -14,6 +14,7 @@ use crate::providers::{
     provider, Handshake, Inbound, ParseError, ProviderSecrets, RepositoryRef, VerifyContext,
     VerifyError,
 };
+use crate::telemetry::{self, InboundOutcome};
 use chrono::{DateTime, Utc};
 use http::{HeaderValue, Method, StatusCode};
 use serde::Serialize;
@@ -225,12 +226,16 @@ impl Pipeline {
         &self.settings
     }
 
-    /// Handle one request to `source`'s route. Logs one line with the outcome.
+    /// Handle one request to `source`'s route. Logs one line with the outcome and counts it.
     pub async fn handle(&self, source: Source, req: Request) -> Response {
         let started = Instant::now();
         let inbound = to_inbound(req);
         let result = self.accept(source, &inbound).await;
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let took = started.elapsed();
+        if let Some(outcome) = delivery_outcome(&result) {
+            telemetry::inbound(source, outcome, took);
+        }
+        let latency_ms = took.as_secs_f64() * 1000.0;
         match result {
             Ok(Answer::Delivery(accepted)) => {
                 tracing::info!(
@@ -466,6 +471,25 @@ impl Pipeline {
 enum Answer {
     Delivery(Accepted),
     Challenge(String),
+}
+
+/// What an answer counts as among inbound deliveries; `None` for what is not a delivery (a
+/// WhatsApp handshake, another method).
+fn delivery_outcome(result: &Result<Answer, InboundError>) -> Option<InboundOutcome> {
+    Some(match result {
+        Ok(Answer::Delivery(a)) if a.status == "duplicate" => InboundOutcome::Duplicate,
+        Ok(Answer::Delivery(_)) => InboundOutcome::Accepted,
+        Ok(Answer::Challenge(_)) => return None,
+        Err(InboundError::MethodNotAllowed | InboundError::HandshakeRefused) => return None,
+        Err(InboundError::TooLarge { .. }) => InboundOutcome::TooLarge,
+        Err(InboundError::Unauthorized(_)) => InboundOutcome::InvalidSignature,
+        Err(InboundError::Malformed(_) | InboundError::PayloadMismatch(_)) => {
+            InboundOutcome::Malformed
+        }
+        Err(InboundError::InProgress(_) | InboundError::Unavailable(_)) => {
+            InboundOutcome::Unavailable
+        }
+    })
 }
 
 /// The queue message of a delivery: its envelope (`Envelope::to_message`).

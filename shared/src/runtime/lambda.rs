@@ -17,7 +17,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use bytes::Bytes;
 use lambda_http::Body;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Where a function reads its configuration variables: the process environment on Lambda
 /// ([`crate::config::var`]); a test passes exactly what template.yaml gives the function, so
@@ -36,6 +36,58 @@ fn required(env: Vars, name: &'static str) -> Result<String, ConfigError> {
         expected: "set",
         value: String::new(),
     })
+}
+
+/// JSON log lines, and the metrics recorder whose EMF lines join them: what every function
+/// sets up first in its cold start (no network call).
+fn start() {
+    super::init_tracing();
+    install_metrics(&crate::config::var);
+}
+
+/// The function's CloudWatch Embedded Metric Format recorder, once per process.
+static EMF: OnceLock<Option<&'static metrics_cloudwatch_embedded::Collector>> = OnceLock::new();
+
+/// Install the EMF recorder: every metric recorded during an invocation is written after it
+/// (`flush_metrics`) in namespace `HOOKLINE_METRICS_NAMESPACE` (default `Hookline`), with
+/// its labels as the only dimensions. `false` if another recorder was installed first.
+pub fn install_metrics(env: Vars) -> bool {
+    EMF.get_or_init(|| {
+        let namespace =
+            var(env, "HOOKLINE_METRICS_NAMESPACE").unwrap_or_else(|| "Hookline".to_owned());
+        match metrics_cloudwatch_embedded::Builder::new()
+            .cloudwatch_namespace(namespace)
+            .init()
+        {
+            Ok(collector) => {
+                crate::telemetry::describe();
+                Some(collector)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics are not emitted");
+                None
+            }
+        }
+    })
+    .is_some()
+}
+
+/// Write the metrics recorded since the last flush to `out` as EMF lines, one per label set
+/// (on Lambda: stdout, where CloudWatch Logs turns them into metrics).
+pub fn flush_metrics(out: impl std::io::Write) {
+    if let Some(Some(collector)) = EMF.get() {
+        if let Err(e) = collector.flush(out) {
+            tracing::warn!(error = %e, "could not write this invocation's metrics");
+        }
+    }
+}
+
+/// One invocation, then the metrics it recorded, written to stdout while holding its lock so
+/// no log line lands inside an EMF line.
+async fn metered<T>(invocation: impl std::future::Future<Output = T>) -> T {
+    let out = invocation.await;
+    flush_metrics(std::io::stdout().lock());
+    out
 }
 
 /// The SDK config a function builds its clients from (the SDK honours `AWS_ENDPOINT_URL`).
@@ -147,11 +199,11 @@ pub async fn aws_inbound_with(
 
 /// Run an inbound webhook function for `source`.
 pub async fn run_inbound(source: Source) -> Result<(), Error> {
-    super::init_tracing();
+    start();
     let pipeline = aws_inbound_with(source, &lambda_sdk().await, &crate::config::var).await?;
     lambda_http::run(lambda_http::service_fn(move |req| {
         let pipeline = pipeline.clone();
-        async move { handle_http(&pipeline, source, req).await }
+        metered(async move { handle_http(&pipeline, source, req).await })
     }))
     .await
 }
@@ -220,11 +272,11 @@ async fn aws_event_sink(
 
 /// Run the event worker on SQS batches, reporting partial batch failures.
 pub async fn run_worker() -> Result<(), Error> {
-    super::init_tracing();
+    start();
     let worker = aws_worker_with(&lambda_sdk().await, &crate::config::var).await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let worker = worker.clone();
-        async move { Ok::<_, Error>(handle_sqs(&worker, event.payload).await) }
+        metered(async move { Ok::<_, Error>(handle_sqs(&worker, event.payload).await) })
     }))
     .await
 }
@@ -597,11 +649,11 @@ pub async fn aws_hook_health_with(
 /// Run `hook-health` on its schedule: every invocation checks and repairs every active
 /// connection's hook.
 pub async fn run_hook_health() -> Result<(), Error> {
-    super::init_tracing();
+    start();
     let (repos, settings) = aws_hook_health_with(&lambda_sdk().await, &crate::config::var).await?;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
         let repos = repos.clone();
-        async move { handle_hook_health(&repos, &settings).await }
+        metered(async move { handle_hook_health(&repos, &settings).await })
     }))
     .await
 }
@@ -760,11 +812,11 @@ pub async fn aws_billing_with(
 /// Run `billing-reconcile` on its schedule: every invocation reconciles every org with Stripe
 /// and re-checks the installed licence.
 pub async fn run_billing_reconcile() -> Result<(), Error> {
-    super::init_tracing();
+    start();
     let billing = aws_billing_with(&lambda_sdk().await, &crate::config::var).await?;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
         let billing = billing.clone();
-        async move { handle_billing_reconcile(&billing).await }
+        metered(async move { handle_billing_reconcile(&billing).await })
     }))
     .await
 }
@@ -820,11 +872,11 @@ pub async fn aws_outbound_with(
 /// Run the dispatcher: SQS batches of "this org has new events" signals, and a scheduled
 /// sweep (any other event) for orgs whose signal was lost.
 pub async fn run_dispatcher() -> Result<(), Error> {
-    super::init_tracing();
+    start();
     let outbound = Arc::new(aws_outbound_with(&lambda_sdk().await, &crate::config::var).await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let outbound = outbound.clone();
-        async move { handle_dispatch(&outbound, event.payload).await }
+        metered(async move { handle_dispatch(&outbound, event.payload).await })
     }))
     .await
 }
@@ -874,11 +926,11 @@ pub async fn handle_dispatch(
 /// Run the deliverer on SQS batches of attempts, all of a batch at once, reporting partial
 /// batch failures.
 pub async fn run_deliverer() -> Result<(), Error> {
-    super::init_tracing();
+    start();
     let outbound = Arc::new(aws_outbound_with(&lambda_sdk().await, &crate::config::var).await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let outbound = outbound.clone();
-        async move { Ok::<_, Error>(handle_deliveries(&outbound, event.payload).await) }
+        metered(async move { Ok::<_, Error>(handle_deliveries(&outbound, event.payload).await) })
     }))
     .await
 }
@@ -915,11 +967,11 @@ pub async fn handle_deliveries(
 
 /// Run an API function for `api`.
 pub async fn run_api(api: Api) -> Result<(), Error> {
-    super::init_tracing();
+    start();
     let handler = aws_api(api).await?;
     lambda_http::run(lambda_http::service_fn(move |req| {
         let handler = handler.clone();
-        async move { handle_api_http(&handler, req).await }
+        metered(async move { handle_api_http(&handler, req).await })
     }))
     .await
 }

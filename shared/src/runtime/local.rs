@@ -13,15 +13,17 @@ use crate::ports::queue::{Queue, QueueSettings};
 use crate::ports::sqlite::{Database, DbError, Durability};
 use crate::ports::store::embedded::EmbeddedStore;
 use crate::providers::ProviderSecrets;
+use crate::telemetry::{self, InboundOutcome};
 use crate::worker::{Worker, WorkerMessage};
 use axum::extract::State;
 use axum::routing::{any, get};
 use axum::serve::ListenerExt;
 use axum::Router;
 use http::StatusCode;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -47,6 +49,10 @@ pub fn embedded_app(
         ..settings
     };
     let queue = EmbeddedQueue::new(db.clone(), queue_settings);
+    let gauges = QueueGauges {
+        db: db.clone(),
+        inbound: Arc::from(queue.name()),
+    };
     let mut app = App::assemble(
         Arc::new(EmbeddedStore::new(db)),
         Arc::new(queue.clone()),
@@ -54,6 +60,7 @@ pub fn embedded_app(
         clock,
         settings,
     );
+    app.local_queues = Some(gauges);
     // The store and queue share one file: record and enqueue each delivery in one commit.
     app.pipeline = Arc::new(
         app.pipeline
@@ -333,6 +340,10 @@ impl OutboundConfig {
     }
 }
 
+/// The local queue of outbound attempts asked for by hand (scheduled ones are due rows of
+/// the deliveries table).
+const OUTBOUND_DELIVERIES: &str = "outbound-deliveries";
+
 /// The queue settings of the local outbound queues: a message whose handling failed (a store
 /// error) comes back after the attempt's lease (its timeout + 30 s) has surely ended.
 fn outbound_queue(settings: &crate::outbound::settings::OutboundSettings) -> QueueSettings {
@@ -370,7 +381,7 @@ pub fn with_outbound(
             "outbound-dispatch",
             queues,
         )),
-        deliveries_queue: Arc::new(EmbeddedQueue::named(db, "outbound-deliveries", queues)),
+        deliveries_queue: Arc::new(EmbeddedQueue::named(db, OUTBOUND_DELIVERIES, queues)),
         clock: clock.clone(),
     };
     let auth = local_auth(data_dir, config.auth.clone())?;
@@ -569,6 +580,109 @@ pub fn with_licenses(
     Ok(app)
 }
 
+/// The process's Prometheus recorder, installed by the first local server (the `metrics`
+/// facade has one recorder per process); `None` if another recorder was installed first.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            // Summaries: the p50/p95/p99 an operator asks for, readable without a Prometheus.
+            let installed = PrometheusBuilder::new()
+                .set_quantiles(&[0.5, 0.95, 0.99])
+                .and_then(|b| b.install_recorder());
+            match installed {
+                Ok(handle) => {
+                    telemetry::describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics are not recorded for GET /metrics");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The local queues' backlog, read for `GET /metrics` when it is asked (never on the hot
+/// path): a count and a minimum over an index each.
+#[derive(Clone)]
+pub struct QueueGauges {
+    db: Database,
+    /// The inbound queue's name in the data dir's `messages` table.
+    inbound: Arc<str>,
+}
+
+impl QueueGauges {
+    async fn sample(&self) -> Result<(), DbError> {
+        use crate::telemetry::LocalQueue;
+        let db = self.db.clone();
+        let inbound = self.inbound.clone();
+        let (inbound, manual, due) = tokio::task::spawn_blocking(move || {
+            db.read(|conn| {
+                Ok((
+                    crate::ports::queue::embedded::backlog(conn, &inbound)?,
+                    crate::ports::queue::embedded::backlog(conn, OUTBOUND_DELIVERIES)?,
+                    crate::ports::outbound::embedded::due_backlog(conn)?,
+                ))
+            })
+        })
+        .await
+        .map_err(|e| DbError(e.to_string()))??;
+        let now = chrono::Utc::now().timestamp_millis();
+        let age = |since: Option<i64>| {
+            Duration::from_millis(since.map_or(0, |at| (now - at).max(0)) as u64)
+        };
+        telemetry::queue_backlog(LocalQueue::Inbound, inbound.0, age(inbound.1));
+        // Outbound: attempts scheduled in the deliveries table plus those asked for by hand;
+        // the age is how long the longest-waiting one has been due.
+        telemetry::queue_backlog(
+            LocalQueue::Outbound,
+            due.0 + manual.0,
+            age(due.1).max(age(manual.1)),
+        );
+        Ok(())
+    }
+}
+
+/// `GET /metrics`: every metric in Prometheus text, the queue gauges read just now.
+async fn metrics(app: App) -> Response {
+    let Some(handle) = prometheus() else {
+        return crate::http::problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder was installed in this process",
+        );
+    };
+    if let Some(queues) = &app.local_queues {
+        if let Err(e) = queues.sample().await {
+            tracing::warn!(error = %e, "could not read the local queues' backlog");
+        }
+    }
+    let mut res = crate::http::text(StatusCode::OK, handle.render());
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}
+
+/// How often histogram samples are folded into their summaries when nobody scrapes.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Fold recorded samples into the summaries every few seconds, so memory stays bounded
+/// whether or not `GET /metrics` is asked, until `shutdown` resolves.
+async fn run_metrics_upkeep(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let Some(handle) = prometheus() else { return };
+    let mut every = tokio::time::interval(METRICS_UPKEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = every.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
 /// The per-org limit of the local server's authenticated API routes.
 pub struct ApiRateLimitConfig {
     /// `HOOKLINE_API_RATE_LIMIT` (default `600/min`); `None` when it is `off`.
@@ -613,7 +727,10 @@ pub fn with_api_rate_limit(
 /// Every route of the local server.
 pub fn router(app: &App) -> Router {
     let healthz = || async { to_axum(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))) };
-    let mut router = Router::new().route("/healthz", get(healthz));
+    let mut router = Router::new().route("/healthz", get(healthz)).route(
+        "/metrics",
+        get(|State(app): State<App>| async move { to_axum(metrics(app).await) }),
+    );
     for source in Source::ALL {
         router = router.route(
             source.route(),
@@ -811,6 +928,7 @@ async fn incidents(app: App, req: axum::extract::Request) -> Response {
 }
 
 async fn inbound(app: App, source: Source, req: axum::extract::Request) -> Response {
+    let started = std::time::Instant::now();
     let limit = app.pipeline.settings().max_body_bytes;
     let (parts, body) = req.into_parts();
     // Read one byte past the limit so the pipeline's own 413 answers, not the framework's.
@@ -820,7 +938,11 @@ async fn inbound(app: App, source: Source, req: axum::extract::Request) -> Respo
                 .handle(source, Request::from_parts(parts, bytes))
                 .await
         }
-        Err(_) => InboundError::TooLarge { limit }.into_response(),
+        Err(_) => {
+            // A body cut off past the limit never reaches the pipeline: counted here.
+            telemetry::inbound(source, InboundOutcome::TooLarge, started.elapsed());
+            InboundError::TooLarge { limit }.into_response()
+        }
     }
 }
 
@@ -1224,6 +1346,8 @@ pub struct Server {
 impl Server {
     /// Bind `addr` (port 0 picks a free one) and serve `app` with `worker_loops` pollers.
     pub async fn start(app: App, addr: SocketAddr, worker_loops: usize) -> std::io::Result<Self> {
+        // Before the first request, so every delivery is counted.
+        prometheus();
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         // Answers are small and final: send each at once rather than wait on Nagle's algorithm.
@@ -1251,10 +1375,11 @@ impl Server {
             );
             let hooks = run_hook_health_loop(app.hooks.clone(), app.hook_health, stopped.clone());
             let prune = run_prune_loop(app.store.clone(), stopped.clone());
+            let upkeep = run_metrics_upkeep(stopped.clone());
             let workers =
                 run_worker_loops(app.worker.clone(), app.queue.clone(), worker_loops, stopped);
-            let (served, (), (), (), (), ()) =
-                tokio::join!(http, workers, outbound, billing, hooks, prune);
+            let (served, (), (), (), (), (), ()) =
+                tokio::join!(http, workers, outbound, billing, hooks, prune, upkeep);
             if let Err(e) = served {
                 tracing::error!(error = %e, "local server stopped with an error");
             }

@@ -51,6 +51,8 @@ pub struct App {
     pub hooks: Option<Arc<crate::connections::service::Repositories>>,
     /// How the local server runs the hook-health check (`None`, or no interval: it does not).
     pub hook_health: Option<crate::connections::service::health::HealthSettings>,
+    /// The local queues whose backlog `GET /metrics` shows (the embedded adapters only).
+    pub local_queues: Option<local::QueueGauges>,
     /// The per-org limit in front of the local server's authenticated API routes (`None`: no
     /// limit).
     pub api_rate_limit: Option<Arc<crate::api::ratelimit::ApiRateLimit>>,
@@ -149,6 +151,7 @@ impl App {
             outbound_concurrency: 64,
             hooks: None,
             hook_health: None,
+            local_queues: None,
             api_rate_limit: None,
         }
     }

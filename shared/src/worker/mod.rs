@@ -285,6 +285,9 @@ impl Worker {
             }
         };
         let result = self.process_envelope(envelope.clone()).await;
+        if let Err(WorkerError::Store(_)) = &result {
+            crate::telemetry::store_error();
+        }
         if let Err(e) = &result {
             tracing::warn!(source = %envelope.source, delivery_id = %envelope.delivery_id, error = %e, "delivery processing failed; the queue will retry it");
         }
@@ -358,6 +361,14 @@ impl Worker {
             event_type = %envelope.event_type, outcome = status.as_str(), duration_ms,
             "delivery processed"
         );
+        // Timed on a first attempt only: a replay days later is not processing latency.
+        if claimed.attempts == 1 {
+            crate::telemetry::processed(
+                (processed_at - envelope.received_at)
+                    .to_std()
+                    .unwrap_or_default(),
+            );
+        }
         result.map(|_| ())
     }
 

@@ -166,6 +166,12 @@ fn incident_data(incident: &Incident) -> Value {
 }
 
 fn store_error(e: ConnectionError) -> WorkerError {
+    if matches!(
+        e,
+        ConnectionError::Unavailable(_) | ConnectionError::Corrupt { .. }
+    ) {
+        crate::telemetry::store_error();
+    }
     WorkerError::Handler(e.to_string())
 }
 
@@ -832,6 +838,7 @@ impl RepositoryEvents {
             .await
             .map_err(store_error)?;
         if created {
+            crate::telemetry::incident_opened();
             tracing::info!(connection_id = %c.id, incident_id = %incident.id, run_id = %run.run_id, run_attempt = run.run_attempt, "incident opened for a failed run");
         }
         if self.events.is_none() {
@@ -937,6 +944,7 @@ impl RepositoryEvents {
                 .await
             {
                 Ok(true) => {
+                    crate::telemetry::incident_resolved();
                     tracing::info!(connection_id = %c.id, incident_id = %incident.id, run_id = %run.run_id, run_attempt = run.run_attempt, "incident resolved by a successful run");
                 }
                 Ok(false) | Err(ConnectionError::NotFound) => {}

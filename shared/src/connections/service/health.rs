@@ -437,7 +437,7 @@ impl Repositories {
         if !repair {
             return (action, detail, false);
         }
-        match self.repair(c, action, &token).await {
+        let done = match self.repair(c, action, &token).await {
             Ok(()) => {
                 c.health.silent_since = None;
                 c.health.alert = None;
@@ -474,7 +474,13 @@ impl Repositories {
                         .await
                 }
             },
-        }
+        };
+        // Repaired only when the change was made and saved.
+        crate::telemetry::hook_operation(
+            crate::telemetry::HookOperation::Repair,
+            done.0 == action && done.2,
+        );
+        done
     }
 
     /// A repair made at the provider whose record could not be saved (the connection changed

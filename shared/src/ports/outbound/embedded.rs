@@ -64,6 +64,17 @@ impl From<DbError> for OutboundError {
     }
 }
 
+/// How many deliveries have an attempt scheduled (due, leased or waiting for a retry), and
+/// when the earliest falls due (ms), from the partial `due_at` index.
+pub(crate) fn due_backlog(conn: &Connection) -> Result<(u64, Option<i64>), DbError> {
+    let (depth, earliest): (i64, Option<i64>) = conn
+        .prepare_cached(
+            "SELECT count(*), min(due_at) FROM outbound_deliveries WHERE due_at IS NOT NULL",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok((depth.max(0) as u64, earliest))
+}
+
 fn to_json<T: Serialize>(key: &str, value: &T) -> Result<String, OutboundError> {
     serde_json::to_string(value).map_err(|e| json_corrupt(key, &e))
 }

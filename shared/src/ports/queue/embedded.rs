@@ -133,6 +133,30 @@ pub(crate) fn insert_message(
     Ok(conn.last_insert_rowid())
 }
 
+/// How many messages `queue` holds (waiting, delayed or received and not yet deleted), and
+/// when the oldest of them was sent (ms). Both come from the `(queue, visible_at)` index.
+pub(crate) fn backlog(
+    conn: &rusqlite::Connection,
+    queue: &str,
+) -> Result<(u64, Option<i64>), DbError> {
+    let (depth, oldest): (i64, Option<i64>) = conn
+        .prepare_cached("SELECT count(*), min(id) FROM messages WHERE queue = ?1")?
+        .query_row(params![queue], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let sent_at = match oldest {
+        Some(id) => conn
+            .prepare_cached("SELECT sent_at FROM messages WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                // Deleted between the two reads.
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?,
+        None => None,
+    };
+    Ok((depth.max(0) as u64, sent_at))
+}
+
 fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
