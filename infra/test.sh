@@ -6,7 +6,8 @@
 #
 # Installs (once, reused between runs):
 #   - a Python venv at $HOOKLINE_VENV (default ~/.cache/hookline/venv) with moto[server],
-#     cfn-lint, aws-sam-cli, cargo-lambda, pyjwt[crypto] and localstripe (a Stripe API emulator);
+#     cfn-lint, aws-sam-cli, cargo-lambda, schemathesis (the API fuzzer), pyjwt[crypto] and
+#     localstripe (a Stripe API emulator);
 #   - checkov in a venv of its own at $HOOKLINE_CHECKOV_VENV (default $HOOKLINE_VENV-checkov):
 #     it pins networkx, urllib3 and packaging to versions cfn-lint and the SAM CLI refuse;
 #   - jose (npm, the JavaScript JWT library) at $HOOKLINE_NODE_DIR (default
@@ -30,15 +31,15 @@ if [[ ! -x "$HOOKLINE_VENV/bin/python3" ]]; then
   python3 -m venv "$HOOKLINE_VENV"
 fi
 missing=()
-for tool in moto_server cfn-lint sam cargo-lambda; do
+for tool in moto_server cfn-lint sam cargo-lambda schemathesis; do
   [[ -x "$HOOKLINE_VENV/bin/$tool" ]] || missing+=("$tool")
 done
 if (( ${#missing[@]} )); then
   echo "installing: ${missing[*]}"
   "$HOOKLINE_VENV/bin/pip" install --quiet --disable-pip-version-check \
-    'moto[server]' cfn-lint aws-sam-cli cargo-lambda
+    'moto[server]' cfn-lint aws-sam-cli cargo-lambda 'schemathesis>=4.32,<5'
 fi
-for tool in moto_server cfn-lint sam cargo-lambda; do
+for tool in moto_server cfn-lint sam cargo-lambda schemathesis; do
   [[ -x "$HOOKLINE_VENV/bin/$tool" ]] || { echo "test.sh: $tool did not install" >&2; exit 1; }
 done
 # PyJWT has no command of its own: the licence interop test imports it.
@@ -93,6 +94,9 @@ python3 infra/make-events.py --check
 
 step "tests: unit, conformance (embedded and moto), Lambda events, end to end (moto, localstripe)"
 infra/with-moto.sh infra/with-localstripe.sh cargo test --workspace --locked --no-fail-fast
+
+step "API contract: schemathesis on every route of openapi.json against hookline serve"
+infra/fuzz-api.sh
 
 step "every function cross-builds for Lambda (arm64, as sam build does)"
 # A target dir of its own: the aarch64 build shares nothing with the host build but its lock.

@@ -89,6 +89,11 @@ pub async fn serve(
     );
     println!("  GET  {}/healthz", server.url());
     println!("  GET  {}/metrics  (Prometheus text)", server.url());
+    println!(
+        "  GET  {}{}  (every route below, as OpenAPI 3.1)",
+        server.url(),
+        hookline::api::openapi::PATH
+    );
     let configured =
         |s: &Option<hookline::secret::Secret>| if s.is_some() { "set" } else { "NOT SET" };
     for (source, name, secret) in [

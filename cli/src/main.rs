@@ -125,6 +125,9 @@ enum Command {
     /// Repository hooks: check each connected repository's hook on GitHub/GitLab, and repair.
     #[command(subcommand)]
     Hooks(hooks::HooksCommand),
+    /// Print the OpenAPI 3.1 document of every route, generated from the handlers
+    /// (`hookline openapi > openapi.json` refreshes the repository's copy).
+    Openapi,
 }
 
 #[tokio::main]
@@ -173,6 +176,13 @@ async fn main() -> std::process::ExitCode {
         Command::License(command) => license::license(&command),
         Command::Billing(command) => billing::billing(&command).await,
         Command::Hooks(command) => hooks::hooks(&command).await,
+        Command::Openapi => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(hookline::api::openapi::to_json().as_bytes())
+                .map(|()| std::process::ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(code) => code,

@@ -78,7 +78,8 @@ impl From<crate::ports::store::StoreError> for LogError {
 }
 
 /// One row of the log as the API shows it (the field names).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = InboundDelivery)]
 pub struct DeliveryView<'a> {
     pub id: String,
     pub source: crate::model::Source,
@@ -119,7 +120,8 @@ impl<'a> From<&'a Delivery> for DeliveryView<'a> {
 /// One delivery with what the provider sent: headers (redacted) and the payload exactly as
 /// received, text when it is UTF-8 and base64 otherwise (`payload_encoding` says which).
 /// Once the payload has expired both are `null` and `payload_expired` is true.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = InboundDeliveryDetail)]
 pub struct DeliveryDetail<'a> {
     #[serde(flatten)]
     pub delivery: DeliveryView<'a>,

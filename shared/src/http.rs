@@ -33,9 +33,11 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
 
 /// The JSON body of every error: a stable machine-readable code and a sentence saying what
 /// to fix. Internal details stay in the log.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem<'a> {
+    /// A stable code: `invalid_request`, `unauthorized`, `forbidden`, `not_found`, …
     pub error: &'a str,
+    /// What went wrong and what to do about it, for a person to read.
     pub message: String,
 }
 

@@ -36,6 +36,14 @@ macro_rules! typed_id {
             }
         }
 
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::ids::id_schema($prefix)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(&self.0)
@@ -45,3 +53,14 @@ macro_rules! typed_id {
 }
 
 pub(crate) use typed_id;
+
+/// The schema of an id with `prefix`: what [`typed_id!`]'s `parse` accepts.
+pub(crate) fn id_schema(prefix: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(format!("^{prefix}[A-Za-z0-9_]+$")))
+        .examples([serde_json::Value::String(format!(
+            "{prefix}4mZ3kQ9xR2bT7yW1pL8nV0"
+        ))])
+        .into()
+}

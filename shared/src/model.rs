@@ -8,7 +8,19 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A webhook provider Hookline receives from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Github,
@@ -137,8 +149,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Where a delivery is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = InboundDeliveryStatus)]
 pub enum DeliveryStatus {
     /// Recorded, not yet on the queue.
     Received,

@@ -503,6 +503,46 @@ fn outbound_app(dir: &std::path::Path) -> App {
     .unwrap()
 }
 
+/// API Gateway's event for a `GET` of `path` with no token (the list-deliveries sample's
+/// context, its route and query taken away).
+fn unauthenticated_get(path: &str) -> lambda_http::Request {
+    let mut event: serde_json::Value =
+        serde_json::from_str(&event("endpoints-api-list-deliveries.json")).unwrap();
+    event["rawPath"] = path.into();
+    event["rawQueryString"] = "".into();
+    event["routeKey"] = format!("GET {path}").into();
+    event["requestContext"]["http"]["path"] = path.into();
+    event
+        .as_object_mut()
+        .unwrap()
+        .remove("queryStringParameters");
+    if let Some(headers) = event["headers"].as_object_mut() {
+        headers.remove("authorization");
+    }
+    let parsed: lambda_http::request::LambdaRequest = serde_json::from_value(event).unwrap();
+    lambda_http::Request::from(parsed)
+}
+
+#[tokio::test]
+async fn the_endpoints_function_serves_the_openapi_document_without_a_token() {
+    use hookline::runtime::lambda::ApiHandler;
+    let dir = tempfile::tempdir().unwrap();
+    let app = outbound_app(dir.path());
+    let endpoints = ApiHandler::Endpoints(
+        app.endpoints_api.clone().unwrap(),
+        app.org_api.clone().unwrap(),
+    );
+    let (status, body) = invoke_api(&endpoints, unauthenticated_get("/api/v1/openapi.json")).await;
+    assert_eq!(status, 200, "{body}");
+    let checked_in: serde_json::Value =
+        serde_json::from_str(hookline::api::openapi::CHECKED_IN).unwrap();
+    assert_eq!(body, checked_in);
+    assert_eq!(body["openapi"], "3.1.0");
+    // The rest of the function still needs a token.
+    let (status, _) = invoke_api(&endpoints, unauthenticated_get("/api/v1/endpoints")).await;
+    assert_eq!(status, 401);
+}
+
 #[tokio::test]
 async fn the_outbound_sample_events_are_answered_by_their_functions() {
     use hookline::auth::Scope;

@@ -4,25 +4,45 @@
 
 use super::{json_body, method_not_allowed, not_found};
 use crate::auth::{Authenticator, Scope};
-use crate::billing::service::{Billing, Error};
+use crate::billing::service::{Billing, Entitlements, Error};
 use crate::billing::tiers::Tier;
-use crate::http::{json, problem, Request, Response};
+use crate::http::{json, problem, Problem, Request, Response};
 use http::{Method, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use utoipa::ToSchema;
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/billing/checkout`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CheckoutBody {
+    /// `team` or `enterprise`.
     tier: String,
+    /// Where Stripe sends the browser after paying.
     success_url: String,
+    /// Where Stripe sends the browser if the user gives up.
     cancel_url: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/billing/portal`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PortalBody {
+    /// Where the portal's "back" link goes.
     return_url: String,
+}
+
+/// A Stripe Checkout Session to send the browser to.
+#[derive(Debug, Serialize, ToSchema)]
+struct CheckoutSession<'a> {
+    id: &'a str,
+    url: &'a str,
+}
+
+/// A Customer Portal session to send the browser to.
+#[derive(Debug, Serialize, ToSchema)]
+struct PortalSession<'a> {
+    url: &'a str,
 }
 
 /// The answer of a failed billing call.
@@ -80,59 +100,108 @@ impl BillingApi {
                     return e.into_response();
                 }
                 if path.ends_with("checkout") {
-                    self.checkout(org, req.body()).await
+                    checkout(self, org, req.body()).await
                 } else {
-                    self.portal(org, req.body()).await
+                    portal(self, org, req.body()).await
                 }
             }
             Some(rest) if rest.starts_with("entitlements/") => {
                 if *req.method() != Method::GET {
                     return method_not_allowed();
                 }
-                let asked = &rest["entitlements/".len()..];
-                // Another org's entitlements do not exist for this caller.
-                if asked != org {
-                    return not_found();
-                }
-                match self.billing.entitlements(org).await {
-                    Ok(e) => json(StatusCode::OK, &e),
-                    Err(e) => error(e),
-                }
+                entitlements(self, org, &rest["entitlements/".len()..]).await
             }
             _ => not_found(),
         }
     }
+}
 
-    async fn checkout(&self, org: &str, body: &[u8]) -> Response {
-        let body: CheckoutBody = match json_body(body) {
-            Ok(b) => b,
-            Err(msg) => return super::bad_request(msg),
-        };
-        let tier: Tier = match body.tier.parse() {
-            Ok(t) => t,
-            Err(e) => return error(Error::Invalid(format!("tier: {e}"))),
-        };
-        match self
-            .billing
-            .checkout(org, tier, &body.success_url, &body.cancel_url)
-            .await
-        {
-            Ok(s) => json(
-                StatusCode::OK,
-                &serde_json::json!({"id": s.id, "url": s.url}),
-            ),
-            Err(e) => error(e),
-        }
+/// Start a subscription
+///
+/// A Stripe Checkout Session (subscription mode, the tier's price) for the caller's org; its
+/// Stripe customer is created once, with `metadata.org_id`, and reused.
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/checkout",
+    tag = "billing",
+    request_body = CheckoutBody,
+    responses(
+        (status = 200, description = "Send the browser to `url`", body = CheckoutSession),
+        (status = 409, description = "The org's billing state does not allow this now", body = Problem),
+        (status = 422, response = super::openapi::Unprocessable),
+        (status = 502, response = super::openapi::ProviderError),
+    ),
+    security(("bearer" = ["billing:manage"]))
+)]
+async fn checkout(api: &BillingApi, org: &str, body: &[u8]) -> Response {
+    let body: CheckoutBody = match json_body(body) {
+        Ok(b) => b,
+        Err(msg) => return super::bad_request(msg),
+    };
+    let tier: Tier = match body.tier.parse() {
+        Ok(t) => t,
+        Err(e) => return error(Error::Invalid(format!("tier: {e}"))),
+    };
+    match api
+        .billing
+        .checkout(org, tier, &body.success_url, &body.cancel_url)
+        .await
+    {
+        Ok(s) => json(
+            StatusCode::OK,
+            &CheckoutSession {
+                id: &s.id,
+                url: &s.url,
+            },
+        ),
+        Err(e) => error(e),
     }
+}
 
-    async fn portal(&self, org: &str, body: &[u8]) -> Response {
-        let body: PortalBody = match json_body(body) {
-            Ok(b) => b,
-            Err(msg) => return super::bad_request(msg),
-        };
-        match self.billing.portal(org, &body.return_url).await {
-            Ok(s) => json(StatusCode::OK, &serde_json::json!({"url": s.url})),
-            Err(e) => error(e),
-        }
+/// Open the Customer Portal
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/portal",
+    tag = "billing",
+    request_body = PortalBody,
+    responses(
+        (status = 200, description = "Send the browser to `url`", body = PortalSession),
+        (status = 409, description = "The org has no Stripe customer yet", body = Problem),
+        (status = 422, response = super::openapi::Unprocessable),
+        (status = 502, response = super::openapi::ProviderError),
+    ),
+    security(("bearer" = ["billing:manage"]))
+)]
+async fn portal(api: &BillingApi, org: &str, body: &[u8]) -> Response {
+    let body: PortalBody = match json_body(body) {
+        Ok(b) => b,
+        Err(msg) => return super::bad_request(msg),
+    };
+    match api.billing.portal(org, &body.return_url).await {
+        Ok(s) => json(StatusCode::OK, &PortalSession { url: &s.url }),
+        Err(e) => error(e),
+    }
+}
+
+/// What the org may use, and why
+///
+/// Its tier, status, features, limits and this month's usage. Any token of the org may read
+/// its own; another org's id answers 404.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/entitlements/{org_id}",
+    tag = "billing",
+    params(("org_id" = String, Path, description = "The caller's own org")),
+    responses((status = 200, description = "The entitlements", body = Entitlements)),
+    security(("bearer" = []))
+)]
+async fn entitlements(api: &BillingApi, org: &str, asked: &str) -> Response {
+    // Another org's entitlements do not exist for this caller.
+    if asked != org {
+        return not_found();
+    }
+    match api.billing.entitlements(org).await {
+        Ok(e) => json(StatusCode::OK, &e),
+        Err(e) => error(e),
     }
 }

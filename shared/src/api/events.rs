@@ -19,14 +19,28 @@ pub struct EventsApi {
     store: Arc<dyn OutboundStore>,
 }
 
-fn view(e: &Event) -> serde_json::Value {
-    serde_json::json!({
-        "id": e.id,
-        "type": e.event_type,
-        "created_at": e.created_at,
-        "data": e.data,
-        "sequence": e.seq,
-    })
+/// An event as the API shows it (seed 003's envelope, and its place in the org's stream).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Event)]
+struct EventView<'a> {
+    id: &'a EventId,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    created_at: chrono::DateTime<chrono::Utc>,
+    /// What the publisher sent.
+    data: &'a serde_json::Value,
+    /// Its place in the org's stream: gap-free, from 1.
+    sequence: u64,
+}
+
+fn view(e: &Event) -> EventView<'_> {
+    EventView {
+        id: &e.id,
+        event_type: &e.event_type,
+        created_at: e.created_at,
+        data: &e.data,
+        sequence: e.seq,
+    }
 }
 
 /// `events:write` or `webhooks:manage` (`admin` holds both).
@@ -61,32 +75,60 @@ impl EventsApi {
         let path = req.uri().path().trim_end_matches('/').to_string();
         let segments: Vec<&str> = path.split('/').skip(3).collect();
         match (req.method().clone(), segments.as_slice()) {
-            (Method::POST, ["events"]) => self.publish(&p, &req).await,
+            (Method::POST, ["events"]) => publish(self, &p, &req).await,
             (_, ["events"]) => method_not_allowed(),
-            (Method::GET, ["events", id]) => {
-                let Ok(id) = EventId::parse(id) else {
-                    return not_found();
-                };
-                match self.store.get_event(p.org_id.as_str(), &id).await {
-                    Ok(Some(e)) => json(StatusCode::OK, &view(&e)),
-                    Ok(None) => not_found(),
-                    Err(e) => error(e.into()),
-                }
-            }
+            (Method::GET, ["events", id]) => get(self, &p, id).await,
             (_, ["events", _]) => method_not_allowed(),
             _ => not_found(),
         }
     }
+}
 
-    async fn publish(&self, p: &Principal, req: &Request) -> Response {
-        let body: PublishRequest = match json_body(req.body()) {
-            Ok(b) => b,
-            Err(msg) => return super::bad_request(msg),
-        };
-        match self.publisher.publish(p.org_id.as_str(), body).await {
-            Ok(Appended::Created(e)) => json(StatusCode::ACCEPTED, &view(&e)),
-            Ok(Appended::Existing(e)) => json(StatusCode::OK, &view(&e)),
-            Err(e) => error(e),
-        }
+/// Publish an event
+///
+/// Into the org's stream, for every endpoint subscribed to its type. The same `id` again
+/// answers 200 with the event first published under it, and publishes nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/events",
+    tag = "events",
+    request_body = PublishRequest,
+    responses(
+        (status = 202, description = "Published", body = EventView),
+        (status = 200, description = "Already published under this `id`: the first one", body = EventView),
+        (status = 402, response = super::openapi::PlanLimit),
+        (status = 422, response = super::openapi::Unprocessable),
+    ),
+    security(("bearer" = ["events:write"]), ("bearer" = ["webhooks:manage"]))
+)]
+async fn publish(api: &EventsApi, p: &Principal, req: &Request) -> Response {
+    let body: PublishRequest = match json_body(req.body()) {
+        Ok(b) => b,
+        Err(msg) => return super::bad_request(msg),
+    };
+    match api.publisher.publish(p.org_id.as_str(), body).await {
+        Ok(Appended::Created(e)) => json(StatusCode::ACCEPTED, &view(&e)),
+        Ok(Appended::Existing(e)) => json(StatusCode::OK, &view(&e)),
+        Err(e) => error(e),
+    }
+}
+
+/// One event
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/{id}",
+    tag = "events",
+    params(("id" = EventId, Path, description = "The event's id")),
+    responses((status = 200, description = "The event", body = EventView)),
+    security(("bearer" = ["events:write"]), ("bearer" = ["webhooks:manage"]))
+)]
+async fn get(api: &EventsApi, p: &Principal, raw_id: &str) -> Response {
+    let Ok(id) = EventId::parse(raw_id) else {
+        return not_found();
+    };
+    match api.store.get_event(p.org_id.as_str(), &id).await {
+        Ok(Some(e)) => json(StatusCode::OK, &view(&e)),
+        Ok(None) => not_found(),
+        Err(e) => error(e.into()),
     }
 }

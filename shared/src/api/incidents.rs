@@ -11,12 +11,20 @@ use chrono::{DateTime, Utc};
 use http::{Method, StatusCode};
 use serde::Serialize;
 use std::sync::Arc;
+use utoipa::ToSchema;
+
+/// The org's incidents, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+struct IncidentList<'a> {
+    incidents: Vec<IncidentView<'a>>,
+}
 
 /// The statuses an incident can have, for the `status` filter.
 pub const STATUSES: &[&str] = &["open", "resolved"];
 
 /// An incident as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Incident)]
 pub struct IncidentView<'a> {
     pub id: &'a IncidentId,
     pub repository_full_name: &'a str,
@@ -25,6 +33,7 @@ pub struct IncidentView<'a> {
     pub branch: Option<&'a str>,
     pub sha: Option<&'a str>,
     pub url: Option<&'a str>,
+    /// `open` or `resolved`.
     pub status: &'a str,
     pub pr_status: Option<&'a str>,
     pub run_id: &'a str,
@@ -81,82 +90,111 @@ impl IncidentsApi {
         let segments: Vec<&str> = path.split('/').skip(3).collect(); // after "", "api", "v1"
         match segments.as_slice() {
             ["incidents"] => match *req.method() {
-                Method::GET => self.list(&principal, &req).await,
+                Method::GET => list(self, &principal, &req).await,
                 _ => method_not_allowed(),
             },
             ["incidents", id] => match *req.method() {
-                Method::GET => self.get(&principal, id).await,
+                Method::GET => get(self, &principal, id).await,
                 _ => method_not_allowed(),
             },
             _ => not_found(),
         }
     }
+}
 
-    async fn list(&self, p: &Principal, req: &Request) -> Response {
-        if let Err(e) = p.require(Scope::ReposRead) {
-            return e.into_response();
-        }
-        let limit = match query_param(req.uri(), "limit").map(|l| l.parse::<usize>()) {
-            None => 50,
-            Some(Ok(l)) if (1..=MAX_PAGE).contains(&l) => l,
-            Some(_) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "limit must be a number from 1 to 1000",
-                )
-            }
-        };
-        let repository = query_param(req.uri(), "repository").filter(|r| !r.is_empty());
-        if repository
-            .as_deref()
-            .is_some_and(|r| r.len() > 512 || !r.contains('/'))
-        {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "repository must be a full name such as owner/repo",
-            );
-        }
-        let status = query_param(req.uri(), "status").filter(|s| !s.is_empty());
-        if status.as_deref().is_some_and(|s| !STATUSES.contains(&s)) {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "status must be open or resolved",
-            );
-        }
-        match self
-            .store
-            .list_incidents(
-                p.org_id.as_str(),
-                repository.as_deref(),
-                status.as_deref(),
-                limit,
-            )
-            .await
-        {
-            Ok(incidents) => {
-                let items: Vec<IncidentView<'_>> =
-                    incidents.iter().map(IncidentView::from).collect();
-                json(StatusCode::OK, &serde_json::json!({ "incidents": items }))
-            }
-            Err(e) => unavailable(e),
-        }
+/// The org's incidents
+///
+/// Opened from failed workflow runs and pipelines of its connected repositories, newest
+/// first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents",
+    tag = "incidents",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "How many (default 50)"),
+        ("repository" = Option<String>, Query, description = "Only this repository's (`owner/repo`)"),
+        ("status" = Option<String>, Query, description = "`open` or `resolved`"),
+    ),
+    responses(
+        (status = 200, description = "The incidents", body = IncidentList),
+        (status = 400, response = super::openapi::BadRequest),
+    ),
+    security(("bearer" = ["repos:read"]))
+)]
+async fn list(api: &IncidentsApi, p: &Principal, req: &Request) -> Response {
+    if let Err(e) = p.require(Scope::ReposRead) {
+        return e.into_response();
     }
+    let limit = match query_param(req.uri(), "limit").map(|l| l.parse::<usize>()) {
+        None => 50,
+        Some(Ok(l)) if (1..=MAX_PAGE).contains(&l) => l,
+        Some(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "limit must be a number from 1 to 1000",
+            )
+        }
+    };
+    let repository = query_param(req.uri(), "repository").filter(|r| !r.is_empty());
+    if repository
+        .as_deref()
+        .is_some_and(|r| r.len() > 512 || !r.contains('/'))
+    {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "repository must be a full name such as owner/repo",
+        );
+    }
+    let status = query_param(req.uri(), "status").filter(|s| !s.is_empty());
+    if status.as_deref().is_some_and(|s| !STATUSES.contains(&s)) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "status must be open or resolved",
+        );
+    }
+    match api
+        .store
+        .list_incidents(
+            p.org_id.as_str(),
+            repository.as_deref(),
+            status.as_deref(),
+            limit,
+        )
+        .await
+    {
+        Ok(incidents) => json(
+            StatusCode::OK,
+            &IncidentList {
+                incidents: incidents.iter().map(IncidentView::from).collect(),
+            },
+        ),
+        Err(e) => unavailable(e),
+    }
+}
 
-    async fn get(&self, p: &Principal, raw_id: &str) -> Response {
-        if let Err(e) = p.require(Scope::ReposRead) {
-            return e.into_response();
-        }
-        // A malformed id is as unknown as another org's.
-        let Some(id) = IncidentId::parse(raw_id) else {
-            return not_found();
-        };
-        match self.store.get_incident(p.org_id.as_str(), &id).await {
-            Ok(Some(i)) => json(StatusCode::OK, &IncidentView::from(&i)),
-            Ok(None) => not_found(),
-            Err(e) => unavailable(e),
-        }
+/// One incident
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents/{id}",
+    tag = "incidents",
+    params(("id" = IncidentId, Path, description = "The incident (`inc_…`)")),
+    responses((status = 200, description = "The incident", body = IncidentView)),
+    security(("bearer" = ["repos:read"]))
+)]
+async fn get(api: &IncidentsApi, p: &Principal, raw_id: &str) -> Response {
+    if let Err(e) = p.require(Scope::ReposRead) {
+        return e.into_response();
+    }
+    // A malformed id is as unknown as another org's.
+    let Some(id) = IncidentId::parse(raw_id) else {
+        return not_found();
+    };
+    match api.store.get_incident(p.org_id.as_str(), &id).await {
+        Ok(Some(i)) => json(StatusCode::OK, &IncidentView::from(&i)),
+        Ok(None) => not_found(),
+        Err(e) => unavailable(e),
     }
 }

@@ -63,34 +63,71 @@ impl LicensesApi {
         if req.method() != Method::POST {
             return method_not_allowed();
         }
-        let Some(key) = &self.key else {
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_configured",
-                "licences cannot be issued here: LICENSE_PRIVATE_KEY is not set (generate one \
+        issue(self, &principal, &req).await
+    }
+}
+
+/// `POST /api/v1/licenses`'s body (read field by field, so each wrong one is named).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // `parse_request` reads the fields; this carries their description
+struct LicenceBody {
+    /// The org the licence is for.
+    #[schema(min_length = 1)]
+    org_id: String,
+    /// `free`, `team` (the default) or `enterprise`.
+    tier: Option<Tier>,
+    /// Seats (default 10).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    seats: Option<u32>,
+    /// When it expires (RFC 3339, in the future; default a year from now).
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Issue an offline licence
+///
+/// Only a token naming `licenses:issue` may (an org's `admin` never implies it): the
+/// deployment's identity provider grants it to the operator's staff.
+#[utoipa::path(
+    post,
+    path = "/api/v1/licenses",
+    tag = "licences",
+    request_body = LicenceBody,
+    responses(
+        (status = 201, description = "The signed licence and its claims", body = crate::billing::licence::Licence),
+        (status = 422, response = super::openapi::Unprocessable),
+        (status = 503, description = "`LICENSE_PRIVATE_KEY` is not set here", body = crate::http::Problem),
+    ),
+    security(("bearer" = ["licenses:issue"]))
+)]
+async fn issue(api: &LicensesApi, principal: &crate::auth::Principal, req: &Request) -> Response {
+    let Some(key) = &api.key else {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            "licences cannot be issued here: LICENSE_PRIVATE_KEY is not set (generate one \
                  with `hookline license keygen`)",
+        );
+    };
+    let now = api.clock.now();
+    let request = match parse_request(req.body(), now) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    match key.issue(&request, api.tiers.plan(request.tier), now) {
+        Ok(licence) => {
+            tracing::info!(
+                org_id = %licence.claims.sub,
+                tier = %licence.claims.tier,
+                seats = licence.claims.seats,
+                expires_at = %licence.claims.expires_at(),
+                jti = %licence.claims.jti,
+                issued_by = %principal.user_id,
+                "licence issued"
             );
-        };
-        let now = self.clock.now();
-        let request = match parse_request(req.body(), now) {
-            Ok(request) => request,
-            Err(response) => return *response,
-        };
-        match key.issue(&request, self.tiers.plan(request.tier), now) {
-            Ok(licence) => {
-                tracing::info!(
-                    org_id = %licence.claims.sub,
-                    tier = %licence.claims.tier,
-                    seats = licence.claims.seats,
-                    expires_at = %licence.claims.expires_at(),
-                    jti = %licence.claims.jti,
-                    issued_by = %principal.user_id,
-                    "licence issued"
-                );
-                json(StatusCode::CREATED, &licence)
-            }
-            Err(e) => invalid(e.to_string()),
+            json(StatusCode::CREATED, &licence)
         }
+        Err(e) => invalid(e.to_string()),
     }
 }
 

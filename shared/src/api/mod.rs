@@ -9,6 +9,7 @@ pub mod events;
 pub mod incidents;
 pub mod licenses;
 pub mod oauth;
+pub mod openapi;
 pub mod org;
 pub mod ratelimit;
 pub mod repositories;
@@ -33,19 +34,33 @@ pub(crate) fn not_found() -> Response {
     )
 }
 
+/// 402's body: the org's plan allows no more of `resource`; nothing was created.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PlanLimitReached {
+    /// `plan_limit_reached`.
+    pub error: &'static str,
+    /// How many of `resource` the plan allows.
+    pub limit: u64,
+    pub resource: crate::billing::plan::Limited,
+    pub tier: crate::billing::tiers::Tier,
+    /// Where to upgrade: `/api/v1/billing/checkout`.
+    pub upgrade: &'static str,
+    pub message: String,
+}
+
 /// 402: the org's plan allows no more of this; nothing was created. The fields are a
 /// contract: `error`, `limit`, `upgrade` (and `resource`, `tier`, `message` to read).
 pub(crate) fn plan_limit(limit: &crate::billing::plan::PlanLimit) -> Response {
     crate::http::json(
         StatusCode::PAYMENT_REQUIRED,
-        &serde_json::json!({
-            "error": "plan_limit_reached",
-            "limit": limit.limit,
-            "resource": limit.what,
-            "tier": limit.tier,
-            "upgrade": "/api/v1/billing/checkout",
-            "message": limit.to_string(),
-        }),
+        &PlanLimitReached {
+            error: "plan_limit_reached",
+            limit: limit.limit,
+            resource: limit.what,
+            tier: limit.tier,
+            upgrade: "/api/v1/billing/checkout",
+            message: limit.to_string(),
+        },
     )
 }
 

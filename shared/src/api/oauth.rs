@@ -18,7 +18,7 @@ use crate::connections::service::StoredProviderTokens;
 use crate::connections::RepoProvider;
 use crate::hooks::oauth::{OAuthApp, OAuthClient, OAuthError, OAuthState, StateError};
 use crate::hooks::HookProvider;
-use crate::http::{json, problem, Request, Response};
+use crate::http::{json, problem, Problem, Request, Response};
 use crate::secret::Secret;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
@@ -26,6 +26,39 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::ToSchema;
+
+/// `?format=json`: where to send the browser.
+#[derive(Debug, serde::Serialize, ToSchema)]
+struct AuthorizeUrl<'a> {
+    provider: RepoProvider,
+    /// The provider's authorize page, with the signed state.
+    authorize_url: &'a str,
+    /// Where the provider will send the browser back.
+    redirect_uri: &'a str,
+    /// Seconds the state stays valid.
+    expires_in: u64,
+}
+
+/// The account is connected; the token itself is never returned.
+#[derive(Debug, serde::Serialize, ToSchema)]
+struct OAuthConnected<'a> {
+    provider: RepoProvider,
+    connected: bool,
+    /// The scopes the provider granted.
+    scopes: &'a [String],
+    /// When the token expires (GitLab's last two hours and are renewed), `null` if never.
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// 503: the route needs configuration this server lacks; `missing` names the variables.
+#[derive(Debug, serde::Serialize, ToSchema)]
+struct NotConfigured {
+    /// `oauth_not_configured`.
+    error: &'static str,
+    message: String,
+    missing: Vec<&'static str>,
+}
 
 /// The variable holding the key that MACs OAuth states (Secrets Manager on AWS).
 pub const STATE_KEY_VAR: &str = "HOOKLINE_OAUTH_STATE_KEY";
@@ -147,29 +180,29 @@ fn not_configured(provider: HookProvider) -> Response {
     };
     json(
         StatusCode::SERVICE_UNAVAILABLE,
-        &serde_json::json!({
-            "error": "oauth_not_configured",
-            "message": format!(
+        &NotConfigured {
+            error: "oauth_not_configured",
+            message: format!(
                 "{} OAuth is not configured on this server: set {id} and {secret} \
                  (on AWS: the {id} parameter and {secret} in the provider secret)",
                 provider.display_name()
             ),
-            "missing": [id, secret],
-        }),
+            missing: vec![id, secret],
+        },
     )
 }
 
 fn no_state_key() -> Response {
     json(
         StatusCode::SERVICE_UNAVAILABLE,
-        &serde_json::json!({
-            "error": "oauth_not_configured",
-            "message": format!(
+        &NotConfigured {
+            error: "oauth_not_configured",
+            message: format!(
                 "no key to sign OAuth states with: set {STATE_KEY_VAR} to a random value of at \
                  least {MIN_STATE_KEY_LEN} characters (on AWS: in the provider secret)"
             ),
-            "missing": [STATE_KEY_VAR],
-        }),
+            missing: vec![STATE_KEY_VAR],
+        },
     )
 }
 
@@ -271,8 +304,8 @@ impl OAuthApi {
             return method_not_allowed();
         }
         match action {
-            "authorize" => self.authorize(provider, &req).await,
-            _ => no_store(self.callback(provider, &req).await),
+            "authorize" => authorize(self, provider, &req).await,
+            _ => no_store(callback(self, provider, &req).await),
         }
     }
 
@@ -302,114 +335,156 @@ impl OAuthApi {
         ))
     }
 
-    async fn authorize(&self, provider: HookProvider, req: &Request) -> Response {
-        let principal = match self.auth.authenticate(req.headers()).await {
-            Ok(p) => p,
-            Err(e) => return e.into_response(),
-        };
-        if let Err(e) = principal.require(Scope::ReposWrite) {
-            return e.into_response();
-        }
-        let Some(app) = self.settings.app(provider) else {
-            return not_configured(provider);
-        };
-        let Some(key) = self.state_key() else {
-            return no_state_key();
-        };
-        let Some(redirect_uri) = self.redirect_uri(provider, req) else {
-            return bad(
-                "invalid_request",
-                "the request has no Host header to build the callback URL from: set WEBHOOK_BASE_URL",
-            );
-        };
-        let (state, signed) = OAuthState::issue(
-            key,
-            principal.user_id.as_str(),
-            principal.org_id.as_str(),
-            provider,
-            self.clock.now(),
-        );
-        let cookie = binding_cookie(
-            provider,
-            &signed.nonce,
-            self.settings.state_max_age,
-            redirect_uri.starts_with("https://"),
-        );
-        let url = self.settings.client.authorize_url(
-            provider,
-            &app.client_id,
-            &redirect_uri,
-            &state,
-            &[],
-        );
-        tracing::info!(
-            provider = provider.as_str(),
-            org_id = principal.org_id.as_str(),
-            user_id = principal.user_id.as_str(),
-            "OAuth authorization started"
-        );
-        let mut res = match query_param(req.uri(), "format").as_deref() {
-            Some("json") => no_store(json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "provider": provider.as_str(),
-                    "authorize_url": url,
-                    "redirect_uri": redirect_uri,
-                    "expires_in": self.settings.state_max_age.as_secs(),
-                }),
-            )),
-            None | Some("redirect") => redirect(&url),
-            Some(_) => return bad("invalid_request", "format must be json or redirect"),
-        };
-        res.headers_mut().append(header::SET_COOKIE, cookie);
-        res
-    }
-
     fn state_key(&self) -> Option<&Secret> {
         self.settings
             .state_key
             .as_ref()
             .filter(|k| k.expose().len() >= MIN_STATE_KEY_LEN)
     }
+}
 
-    async fn callback(&self, provider: HookProvider, req: &Request) -> Response {
-        let name = provider.display_name();
-        // The user said no (or the provider refused) on the authorize page.
-        if let Some(error) = query_param(req.uri(), "error") {
-            let error: String = error
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .take(64)
-                .collect();
-            let message = if error == "access_denied" {
-                format!("the {name} authorization was declined: start again to connect")
-            } else {
-                format!("{name} did not authorize Hookline ({error}): start again to connect")
-            };
-            return bad("oauth_denied", message);
-        }
-        let Some(key) = self.state_key() else {
-            return no_state_key();
+/// Start connecting a GitHub or GitLab account
+///
+/// A 302 to the provider's authorize page with a signed `state` (`?format=json` answers the
+/// URL instead, for single-page apps), and the `hookline_oauth_{provider}` cookie that binds
+/// the state to this browser.
+#[utoipa::path(
+    get,
+    path = "/api/v1/oauth/{provider}/authorize",
+    tag = "oauth",
+    params(
+        ("provider" = RepoProvider, Path, description = "`github` or `gitlab`"),
+        ("format" = Option<String>, Query, description = "`redirect` (the default) or `json`"),
+    ),
+    responses(
+        (status = 302, description = "To the provider's authorize page",
+            headers(("Location" = String), ("Set-Cookie" = String, description = "`hookline_oauth_{provider}`: binds the state to this browser"))),
+        (status = 200, description = "`?format=json`: the authorize URL", body = AuthorizeUrl,
+            headers(("Set-Cookie" = String, description = "`hookline_oauth_{provider}`: binds the state to this browser"))),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 503, description = "The provider's OAuth app or the state key is not configured here", body = NotConfigured),
+    ),
+    security(("bearer" = ["repos:write"]))
+)]
+async fn authorize(api: &OAuthApi, provider: HookProvider, req: &Request) -> Response {
+    let principal = match api.auth.authenticate(req.headers()).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = principal.require(Scope::ReposWrite) {
+        return e.into_response();
+    }
+    let Some(app) = api.settings.app(provider) else {
+        return not_configured(provider);
+    };
+    let Some(key) = api.state_key() else {
+        return no_state_key();
+    };
+    let Some(redirect_uri) = api.redirect_uri(provider, req) else {
+        return bad(
+            "invalid_request",
+            "the request has no Host header to build the callback URL from: set WEBHOOK_BASE_URL",
+        );
+    };
+    let (state, signed) = OAuthState::issue(
+        key,
+        principal.user_id.as_str(),
+        principal.org_id.as_str(),
+        provider,
+        api.clock.now(),
+    );
+    let cookie = binding_cookie(
+        provider,
+        &signed.nonce,
+        api.settings.state_max_age,
+        redirect_uri.starts_with("https://"),
+    );
+    let url =
+        api.settings
+            .client
+            .authorize_url(provider, &app.client_id, &redirect_uri, &state, &[]);
+    tracing::info!(
+        provider = provider.as_str(),
+        org_id = principal.org_id.as_str(),
+        user_id = principal.user_id.as_str(),
+        "OAuth authorization started"
+    );
+    let mut res = match query_param(req.uri(), "format").as_deref() {
+        Some("json") => no_store(json(
+            StatusCode::OK,
+            &AuthorizeUrl {
+                provider: repo_provider(provider),
+                authorize_url: &url,
+                redirect_uri: &redirect_uri,
+                expires_in: api.settings.state_max_age.as_secs(),
+            },
+        )),
+        None | Some("redirect") => redirect(&url),
+        Some(_) => return bad("invalid_request", "format must be json or redirect"),
+    };
+    res.headers_mut().append(header::SET_COOKIE, cookie);
+    res
+}
+
+/// The provider's redirect back
+///
+/// Exchanges the code and stores the token sealed for the org and user that started the flow
+/// (the state says who, and is accepted only with the cookie authorize set in this browser).
+/// No bearer token: the provider's redirect carries none.
+#[utoipa::path(
+    get,
+    path = "/api/v1/oauth/{provider}/callback",
+    tag = "oauth",
+    params(
+        ("provider" = RepoProvider, Path, description = "`github` or `gitlab`"),
+        ("code" = Option<String>, Query, description = "The provider's authorization code"),
+        ("state" = Option<String>, Query, description = "The state authorize issued"),
+        ("error" = Option<String>, Query, description = "Set by the provider when the user declined"),
+    ),
+    responses(
+        (status = 200, description = "Connected (without `HOOKLINE_OAUTH_SUCCESS_URL`)", body = OAuthConnected),
+        (status = 302, description = "Connected: to `HOOKLINE_OAUTH_SUCCESS_URL`", headers(("Location" = String))),
+        (status = 400, description = "Declined, a missing, expired or foreign state, a missing code, a refused code, or a token without the hook scope", body = Problem),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 502, response = super::openapi::ProviderError),
+        (status = 503, description = "Not configured here, or the token could not be stored", body = NotConfigured),
+    ),
+)]
+async fn callback(api: &OAuthApi, provider: HookProvider, req: &Request) -> Response {
+    let name = provider.display_name();
+    // The user said no (or the provider refused) on the authorize page.
+    if let Some(error) = query_param(req.uri(), "error") {
+        let error: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        let message = if error == "access_denied" {
+            format!("the {name} authorization was declined: start again to connect")
+        } else {
+            format!("{name} did not authorize Hookline ({error}): start again to connect")
         };
-        let Some(raw_state) = query_param(req.uri(), "state").filter(|s| !s.is_empty()) else {
-            return bad(
-                "invalid_state",
-                "the state parameter is missing: start again from /api/v1/oauth/{provider}/authorize",
-            );
-        };
-        let state = match OAuthState::verify(
-            key,
-            &raw_state,
-            self.clock.now(),
-            self.settings.state_max_age,
-        ) {
+        return bad("oauth_denied", message);
+    }
+    let Some(key) = api.state_key() else {
+        return no_state_key();
+    };
+    let Some(raw_state) = query_param(req.uri(), "state").filter(|s| !s.is_empty()) else {
+        return bad(
+            "invalid_state",
+            "the state parameter is missing: start again from /api/v1/oauth/{provider}/authorize",
+        );
+    };
+    let state =
+        match OAuthState::verify(key, &raw_state, api.clock.now(), api.settings.state_max_age) {
             Ok(s) => s,
             Err(StateError::Expired) => {
                 return bad(
                     "state_expired",
                     format!(
                         "the OAuth state has expired (it is valid for {} minutes): start again",
-                        self.settings.state_max_age.as_secs() / 60
+                        api.settings.state_max_age.as_secs() / 60
                     ),
                 )
             }
@@ -427,111 +502,110 @@ impl OAuthApi {
                 );
             }
         };
-        if state.provider != provider {
-            return bad(
-                "invalid_state",
-                format!(
-                    "the state was issued for {}, not {name}: start again",
-                    state.provider.display_name()
-                ),
-            );
-        }
-        // The state must come back to the browser it was issued to: otherwise anyone could
-        // start a flow with their own Hookline account and send the provider's authorize link
-        // to someone else, whose account the callback would then store under theirs.
-        if !presents_binding(req, provider, &state.nonce) {
-            tracing::warn!(
-                provider = provider.as_str(),
-                org_id = state.org.as_str(),
-                security = true,
-                "OAuth callback from a browser that did not start the authorization"
-            );
-            return bad(
-                "invalid_state",
-                format!(
-                    "this browser did not start the authorization (its {} cookie is missing or \
-                     belongs to another one): start again from /api/v1/oauth/{}/authorize in \
-                     this browser",
-                    cookie_name(provider),
-                    provider.as_str()
-                ),
-            );
-        }
-        let Some(code) = query_param(req.uri(), "code").filter(|c| !c.is_empty()) else {
-            return bad(
-                "invalid_request",
-                format!("the code parameter is missing: {name} sends it when it redirects here"),
-            );
-        };
-        let Some(app) = self.settings.app(provider) else {
-            return not_configured(provider);
-        };
-        let Some(redirect_uri) = self.redirect_uri(provider, req) else {
-            return bad(
-                "invalid_request",
-                "the request has no Host header to build the callback URL from: set WEBHOOK_BASE_URL",
-            );
-        };
-        let token = match self
-            .settings
-            .client
-            .exchange_code(provider, app, &code, &redirect_uri, self.clock.now())
-            .await
-        {
-            Ok(t) => t,
-            Err(e) => return exchange_failed(&e),
-        };
-        if token.lacks_hook_scope(provider) {
-            let scope = hook_scope(provider);
-            return json(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({
-                    "error": "missing_scope",
-                    "message": format!(
-                        "the {name} token was granted without the {scope} scope Hookline needs \
-                         to manage repository hooks: connect again and approve {scope}"
-                    ),
-                    "missing_scope": scope,
-                    "scopes": token.scopes,
-                }),
-            );
-        }
-        if let Err(e) = self
-            .tokens
-            .put_granted(&state.org, &state.user, repo_provider(provider), &token)
-            .await
-        {
-            tracing::error!(error = %e, provider = provider.as_str(), "could not store an OAuth token");
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the token could not be stored: try again shortly",
-            );
-        }
-        tracing::info!(
-            provider = provider.as_str(),
-            org_id = %state.org,
-            user_id = %state.user,
-            "OAuth account connected"
-        );
-        match &self.settings.success_url {
-            Some(url) => {
-                let sep = if url.contains('?') { '&' } else { '?' };
-                redirect(&format!(
-                    "{url}{sep}provider={}&connected=true",
-                    provider.as_str()
-                ))
-            }
-            None => json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "provider": provider.as_str(),
-                    "connected": true,
-                    "scopes": token.scopes,
-                    "expires_at": token.expires_at,
-                }),
+    if state.provider != provider {
+        return bad(
+            "invalid_state",
+            format!(
+                "the state was issued for {}, not {name}: start again",
+                state.provider.display_name()
             ),
+        );
+    }
+    // The state must come back to the browser it was issued to: otherwise anyone could
+    // start a flow with their own Hookline account and send the provider's authorize link
+    // to someone else, whose account the callback would then store under theirs.
+    if !presents_binding(req, provider, &state.nonce) {
+        tracing::warn!(
+            provider = provider.as_str(),
+            org_id = state.org.as_str(),
+            security = true,
+            "OAuth callback from a browser that did not start the authorization"
+        );
+        return bad(
+            "invalid_state",
+            format!(
+                "this browser did not start the authorization (its {} cookie is missing or \
+                 belongs to another one): start again from /api/v1/oauth/{}/authorize in \
+                 this browser",
+                cookie_name(provider),
+                provider.as_str()
+            ),
+        );
+    }
+    let Some(code) = query_param(req.uri(), "code").filter(|c| !c.is_empty()) else {
+        return bad(
+            "invalid_request",
+            format!("the code parameter is missing: {name} sends it when it redirects here"),
+        );
+    };
+    let Some(app) = api.settings.app(provider) else {
+        return not_configured(provider);
+    };
+    let Some(redirect_uri) = api.redirect_uri(provider, req) else {
+        return bad(
+            "invalid_request",
+            "the request has no Host header to build the callback URL from: set WEBHOOK_BASE_URL",
+        );
+    };
+    let token = match api
+        .settings
+        .client
+        .exchange_code(provider, app, &code, &redirect_uri, api.clock.now())
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return exchange_failed(&e),
+    };
+    if token.lacks_hook_scope(provider) {
+        let scope = hook_scope(provider);
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({
+                "error": "missing_scope",
+                "message": format!(
+                    "the {name} token was granted without the {scope} scope Hookline needs \
+                     to manage repository hooks: connect again and approve {scope}"
+                ),
+                "missing_scope": scope,
+                "scopes": token.scopes,
+            }),
+        );
+    }
+    if let Err(e) = api
+        .tokens
+        .put_granted(&state.org, &state.user, repo_provider(provider), &token)
+        .await
+    {
+        tracing::error!(error = %e, provider = provider.as_str(), "could not store an OAuth token");
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the token could not be stored: try again shortly",
+        );
+    }
+    tracing::info!(
+        provider = provider.as_str(),
+        org_id = %state.org,
+        user_id = %state.user,
+        "OAuth account connected"
+    );
+    match &api.settings.success_url {
+        Some(url) => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            redirect(&format!(
+                "{url}{sep}provider={}&connected=true",
+                provider.as_str()
+            ))
         }
+        None => json(
+            StatusCode::OK,
+            &OAuthConnected {
+                provider: repo_provider(provider),
+                connected: true,
+                scopes: &token.scopes,
+                expires_at: token.expires_at,
+            },
+        ),
     }
 }
 

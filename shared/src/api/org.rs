@@ -12,12 +12,14 @@ use crate::ports::orgs::{OrgError, OrgStore};
 use http::{Method, StatusCode};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 /// The longest org name accepted.
 pub const MAX_NAME_CHARS: usize = 200;
 
 /// The profile as the API shows it (an org nobody has set up yet shows nulls).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Org)]
 struct OrgView<'a> {
     org_id: &'a str,
     name: Option<&'a str>,
@@ -25,11 +27,13 @@ struct OrgView<'a> {
 }
 
 /// `PATCH` fields: absent leaves a field as it is, `null` clears it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OrgPatch {
+    /// 1 to 200 characters on one line.
     #[serde(default, deserialize_with = "present")]
     name: Option<Option<String>>,
+    /// Who Hookline mails when something needs a person.
     #[serde(default, deserialize_with = "present")]
     owner_email: Option<Option<String>>,
 }
@@ -81,63 +85,85 @@ impl OrgApi {
             return e.into_response();
         }
         match *req.method() {
-            Method::GET => self.get(&principal).await,
-            Method::PATCH => self.patch(&principal, &req).await,
+            Method::GET => get(self, &principal).await,
+            Method::PATCH => patch(self, &principal, &req).await,
             _ => method_not_allowed(),
         }
     }
+}
 
-    async fn get(&self, p: &Principal) -> Response {
-        match self.orgs.get_org(p.org_id.as_str()).await {
-            Ok(profile) => view(p, profile.as_ref()),
-            Err(e) => unavailable(e),
+/// The org's profile
+#[utoipa::path(
+    get,
+    path = "/api/v1/org",
+    tag = "org",
+    responses((status = 200, description = "The profile", body = OrgView)),
+    security(("bearer" = ["admin"]))
+)]
+async fn get(api: &OrgApi, p: &Principal) -> Response {
+    match api.orgs.get_org(p.org_id.as_str()).await {
+        Ok(profile) => view(p, profile.as_ref()),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// Change the org's profile
+///
+/// A field left out stays as it is; `null` clears it.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/org",
+    tag = "org",
+    request_body = OrgPatch,
+    responses(
+        (status = 200, description = "The changed profile", body = OrgView),
+        (status = 422, response = super::openapi::Unprocessable),
+    ),
+    security(("bearer" = ["admin"]))
+)]
+async fn patch(api: &OrgApi, p: &Principal, req: &Request) -> Response {
+    let patch = match parse_patch(req.body()) {
+        Ok(patch) => patch,
+        Err(msg) => return super::bad_request(msg),
+    };
+    if let Some(Some(name)) = &patch.name {
+        let chars = name.trim().chars().count();
+        if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+            return invalid(format!(
+                "name must be 1 to {MAX_NAME_CHARS} characters on one line (or null to clear it)"
+            ));
         }
     }
-
-    async fn patch(&self, p: &Principal, req: &Request) -> Response {
-        let patch = match parse_patch(req.body()) {
-            Ok(patch) => patch,
-            Err(msg) => return super::bad_request(msg),
-        };
-        if let Some(Some(name)) = &patch.name {
-            let chars = name.trim().chars().count();
-            if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-                return invalid(format!(
-                    "name must be 1 to {MAX_NAME_CHARS} characters on one line (or null to clear it)"
-                ));
-            }
+    if let Some(Some(email)) = &patch.owner_email {
+        if let Some(problem) = address_problem(email) {
+            return invalid(format!("owner_email {problem} (or null to clear it)"));
         }
-        if let Some(Some(email)) = &patch.owner_email {
-            if let Some(problem) = address_problem(email) {
-                return invalid(format!("owner_email {problem} (or null to clear it)"));
-            }
+    }
+    let now = api.clock.now();
+    let stored = match api.orgs.get_org(p.org_id.as_str()).await {
+        Ok(stored) => stored,
+        Err(e) => return unavailable(e),
+    };
+    let mut profile = stored.unwrap_or_else(|| OrgProfile {
+        org_id: p.org_id.as_str().to_owned(),
+        name: None,
+        owner_email: None,
+        created_at: now,
+        updated_at: now,
+    });
+    if let Some(name) = patch.name {
+        profile.name = name.map(|n| n.trim().to_owned());
+    }
+    if let Some(email) = patch.owner_email {
+        profile.owner_email = email;
+    }
+    profile.updated_at = now;
+    match api.orgs.put_org(&profile).await {
+        Ok(()) => {
+            tracing::info!(org_id = %p.org_id, user_id = %p.user_id, "org profile updated");
+            view(p, Some(&profile))
         }
-        let now = self.clock.now();
-        let stored = match self.orgs.get_org(p.org_id.as_str()).await {
-            Ok(stored) => stored,
-            Err(e) => return unavailable(e),
-        };
-        let mut profile = stored.unwrap_or_else(|| OrgProfile {
-            org_id: p.org_id.as_str().to_owned(),
-            name: None,
-            owner_email: None,
-            created_at: now,
-            updated_at: now,
-        });
-        if let Some(name) = patch.name {
-            profile.name = name.map(|n| n.trim().to_owned());
-        }
-        if let Some(email) = patch.owner_email {
-            profile.owner_email = email;
-        }
-        profile.updated_at = now;
-        match self.orgs.put_org(&profile).await {
-            Ok(()) => {
-                tracing::info!(org_id = %p.org_id, user_id = %p.user_id, "org profile updated");
-                view(p, Some(&profile))
-            }
-            Err(e) => unavailable(e),
-        }
+        Err(e) => unavailable(e),
     }
 }
 

@@ -31,7 +31,7 @@ const MAX_ORG_ID_BYTES: usize = 256;
 
 /// What a licence says. Serialised as the JWT's payload, so every field is a plain JSON
 /// value a standard JWT library reads (times are NumericDate seconds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LicenceClaims {
     /// Who issued it (`hookline` unless the deployment names another).
     pub iss: String,
@@ -98,7 +98,7 @@ pub struct LicenceRequest {
 }
 
 /// A signed licence and what it says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Licence {
     pub licence: String,
     pub claims: LicenceClaims,

@@ -120,7 +120,7 @@ impl InstalledLicence {
 }
 
 /// Things a tier limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Limited {
     Repositories,

@@ -51,7 +51,7 @@ impl From<BillingError> for Error {
 }
 
 /// What an org may use, and why (`GET /api/v1/billing/entitlements/{org_id}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Entitlements {
     pub org_id: String,
     pub tier: Tier,
@@ -71,7 +71,7 @@ pub struct Entitlements {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageView {
     /// The calendar month (UTC) the monthly counts are for, `YYYY-MM`.
     pub period: String,

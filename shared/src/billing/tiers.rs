@@ -8,7 +8,19 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A plan an org runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     Free,
@@ -50,7 +62,7 @@ impl FromStr for Tier {
 }
 
 /// How much of each thing a tier may have; `None` (JSON `null`) is unlimited.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Limits {
     /// Connected repositories.
     pub repositories: Option<u64>,

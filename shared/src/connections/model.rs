@@ -17,7 +17,7 @@ typed_id!(
 );
 
 /// Where the repository lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RepoProvider {
     Github,
@@ -34,7 +34,7 @@ impl RepoProvider {
 }
 
 /// The state of the webhook Hookline manages on the repository (seed 001's table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookStatus {
     /// The hook exists and delivers.

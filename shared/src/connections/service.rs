@@ -60,9 +60,14 @@ impl From<KeyError> for ConnectError {
 }
 
 /// What `POST /api/v1/repositories/connect` asks for.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectRequest {
+    /// `owner/repo` (GitHub) or `group/subgroup/project` (GitLab).
+    #[schema(
+        pattern = "^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$",
+        example = "acme/hookline-demo"
+    )]
     pub repository_full_name: String,
     #[serde(default)]
     pub provider: Option<RepoProvider>,
@@ -70,12 +75,15 @@ pub struct ConnectRequest {
     pub auto_pr_enabled: Option<bool>,
     #[serde(default)]
     pub setup_webhook: Option<bool>,
+    /// The provider's event names (`push`, `pull_request`, `*`); the provider's defaults when
+    /// left out.
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub webhook_events: Option<Vec<String>>,
 }
 
 /// What `PATCH …/connections/{id}` may change.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionPatch {
     pub is_enabled: Option<bool>,
@@ -84,7 +92,7 @@ pub struct ConnectionPatch {
 }
 
 /// The outcome of a disconnect (seed 001's response).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Disconnected {
     pub success: bool,
     pub connection_id: ConnectionId,

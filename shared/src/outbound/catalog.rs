@@ -7,7 +7,7 @@ use crate::model::Source;
 use serde::Serialize;
 
 /// Where a type comes from, as `GET /api/v1/event-types` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// Seed 002's and 003's product events.
@@ -20,7 +20,7 @@ pub enum Origin {
     Relay,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct EventTypeInfo {
     pub name: String,
     pub description: String,

@@ -19,10 +19,15 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 /// What `POST /api/v1/endpoints` takes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
+    /// `https`, and not (nor resolving to) a private, loopback, link-local or metadata
+    /// address.
+    #[schema(format = "uri", example = "https://receiver.example.com/hookline")]
     pub url: String,
+    /// Types from `GET /api/v1/event-types`; `prefix.*` subscribes to a family.
+    #[schema(min_items = 1, example = json!(["invoice.paid", "incident.*"]))]
     pub event_types: Vec<String>,
     #[serde(default)]
     pub description: Option<String>,
@@ -36,7 +41,7 @@ pub struct CreateEndpoint {
 
 /// What `PATCH /api/v1/endpoints/{id}` may change; `null` clears `description` and
 /// `rate_limit_per_second`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointPatch {
     pub url: Option<String>,

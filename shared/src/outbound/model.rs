@@ -67,6 +67,14 @@ impl DeliveryId {
     }
 }
 
+impl utoipa::PartialSchema for DeliveryId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::ids::id_schema(Self::PREFIX)
+    }
+}
+
+impl utoipa::ToSchema for DeliveryId {}
+
 impl fmt::Display for DeliveryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -121,6 +129,19 @@ impl EventId {
         &self.0
     }
 }
+
+impl utoipa::PartialSchema for EventId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(Self::MAX_LEN))
+            .pattern(Some("^[A-Za-z0-9_.:-]+$"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EventId {}
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -268,8 +289,9 @@ pub struct NewEvent {
 }
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = OutboundDeliveryStatus)]
 pub enum DeliveryStatus {
     /// Not attempted yet.
     Pending,
@@ -325,7 +347,7 @@ pub struct Delivery {
 }
 
 /// Why an attempt was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptTrigger {
     /// The first send or a scheduled retry.
@@ -335,7 +357,7 @@ pub enum AttemptTrigger {
 }
 
 /// One HTTP attempt at a delivery (svix's `MessageAttemptOut`, plus the error).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub id: AttemptId,
     pub delivery_id: DeliveryId,

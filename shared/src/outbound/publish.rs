@@ -15,13 +15,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What `POST /api/v1/events` takes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
+    /// One of `GET /api/v1/event-types`.
     #[serde(rename = "type")]
+    #[schema(example = "invoice.paid")]
     pub event_type: String,
+    /// Any JSON, up to 256 KiB serialised.
     pub data: serde_json::Value,
+    /// The publisher's own id (1–128 of `A-Z a-z 0-9 _ - . :`): publishing it again answers
+    /// the first event. `evt_…` when left out.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub id: Option<String>,
 }
 

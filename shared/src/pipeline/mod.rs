@@ -88,7 +88,7 @@ impl InboundError {
 }
 
 /// What a 2xx answer says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     /// `queued` or `skipped` (202), or `duplicate` (200).
     pub status: &'static str,

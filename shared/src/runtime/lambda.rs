@@ -312,7 +312,8 @@ pub enum Api {
     Oauth,
     /// `/api/v1/incidents` and `/api/v1/incidents/…`.
     Incidents,
-    /// `/api/v1/endpoints…`, `/api/v1/deliveries…`, `/api/v1/event-types` and `/api/v1/org`.
+    /// `/api/v1/endpoints…`, `/api/v1/deliveries…`, `/api/v1/event-types`, `/api/v1/org` and
+    /// `/api/v1/openapi.json`.
     Endpoints,
     /// `/api/v1/events…`.
     Events,
@@ -350,10 +351,11 @@ impl ApiHandler {
             ApiHandler::Oauth(api) => api.handle(req).await,
             ApiHandler::Incidents(api) => api.handle(req).await,
             ApiHandler::Endpoints(endpoints, org) => {
-                if req.uri().path().trim_end_matches('/') == "/api/v1/org" {
-                    org.handle(req).await
-                } else {
-                    endpoints.handle(req).await
+                match req.uri().path().trim_end_matches('/') {
+                    "/api/v1/org" => org.handle(req).await,
+                    // The API's description is served beside the catalogue of event types.
+                    crate::api::openapi::PATH => crate::api::openapi::serve(&req),
+                    _ => endpoints.handle(req).await,
                 }
             }
             ApiHandler::Events(api) => api.handle(req).await,

@@ -4,7 +4,7 @@
 use super::App;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
-use crate::http::{json, Request, Response};
+use crate::http::{Request, Response};
 use crate::model::Source;
 use crate::pipeline::InboundError;
 use crate::ports::intake::EmbeddedIntake;
@@ -726,93 +726,16 @@ pub fn with_api_rate_limit(
 
 /// Every route of the local server.
 pub fn router(app: &App) -> Router {
-    let healthz = || async { to_axum(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))) };
-    let mut router = Router::new().route("/healthz", get(healthz)).route(
-        "/metrics",
-        get(|State(app): State<App>| async move { to_axum(metrics(app).await) }),
-    );
-    for source in Source::ALL {
-        router = router.route(
-            source.route(),
-            any(
-                move |State(app): State<App>, req: axum::extract::Request| async move {
-                    to_axum(inbound(app, source, req).await)
-                },
-            ),
-        );
-    }
-    if app.repositories.is_some() {
-        let api = any(
-            |State(app): State<App>, req: axum::extract::Request| async move {
-                to_axum(limited(app, req, repositories).await)
-            },
-        );
-        router = router
-            .route("/api/v1/repositories/{*rest}", api.clone())
-            .route("/api/v1/provider-tokens/{*rest}", api.clone())
-            .route("/api/v1/webhooks/deliveries", api.clone())
-            .route("/api/v1/webhooks/deliveries/{*rest}", api);
-    }
-    if app.incidents.is_some() {
-        let api = any(
-            |State(app): State<App>, req: axum::extract::Request| async move {
-                to_axum(limited(app, req, incidents).await)
-            },
-        );
-        router = router
-            .route("/api/v1/incidents", api.clone())
-            .route("/api/v1/incidents/{*rest}", api);
-    }
-    if app.oauth.is_some() {
-        router = router.route(
-            "/api/v1/oauth/{*rest}",
-            any(
-                |State(app): State<App>, req: axum::extract::Request| async move {
-                    to_axum(limited(app, req, oauth).await)
-                },
-            ),
-        );
-    }
-    if app.billing_api.is_some() {
-        router = router.route(
-            "/api/v1/billing/{*rest}",
-            any(
-                |State(app): State<App>, req: axum::extract::Request| async move {
-                    to_axum(limited(app, req, billing).await)
-                },
-            ),
-        );
-    }
-    if app.licenses_api.is_some() {
-        router = router.route(
-            "/api/v1/licenses",
-            any(
-                |State(app): State<App>, req: axum::extract::Request| async move {
-                    to_axum(licenses(app, req).await)
-                },
-            ),
-        );
-    }
-    if app.endpoints_api.is_some() {
-        let api = any(
-            |State(app): State<App>, req: axum::extract::Request| async move {
-                to_axum(limited(app, req, outbound_api).await)
-            },
-        );
-        for path in [
-            "/api/v1/endpoints",
-            "/api/v1/endpoints/{*rest}",
-            "/api/v1/deliveries",
-            "/api/v1/deliveries/{*rest}",
-            "/api/v1/event-types",
-            "/api/v1/events",
-            "/api/v1/events/{*rest}",
-            "/api/v1/org",
-        ] {
-            router = router.route(path, api.clone());
-        }
-    }
-    router
+    routes(app)
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(&path, handler)
+        })
+        // Operators' scrape target, not part of the API contract (openapi.json).
+        .route(
+            "/metrics",
+            get(|State(app): State<App>| async move { to_axum(metrics(app).await) }),
+        )
         .fallback(|| async {
             to_axum(crate::http::problem(
                 StatusCode::NOT_FOUND,
@@ -821,6 +744,125 @@ pub fn router(app: &App) -> Router {
             ))
         })
         .with_state(app.clone())
+}
+
+/// The paths the local server answers, as the router is given them (`{id}` for a parameter).
+pub fn route_paths(app: &App) -> Vec<String> {
+    routes(app).into_iter().map(|(path, _)| path).collect()
+}
+
+type Route = (String, axum::routing::MethodRouter<App>);
+
+/// The health check, the OpenAPI document, each provider's webhook route, and for each API
+/// group the app has, exactly the paths the OpenAPI document names under the group's
+/// prefixes: a route the document does not describe is not served.
+fn routes(app: &App) -> Vec<Route> {
+    use crate::api::openapi;
+    let mut routes: Vec<Route> = vec![
+        (
+            "/healthz".into(),
+            get(|| async { to_axum(openapi::healthz()) }),
+        ),
+        (
+            openapi::PATH.into(),
+            any(|req: axum::extract::Request| async move {
+                let (parts, _) = req.into_parts();
+                to_axum(openapi::serve(&Request::from_parts(
+                    parts,
+                    bytes::Bytes::new(),
+                )))
+            }),
+        ),
+    ];
+    for source in Source::ALL {
+        routes.push((
+            source.route().into(),
+            any(
+                move |State(app): State<App>, req: axum::extract::Request| async move {
+                    to_axum(inbound(app, source, req).await)
+                },
+            ),
+        ));
+    }
+    let ops = openapi::operations();
+    let mut group = |prefixes: &[&str], handler: axum::routing::MethodRouter<App>| {
+        for prefix in prefixes {
+            for path in openapi::paths_under(&ops, prefix) {
+                routes.push((path, handler.clone()));
+            }
+        }
+    };
+    if app.repositories.is_some() {
+        group(
+            &[
+                "/api/v1/repositories",
+                "/api/v1/provider-tokens",
+                "/api/v1/webhooks/deliveries",
+            ],
+            any(
+                |State(app): State<App>, req: axum::extract::Request| async move {
+                    to_axum(limited(app, req, repositories).await)
+                },
+            ),
+        );
+    }
+    if app.incidents.is_some() {
+        group(
+            &["/api/v1/incidents"],
+            any(
+                |State(app): State<App>, req: axum::extract::Request| async move {
+                    to_axum(limited(app, req, incidents).await)
+                },
+            ),
+        );
+    }
+    if app.oauth.is_some() {
+        group(
+            &["/api/v1/oauth"],
+            any(
+                |State(app): State<App>, req: axum::extract::Request| async move {
+                    to_axum(limited(app, req, oauth).await)
+                },
+            ),
+        );
+    }
+    if app.billing_api.is_some() {
+        group(
+            &["/api/v1/billing"],
+            any(
+                |State(app): State<App>, req: axum::extract::Request| async move {
+                    to_axum(limited(app, req, billing).await)
+                },
+            ),
+        );
+    }
+    if app.licenses_api.is_some() {
+        group(
+            &["/api/v1/licenses"],
+            any(
+                |State(app): State<App>, req: axum::extract::Request| async move {
+                    to_axum(licenses(app, req).await)
+                },
+            ),
+        );
+    }
+    if app.endpoints_api.is_some() {
+        group(
+            &[
+                "/api/v1/endpoints",
+                "/api/v1/deliveries",
+                "/api/v1/event-types",
+                "/api/v1/events",
+                "/api/v1/org",
+            ],
+            any(
+                |State(app): State<App>, req: axum::extract::Request| async move {
+                    to_axum(limited(app, req, outbound_api).await)
+                },
+            ),
+        );
+    }
+    routes
 }
 
 /// An authenticated API route, behind the org's rate limit when one is set. The webhook
