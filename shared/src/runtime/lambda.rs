@@ -90,9 +90,10 @@ async fn metered<T>(invocation: impl std::future::Future<Output = T>) -> T {
     out
 }
 
-/// The SDK config a function builds its clients from (the SDK honours `AWS_ENDPOINT_URL`).
+/// The SDK config a function builds its clients from, once per cold start (the SDK honours
+/// `AWS_ENDPOINT_URL`).
 async fn lambda_sdk() -> SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    crate::ports::secrets::aws::sdk_config_for(None).await
 }
 
 /// The AWS adapters, from `HOOKLINE_TABLE`, `HOOKLINE_QUEUE_URL`, `HOOKLINE_DLQ_URL` and

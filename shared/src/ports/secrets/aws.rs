@@ -26,7 +26,14 @@ pub const LOCAL_REGION: &str = "us-east-1";
 /// timeout, 2 attempts with a 50 ms backoff, 25 s per attempt (above SQS's 20 s long poll).
 /// So a store or queue that is down answers `Unavailable` well within a second or two.
 pub async fn sdk_config_for(endpoint: Option<&str>) -> aws_config::SdkConfig {
-    let loader = aws_config::defaults(BehaviorVersion::latest());
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    // One HTTP client (and connection pool) for every service client of this config: hyper 1
+    // and rustls on ring. The SDK's default would add a second TLS stack (aws-lc) to every
+    // binary; the root certificates are the system's, read once per process.
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
     let Some(endpoint) = endpoint else {
         return loader
             .timeout_config(
