@@ -5,6 +5,7 @@ use super::{SecretSource, SecretsError};
 use crate::ports::store::aws::error_chain;
 use crate::providers::ProviderSecrets;
 use async_trait::async_trait;
+use aws_config::environment::region::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -46,7 +47,12 @@ pub async fn sdk_config_for(endpoint: Option<&str>) -> aws_config::SdkConfig {
     };
     let mut loader = loader
         .endpoint_url(endpoint)
-        .region(RegionProviderChain::default_provider().or_else(Region::new(LOCAL_REGION)))
+        // The environment's region, else LOCAL_REGION; never IMDS, which a local endpoint has no
+        // use for (and which, built standalone, would have no HTTP client of ours).
+        .region(
+            RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                .or_else(Region::new(LOCAL_REGION)),
+        )
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(1))
