@@ -90,6 +90,11 @@ struct Serve {
 
 impl Serve {
     fn start(data_dir: &Path) -> Self {
+        Self::start_with_env(data_dir, &[])
+    }
+
+    /// `hookline serve` with these variables set beside the dev secrets.
+    fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let addr = free_addr();
         let log = data_dir.with_extension(format!("serve-{}.log", addr.port()));
         let out = std::fs::File::create(&log).expect("create the serve log");
@@ -103,6 +108,7 @@ impl Serve {
             data_dir.join("no-such.env").to_str().unwrap(),
         ]);
         cmd.envs(DEV_SECRETS)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -568,5 +574,35 @@ fn replay_runs_a_processed_delivery_through_the_serving_worker_again() {
         text(&out.stderr).contains("no delivery"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[test]
+fn replay_of_an_expired_payload_says_so_and_queues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let retention = [("HOOKLINE_PAYLOAD_RETENTION", "1s")];
+    let serve = Serve::start_with_env(&data_dir, &retention);
+    assert!(send_github(&serve, "dev-github-secret").status.success());
+    let d = wait_until_processed(&serve);
+    let id = d["delivery_id"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let out = hookline(&["replay", &id, "--data-dir", data_dir.to_str().unwrap()])
+        .envs(retention)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("kept for 1s and has expired") && err.contains("can no longer be replayed"),
+        "{err}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = deliveries_json(&data_dir);
+    assert_eq!(
+        (lines.len(), &lines[0]["attempts"], &lines[0]["status"]),
+        (1, &serde_json::json!(1), &serde_json::json!("processed")),
+        "nothing was queued again: {lines:#?}"
     );
 }

@@ -98,19 +98,30 @@ fn secret_of(h: &hookline::hooks::stub::StubHook) -> String {
 
 /// POST a real workflow_run payload to the GitHub route, signed with `secret` as GitHub signs.
 async fn deliver(api: &ApiServer, secret: &str) -> u16 {
+    deliver_from(api, hookline::model::Source::Github, secret).await
+}
+
+/// POST a real payload of `source` (GitHub's workflow_run, GitLab's pipeline, both of
+/// `acme/hookline-demo`) to its route, signed with `secret` as the provider signs.
+async fn deliver_from(api: &ApiServer, source: hookline::model::Source, secret: &str) -> u16 {
+    use hookline::model::Source;
     use hookline::providers::simulate::{sign, Simulation};
-    let body = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../events/payloads/github-workflow-run-failure.json"
+    let (sample, event) = match source {
+        Source::Gitlab => ("gitlab-pipeline.json", None),
+        _ => ("github-workflow-run-failure.json", Some("workflow_run")),
+    };
+    let body = std::fs::read(format!(
+        "{}/../events/payloads/{sample}",
+        env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
-    let url = format!("{}/api/v1/webhooks/github", api.server.url());
+    let url = format!("{}{}", api.server.url(), source.route());
     let signed = sign(&Simulation {
-        source: hookline::model::Source::Github,
+        source,
         secret,
         url: Some(&url),
         body: &body,
-        event: Some("workflow_run"),
+        event,
         now: chrono::Utc::now(),
         delivery_id: None,
     })
@@ -423,5 +434,58 @@ async fn the_local_server_runs_the_check_on_its_interval() {
     .await;
     assert_eq!(s["status"], "active", "{s}");
     assert_eq!(api.stub.hooks(REPO).len(), 1);
+    api.server.shutdown().await;
+}
+
+/// The same on GitLab: a project hook deleted by hand comes back with a fresh token (the
+/// next pipeline event verifies with it, the old one no longer does) and its test push
+/// arrives; then the access token revoked leaves the connection failed, saying what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_gitlab_a_deleted_hook_is_recreated_and_a_revoked_token_fails_the_connection() {
+    use hookline::model::Source;
+    let api = spawn().await;
+    let t = token(&api, "org-a");
+    let id = connect(&api, &t, "gitlab", REPO).await;
+    let old = hook(&api, REPO);
+    let old_secret = secret_of(&old);
+    assert_eq!(deliver_from(&api, Source::Gitlab, &old_secret).await, 202);
+    status_when(&api, &t, &id, |s| s["ping_ok"] == true).await;
+
+    assert!(api.stub.remove_hook(old.id), "deleted by hand on GitLab");
+    let done = check(&api, true).await;
+    assert_eq!((done.checked, done.recreated), (1, 1), "{done:?}");
+    let new = hook(&api, REPO);
+    assert_ne!(new.id, old.id);
+    let new_secret = secret_of(&new);
+    assert_ne!(new_secret, old_secret, "a fresh token");
+    assert_eq!(
+        new.url, "https://hooks.example.com/api/v1/webhooks/gitlab",
+        "{new:?}"
+    );
+    assert_eq!(deliver_from(&api, Source::Gitlab, &new_secret).await, 202);
+    assert_eq!(deliver_from(&api, Source::Gitlab, &old_secret).await, 401);
+    let s = status_when(&api, &t, &id, |s| {
+        s["ping_ok"] == true && s["webhook_id"] == json!(new.id.to_string())
+    })
+    .await;
+    assert_eq!(s["status"], "active", "{s}");
+    assert!(
+        api.stub.requests().iter().any(|r| r.method == "POST"
+            && r.path
+                .ends_with(&format!("/hooks/{}/test/push_events", new.id))),
+        "the new hook was tested"
+    );
+
+    api.stub.revoke_token(GITHUB_TOKEN);
+    let done = check(&api, true).await;
+    assert_eq!((done.checked, done.failed), (1, 1), "{done:?}");
+    let s = status(&api, &t, &id).await;
+    assert_eq!(s["status"], "failed", "{s}");
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("revoked") && reason.contains("/api/v1/provider-tokens/gitlab"),
+        "{reason}"
+    );
+    assert!(!reason.contains(GITHUB_TOKEN));
     api.server.shutdown().await;
 }

@@ -4,7 +4,7 @@
 //! becomes an incident → rotate → disconnect.
 
 use hookline::auth::{LocalIssuer, OrgId, Scope, UserId};
-use hookline::clock::SystemClock;
+use hookline::clock::{Clock, ManualClock, SystemClock};
 use hookline::config::Settings;
 use hookline::hooks::stub::HookApiStub;
 use hookline::model::Source;
@@ -29,11 +29,17 @@ struct MotoStack {
     stub: HookApiStub,
     hooks: Arc<hookline::connections::service::Repositories>,
     http: reqwest::Client,
+    issuer: LocalIssuer,
     token: String,
 }
 
 impl MotoStack {
     async fn start() -> Self {
+        Self::start_with(Arc::new(SystemClock), Settings::default()).await
+    }
+
+    /// The same stack on `clock` (every part of it: store, connections, worker) and `settings`.
+    async fn start_with(clock: Arc<dyn Clock>, settings: Settings) -> Self {
         let sdk = sdk_config_for(Some(&moto_endpoint())).await;
         let name = format!("hookline-repos-{}", uuid::Uuid::new_v4().simple());
         let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
@@ -58,8 +64,8 @@ impl MotoStack {
             Arc::new(DynamoStore::new(dynamo.clone(), &name)),
             Arc::new(SqsQueue::new(sqs, queue_url, dlq_url)),
             ProviderSecrets::default(),
-            Arc::new(SystemClock),
-            Settings::default(),
+            clock.clone(),
+            settings,
         );
         let app = with_repositories_over(
             app,
@@ -74,31 +80,48 @@ impl MotoStack {
                 rotation_overlap: Duration::from_secs(3600),
                 oauth: None,
             },
-            Arc::new(SystemClock),
+            clock,
         );
         let hooks = app.hooks.clone().unwrap();
         let server = Server::start(app, "127.0.0.1:0".parse().unwrap(), 1)
             .await
             .unwrap();
-        let scopes = [Scope::ReposRead, Scope::ReposWrite].into_iter().collect();
-        let token = issuer.issue(
-            &OrgId::from("org-moto"),
-            &UserId::from("alice"),
-            &scopes,
-            Duration::from_secs(600),
-        );
+        let token = Self::token_from(&issuer, "org-moto");
         Self {
             server,
             stub,
             hooks,
             http: reqwest::Client::new(),
+            issuer,
             token,
         }
     }
 
-    /// Call an API route as alice: the status and JSON body.
+    /// A token of `org`'s alice with the repository scopes.
+    fn token_from(issuer: &LocalIssuer, org: &str) -> String {
+        let scopes = [Scope::ReposRead, Scope::ReposWrite].into_iter().collect();
+        issuer.issue(
+            &OrgId::from(org),
+            &UserId::from("alice"),
+            &scopes,
+            Duration::from_secs(600),
+        )
+    }
+
+    /// Call an API route as `org-moto`'s alice: the status and JSON body.
     async fn call(
         &self,
+        method: reqwest::Method,
+        path: String,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_as(&self.token, method, path, body).await
+    }
+
+    /// Call an API route with `token`: the status and JSON body.
+    async fn call_as(
+        &self,
+        token: &str,
         method: reqwest::Method,
         path: String,
         body: Option<Value>,
@@ -106,7 +129,7 @@ impl MotoStack {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.server.url()))
-            .bearer_auth(&self.token);
+            .bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -356,5 +379,135 @@ async fn a_deleted_hook_is_recreated_on_dynamodb_and_kms_and_its_ping_recorded()
     let (_, st) = status_of().await;
     assert_eq!(st["status"], "failed", "{st}");
     assert!(st["reason"].as_str().unwrap().contains("revoked"), "{st}");
+    moto.server.shutdown().await;
+}
+
+/// Poll the delivery's log entry until `done` holds for it; panics with the last answer.
+async fn wait_for_entry(moto: &MotoStack, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let (_, d) = moto.call(reqwest::Method::GET, path.into(), None).await;
+        if done(&d) {
+            return d;
+        }
+        last = d;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the delivery never got there: {last}");
+}
+
+/// The org's delivery log on DynamoDB, as on SQLite: another org sees none of it (its list is
+/// empty, even filtered by the connection's id, and the delivery's id answers 404 to read and
+/// to replay); concurrent replays each reach the worker through SQS once; and after the payload
+/// retention (an injected clock) the record answers with its payload gone and a replay is 410.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_log_on_dynamodb_is_per_org_replays_once_per_call_and_expires() {
+    let clock = Arc::new(ManualClock::at(chrono::Utc::now()));
+    let settings = Settings {
+        payload_retention: Duration::from_secs(3600),
+        ..Settings::default()
+    };
+    let moto = MotoStack::start_with(clock.clone(), settings).await;
+    let (status, _) = moto
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/provider-tokens/github".into(),
+            Some(json!({"access_token": "gho_moto"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, c) = moto
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/repositories/connect".into(),
+            Some(json!({"repository_full_name": "acme/hookline-demo"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{c}");
+    let conn = c["id"].as_str().unwrap().to_string();
+    let secret = moto.stub.hooks("acme/hookline-demo")[0]
+        .secret
+        .clone()
+        .unwrap();
+    assert_eq!(deliver(&moto, secret.expose()).await, 202);
+
+    let (status, log) = moto
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/webhooks/deliveries".into(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(log["deliveries"].as_array().unwrap().len(), 1, "{log}");
+    let id = log["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let detail = format!("/api/v1/webhooks/deliveries/{id}");
+    wait_for_entry(&moto, &detail, |d| d["status"] == "processed").await;
+
+    // Another org: nothing of org-moto's, on every route of the log.
+    let other = MotoStack::token_from(&moto.issuer, "org-other");
+    let get = reqwest::Method::GET;
+    for path in [
+        "/api/v1/webhooks/deliveries".to_string(),
+        format!("/api/v1/webhooks/deliveries?connection_id={conn}"),
+    ] {
+        let (status, list) = moto.call_as(&other, get.clone(), path.clone(), None).await;
+        assert_eq!(
+            (status, &list["deliveries"]),
+            (200, &json!([])),
+            "{path}: {list}"
+        );
+    }
+    let (status, body) = moto
+        .call_as(&other, get.clone(), detail.clone(), None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let replay = format!("{detail}/replay");
+    let (status, body) = moto
+        .call_as(&other, reqwest::Method::POST, replay.clone(), None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (_, d) = moto.call(get.clone(), detail.clone(), None).await;
+    assert_eq!(d["attempts"], 1, "another org's replay ran nothing: {d}");
+
+    // Two replays at once: each one accepted runs once (one more attempt each); one that
+    // finds the other in flight is 409 and runs nothing.
+    let post = || moto.call(reqwest::Method::POST, replay.clone(), None);
+    let (a, b) = tokio::join!(post(), post());
+    let accepted = [a.0, b.0].iter().filter(|s| **s == 202).count() as u64;
+    for (status, body) in [&a, &b] {
+        assert!(*status == 202 || *status == 409, "{status} {body}");
+    }
+    assert!(accepted >= 1, "{a:?} {b:?}");
+    let d = wait_for_entry(&moto, &detail, |d| {
+        d["attempts"] == 1 + accepted && d["status"] == "processed"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, again) = moto.call(get.clone(), detail.clone(), None).await;
+    assert_eq!(
+        again["attempts"], d["attempts"],
+        "no replay ran twice: {again}"
+    );
+
+    // Past the retention: the record stays, its payload and headers are gone, replay is 410.
+    clock.advance(chrono::Duration::minutes(59));
+    let (_, d) = moto.call(get.clone(), detail.clone(), None).await;
+    assert_eq!(
+        d["payload_expired"], false,
+        "kept until the retention ends: {d}"
+    );
+    clock.advance(chrono::Duration::minutes(2));
+    let (status, d) = moto.call(get.clone(), detail.clone(), None).await;
+    assert_eq!(status, 200, "the record outlives its payload: {d}");
+    assert_eq!(
+        (&d["payload"], &d["headers"]),
+        (&Value::Null, &Value::Null),
+        "{d}"
+    );
+    assert_eq!(d["payload_expired"], true, "{d}");
+    let (status, body) = moto.call(reqwest::Method::POST, replay, None).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["error"], "payload_expired", "{body}");
     moto.server.shutdown().await;
 }
