@@ -8,7 +8,7 @@
 use hookline::ports::queue::aws::{create_queue_pair, SqsQueue};
 use hookline::ports::queue::conformance::SETTINGS;
 use hookline::ports::queue::{Queue, QueueError};
-use hookline::ports::secrets::aws::{sdk_config_for, SecretsManagerSource};
+use hookline::ports::secrets::aws::{moto_endpoint, sdk_config_for, SecretsManagerSource};
 use hookline::ports::secrets::conformance::{every_named_secret_is_loaded, fixture_value, UNSET};
 use hookline::ports::secrets::{SecretSource, SecretsError};
 use hookline::ports::store::aws::{create_table, DynamoStore};
@@ -16,17 +16,6 @@ use hookline::ports::store::{DeliveryStore, StoreError};
 use hookline::providers::ProviderSecrets;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn moto_endpoint() -> String {
-    match std::env::var("HOOKLINE_MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => endpoint,
-        _ => panic!(
-            "HOOKLINE_MOTO_ENDPOINT is not set: these tests need a moto server. Run the tests \
-             with infra/test.sh, or infra/with-moto.sh cargo test -p hookline-shared --test \
-             aws_adapters"
-        ),
-    }
-}
 
 async fn config() -> aws_config::SdkConfig {
     sdk_config_for(Some(&moto_endpoint())).await

@@ -9,19 +9,9 @@ use hookline::billing::model::UsageMetric;
 use hookline::ports::billing::aws::DynamoBillingStore;
 use hookline::ports::billing::conformance::{subscription, PERIOD};
 use hookline::ports::billing::{BillingError, BillingStore};
-use hookline::ports::secrets::aws::sdk_config_for;
+use hookline::ports::secrets::aws::{moto_endpoint, sdk_config_for};
 use hookline::ports::store::aws::create_table;
 use std::sync::Arc;
-
-fn moto_endpoint() -> String {
-    match std::env::var("HOOKLINE_MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => endpoint,
-        _ => panic!(
-            "HOOKLINE_MOTO_ENDPOINT is not set: these tests need a moto server. Run them with \
-             infra/with-moto.sh cargo test -p hookline-shared --test billing_on_moto"
-        ),
-    }
-}
 
 async fn fresh_store() -> ((), Arc<dyn BillingStore>) {
     let mut lambdas = lambdas(1).await;

@@ -7,19 +7,9 @@
 
 use hookline::ports::connections::aws::DynamoConnectionStore;
 use hookline::ports::connections::ConnectionStore;
-use hookline::ports::secrets::aws::sdk_config_for;
+use hookline::ports::secrets::aws::{moto_endpoint, sdk_config_for};
 use hookline::ports::store::aws::create_table;
 use std::sync::Arc;
-
-fn moto_endpoint() -> String {
-    match std::env::var("HOOKLINE_MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => endpoint,
-        _ => panic!(
-            "HOOKLINE_MOTO_ENDPOINT is not set: these tests need a moto server. Run them with \
-             infra/with-moto.sh cargo test -p hookline-shared --test connections_on_moto"
-        ),
-    }
-}
 
 async fn fresh_store() -> ((), Arc<dyn ConnectionStore>) {
     let config = sdk_config_for(Some(&moto_endpoint())).await;

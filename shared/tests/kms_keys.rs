@@ -7,20 +7,10 @@
 use hookline::ports::keys::aws::KmsKeys;
 use hookline::ports::keys::conformance::connection_context;
 use hookline::ports::keys::{KeyError, KeyService};
-use hookline::ports::secrets::aws::sdk_config_for;
+use hookline::ports::secrets::aws::{moto_endpoint, sdk_config_for};
 use hookline::secret::Secret;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn moto_endpoint() -> String {
-    match std::env::var("HOOKLINE_MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => endpoint,
-        _ => panic!(
-            "HOOKLINE_MOTO_ENDPOINT is not set: these tests need a moto server. Run them with \
-             infra/with-moto.sh cargo test -p hookline-shared --test kms_keys"
-        ),
-    }
-}
 
 async fn client() -> aws_sdk_kms::Client {
     aws_sdk_kms::Client::new(&sdk_config_for(Some(&moto_endpoint())).await)

@@ -11,19 +11,9 @@ use hookline::ports::mail::conformance::SentMail;
 use hookline::ports::mail::{Mail, MailError, Mailer};
 use hookline::ports::orgs::aws::DynamoOrgStore;
 use hookline::ports::orgs::OrgStore;
-use hookline::ports::secrets::aws::sdk_config_for;
+use hookline::ports::secrets::aws::{moto_endpoint, sdk_config_for};
 use hookline::ports::store::aws::create_table;
 use std::sync::Arc;
-
-fn moto_endpoint() -> String {
-    match std::env::var("HOOKLINE_MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => endpoint,
-        _ => panic!(
-            "HOOKLINE_MOTO_ENDPOINT is not set: these tests need a moto server. Run them with \
-             infra/with-moto.sh cargo test -p hookline-shared --test mail_and_orgs_on_moto"
-        ),
-    }
-}
 
 /// The sender's domain, verified in moto as a deployment verifies it in SES.
 const SENDER_DOMAIN: &str = "mail.hookline.test";

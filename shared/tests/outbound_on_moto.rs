@@ -13,20 +13,10 @@ use hookline::outbound::model::{
 };
 use hookline::ports::outbound::aws::DynamoOutboundStore;
 use hookline::ports::outbound::{Appended, DeliveryFilter, OutboundStore};
-use hookline::ports::secrets::aws::sdk_config_for;
+use hookline::ports::secrets::aws::{moto_endpoint, sdk_config_for};
 use hookline::ports::store::aws::create_table;
 use std::collections::HashSet;
 use std::sync::Arc;
-
-fn moto_endpoint() -> String {
-    match std::env::var("HOOKLINE_MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => endpoint,
-        _ => panic!(
-            "HOOKLINE_MOTO_ENDPOINT is not set: these tests need a moto server. Run them with \
-             infra/with-moto.sh cargo test -p hookline-shared --test outbound_on_moto"
-        ),
-    }
-}
 
 async fn fresh_store() -> ((), Arc<dyn OutboundStore>) {
     let mut lambdas = lambdas(1).await;

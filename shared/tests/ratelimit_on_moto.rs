@@ -11,7 +11,7 @@ use hookline::api::ratelimit::{ApiRateLimit, Rate, Verdict};
 use hookline::clock::SystemClock;
 use hookline::ports::ratelimit::aws::{window_pk, DynamoRateLimiter};
 use hookline::ports::ratelimit::{RateLimiter, Window};
-use hookline::ports::secrets::aws::sdk_config_for;
+use hookline::ports::secrets::aws::{moto_endpoint, sdk_config_for};
 use hookline::ports::store::aws::create_table;
 use hookline::runtime::lambda::{aws_api_with, Api, ApiHandler};
 use http::StatusCode;
@@ -22,16 +22,6 @@ use std::time::Duration;
 const HS256_SECRET: &str = "a-deployment-hs256-secret-of-enough-bytes";
 const ISSUER: &str = "https://auth.example.com/";
 const AUDIENCE: &str = "hookline-api";
-
-fn moto_endpoint() -> String {
-    match std::env::var("HOOKLINE_MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => endpoint,
-        _ => panic!(
-            "HOOKLINE_MOTO_ENDPOINT is not set: these tests need a moto server. Run them with \
-             infra/with-moto.sh cargo test -p hookline-shared --test ratelimit_on_moto"
-        ),
-    }
-}
 
 async fn dynamo() -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&sdk_config_for(Some(&moto_endpoint())).await)

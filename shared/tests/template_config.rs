@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use hookline::model::Source;
-use hookline::ports::secrets::aws::sdk_config_for;
+use hookline::ports::secrets::aws::{moto_endpoint, sdk_config_for};
 use hookline::ports::store::aws::create_table;
 use hookline::runtime::lambda::{
     aws_api_with, aws_billing_with, aws_hook_health_with, aws_inbound_with, aws_outbound_with,
@@ -25,16 +25,6 @@ const TEMPLATE: &str = include_str!("../../template.yaml");
 const HS256_SECRET: &str = "a-deployment-hs256-secret-of-enough-bytes";
 const ISSUER: &str = "https://auth.example.com/";
 const AUDIENCE: &str = "hookline-api";
-
-fn moto_endpoint() -> String {
-    match std::env::var("HOOKLINE_MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => endpoint,
-        _ => panic!(
-            "HOOKLINE_MOTO_ENDPOINT is not set: these tests need a moto server. Run them with \
-             infra/with-moto.sh cargo test -p hookline-shared --test template_config"
-        ),
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // How each function's binary boots: the call its functions/<binary>/src/main.rs makes.

@@ -624,17 +624,7 @@ use hookline::ports::store::aws::{create_table, DynamoStore};
 /// moto's fixed account id, which its queue URLs carry.
 pub const MOTO_ACCOUNT: &str = "123456789012";
 
-/// The moto endpoint `infra/with-moto.sh` exports; without it the moto tests fail, loudly.
-pub fn moto_endpoint() -> String {
-    match std::env::var("HOOKLINE_MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.trim().is_empty() => endpoint,
-        _ => panic!(
-            "HOOKLINE_MOTO_ENDPOINT is not set: the on_moto tests need a moto server. Run them \
-             with `infra/with-moto.sh cargo test -p hookline-e2e` (it starts moto and exports \
-             the endpoint)"
-        ),
-    }
-}
+pub use hookline::ports::secrets::aws::moto_endpoint;
 
 /// The AWS resources behind a moto test app.
 #[derive(Clone)]

@@ -16,6 +16,20 @@ use std::time::Duration;
 /// The region used against a local endpoint when none is configured.
 pub const LOCAL_REGION: &str = "us-east-1";
 
+/// The moto server's endpoint that `infra/with-moto.sh` (and so the test command) exports as
+/// `HOOKLINE_MOTO_ENDPOINT`, for the suites that run the AWS adapters against moto. Without it
+/// they fail, loudly, saying how to run them: a missing moto is never a silent skip.
+pub fn moto_endpoint() -> String {
+    match std::env::var("HOOKLINE_MOTO_ENDPOINT") {
+        Ok(endpoint) if !endpoint.trim().is_empty() => endpoint,
+        _ => panic!(
+            "HOOKLINE_MOTO_ENDPOINT is not set: the tests on moto need a moto server. Run them \
+             with infra/test.sh, or with infra/with-moto.sh cargo test ... (it starts moto and \
+             exports the endpoint)"
+        ),
+    }
+}
+
 /// The SDK config every function and tool builds its clients from.
 ///
 /// `None`: the AWS defaults (region and credentials from the environment, the Lambda role),
