@@ -197,6 +197,7 @@ class Runtime:
         self.event = b"{}"
         self.calls: list[tuple[str, float, bytes]] = []  # (kind, perf_counter, body)
         self.pending = 0  # events still to hand out
+        self.generation = 0  # one per run: see do_GET
         server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         server.daemon_threads = True
         self.server = server
@@ -208,6 +209,9 @@ class Runtime:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: with Nagle on, the body of the second
+            # answer on a connection waited for a delayed ACK (40 ms of no one's making).
+            disable_nagle_algorithm = True
 
             def log_message(self, *_):
                 pass
@@ -223,8 +227,14 @@ class Runtime:
                     return
                 self._note("next")
                 with runtime.lock:
+                    # A `next` of a process killed before (an earlier run) must not take the
+                    # event meant for this run's process: it gives up when the run changes.
+                    generation = runtime.generation
                     while runtime.pending == 0:
                         runtime.lock.wait()
+                        if runtime.generation != generation:
+                            self.close_connection = True
+                            return
                     runtime.pending -= 1
                     body = runtime.event
                     runtime.calls.append(("handed", time.perf_counter(), b""))
@@ -256,6 +266,8 @@ class Runtime:
     def reset(self, event: bytes) -> None:
         with self.lock:
             self.event, self.calls, self.pending = event, [], 0
+            self.generation += 1
+            self.lock.notify_all()
 
     def wait_for(self, kind: str, count: int, timeout: float = 30.0) -> float:
         """The time of the `count`-th call of `kind`."""
@@ -272,9 +284,113 @@ class Runtime:
 
     def hand_out(self) -> float:
         with self.lock:
+            # Counted before the event is released: its `handed` may be noted at once.
+            number = sum(1 for c in self.calls if c[0] == "handed") + 1
             self.pending += 1
             self.lock.notify_all()
-        return self.wait_for("handed", sum(1 for c in self.calls if c[0] == "handed") + 1)
+        return self.wait_for("handed", number)
+
+
+# ---------------------------------------------------------------------------------------------
+# The AWS calls each invocation makes: the functions talk to moto through this proxy, which
+# forwards every request unchanged and notes its operation and, for DynamoDB writes, the size of
+# the item written (what a write request unit is charged on). The cost model reads these.
+
+
+class AwsCalls:
+    def __init__(self, upstream: str) -> None:
+        from urllib.parse import urlsplit
+
+        self.upstream = urlsplit(upstream)
+        self.lock = threading.Lock()
+        self.calls: list[dict] = []
+        server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def take(self) -> list[dict]:
+        with self.lock:
+            calls, self.calls = self.calls, []
+        return calls
+
+    @staticmethod
+    def describe(headers, path: str, body: bytes) -> dict:
+        target = headers.get("X-Amz-Target") or ""
+        if target:
+            service, _, op = target.partition(".")
+            service = {"DynamoDB_20120810": "DynamoDB", "AmazonSQS": "SQS", "TrentService": "KMS",
+                       "secretsmanager": "SecretsManager"}.get(service, service)
+        elif path.startswith("/v2/email"):
+            service, op = "SES", "SendEmail" if "outbound-emails" in path else path
+        else:
+            from urllib.parse import parse_qs
+
+            service, op = "other", (parse_qs(body.decode(errors="replace")).get("Action") or [path])[0]
+        call = {"op": f"{service} {op}", "bytes": len(body)}
+        if service == "DynamoDB" and op in ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"):
+            # DynamoDB sizes an item by its attribute names and values; the request's JSON is a
+            # close upper bound for the items it writes (one write unit per started KB each).
+            try:
+                req = json.loads(body)
+            except ValueError:
+                req = {}
+            items = []
+            if "Item" in req:
+                items.append(req["Item"])
+            for t in req.get("TransactItems", []):
+                for kind in ("Put", "Update", "Delete", "ConditionCheck"):
+                    if kind in t:
+                        items.append(t[kind].get("Item") or t[kind].get("Key") or {})
+            for reqs in req.get("RequestItems", {}).values():
+                for r in reqs:
+                    items.append((r.get("PutRequest") or {}).get("Item") or (r.get("DeleteRequest") or {}).get("Key") or {})
+            if not items and "Key" in req:
+                items.append({**req["Key"], **req.get("ExpressionAttributeValues", {})})
+            call["write_units"] = sum(max(1, -(-len(json.dumps(i)) // 1024)) for i in items)
+        return call
+
+    def _handler(self):
+        calls = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # see Runtime's handler
+
+            def log_message(self, *_):
+                pass
+
+            def _forward(self):
+                import http.client
+
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                conn = http.client.HTTPConnection(calls.upstream.hostname, calls.upstream.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                res = conn.getresponse()
+                data = res.read()
+                with calls.lock:
+                    calls.calls.append(AwsCalls.describe(self.headers, self.path, body))
+                self.send_response(res.status)
+                for k, v in res.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward  # noqa: N815
+
+        return Handler
+
+
+def summarise(calls: list[dict]) -> dict:
+    ops: dict[str, int] = {}
+    for c in calls:
+        ops[c["op"]] = ops.get(c["op"], 0) + 1
+    return {"ops": ops, "write_units": sum(c.get("write_units", 0) for c in calls)}
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -284,9 +400,9 @@ def peak_rss_kib(pid: int) -> int:
     return 0
 
 
-def profile(binary: Path, function: str, env: dict[str, str], runtime: Runtime, runs: int, events: Path):
+def profile(binary: Path, function: str, env: dict[str, str], runtime: Runtime, runs: int, events: Path, aws: AwsCalls):
     event = event_for(function, events)
-    inits, first, warm, rss, answers = [], [], [], [], []
+    inits, first, warm, rss, answers, aws_calls = [], [], [], [], [], {}
     for run in range(runs):
         runtime.reset(event)
         started = time.perf_counter()
@@ -300,9 +416,12 @@ def profile(binary: Path, function: str, env: dict[str, str], runtime: Runtime, 
             inits.append(runtime.wait_for("next", 1) - started)
             if run == 0:
                 # Invocations once per function: the first and a warm one in the same process.
-                for number, timings in enumerate((first, warm), start=1):
+                aws_calls["init"] = summarise(aws.take())
+                for number, (label, timings) in enumerate((("first", first), ("warm", warm)), start=1):
                     handed = runtime.hand_out()
                     timings.append(runtime.wait_for("answer", number) - handed)
+                    time.sleep(0.05)  # a call still landing after the answer (none expected)
+                    aws_calls[label] = summarise(aws.take())
                 answers = [c for c in runtime.calls if c[0] in ("response", "error")]
                 runtime.wait_for("next", 3)
                 rss.append(peak_rss_kib(proc.pid))
@@ -317,6 +436,7 @@ def profile(binary: Path, function: str, env: dict[str, str], runtime: Runtime, 
         "warm_ms": round(warm[0] * 1000, 2) if warm else None,
         "peak_rss_kib": rss[0] if rss else None,
         "answer": answers[0][2][:300].decode(errors="replace") if answers else None,
+        "aws_calls": aws_calls,
     }
 
 
@@ -335,6 +455,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--only", nargs="*", help="functions to measure (default: every one)")
     ap.add_argument("--json", type=Path, help="write the raw figures here")
+    ap.add_argument("--count-calls", action="store_true",
+                    help="list each function's AWS calls (through a proxy that slows every call)")
     args = ap.parse_args()
 
     endpoint = os.environ.get("HOOKLINE_MOTO_ENDPOINT")
@@ -349,6 +471,10 @@ def main() -> int:
         sys.exit(f"lambda-profile: not built in {args.bin_dir}: {missing}")
 
     env = aws_stack(endpoint)
+    aws = AwsCalls(endpoint)
+    if args.count_calls:
+        # Through the counting proxy: each call pays its hop, so the timings are not comparable.
+        env["AWS_ENDPOINT_URL"] = aws.url
     fresh_events = Path(tempfile.mkdtemp(prefix="hookline-events-"))
     subprocess.run(
         [sys.executable, str(ROOT / "infra/make-events.py"), "--out", str(fresh_events), "--stripe-timestamp", "now"],
@@ -359,7 +485,8 @@ def main() -> int:
     results = {}
     for name in [HELLO, *names]:
         print(f"lambda-profile: {name} ({args.runs} cold starts)", file=sys.stderr, flush=True)
-        r = profile(args.bin_dir / name, name, env, runtime, args.runs, fresh_events)
+        aws.take()
+        r = profile(args.bin_dir / name, name, env, runtime, args.runs, fresh_events, aws)
         if args.zip_dir and name != HELLO:
             bootstrap = args.zip_dir / name / "bootstrap"
             r["zip_bytes"] = zipped_size(bootstrap) if bootstrap.is_file() else None
@@ -377,6 +504,19 @@ def main() -> int:
             f"| {name} | {size} | {min(init):.1f} / {med:.1f} / {max(init):.1f} ms | {med / floor:.2f} "
             f"| {r['first_ms']} / {r['warm_ms']} ms | {rss} |"
         )
+    if not args.count_calls:
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
+    print("\n| function | AWS calls of its sample event, first invocation (and at cold start) | DynamoDB write units |")
+    print("|---|---|---|")
+    for name, r in results.items():
+        if name == HELLO:
+            continue
+        calls = r["aws_calls"]
+        warm_ops = ", ".join(f"{op} ×{n}" for op, n in sorted(calls.get("first", {}).get("ops", {}).items())) or "none"
+        init_ops = ", ".join(f"{op} ×{n}" for op, n in sorted(calls.get("init", {}).get("ops", {}).items()))
+        print(f"| {name} | {warm_ops}{f' (cold start: {init_ops})' if init_ops else ''} | {calls.get('first', {}).get('write_units', 0)} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

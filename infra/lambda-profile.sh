@@ -30,9 +30,14 @@ for f in "${functions[@]}"; do packages+=(-p "$f"); done
 echo "== arm64 bootstraps, as sam build makes them" >&2
 CARGO_TARGET_DIR="$target-lambda" cargo lambda build --release --arm64 --locked "${packages[@]}"
 echo "== the same functions and the hello-world floor, for this machine" >&2
-CARGO_TARGET_DIR="$target-release" cargo build --release --locked "${packages[@]}" \
-  -p hookline-e2e --bin hello-lambda
+CARGO_TARGET_DIR="$target-release" cargo build --release --locked "${packages[@]}"
+CARGO_TARGET_DIR="$target-release" cargo build --release --locked -p hookline-e2e --bin hello-lambda
 
 infra/with-moto.sh "$HOOKLINE_VENV/bin/python3" infra/lambda-profile.py \
   --bin-dir "$target-release/release" --zip-dir "$target-lambda/lambda" \
   --runs "$runs" --only "${functions[@]}"
+# The cost model needs the inbound and outbound chains' functions.
+if [[ -z "${NO_COST_MODEL:-}" ]]; then
+  infra/with-moto.sh "$HOOKLINE_VENV/bin/python3" infra/cost-model.py \
+    --bin-dir "$target-release/release" --runs 30
+fi
