@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Load test of the local server: `hookline serve` on a fresh data dir, driven by wrk with
-# signed GitHub push deliveries, each with its own X-GitHub-Delivery id, over loopback.
+# signed GitHub deliveries, each with its own X-GitHub-Delivery id, over loopback.
 # Reports requests/s and latency percentiles, and how many deliveries the log recorded.
 #
-#   infra/load.sh [DURATION=20s] [CONNECTIONS=64] [THREADS=1] [WORKER_LOOPS=2]
+#   infra/load.sh [DURATION=20s] [CONNECTIONS=64] [THREADS=1] [WORKER_LOOPS=2] [PAYLOAD] [EVENT]
 #
 # WORKER_LOOPS=0 measures intake alone (verify, dedupe, durably queue), as the inbound
 # functions do on AWS; the default also runs the worker in the same process.
+# PAYLOAD is a GitHub webhook body (default events/payloads/github-push.json, 2.7 KB);
+# events/payloads/github-workflow-run-octokit.json is octokit's workflow_run example (17 KB,
+# the size of real workflow_run and pull_request bodies). EVENT is its X-GitHub-Event
+# (default: read from the payload's shape: workflow_run, pull_request, push).
 #
 # Installs wrk from Debian's packages if it is missing. Bounded in time; stops what it starts.
 set -euo pipefail
@@ -16,6 +20,22 @@ duration="${1:-20s}"
 connections="${2:-64}"
 threads="${3:-1}"
 worker_loops="${4:-2}"
+payload="${5:-events/payloads/github-push.json}"
+[[ -f "$payload" ]] || { echo "load.sh: no payload file $payload" >&2; exit 2; }
+event="${6:-$(python3 - "$payload" <<'PY'
+import json, sys
+body = json.load(open(sys.argv[1]))
+for key in ("workflow_run", "workflow_job", "pull_request", "check_run", "issue"):
+    if key in body:
+        print(key)
+        break
+else:
+    if "commits" in body and "pusher" in body:
+        print("push")
+    else:
+        sys.exit(f"load.sh: cannot tell the GitHub event of {sys.argv[1]}; give it as EVENT")
+PY
+)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hookline/target}"
 
 if ! command -v wrk >/dev/null; then
@@ -29,7 +49,6 @@ bin="$CARGO_TARGET_DIR/perf/hookline"
 work="$(mktemp -d "${TMPDIR:-/tmp}/hookline-load.XXXXXX")"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 secret="load-test-secret"
-payload="events/payloads/github-push.json"
 signature="sha256=$(openssl dgst -sha256 -hmac "$secret" -hex < "$payload" | sed 's/^.*= //')"
 
 GITHUB_WEBHOOK_SECRET="$secret" RUST_LOG=warn \
@@ -48,7 +67,7 @@ done
 cat > "$work/github.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-GitHub-Event"] = "push"
+wrk.headers["X-GitHub-Event"] = "$event"
 wrk.headers["X-Hub-Signature-256"] = "$signature"
 local f = io.open("$payload", "rb"); wrk.body = f:read("*a"); f:close()
 local n = 0
@@ -68,7 +87,7 @@ done = function(summary, latency, requests)
 end
 LUA
 
-echo "load: ${duration}, ${connections} connections, ${threads} wrk thread(s), ${worker_loops} worker loop(s), $(wc -c < "$payload") B GitHub push payload"
+echo "load: ${duration}, ${connections} connections, ${threads} wrk thread(s), ${worker_loops} worker loop(s), $(wc -c < "$payload") B GitHub $event payload ($payload)"
 wrk -t "$threads" -c "$connections" -d "$duration" --latency -s "$work/github.lua" "http://127.0.0.1:$port/api/v1/webhooks/github"
 sleep 2
 echo "delivery log: $("$bin" deliveries --data-dir "$work/data" --json --limit 100000000 | wc -l) deliveries recorded"
