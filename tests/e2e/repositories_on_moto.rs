@@ -108,6 +108,28 @@ impl MotoStack {
         )
     }
 
+    /// Store alice's GitHub token and connect `acme/hookline-demo`: the connection's id.
+    async fn connect_demo(&self) -> String {
+        let (status, _) = self
+            .call(
+                reqwest::Method::PUT,
+                "/api/v1/provider-tokens/github".into(),
+                Some(json!({"access_token": "gho_moto"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, c) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/repositories/connect".into(),
+                Some(json!({"repository_full_name": "acme/hookline-demo"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{c}");
+        assert_eq!(c["webhook_status"], "active", "{c}");
+        c["id"].as_str().unwrap().to_string()
+    }
+
     /// Call an API route as `org-moto`'s alice: the status and JSON body.
     async fn call(
         &self,
@@ -147,22 +169,7 @@ async fn a_connected_repository_on_dynamodb_sqs_and_kms_turns_a_failed_run_into_
     let (server, stub, http) = (&moto.server, &moto.stub, &moto.http);
     let call = |method, path, body| moto.call(method, path, body);
 
-    let (status, _) = call(
-        reqwest::Method::PUT,
-        "/api/v1/provider-tokens/github".into(),
-        Some(json!({"access_token": "gho_moto"})),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let (status, c) = call(
-        reqwest::Method::POST,
-        "/api/v1/repositories/connect".into(),
-        Some(json!({"repository_full_name": "acme/hookline-demo"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{c}");
-    assert_eq!(c["webhook_status"], "active");
-    let id = c["id"].as_str().unwrap().to_string();
+    let id = moto.connect_demo().await;
     let secret = stub.hooks("acme/hookline-demo")[0].secret.clone().unwrap();
 
     // GitHub delivers a failed run, signed with the hook's secret.
@@ -319,23 +326,7 @@ async fn a_deleted_hook_is_recreated_on_dynamodb_and_kms_and_its_ping_recorded()
     use hookline::connections::service::health::HealthSettings;
     let moto = MotoStack::start().await;
     moto.stub.deliver_to(&moto.server.url());
-    let (status, _) = moto
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/provider-tokens/github".into(),
-            Some(json!({"access_token": "gho_moto"})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let (status, c) = moto
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/repositories/connect".into(),
-            Some(json!({"repository_full_name": "acme/hookline-demo"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{c}");
-    let id = c["id"].as_str().unwrap().to_string();
+    let id = moto.connect_demo().await;
     let status_of = || {
         moto.call(
             reqwest::Method::GET,
@@ -408,23 +399,7 @@ async fn the_delivery_log_on_dynamodb_is_per_org_replays_once_per_call_and_expir
         ..Settings::default()
     };
     let moto = MotoStack::start_with(clock.clone(), settings).await;
-    let (status, _) = moto
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/provider-tokens/github".into(),
-            Some(json!({"access_token": "gho_moto"})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let (status, c) = moto
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/repositories/connect".into(),
-            Some(json!({"repository_full_name": "acme/hookline-demo"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{c}");
-    let conn = c["id"].as_str().unwrap().to_string();
+    let conn = moto.connect_demo().await;
     let secret = moto.stub.hooks("acme/hookline-demo")[0]
         .secret
         .clone()
