@@ -9,14 +9,15 @@ use crate::model::Source;
 use crate::pipeline::Pipeline;
 use crate::ports::queue::aws::SqsQueue;
 use crate::ports::secrets::aws::SecretsManagerSource;
-use crate::ports::secrets::SecretSource;
 use crate::ports::store::aws::DynamoStore;
+use crate::providers::ProviderSecrets;
 use crate::worker::{Worker, WorkerMessage};
 use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use bytes::Bytes;
 use lambda_http::Body;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 /// Where a function reads its configuration variables: the process environment on Lambda
@@ -96,6 +97,113 @@ async fn lambda_sdk() -> SdkConfig {
     crate::ports::secrets::aws::sdk_config_for(None).await
 }
 
+/// One cold start's shared inputs: its variables, one client per AWS service over one SDK
+/// config (so one HTTP client and one connection pool), and the provider secret's values,
+/// read with one `GetSecretValue` however many parts of the function need them.
+pub struct ColdStart<'a> {
+    sdk: &'a SdkConfig,
+    env: Vars<'a>,
+    dynamo: OnceLock<aws_sdk_dynamodb::Client>,
+    sqs: OnceLock<aws_sdk_sqs::Client>,
+    kms: OnceLock<aws_sdk_kms::Client>,
+    ses: OnceLock<aws_sdk_sesv2::Client>,
+    secrets: tokio::sync::OnceCell<HashMap<String, String>>,
+}
+
+impl<'a> ColdStart<'a> {
+    pub fn new(sdk: &'a SdkConfig, env: Vars<'a>) -> Self {
+        Self {
+            sdk,
+            env,
+            dynamo: OnceLock::new(),
+            sqs: OnceLock::new(),
+            kms: OnceLock::new(),
+            ses: OnceLock::new(),
+            secrets: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    fn var(&self, name: &str) -> Option<String> {
+        var(self.env, name)
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        required(self.env, name)
+    }
+
+    fn dynamo(&self) -> aws_sdk_dynamodb::Client {
+        let sdk = self.sdk;
+        self.dynamo
+            .get_or_init(|| aws_sdk_dynamodb::Client::new(sdk))
+            .clone()
+    }
+
+    fn sqs(&self) -> aws_sdk_sqs::Client {
+        let sdk = self.sdk;
+        self.sqs
+            .get_or_init(|| aws_sdk_sqs::Client::new(sdk))
+            .clone()
+    }
+
+    fn kms(&self) -> aws_sdk_kms::Client {
+        let sdk = self.sdk;
+        self.kms
+            .get_or_init(|| aws_sdk_kms::Client::new(sdk))
+            .clone()
+    }
+
+    fn ses(&self) -> aws_sdk_sesv2::Client {
+        let sdk = self.sdk;
+        self.ses
+            .get_or_init(|| aws_sdk_sesv2::Client::new(sdk))
+            .clone()
+    }
+
+    /// The table the function's stores share (`HOOKLINE_TABLE`).
+    fn table(&self) -> Result<String, ConfigError> {
+        self.required("HOOKLINE_TABLE")
+    }
+
+    /// The deliveries queue and its dead-letter queue.
+    fn queue(&self) -> Result<SqsQueue, ConfigError> {
+        Ok(SqsQueue::new(
+            self.sqs(),
+            self.required("HOOKLINE_QUEUE_URL")?,
+            self.required("HOOKLINE_DLQ_URL")?,
+        ))
+    }
+
+    /// The KMS key that opens stored secrets, its data keys cached while the Lambda is warm.
+    fn keys(&self) -> Result<Arc<dyn crate::ports::keys::KeyService>, ConfigError> {
+        use crate::ports::keys::{aws::KmsKeys, CachedKeys};
+        Ok(Arc::new(CachedKeys::new(KmsKeys::new(
+            self.kms(),
+            self.required("HOOKLINE_KMS_KEY_ID")?,
+        ))))
+    }
+
+    /// The provider secret's values (`HOOKLINE_SECRETS_ID`), fetched on first use. Never
+    /// logged.
+    async fn secrets(&self) -> Result<&HashMap<String, String>, Error> {
+        let id = self.required("HOOKLINE_SECRETS_ID")?;
+        let source = SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(self.sdk), id);
+        Ok(self
+            .secrets
+            .get_or_try_init(|| async move { source.values().await })
+            .await?)
+    }
+
+    /// A variable from the environment, else from the provider secret's values: where a
+    /// function looks up what may live in either (the environment wins).
+    async fn lookup(&self) -> Result<impl Fn(&str) -> Option<String> + '_, Error> {
+        let secrets = self.secrets().await?;
+        Ok(move |name: &str| {
+            self.var(name)
+                .or_else(|| secrets.get(name).filter(|v| !v.trim().is_empty()).cloned())
+        })
+    }
+}
+
 /// The AWS adapters, from `HOOKLINE_TABLE`, `HOOKLINE_QUEUE_URL`, `HOOKLINE_DLQ_URL` and
 /// `HOOKLINE_SECRETS_ID` in the environment.
 pub async fn aws_app() -> Result<App, Error> {
@@ -104,26 +212,18 @@ pub async fn aws_app() -> Result<App, Error> {
 
 /// [`aws_app`] over `sdk`, with its variables read from `env`.
 pub async fn aws_app_with(sdk: &SdkConfig, env: Vars<'_>) -> Result<App, Error> {
-    let settings = Settings::from_lookup(env)?;
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(sdk),
-        required(env, "HOOKLINE_TABLE")?,
-    );
-    let queue = SqsQueue::new(
-        aws_sdk_sqs::Client::new(sdk),
-        required(env, "HOOKLINE_QUEUE_URL")?,
-        required(env, "HOOKLINE_DLQ_URL")?,
-    );
-    let secrets = SecretsManagerSource::new(
-        aws_sdk_secretsmanager::Client::new(sdk),
-        required(env, "HOOKLINE_SECRETS_ID")?,
-    )
-    .load()
-    .await?;
+    app(&ColdStart::new(sdk, env)).await
+}
+
+async fn app(cold: &ColdStart<'_>) -> Result<App, Error> {
+    let settings = Settings::from_lookup(cold.env)?;
+    let store = DynamoStore::new(cold.dynamo(), cold.table()?);
+    let queue = cold.queue()?;
+    let secrets = cold.secrets().await?;
     Ok(App::assemble(
         Arc::new(store),
         Arc::new(queue),
-        secrets,
+        ProviderSecrets::from_lookup(|name| secrets.get(name).cloned()),
         Arc::new(SystemClock),
         settings,
     ))
@@ -131,43 +231,34 @@ pub async fn aws_app_with(sdk: &SdkConfig, env: Vars<'_>) -> Result<App, Error> 
 
 /// The connection store, when this deployment manages repository connections
 /// (`HOOKLINE_KMS_KEY_ID` is set by the template).
-fn aws_connections(
-    sdk: &SdkConfig,
-    env: Vars,
+fn connections(
+    cold: &ColdStart,
 ) -> Result<Option<Arc<dyn crate::ports::connections::ConnectionStore>>, Error> {
-    if var(env, "HOOKLINE_KMS_KEY_ID").is_none() {
+    if cold.var("HOOKLINE_KMS_KEY_ID").is_none() {
         return Ok(None);
     }
     Ok(Some(Arc::new(
-        crate::ports::connections::aws::DynamoConnectionStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            required(env, "HOOKLINE_TABLE")?,
-        ),
+        crate::ports::connections::aws::DynamoConnectionStore::new(cold.dynamo(), cold.table()?),
     )))
 }
 
 /// GitHub and GitLab deliveries of connected repositories verify with the repository's own
 /// secret, opened with KMS (and cached while the Lambda is warm).
-async fn with_connection_secrets(
+fn with_connection_secrets(
     app: &App,
     source: Source,
-    sdk: &SdkConfig,
-    env: Vars<'_>,
+    cold: &ColdStart,
 ) -> Result<Arc<Pipeline>, Error> {
     use crate::connections::service::{
         Repositories, Settings as RepoSettings, StoredProviderTokens,
     };
-    use crate::ports::keys::{aws::KmsKeys, CachedKeys, KeyService};
     if !matches!(source, Source::Github | Source::Gitlab) {
         return Ok(app.pipeline.clone());
     }
-    let Some(store) = aws_connections(sdk, env)? else {
+    let Some(store) = connections(cold)? else {
         return Ok(app.pipeline.clone());
     };
-    let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(KmsKeys::new(
-        aws_sdk_kms::Client::new(sdk),
-        required(env, "HOOKLINE_KMS_KEY_ID")?,
-    )));
+    let keys = cold.keys()?;
     let tokens = Arc::new(StoredProviderTokens::new(store.clone(), keys.clone()));
     // Only `candidates` is used here: the hook clients are never called by a webhook.
     let repos = Repositories::new(
@@ -180,7 +271,7 @@ async fn with_connection_secrets(
         Arc::new(crate::hooks::gitlab::GitLabHooks::new("https://gitlab.com")),
         Arc::new(SystemClock),
         RepoSettings {
-            webhook_base_url: var(env, "WEBHOOK_BASE_URL").unwrap_or_default(),
+            webhook_base_url: cold.var("WEBHOOK_BASE_URL").unwrap_or_default(),
             rotation_overlap: std::time::Duration::from_secs(3600),
         },
     );
@@ -194,17 +285,21 @@ pub async fn aws_inbound_with(
     sdk: &SdkConfig,
     env: Vars<'_>,
 ) -> Result<Arc<Pipeline>, Error> {
-    let app = aws_app_with(sdk, env).await?;
-    with_connection_secrets(&app, source, sdk, env).await
+    let cold = ColdStart::new(sdk, env);
+    let app = app(&cold).await?;
+    with_connection_secrets(&app, source, &cold)
 }
 
 /// Run an inbound webhook function for `source`.
 pub async fn run_inbound(source: Source) -> Result<(), Error> {
     start();
-    let pipeline = aws_inbound_with(source, &lambda_sdk().await, &crate::config::var).await?;
+    let pipeline = Warm::start(move || async move {
+        aws_inbound_with(source, &lambda_sdk().await, &crate::config::var).await
+    })
+    .await?;
     lambda_http::run(lambda_http::service_fn(move |req| {
         let pipeline = pipeline.clone();
-        metered(async move { handle_http(&pipeline, source, req).await })
+        metered(async move { handle_http(&*pipeline.get().await?, source, req).await })
     }))
     .await
 }
@@ -233,20 +328,90 @@ pub async fn handle_http(
     Ok(lambda_http::Response::from_parts(parts, body))
 }
 
+/// What a function serves, built once per process. On an on-demand cold start the build runs
+/// in the background from process start, so the runtime asks for its first event while the
+/// cold start's AWS round trips (the provider secret) are in flight, and the first invocation
+/// waits only for what is left. With provisioned concurrency (or SnapStart) the init is off
+/// the request path, so it is finished before the first event is asked for. A failed build
+/// fails the invocation that waited for it, with its reason, and the next invocation builds
+/// again: a throttled `GetSecretValue` must not leave a warm process broken for good.
+pub struct Warm<T> {
+    ready: tokio::sync::OnceCell<Arc<T>>,
+    first: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<T, Error>>>>,
+    build: Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<T, Error>> + Send + Sync>,
+}
+
+impl<T: Send + Sync + 'static> Warm<T> {
+    /// Start building with `build`; an init Lambda does not bill by the request (provisioned
+    /// concurrency, SnapStart: `AWS_LAMBDA_INITIALIZATION_TYPE`) finishes before it returns,
+    /// and fails the cold start if the build fails.
+    pub async fn start<F, Fut>(build: F) -> Result<Arc<Self>, Error>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        Self::start_as(crate::config::var("AWS_LAMBDA_INITIALIZATION_TYPE"), build).await
+    }
+
+    /// [`Warm::start`] for an init of `kind` (`on-demand` when unset).
+    async fn start_as<F, Fut>(kind: Option<String>, build: F) -> Result<Arc<Self>, Error>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let build: Box<
+            dyn Fn() -> futures::future::BoxFuture<'static, Result<T, Error>> + Send + Sync,
+        > = Box::new(move || Box::pin(build()));
+        let warm = Arc::new(Self {
+            first: std::sync::Mutex::new(Some(tokio::spawn(build()))),
+            ready: tokio::sync::OnceCell::new(),
+            build,
+        });
+        if kind.is_some_and(|kind| kind != "on-demand") {
+            warm.get().await?;
+        }
+        Ok(warm)
+    }
+
+    /// What the function serves, once built.
+    pub async fn get(&self) -> Result<Arc<T>, Error> {
+        self.ready
+            .get_or_try_init(|| async {
+                let first = self.first.lock().expect("never poisoned").take();
+                let built = match first {
+                    Some(task) => task
+                        .await
+                        .map_err(|e| Error::from(format!("the cold start's build failed: {e}")))
+                        .and_then(|built| built),
+                    None => (self.build)().await,
+                };
+                built.map(Arc::new).inspect_err(
+                    |e| tracing::error!(error = %e, "cannot serve: the function's build failed"),
+                )
+            })
+            .await
+            .cloned()
+    }
+}
+
 /// The event worker, over `sdk`, with its variables read from `env`.
 pub async fn aws_worker_with(sdk: &SdkConfig, env: Vars<'_>) -> Result<Arc<Worker>, Error> {
-    let app = aws_app_with(sdk, env).await?;
+    let cold = ColdStart::new(sdk, env);
+    let app = app(&cold).await?;
     // Connected repositories get workflow runs, incidents and pull requests too, and their
     // orgs' streams get incidents and relayed deliveries.
-    Ok(match aws_connections(sdk, env)? {
+    Ok(match connections(&cold)? {
         Some(connections) => {
             // Stripe deliveries update the orgs' billing; connected repositories' deliveries
-            // count in their orgs' usage.
-            let billing = aws_billing_with(sdk, env).await?;
+            // count in their orgs' usage. One billing (and one plan cache) for both, and for
+            // the events the worker publishes.
+            let lookup = cold.lookup().await?;
+            let billing = billing(&cold, &lookup)?;
+            let events = event_sink(&cold, &lookup, billing.plans().clone())?;
             let dispatcher = crate::worker::Dispatcher::with_repositories(
                 app.store.clone(),
                 connections,
-                aws_event_sink(sdk, env).await?,
+                events,
                 Some(billing.plans().clone()),
             );
             Arc::new(
@@ -259,25 +424,31 @@ pub async fn aws_worker_with(sdk: &SdkConfig, env: Vars<'_>) -> Result<Arc<Worke
 }
 
 /// Where Hookline's own events go when this deployment runs outbound webhooks
-/// (`HOOKLINE_DISPATCH_QUEUE_URL` is set by the template).
-async fn aws_event_sink(
-    sdk: &SdkConfig,
-    env: Vars<'_>,
+/// (`HOOKLINE_DISPATCH_QUEUE_URL` is set by the template), their quota from `plans`.
+fn event_sink(
+    cold: &ColdStart,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    plans: Arc<dyn crate::billing::plan::PlanGate>,
 ) -> Result<Option<Arc<dyn crate::outbound::sink::EventSink>>, Error> {
-    if var(env, "HOOKLINE_DISPATCH_QUEUE_URL").is_none() {
+    if cold.var("HOOKLINE_DISPATCH_QUEUE_URL").is_none() {
         return Ok(None);
     }
-    let outbound = aws_outbound_with(sdk, env).await?;
+    let outbound = outbound(cold, cold.keys()?, lookup, Some(plans))?;
     Ok(Some(outbound.publisher.clone()))
 }
 
 /// Run the event worker on SQS batches, reporting partial batch failures.
 pub async fn run_worker() -> Result<(), Error> {
     start();
-    let worker = aws_worker_with(&lambda_sdk().await, &crate::config::var).await?;
+    let worker =
+        Warm::start(|| async { aws_worker_with(&lambda_sdk().await, &crate::config::var).await })
+            .await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let worker = worker.clone();
-        metered(async move { Ok::<_, Error>(handle_sqs(&worker, event.payload).await) })
+        metered(async move {
+            let worker = worker.get().await?;
+            Ok::<_, Error>(handle_sqs(&worker, event.payload).await)
+        })
     }))
     .await
 }
@@ -374,28 +545,6 @@ impl ApiHandler {
     }
 }
 
-/// The provider secret's values (`HOOKLINE_SECRETS_ID`, a JSON object of strings): OAuth
-/// client secrets, the OAuth state key, an HS256 JWT secret. Never logged.
-async fn secret_values(
-    sdk: &SdkConfig,
-    env: Vars<'_>,
-) -> Result<std::collections::HashMap<String, String>, Error> {
-    let id = required(env, "HOOKLINE_SECRETS_ID")?;
-    let out = aws_sdk_secretsmanager::Client::new(sdk)
-        .get_secret_value()
-        .secret_id(&id)
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "Secrets Manager GetSecretValue {id}: {}",
-                crate::ports::store::aws::error_chain(&e)
-            )
-        })?;
-    serde_json::from_str(out.secret_string().unwrap_or("{}"))
-        .map_err(|_| format!("secret {id} is not a JSON object of NAME: value strings").into())
-}
-
 /// Build the handler for `api` over DynamoDB (`HOOKLINE_TABLE`) and KMS
 /// (`HOOKLINE_KMS_KEY_ID`, decrypted secrets cached per warm Lambda), with bearer tokens
 /// verified per the `HOOKLINE_JWT_*` variables (required here: there is no dev key on AWS).
@@ -410,11 +559,9 @@ pub async fn aws_api(api: Api) -> Result<ApiHandler, Error> {
 pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<ApiHandler, Error> {
     // Read before anything is fetched: a malformed limit stops the cold start, naming it.
     let rate = crate::api::ratelimit::Rate::from_lookup(|name| var(env, name))?;
-    let secrets = secret_values(sdk, env).await?;
-    let lookup = |name: &str| {
-        var(env, name).or_else(|| secrets.get(name).filter(|v| !v.trim().is_empty()).cloned())
-    };
-    let auth = match crate::auth::AuthConfig::from_lookup(lookup)
+    let cold = ColdStart::new(sdk, env);
+    let lookup = cold.lookup().await?;
+    let auth = match crate::auth::AuthConfig::from_lookup(&lookup)
         .map(|c| c.map(crate::auth::Authenticator::new))
     {
         Ok(Some(Ok(auth))) => auth,
@@ -439,20 +586,19 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
         // limited either: only the operator's staff hold its scope.
         return Ok(licenses_api(auth, &lookup));
     }
-    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
-    let table = required(env, "HOOKLINE_TABLE")?;
+    let table = cold.table()?;
     let limit = rate.map(|rate| {
         Arc::new(crate::api::ratelimit::ApiRateLimit::new(
             rate,
             auth.clone(),
             Arc::new(crate::ports::ratelimit::aws::DynamoRateLimiter::new(
-                dynamo.clone(),
-                table.clone(),
+                cold.dynamo(),
+                table,
             )),
             Arc::new(SystemClock),
         ))
     });
-    let handler = aws_api_handler(api, sdk, env, &lookup, auth, dynamo, table).await?;
+    let handler = api_handler(api, &cold, &lookup, auth)?;
     Ok(match (limit, handler) {
         // A misconfigured function answers its 503 uncounted.
         (Some(limit), handler) if !matches!(handler, ApiHandler::Misconfigured(_)) => {
@@ -462,26 +608,19 @@ pub async fn aws_api_with(api: Api, sdk: &SdkConfig, env: Vars<'_>) -> Result<Ap
     })
 }
 
-/// The handler of one API function (not yet behind the rate limit) over the DynamoDB client
-/// and table it shares with the limit.
-async fn aws_api_handler(
+/// The handler of one API function (not yet behind the rate limit).
+fn api_handler(
     api: Api,
-    sdk: &SdkConfig,
-    env: Vars<'_>,
+    cold: &ColdStart,
     lookup: &dyn Fn(&str) -> Option<String>,
     auth: crate::auth::Authenticator,
-    dynamo: aws_sdk_dynamodb::Client,
-    table: String,
 ) -> Result<ApiHandler, Error> {
     use crate::connections::service::StoredProviderTokens;
     use crate::ports::connections::aws::DynamoConnectionStore;
     use crate::ports::connections::ConnectionStore;
-    use crate::ports::keys::{aws::KmsKeys, CachedKeys, KeyService};
-    let store: Arc<dyn ConnectionStore> = Arc::new(DynamoConnectionStore::new(dynamo, table));
-    let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(KmsKeys::new(
-        aws_sdk_kms::Client::new(sdk),
-        required(env, "HOOKLINE_KMS_KEY_ID")?,
-    )));
+    let store: Arc<dyn ConnectionStore> =
+        Arc::new(DynamoConnectionStore::new(cold.dynamo(), cold.table()?));
+    let keys = cold.keys()?;
     let tokens = Arc::new(
         StoredProviderTokens::new(store.clone(), keys.clone()).with_refresh(
             &crate::api::oauth::OAuthSettings::from_lookup(lookup),
@@ -490,35 +629,29 @@ async fn aws_api_handler(
     );
     Ok(match api {
         Api::Repositories => {
-            let Some(base) = var(env, "WEBHOOK_BASE_URL") else {
+            let Some(base) = cold.var("WEBHOOK_BASE_URL") else {
                 return Ok(ApiHandler::Misconfigured(
                     "WEBHOOK_BASE_URL (the WebhookBaseUrl parameter) must be set: the hooks \
                      Hookline creates point at it"
                         .into(),
                 ));
             };
-            let events = aws_event_sink(sdk, env).await?;
-            let mut repos = aws_repositories(store, keys, tokens.clone(), env, base)?;
+            let plans = match billing(cold, lookup) {
+                Ok(billing) => billing.plans().clone(),
+                Err(message) => return Ok(ApiHandler::Misconfigured(message)),
+            };
+            let events = event_sink(cold, lookup, plans.clone())?;
+            let mut repos = aws_repositories(store, keys, tokens.clone(), cold.env, base)?
+                .with_plan_gate(plans);
             if let Some(events) = events {
                 // repository.connected / repository.disconnected into the org's stream.
                 repos = repos.with_events(events);
             }
-            match aws_billing(sdk, &lookup) {
-                Ok(billing) => repos = repos.with_plan_gate(billing.plans().clone()),
-                Err(message) => return Ok(ApiHandler::Misconfigured(message)),
-            }
             // The delivery log reads the same table, and replays go on the worker's queue.
-            let settings = Settings::from_lookup(env)?;
+            let settings = Settings::from_lookup(cold.env)?;
             let log = crate::delivery_log::DeliveryLog::new(
-                Arc::new(DynamoStore::new(
-                    aws_sdk_dynamodb::Client::new(sdk),
-                    required(env, "HOOKLINE_TABLE")?,
-                )),
-                Arc::new(SqsQueue::new(
-                    aws_sdk_sqs::Client::new(sdk),
-                    required(env, "HOOKLINE_QUEUE_URL")?,
-                    required(env, "HOOKLINE_DLQ_URL")?,
-                )),
+                Arc::new(DynamoStore::new(cold.dynamo(), cold.table()?)),
+                Arc::new(cold.queue()?),
                 Arc::new(SystemClock),
                 &settings,
             );
@@ -537,15 +670,19 @@ async fn aws_api_handler(
             Arc::new(SystemClock),
         ))),
         // Answered above, before the stores it does not need were built.
-        Api::Licenses => licenses_api(auth, &lookup),
-        Api::Billing => match aws_billing(sdk, &lookup) {
+        Api::Licenses => licenses_api(auth, lookup),
+        Api::Billing => match billing(cold, lookup) {
             Ok(billing) => ApiHandler::Billing(Arc::new(crate::api::billing::BillingApi::new(
                 auth, billing,
             ))),
             Err(message) => ApiHandler::Misconfigured(message),
         },
         Api::Endpoints | Api::Events => {
-            let outbound = match aws_outbound(sdk, keys, &lookup) {
+            let plans = match billing(cold, lookup) {
+                Ok(billing) => billing.plans().clone(),
+                Err(message) => return Ok(ApiHandler::Misconfigured(message)),
+            };
+            let outbound = match outbound(cold, keys, lookup, Some(plans)) {
                 Ok(o) => o,
                 Err(message) => return Ok(ApiHandler::Misconfigured(message)),
             };
@@ -624,24 +761,18 @@ pub async fn aws_hook_health_with(
     Error,
 > {
     use crate::connections::service::{health::HealthSettings, StoredProviderTokens};
-    use crate::ports::keys::{aws::KmsKeys, CachedKeys, KeyService};
-    let secrets = secret_values(sdk, env).await?;
-    let lookup = |name: &str| {
-        var(env, name).or_else(|| secrets.get(name).filter(|v| !v.trim().is_empty()).cloned())
-    };
+    let cold = ColdStart::new(sdk, env);
+    let lookup = cold.lookup().await?;
     // Each connection keeps the URL its hook was made with; a recreated hook gets that one.
-    let base = var(env, "WEBHOOK_BASE_URL").unwrap_or_default();
+    let base = cold.var("WEBHOOK_BASE_URL").unwrap_or_default();
     let settings = HealthSettings::from_lookup(&lookup)?;
-    let Some(store) = aws_connections(sdk, env)? else {
+    let Some(store) = connections(&cold)? else {
         return Err("HOOKLINE_KMS_KEY_ID must be set (template.yaml sets it)".into());
     };
-    let keys: Arc<dyn KeyService> = Arc::new(CachedKeys::new(KmsKeys::new(
-        aws_sdk_kms::Client::new(sdk),
-        required(env, "HOOKLINE_KMS_KEY_ID")?,
-    )));
+    let keys = cold.keys()?;
     let tokens = Arc::new(
         StoredProviderTokens::new(store.clone(), keys.clone()).with_refresh(
-            &crate::api::oauth::OAuthSettings::from_lookup(lookup),
+            &crate::api::oauth::OAuthSettings::from_lookup(&lookup),
             Arc::new(SystemClock),
         ),
     );
@@ -653,10 +784,17 @@ pub async fn aws_hook_health_with(
 /// connection's hook.
 pub async fn run_hook_health() -> Result<(), Error> {
     start();
-    let (repos, settings) = aws_hook_health_with(&lambda_sdk().await, &crate::config::var).await?;
+    let health = Warm::start(|| async {
+        aws_hook_health_with(&lambda_sdk().await, &crate::config::var).await
+    })
+    .await?;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
-        let repos = repos.clone();
-        metered(async move { handle_hook_health(&repos, &settings).await })
+        let health = health.clone();
+        metered(async move {
+            let health = health.get().await?;
+            let (repos, settings) = &*health;
+            handle_hook_health(repos, settings).await
+        })
     }))
     .await
 }
@@ -713,27 +851,31 @@ fn licenses_api(
 /// Outbound webhooks over DynamoDB (`HOOKLINE_TABLE`), SQS (`HOOKLINE_DISPATCH_QUEUE_URL`,
 /// `HOOKLINE_OUTBOUND_QUEUE_URL` and their dead-letter queues), KMS and SES
 /// (`HOOKLINE_MAIL_FROM`), with the `OUTBOUND_*` settings; an error names what to set.
-pub fn aws_outbound(
-    sdk: &aws_config::SdkConfig,
+/// `plans`: the event and endpoint quotas, where this function publishes or creates them.
+fn outbound(
+    cold: &ColdStart,
     keys: Arc<dyn crate::ports::keys::KeyService>,
     lookup: &dyn Fn(&str) -> Option<String>,
+    plans: Option<Arc<dyn crate::billing::plan::PlanGate>>,
 ) -> Result<crate::outbound::Outbound, String> {
     let need = |name: &str| {
         lookup(name).ok_or_else(|| format!("{name} must be set (template.yaml sets it)"))
     };
     let table = need("HOOKLINE_TABLE")?;
-    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
-    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let sqs = cold.sqs();
     let ports = crate::outbound::Ports {
         store: Arc::new(crate::ports::outbound::aws::DynamoOutboundStore::new(
-            dynamo.clone(),
+            cold.dynamo(),
             table.clone(),
         )),
-        orgs: Arc::new(crate::ports::orgs::aws::DynamoOrgStore::new(dynamo, table)),
+        orgs: Arc::new(crate::ports::orgs::aws::DynamoOrgStore::new(
+            cold.dynamo(),
+            table,
+        )),
         keys,
         // Optional: without a sender owners are not mailed, and the log says why each time.
         mailer: Arc::new(crate::ports::mail::aws::SesMailer::new(
-            aws_sdk_sesv2::Client::new(sdk),
+            cold.ses(),
             lookup("HOOKLINE_MAIL_FROM").unwrap_or_default(),
         )),
         dispatch_queue: Arc::new(SqsQueue::new(
@@ -749,7 +891,6 @@ pub fn aws_outbound(
         due: None,
         clock: Arc::new(SystemClock),
     };
-    let plans = aws_billing(sdk, lookup)?.plans().clone();
     Ok(crate::outbound::Outbound::assemble(
         ports,
         crate::outbound::settings::OutboundSettings::from_lookup(lookup)
@@ -757,7 +898,7 @@ pub fn aws_outbound(
         crate::outbound::ssrf::AddressPolicy::from_vars(lookup).map_err(|e| e.to_string())?,
         crate::outbound::catalog::EventCatalog::from_lookup(lookup)?,
         crate::outbound::deliver::random_jitter(),
-        Some(plans),
+        plans,
     ))
 }
 
@@ -768,30 +909,37 @@ pub fn aws_billing(
     sdk: &aws_config::SdkConfig,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Arc<crate::billing::service::Billing>, String> {
+    billing(&ColdStart::new(sdk, &|_| None), lookup)
+}
+
+fn billing(
+    cold: &ColdStart,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Arc<crate::billing::service::Billing>, String> {
     let table = lookup("HOOKLINE_TABLE")
         .ok_or_else(|| "HOOKLINE_TABLE must be set (template.yaml sets it)".to_owned())?;
-    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
     let config = super::local::BillingConfig::from_lookup(lookup)?;
     Ok(super::assemble_billing(
         super::BillingPorts {
             store: Arc::new(crate::ports::billing::aws::DynamoBillingStore::new(
-                dynamo.clone(),
+                cold.dynamo(),
                 table.clone(),
             )),
             orgs: Arc::new(crate::ports::orgs::aws::DynamoOrgStore::new(
-                dynamo.clone(),
+                cold.dynamo(),
                 table.clone(),
             )),
             mailer: Arc::new(crate::ports::mail::aws::SesMailer::new(
-                aws_sdk_sesv2::Client::new(sdk),
+                cold.ses(),
                 lookup("HOOKLINE_MAIL_FROM").unwrap_or_default(),
             )),
             connections: Arc::new(crate::ports::connections::aws::DynamoConnectionStore::new(
-                dynamo.clone(),
+                cold.dynamo(),
                 table.clone(),
             )),
             outbound: Arc::new(crate::ports::outbound::aws::DynamoOutboundStore::new(
-                dynamo, table,
+                cold.dynamo(),
+                table,
             )),
         },
         config,
@@ -805,21 +953,21 @@ pub async fn aws_billing_with(
     sdk: &SdkConfig,
     env: Vars<'_>,
 ) -> Result<Arc<crate::billing::service::Billing>, Error> {
-    let secrets = secret_values(sdk, env).await?;
-    let lookup = |name: &str| {
-        var(env, name).or_else(|| secrets.get(name).filter(|v| !v.trim().is_empty()).cloned())
-    };
-    Ok(aws_billing(sdk, &lookup)?)
+    let cold = ColdStart::new(sdk, env);
+    let lookup = cold.lookup().await?;
+    Ok(billing(&cold, &lookup)?)
 }
 
 /// Run `billing-reconcile` on its schedule: every invocation reconciles every org with Stripe
 /// and re-checks the installed licence.
 pub async fn run_billing_reconcile() -> Result<(), Error> {
     start();
-    let billing = aws_billing_with(&lambda_sdk().await, &crate::config::var).await?;
+    let billing =
+        Warm::start(|| async { aws_billing_with(&lambda_sdk().await, &crate::config::var).await })
+            .await?;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
         let billing = billing.clone();
-        metered(async move { handle_billing_reconcile(&billing).await })
+        metered(async move { handle_billing_reconcile(&*billing.get().await?).await })
     }))
     .await
 }
@@ -864,22 +1012,26 @@ pub async fn aws_outbound_with(
     sdk: &SdkConfig,
     env: Vars<'_>,
 ) -> Result<crate::outbound::Outbound, Error> {
-    use crate::ports::keys::{aws::KmsKeys, CachedKeys};
-    let keys = Arc::new(CachedKeys::new(KmsKeys::new(
-        aws_sdk_kms::Client::new(sdk),
-        required(env, "HOOKLINE_KMS_KEY_ID")?,
-    )));
-    Ok(aws_outbound(sdk, keys, &|name: &str| var(env, name))?)
+    let cold = ColdStart::new(sdk, env);
+    // No quotas: neither publishes events nor creates endpoints.
+    Ok(outbound(
+        &cold,
+        cold.keys()?,
+        &|name: &str| cold.var(name),
+        None,
+    )?)
 }
 
 /// Run the dispatcher: SQS batches of "this org has new events" signals, and a scheduled
 /// sweep (any other event) for orgs whose signal was lost.
 pub async fn run_dispatcher() -> Result<(), Error> {
     start();
-    let outbound = Arc::new(aws_outbound_with(&lambda_sdk().await, &crate::config::var).await?);
+    let outbound =
+        Warm::start(|| async { aws_outbound_with(&lambda_sdk().await, &crate::config::var).await })
+            .await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let outbound = outbound.clone();
-        metered(async move { handle_dispatch(&outbound, event.payload).await })
+        metered(async move { handle_dispatch(&*outbound.get().await?, event.payload).await })
     }))
     .await
 }
@@ -930,10 +1082,15 @@ pub async fn handle_dispatch(
 /// batch failures.
 pub async fn run_deliverer() -> Result<(), Error> {
     start();
-    let outbound = Arc::new(aws_outbound_with(&lambda_sdk().await, &crate::config::var).await?);
+    let outbound =
+        Warm::start(|| async { aws_outbound_with(&lambda_sdk().await, &crate::config::var).await })
+            .await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let outbound = outbound.clone();
-        metered(async move { Ok::<_, Error>(handle_deliveries(&outbound, event.payload).await) })
+        metered(async move {
+            let outbound = outbound.get().await?;
+            Ok::<_, Error>(handle_deliveries(&outbound, event.payload).await)
+        })
     }))
     .await
 }
@@ -971,10 +1128,10 @@ pub async fn handle_deliveries(
 /// Run an API function for `api`.
 pub async fn run_api(api: Api) -> Result<(), Error> {
     start();
-    let handler = aws_api(api).await?;
+    let handler = Warm::start(move || aws_api(api)).await?;
     lambda_http::run(lambda_http::service_fn(move |req| {
         let handler = handler.clone();
-        metered(async move { handle_api_http(&handler, req).await })
+        metered(async move { handle_api_http(&*handler.get().await?, req).await })
     }))
     .await
 }
@@ -1001,4 +1158,70 @@ pub async fn handle_api_http(
         }
     };
     Ok(lambda_http::Response::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Each invocation may race the background build: all of them get the one it made.
+    #[tokio::test]
+    async fn the_cold_start_build_runs_once_and_every_invocation_shares_it() {
+        let builds = Arc::new(AtomicUsize::new(0));
+        let counted = builds.clone();
+        let warm = Warm::start(move || {
+            let counted = counted.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Ok(counted.fetch_add(1, Ordering::SeqCst))
+            }
+        })
+        .await
+        .unwrap();
+        let got = futures::future::join_all((0..8).map(|_| warm.get())).await;
+        assert!(got.iter().all(|g| **g.as_ref().unwrap() == 0), "{got:?}");
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+    }
+
+    /// A failed build (a throttled GetSecretValue) fails the invocation that waited for it,
+    /// with its reason, and the next invocation builds again instead of failing for good.
+    #[tokio::test]
+    async fn a_failed_build_fails_its_invocation_and_the_next_one_builds_again() {
+        let builds = Arc::new(AtomicUsize::new(0));
+        let counted = builds.clone();
+        let warm = Warm::start(move || {
+            let attempt = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match attempt {
+                    0 => Err(Error::from("Secrets Manager GetSecretValue s: throttled")),
+                    n => Ok(n),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        let first = warm.get().await.unwrap_err().to_string();
+        assert!(first.contains("throttled"), "{first}");
+        assert_eq!(*warm.get().await.unwrap(), 1);
+        assert_eq!(*warm.get().await.unwrap(), 1, "built once it succeeded");
+        assert_eq!(builds.load(Ordering::SeqCst), 2);
+    }
+
+    /// Provisioned concurrency inits ahead of the requests: the build is finished before the
+    /// runtime asks for an event, and a failed one fails the cold start as before.
+    #[tokio::test]
+    async fn a_provisioned_cold_start_builds_before_it_asks_for_an_event() {
+        let warm = Warm::start_as(Some("provisioned-concurrency".into()), || async {
+            Ok::<_, Error>(7)
+        })
+        .await
+        .unwrap();
+        assert!(warm.ready.get().is_some(), "built before start returned");
+        let failed = Warm::<u8>::start_as(Some("provisioned-concurrency".into()), || async {
+            Err(Error::from("HOOKLINE_TABLE must be set"))
+        })
+        .await;
+        assert!(failed.is_err());
+    }
 }

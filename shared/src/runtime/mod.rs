@@ -157,15 +157,29 @@ impl App {
     }
 }
 
-/// JSON logs to stdout (CloudWatch reads them as structured), filtered by `RUST_LOG`.
+/// JSON logs to stdout (CloudWatch reads them as structured), filtered by `RUST_LOG`: a
+/// default level and `target=level` pairs (`warn,hookline=debug`), which a `Targets` filter
+/// reads without the regex engine `EnvFilter` would link into every Lambda binary. A value
+/// that does not read is reported and `info` applies.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, unread) = match crate::config::var("RUST_LOG").map(|v| v.parse::<Targets>()) {
+        None => (None, None),
+        Some(Ok(filter)) => (Some(filter), None),
+        Some(Err(e)) => (None, Some(e)),
+    };
+    let filter = filter.unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let installed = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(filter)
         .with_current_span(false)
         .with_target(false)
         .without_time()
+        .finish()
+        .with(filter)
         .try_init();
+    if let (Ok(()), Some(e)) = (installed, unread) {
+        tracing::warn!(error = %e, "RUST_LOG does not read (e.g. `info` or `warn,hookline=debug`): logging at info");
+    }
 }

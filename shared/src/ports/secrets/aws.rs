@@ -104,9 +104,9 @@ impl SecretsManagerSource {
     }
 }
 
-#[async_trait]
-impl SecretSource for SecretsManagerSource {
-    async fn load(&self) -> Result<ProviderSecrets, SecretsError> {
+impl SecretsManagerSource {
+    /// The secret's `NAME: value` strings, with one `GetSecretValue`. Never logged.
+    pub async fn values(&self) -> Result<HashMap<String, String>, SecretsError> {
         let out = self
             .client
             .get_secret_value()
@@ -124,8 +124,14 @@ impl SecretSource for SecretsManagerSource {
         let text = out.secret_string().ok_or_else(malformed)?;
         // Parse into strings only: a number, a nested object or anything else is malformed,
         // and serde's message (which may quote the content) is dropped.
-        let values: HashMap<String, String> =
-            serde_json::from_str(text).map_err(|_| malformed())?;
+        serde_json::from_str(text).map_err(|_| malformed())
+    }
+}
+
+#[async_trait]
+impl SecretSource for SecretsManagerSource {
+    async fn load(&self) -> Result<ProviderSecrets, SecretsError> {
+        let values = self.values().await?;
         Ok(ProviderSecrets::from_lookup(|name| {
             values.get(name).cloned()
         }))
