@@ -825,6 +825,15 @@ def endpoints_list_deliveries():
     )
 
 
+def endpoints_openapi():
+    # The API's description: no token needed (a client generator fetches it as it is).
+    return api_event(
+        "endpoints-api-openapi.json", "/api/v1/openapi.json",
+        route="/api/v1/openapi.json", proxy=None, scope=None,
+        request_id="XyZCcGhpoAMEoDw=",
+    )
+
+
 def events_publish():
     return api_event(
         "events-api-publish.json", "/api/v1/events",
@@ -979,6 +988,7 @@ def build(stripe_ts: int) -> dict[str, dict]:
             incidents_list(),
             endpoints_create(),
             endpoints_list_deliveries(),
+            endpoints_openapi(),
             events_publish(),
             licenses_issue(),
             billing_entitlements(),

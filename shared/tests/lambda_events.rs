@@ -555,7 +555,7 @@ async fn the_endpoints_function_serves_the_openapi_document_without_a_token() {
         app.endpoints_api.clone().unwrap(),
         app.org_api.clone().unwrap(),
     );
-    let (status, body) = invoke_api(&endpoints, unauthenticated_get("/api/v1/openapi.json")).await;
+    let (status, body) = invoke_api(&endpoints, http_event("endpoints-api-openapi.json")).await;
     assert_eq!(status, 200, "{body}");
     let checked_in: serde_json::Value =
         serde_json::from_str(hookline::api::openapi::CHECKED_IN).unwrap();

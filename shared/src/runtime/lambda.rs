@@ -1128,6 +1128,8 @@ pub async fn handle_deliveries(
 /// Run an API function for `api`.
 pub async fn run_api(api: Api) -> Result<(), Error> {
     start();
+    // A limit that does not read stops the cold start here, before anything is fetched.
+    crate::api::ratelimit::Rate::from_lookup(crate::config::var)?;
     let handler = Warm::start(move || aws_api(api)).await?;
     lambda_http::run(lambda_http::service_fn(move |req| {
         let handler = handler.clone();
