@@ -185,12 +185,14 @@ impl<'a> ColdStart<'a> {
     /// The provider secret's values (`HOOKLINE_SECRETS_ID`), fetched on first use. Never
     /// logged.
     async fn secrets(&self) -> Result<&HashMap<String, String>, Error> {
-        let id = self.required("HOOKLINE_SECRETS_ID")?;
-        let source = SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(self.sdk), id);
-        Ok(self
-            .secrets
-            .get_or_try_init(|| async move { source.values().await })
-            .await?)
+        // The client too is made once, by the call that reads the secret.
+        self.secrets
+            .get_or_try_init(|| async {
+                let id = self.required("HOOKLINE_SECRETS_ID")?;
+                let client = aws_sdk_secretsmanager::Client::new(self.sdk);
+                Ok::<_, Error>(SecretsManagerSource::new(client, id).values().await?)
+            })
+            .await
     }
 
     /// A variable from the environment, else from the provider secret's values: where a
