@@ -419,9 +419,8 @@ def profile(binary: Path, function: str, env: dict[str, str], runtime: Runtime, 
                 aws_calls["init"] = summarise(aws.take())
             # The first invocation of every cold start (what it still waits for of the cold
             # start's work); a warm one, the calls and the memory once per function.
-            for number, (label, timings) in enumerate((("first", first), ("warm", warm)), start=1):
-                if number == 2 and run:
-                    break
+            invocations = (("first", first), ("warm", warm)) if run == 0 else (("first", first),)
+            for number, (label, timings) in enumerate(invocations, start=1):
                 handed = runtime.hand_out()
                 timings.append(runtime.wait_for("answer", number) - handed)
                 if run == 0:

@@ -132,30 +132,26 @@ impl<'a> ColdStart<'a> {
     }
 
     fn dynamo(&self) -> aws_sdk_dynamodb::Client {
-        let sdk = self.sdk;
         self.dynamo
-            .get_or_init(|| aws_sdk_dynamodb::Client::new(sdk))
+            .get_or_init(|| aws_sdk_dynamodb::Client::new(self.sdk))
             .clone()
     }
 
     fn sqs(&self) -> aws_sdk_sqs::Client {
-        let sdk = self.sdk;
         self.sqs
-            .get_or_init(|| aws_sdk_sqs::Client::new(sdk))
+            .get_or_init(|| aws_sdk_sqs::Client::new(self.sdk))
             .clone()
     }
 
     fn kms(&self) -> aws_sdk_kms::Client {
-        let sdk = self.sdk;
         self.kms
-            .get_or_init(|| aws_sdk_kms::Client::new(sdk))
+            .get_or_init(|| aws_sdk_kms::Client::new(self.sdk))
             .clone()
     }
 
     fn ses(&self) -> aws_sdk_sesv2::Client {
-        let sdk = self.sdk;
         self.ses
-            .get_or_init(|| aws_sdk_sesv2::Client::new(sdk))
+            .get_or_init(|| aws_sdk_sesv2::Client::new(self.sdk))
             .clone()
     }
 

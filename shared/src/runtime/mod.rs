@@ -165,12 +165,11 @@ pub fn init_tracing() {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let (filter, unread) = match crate::config::var("RUST_LOG").map(|v| v.parse::<Targets>()) {
-        None => (None, None),
-        Some(Ok(filter)) => (Some(filter), None),
-        Some(Err(e)) => (None, Some(e)),
+    let parsed = crate::config::var("RUST_LOG").map(|v| v.parse::<Targets>());
+    let filter = match &parsed {
+        Some(Ok(filter)) => filter.clone(),
+        _ => Targets::new().with_default(LevelFilter::INFO),
     };
-    let filter = filter.unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
     let installed = tracing_subscriber::fmt()
         .json()
         .with_current_span(false)
@@ -179,7 +178,7 @@ pub fn init_tracing() {
         .finish()
         .with(filter)
         .try_init();
-    if let (Ok(()), Some(e)) = (installed, unread) {
+    if let (Ok(()), Some(Err(e))) = (installed, parsed) {
         tracing::warn!(error = %e, "RUST_LOG does not read (e.g. `info` or `warn,hookline=debug`): logging at info");
     }
 }

@@ -102,9 +102,7 @@ impl SecretsManagerSource {
             secret_id: secret_id.into(),
         }
     }
-}
 
-impl SecretsManagerSource {
     /// The secret's `NAME: value` strings, with one `GetSecretValue`. Never logged.
     pub async fn values(&self) -> Result<HashMap<String, String>, SecretsError> {
         let out = self
