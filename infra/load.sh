@@ -12,6 +12,9 @@
 # the size of real workflow_run and pull_request bodies). EVENT is its X-GitHub-Event
 # (default: read from the payload's shape: workflow_run, pull_request, push).
 #
+# PERF_DATA=FILE also records a CPU profile of the server (`perf record -g`) while wrk runs;
+# read it with `perf report -i FILE`.
+#
 # Installs wrk from Debian's packages if it is missing. Bounded in time; stops what it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,7 +91,12 @@ end
 LUA
 
 echo "load: ${duration}, ${connections} connections, ${threads} wrk thread(s), ${worker_loops} worker loop(s), $(wc -c < "$payload") B GitHub $event payload ($payload)"
+if [[ -n "${PERF_DATA:-}" ]]; then
+  perf record ${PERF_ARGS:--g} -o "$PERF_DATA" -p "$server" -- sleep "${duration%s}" >/dev/null 2>&1 &
+  recorder=$!
+fi
 wrk -t "$threads" -c "$connections" -d "$duration" --latency -s "$work/github.lua" "http://127.0.0.1:$port/api/v1/webhooks/github"
+[[ -n "${PERF_DATA:-}" ]] && wait "$recorder"
 sleep 2
 echo "delivery log: $("$bin" deliveries --data-dir "$work/data" --json --limit 100000000 | wc -l) deliveries recorded"
 rm -rf "$work"

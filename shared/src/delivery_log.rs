@@ -312,7 +312,7 @@ mod tests {
             owner: None,
         };
         let mut p = crate::ports::store::conformance::payload(Utc::now());
-        p.body = b"Body=caf\xe9".to_vec();
+        p.body = b"Body=caf\xe9"[..].into();
         let v = serde_json::to_value(DeliveryDetail::new(&d, Some(&p))).unwrap();
         assert_eq!(v["payload_encoding"], "base64");
         let back = base64::engine::general_purpose::STANDARD
@@ -320,7 +320,7 @@ mod tests {
             .unwrap();
         assert_eq!(back, p.body);
         assert_eq!(v["id"], d.key().log_id());
-        p.body = "Body=café".as_bytes().to_vec();
+        p.body = "Body=café".as_bytes().to_vec().into();
         let v = serde_json::to_value(DeliveryDetail::new(&d, Some(&p))).unwrap();
         assert_eq!(
             (v["payload_encoding"].as_str(), v["payload"].as_str()),

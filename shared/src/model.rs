@@ -215,7 +215,8 @@ pub struct Owner {
 /// ones redacted before they are stored), kept until `expires_at`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredPayload {
-    pub body: Vec<u8>,
+    /// Shared, not copied: the pipeline hands the request's own buffer to the store.
+    pub body: bytes::Bytes,
     pub headers: Vec<(String, String)>,
     pub expires_at: DateTime<Utc>,
 }
@@ -320,6 +321,16 @@ struct EnvelopeHead<'a> {
     body_base64: bool,
 }
 
+impl EnvelopeHead<'_> {
+    /// The head as one line of JSON and its newline. Compact JSON escapes every newline inside
+    /// a string: the first one ends the head.
+    fn line(&self) -> String {
+        let mut line = serde_json::to_string(self).expect("an envelope head always serialises");
+        line.push('\n');
+        line
+    }
+}
+
 /// Characters an SQS message body may not contain (its allowed set is tab, newline, carriage
 /// return, and U+0020 upward except U+FFFE and U+FFFF). JSON escaped them; a raw body can't.
 fn sqs_refuses(text: &str) -> bool {
@@ -388,12 +399,35 @@ impl Envelope {
             received_at: self.received_at,
             body_base64: self.body_base64,
         };
-        // Compact JSON escapes every newline inside a string: the first one ends the head.
-        let mut message = serde_json::to_string(&head).expect("an envelope head always serialises");
-        message.reserve(1 + self.body.len());
-        message.push('\n');
+        let mut message = head.line();
+        message.reserve(self.body.len());
         message.push_str(&self.body);
         message
+    }
+
+    /// The head line of the queue message of a `raw` body that travels as it is (what
+    /// [`Envelope::to_message`] writes before the body), or `None` for one that travels
+    /// base64-encoded. The local intake stores this head and the body once, in its payload
+    /// row, instead of a second copy of the body in the message.
+    pub fn text_head(
+        source: Source,
+        delivery_id: &str,
+        event_type: &str,
+        received_at: DateTime<Utc>,
+        raw: &[u8],
+    ) -> Option<String> {
+        let text = std::str::from_utf8(raw).ok()?;
+        if sqs_refuses(text) {
+            return None;
+        }
+        let head = EnvelopeHead {
+            source,
+            delivery_id: delivery_id.into(),
+            event_type: event_type.into(),
+            received_at,
+            body_base64: false,
+        };
+        Some(head.line())
     }
 
     /// Read a queue message: the form [`Envelope::to_message`] writes, or a whole envelope as

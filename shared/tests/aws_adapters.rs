@@ -256,7 +256,7 @@ async fn store_a_large_payload_is_split_into_parts_that_each_carry_the_ttl() {
     let key = DeliveryKey::new(Source::Github, &unique("big"));
     let expires_at = chrono::Utc::now() + chrono::Duration::days(7);
     let payload = StoredPayload {
-        body: vec![b'x'; 1024 * 1024],
+        body: vec![b'x'; 1024 * 1024].into(),
         headers: vec![("content-type".into(), "application/json".into())],
         expires_at,
     };
@@ -339,7 +339,7 @@ async fn store_a_payload_whose_parts_expire_separately_reads_as_expired() {
         let new = new_delivery(Source::Github, &unique(&format!("part-{gone}")), now);
         store.record(&new).await.unwrap();
         let payload = StoredPayload {
-            body: vec![b'x'; 3 * PAYLOAD_PART_BYTES],
+            body: vec![b'x'; 3 * PAYLOAD_PART_BYTES].into(),
             headers: vec![("content-type".into(), "application/json".into())],
             expires_at: now + chrono::Duration::hours(1),
         };

@@ -7,7 +7,7 @@ use crate::http::{json, problem, text, Request, Response};
 use crate::model::{
     sha256_hex, DeliveryKey, DeliveryStatus, Envelope, NewDelivery, Owner, Source, StoredPayload,
 };
-use crate::ports::intake::AtomicIntake;
+use crate::ports::intake::{AtomicIntake, IntakeMessage};
 use crate::ports::queue::Queue;
 use crate::ports::store::{DeliveryStore, RecordOutcome};
 use crate::providers::{
@@ -319,7 +319,7 @@ impl Pipeline {
             received_at: now,
             owner: connection.as_ref().map(|(_, owner)| owner.clone()),
             payload: StoredPayload {
-                body: req.body.to_vec(),
+                body: req.body.clone(),
                 headers: crate::delivery_log::redact_headers(&req.headers),
                 expires_at: lease(now, self.settings.payload_retention),
             },
@@ -381,10 +381,19 @@ impl Pipeline {
         let new = self.new_delivery(a);
         let existing = match &self.intake {
             Some(intake) => {
-                let message = envelope_message(a, body);
+                let message = match Envelope::text_head(
+                    a.source,
+                    &a.delivery_id,
+                    &a.event_type,
+                    a.received_at,
+                    body,
+                ) {
+                    Some(head) => IntakeMessage::HeadOfPayload(head),
+                    None => IntakeMessage::Whole(envelope_message(a, body)),
+                };
                 let queued_at = self.clock.now();
                 match intake
-                    .record_and_send(&new, &message, queued_at, &a.payload)
+                    .record_and_send(&new, message, queued_at, &a.payload)
                     .await
                     .map_err(unavailable)?
                 {

@@ -5,14 +5,26 @@
 //! mark queued; a provider retry finishes what a failed attempt left `received`). The
 //! embedded store and queue live in one SQLite file, and there one transaction does it: one
 //! commit per delivery instead of three, and no record is ever left received-but-not-queued.
+//! The body is written once there: the message holds the envelope's head and names the
+//! payload row whose body completes it (a second copy of a 17 KB body in the message was
+//! half of what the writer thread wrote).
 
 use crate::model::{NewDelivery, StoredPayload};
-use crate::ports::queue::embedded::{insert_message, EmbeddedQueue};
+use crate::ports::queue::embedded::{insert_message, insert_message_over_payload, EmbeddedQueue};
 use crate::ports::store::embedded::{insert_new, insert_payload};
 use crate::ports::store::{RecordOutcome, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
+
+/// The queue message of a delivery, as the intake is given it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IntakeMessage {
+    /// The message is this head (ending in its newline) followed by the payload's body.
+    HeadOfPayload(String),
+    /// The whole message (a body that travels base64-encoded, so not as the payload keeps it).
+    Whole(String),
+}
 
 #[async_trait]
 pub trait AtomicIntake: Send + Sync + 'static {
@@ -22,7 +34,7 @@ pub trait AtomicIntake: Send + Sync + 'static {
     async fn record_and_send(
         &self,
         new: &NewDelivery,
-        message: &str,
+        message: IntakeMessage,
         queued_at: DateTime<Utc>,
         payload: &StoredPayload,
     ) -> Result<RecordOutcome, StoreError>;
@@ -46,13 +58,12 @@ impl AtomicIntake for EmbeddedIntake {
     async fn record_and_send(
         &self,
         new: &NewDelivery,
-        message: &str,
+        message: IntakeMessage,
         queued_at: DateTime<Utc>,
         payload: &StoredPayload,
     ) -> Result<RecordOutcome, StoreError> {
         let new = new.clone();
         let payload = payload.clone();
-        let message = message.to_owned();
         let queued_at = crate::ports::sqlite::millis(queued_at);
         let queue_name: std::sync::Arc<str> = std::sync::Arc::from(self.queue.name());
         let outcome = self
@@ -62,7 +73,14 @@ impl AtomicIntake for EmbeddedIntake {
                 let outcome = insert_new(conn, &new, Some(queued_at))?;
                 if outcome == RecordOutcome::Recorded {
                     insert_payload(conn, new.key.as_str(), &payload)?;
-                    insert_message(conn, &queue_name, &message, Duration::ZERO)?;
+                    match &message {
+                        IntakeMessage::HeadOfPayload(head) => {
+                            insert_message_over_payload(conn, &queue_name, head, new.key.as_str())?
+                        }
+                        IntakeMessage::Whole(message) => {
+                            insert_message(conn, &queue_name, message, Duration::ZERO)?
+                        }
+                    };
                 }
                 Ok(outcome)
             })
@@ -85,6 +103,10 @@ mod tests {
     use crate::ports::store::embedded::EmbeddedStore;
     use crate::ports::store::DeliveryStore;
 
+    fn whole(message: &str) -> IntakeMessage {
+        IntakeMessage::Whole(message.into())
+    }
+
     fn open(dir: &std::path::Path) -> (EmbeddedStore, EmbeddedQueue, EmbeddedIntake) {
         let db = Database::open(dir, Durability::Normal).unwrap();
         let queue = EmbeddedQueue::new(db.clone(), SETTINGS);
@@ -102,7 +124,7 @@ mod tests {
         let now = Utc::now();
         let new = new_delivery(Source::Github, "atomic-1", now);
         let outcome = intake
-            .record_and_send(&new, "m1", now, &payload(now))
+            .record_and_send(&new, whole("m1"), now, &payload(now))
             .await
             .unwrap();
         assert_eq!(outcome, RecordOutcome::Recorded);
@@ -118,17 +140,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_over_its_payload_is_received_whole_and_keeps_the_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue, intake) = open(dir.path());
+        let now = Utc::now();
+        let new = new_delivery(Source::Github, "atomic-once", now);
+        let mut kept = payload(now);
+        kept.body = "{\"zen\":\"caf\u{e9}\"}".as_bytes().to_vec().into();
+        // Expired at once: pruning must still leave it while its message waits.
+        kept.expires_at = now - chrono::Duration::seconds(1);
+        intake
+            .record_and_send(
+                &new,
+                IntakeMessage::HeadOfPayload("{\"head\":1}\n".into()),
+                now,
+                &kept,
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.prune_payloads(now).await.unwrap(), 0);
+        let messages = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].body, "{\"head\":1}\n{\"zen\":\"caf\u{e9}\"}");
+        queue.delete(&messages[0].receipt).await.unwrap();
+        assert_eq!(store.prune_payloads(now).await.unwrap(), 1);
+        assert!(store.get_payload(&new.key, now).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
     async fn a_copy_of_a_live_delivery_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (_store, queue, intake) = open(dir.path());
         let now = Utc::now();
         let new = new_delivery(Source::Stripe, "atomic-2", now);
         intake
-            .record_and_send(&new, "first", now, &payload(now))
+            .record_and_send(&new, whole("first"), now, &payload(now))
             .await
             .unwrap();
         let again = intake
-            .record_and_send(&new, "second", now, &payload(now))
+            .record_and_send(&new, whole("second"), now, &payload(now))
             .await
             .unwrap();
         match again {
@@ -152,7 +202,7 @@ mod tests {
         let now = Utc::now();
         let new = new_delivery(Source::Jira, "atomic-3", now);
         intake
-            .record_and_send(&new, "wake", now, &payload(now))
+            .record_and_send(&new, whole("wake"), now, &payload(now))
             .await
             .unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), waiting)
@@ -179,7 +229,7 @@ mod tests {
         let now = Utc::now();
         let new = new_delivery(Source::Github, "atomic-4", now);
         let err = intake
-            .record_and_send(&new, "lost?", now, &payload(now))
+            .record_and_send(&new, whole("lost?"), now, &payload(now))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("queue is full"), "{err}");

@@ -120,7 +120,9 @@ CREATE TABLE IF NOT EXISTS messages (
     visible_at INTEGER NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
     receipt TEXT,
-    sent_at INTEGER NOT NULL
+    sent_at INTEGER NOT NULL,
+    -- The payload row whose body follows `body` (a head), when the intake stored it once.
+    payload_key TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_visible ON messages (queue, visible_at);
 -- Repository connections (ports::connections): the serialised model in `record`, plus the
@@ -320,6 +322,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("deliveries", "connection_id", "TEXT"),
     ("deliveries", "repository_full_name", "TEXT"),
     ("outbound_deliveries", "due_at", "INTEGER"),
+    // The payload row whose body completes the message (`ports::intake`).
+    ("messages", "payload_key", "TEXT"),
 ];
 const AFTER_ADDED_COLUMNS: &str = "\
     CREATE INDEX IF NOT EXISTS deliveries_by_org \
@@ -717,6 +721,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(count, 1);
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_from_before_the_added_columns_opens_with_them_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        // The messages table as versions before `payload_key` created it, with a message on it.
+        let old = Connection::open(dir.path().join("hookline.db")).unwrap();
+        old.execute_batch(
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, queue TEXT NOT NULL, \
+             body TEXT NOT NULL, visible_at INTEGER NOT NULL, \
+             receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT, sent_at INTEGER NOT NULL); \
+             INSERT INTO messages (queue, body, visible_at, sent_at) VALUES ('q', 'old', 0, 0);",
+        )
+        .unwrap();
+        drop(old);
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        let (body, key): (String, Option<String>) = db
+            .call(|conn| {
+                Ok(
+                    conn.query_row("SELECT body, payload_key FROM messages", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?,
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!((body.as_str(), key), ("old", None));
     }
 
     #[tokio::test]

@@ -78,11 +78,13 @@ impl EmbeddedQueue {
                 let candidates: Vec<(i64, String, i64)> = conn
                     .prepare_cached(
                         // In index order: the oldest visible first, without sorting the backlog.
-                        "SELECT id, body, receive_count FROM messages \
-                         WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at LIMIT ?3",
+                        "SELECT m.id, m.body, m.receive_count, m.payload_key, p.body \
+                         FROM messages m LEFT JOIN payloads p ON p.key = m.payload_key \
+                         WHERE m.queue = ?1 AND m.visible_at <= ?2 ORDER BY m.visible_at LIMIT ?3",
                     )?
                     .query_map(params![&*queue, now, max], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        let body = message_body(r.get(1)?, r.get(3)?, r.get_ref(4)?)?;
+                        Ok((r.get(0)?, body, r.get(2)?))
                     })?
                     .collect::<Result<_, _>>()?;
                 let mut out = Vec::new();
@@ -131,6 +133,54 @@ pub(crate) fn insert_message(
     )?
     .execute(params![queue, body, now + delay.as_millis() as i64, now])?;
     Ok(conn.last_insert_rowid())
+}
+
+/// Put a message on `queue`, visible now, that is `head` followed by the body of the payload
+/// row `payload_key` (`ports::intake`): the body is stored once. The payload row is kept while
+/// the message is (`prune_payloads`).
+pub(crate) fn insert_message_over_payload(
+    conn: &rusqlite::Connection,
+    queue: &str,
+    head: &str,
+    payload_key: &str,
+) -> Result<i64, DbError> {
+    let now = now_millis();
+    conn.prepare_cached(
+        "INSERT INTO messages (queue, body, payload_key, visible_at, sent_at) \
+         VALUES (?1, ?2, ?3, ?4, ?4)",
+    )?
+    .execute(params![queue, head, payload_key, now])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// A message's body: its own, or its head followed by the body of the payload row it names.
+fn message_body(
+    mut body: String,
+    payload_key: Option<String>,
+    payload: rusqlite::types::ValueRef<'_>,
+) -> rusqlite::Result<String> {
+    let Some(key) = payload_key else {
+        return Ok(body);
+    };
+    match payload {
+        rusqlite::types::ValueRef::Blob(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                body.push_str(text);
+                Ok(body)
+            }
+            // The intake only stores text bodies this way; anything else is a damaged file.
+            Err(_) => Err(rusqlite::Error::InvalidColumnType(
+                4,
+                format!("payload of {key} (not UTF-8)"),
+                rusqlite::types::Type::Blob,
+            )),
+        },
+        other => Err(rusqlite::Error::InvalidColumnType(
+            4,
+            format!("payload of {key} (missing)"),
+            other.data_type(),
+        )),
+    }
 }
 
 /// How many messages `queue` holds (waiting, delayed or received and not yet deleted), and

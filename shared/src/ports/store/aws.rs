@@ -996,7 +996,7 @@ fn payload_from_items(
     let headers = serde_json::from_str(r.str("headers")?)
         .map_err(|e| r.corrupt(dynamo::unreadable_json(&e)))?;
     Ok(Some(StoredPayload {
-        body,
+        body: body.into(),
         headers,
         expires_at: r.millis("expires_at_ms")?,
     }))

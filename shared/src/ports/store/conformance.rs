@@ -39,7 +39,7 @@ pub fn new_delivery(source: Source, id: &str, received_at: DateTime<Utc>) -> New
 /// A small payload kept for a day from `at`.
 pub fn payload(at: DateTime<Utc>) -> crate::model::StoredPayload {
     crate::model::StoredPayload {
-        body: b"{\"zen\":\"Keep it logically awesome.\"}".to_vec(),
+        body: b"{\"zen\":\"Keep it logically awesome.\"}"[..].into(),
         headers: vec![
             ("content-type".into(), "application/json".into()),
             ("x-github-event".into(), "ping".into()),
@@ -765,7 +765,7 @@ pub async fn a_payload_round_trips_byte_for_byte_until_it_expires(store: &dyn De
     ] {
         let key = DeliveryKey::new(Source::Twilio, &unique_id(name));
         let kept = StoredPayload {
-            body,
+            body: body.into(),
             headers: vec![
                 (
                     "content-type".into(),

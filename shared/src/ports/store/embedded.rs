@@ -85,7 +85,7 @@ pub(crate) fn insert_payload(
     )?
     .execute(params![
         key,
-        payload.body,
+        &payload.body[..],
         headers,
         millis(payload.expires_at)
     ])?;
@@ -460,7 +460,7 @@ impl DeliveryStore for EmbeddedStore {
             .await?;
         row.map(|(body, headers, expires_at)| {
             Ok(StoredPayload {
-                body,
+                body: body.into(),
                 headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt {
                     key: "payload headers".into(),
                     reason: e.to_string(),
@@ -476,7 +476,12 @@ impl DeliveryStore for EmbeddedStore {
             .db
             .call(move |conn| {
                 let gone = conn
-                    .prepare_cached("DELETE FROM payloads WHERE expires_at <= ?1")?
+                    // A message still on a queue reads its body from its payload row
+                    // (`ports::intake`): that row stays until the message goes.
+                    .prepare_cached(
+                        "DELETE FROM payloads WHERE expires_at <= ?1 AND key NOT IN \
+                         (SELECT payload_key FROM messages WHERE payload_key IS NOT NULL)",
+                    )?
                     .execute([millis(now)])?;
                 Ok(gone as u64)
             })
