@@ -12,6 +12,11 @@
 //!    (scheduled), not when the deliverer got round to it;
 //! 4. fan-out: one event to 1,000 endpoints, from publish until all 1,000 have it.
 
+// The local server's allocator (cli/src/main.rs): measured with glibc's, a fifth of this
+// bench's CPU went to malloc and its free-list upkeep, a cost `hookline serve` does not pay.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use hookline::outbound::publish::PublishRequest;
 use hookline_e2e::outbound::{short_settings, OutboundServer};
 use std::collections::HashMap;

@@ -6,7 +6,7 @@
 
 use super::dispatch::{AttemptQueue, DeliveryMessage, MAX_QUEUE_DELAY_MS};
 use super::endpoints::open_secret;
-use super::model::{Attempt, AttemptId, AttemptTrigger, Delivery, DeliveryStatus, Endpoint};
+use super::model::{Attempt, AttemptId, AttemptTrigger, Delivery, DeliveryStatus, Endpoint, Event};
 use super::notify::Notifier;
 use super::sender::{SendOutcome, Sender};
 use super::settings::OutboundSettings;
@@ -15,6 +15,7 @@ use super::Error;
 use crate::clock::Clock;
 use crate::ports::keys::KeyService;
 use crate::ports::outbound::OutboundStore;
+use crate::secret::Secret;
 use crate::telemetry;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -125,7 +126,8 @@ impl Deliverer {
         if finished && !msg.manual {
             return Ok(Outcome::Dropped("the delivery is finished"));
         }
-        let endpoint = match self.store.get_endpoint(&d.org_id, &d.endpoint_id).await? {
+        let shared = ClaimShared::default();
+        let endpoint = match shared.endpoint(self.store.as_ref(), &d).await? {
             Some(e) if e.enabled => e,
             Some(_) => return self.give_up(d, "the endpoint is disabled").await,
             None => return self.give_up(d, "the endpoint was deleted").await,
@@ -147,7 +149,7 @@ impl Deliverer {
         else {
             return self.claimed_elsewhere(&msg, now).await;
         };
-        self.attempt(d, endpoint, msg.manual, now).await
+        self.attempt(d, &endpoint, msg.manual, now, &shared).await
     }
 
     /// How long a deliverer owns a delivery it claimed: the attempt's timeout and a margin.
@@ -161,9 +163,15 @@ impl Deliverer {
     /// message's, without the message.
     ///
     /// [`DueDeliveries`]: crate::ports::outbound::DueDeliveries
-    pub async fn handle_claimed(&self, d: Delivery) -> Result<Outcome, Error> {
+    /// The deliveries claimed together pass one `shared`: each endpoint and event is read once
+    /// for all of them.
+    pub async fn handle_claimed(
+        &self,
+        d: Delivery,
+        shared: &ClaimShared,
+    ) -> Result<Outcome, Error> {
         let now = self.clock.now();
-        let endpoint = match self.store.get_endpoint(&d.org_id, &d.endpoint_id).await? {
+        let endpoint = match shared.endpoint(self.store.as_ref(), &d).await? {
             Some(e) if e.enabled => e,
             Some(_) => return self.give_up(d, "the endpoint is disabled").await,
             None => return self.give_up(d, "the endpoint was deleted").await,
@@ -184,42 +192,37 @@ impl Deliverer {
                 return Ok(Outcome::Deferred);
             }
         }
-        self.attempt(d, endpoint, false, now).await
+        self.attempt(d, &endpoint, false, now, shared).await
     }
 
     async fn attempt(
         &self,
         d: Delivery,
-        endpoint: Endpoint,
+        endpoint: &Endpoint,
         manual: bool,
         now: DateTime<Utc>,
+        shared: &ClaimShared,
     ) -> Result<Outcome, Error> {
-        let event = self
-            .store
-            .get_event(&d.org_id, &d.event_id)
+        let event = shared
+            .event(self.store.as_ref(), &d)
             .await?
             .ok_or_else(|| {
                 Error::Unavailable(format!("event {} of {} is missing", d.event_id, d.id))
             })?;
-        let current = open_secret(self.keys.as_ref(), &endpoint, &endpoint.secret).await?;
-        let previous = match &endpoint.previous_secret {
-            Some(p) if p.valid_until.is_some_and(|until| until > now) => {
-                Some(open_secret(self.keys.as_ref(), &endpoint, p).await?)
-            }
-            _ => None,
-        };
-        let mut signing_secrets = vec![&current];
-        signing_secrets.extend(previous.as_ref());
-        let body = event.envelope();
+        let secrets = shared.secrets(self.keys.as_ref(), endpoint, now).await?;
+        let signing_secrets: Vec<&Secret> = secrets.iter().collect();
         let headers = signing::sign(
-            &body,
-            event.id.as_str(),
+            &event.body,
+            event.event.id.as_str(),
             now.timestamp(),
             &signing_secrets,
             &endpoint.signature_header,
         );
         let sending = std::time::Instant::now();
-        let sent = self.sender.post(&endpoint.url, headers, body.into()).await;
+        let sent = self
+            .sender
+            .post(&endpoint.url, headers, event.body.clone())
+            .await;
         telemetry::outbound_attempt(sent.outcome(), sending.elapsed());
         let number = d.attempts + 1;
         let attempt = Attempt {
@@ -280,7 +283,7 @@ impl Deliverer {
             duration_ms = sent.duration_ms,
             "outbound attempt"
         );
-        self.endpoint_health(&endpoint, &sent, gone, after).await;
+        self.endpoint_health(endpoint, &sent, gone, after).await;
         match next.status {
             DeliveryStatus::Delivered => Ok(Outcome::Delivered),
             DeliveryStatus::Failed => {
@@ -294,7 +297,7 @@ impl Deliverer {
                 if !was_finished {
                     telemetry::outbound_dead_lettered();
                     if !gone {
-                        self.tell_dead_lettered(&next, &endpoint).await;
+                        self.tell_dead_lettered(&next, endpoint).await;
                     }
                 }
                 Ok(Outcome::DeadLettered)
@@ -473,5 +476,148 @@ impl Deliverer {
 
     async fn send_on(&self, msg: &DeliveryMessage, delay: Duration) -> Result<(), Error> {
         self.attempts.send(msg, delay).await
+    }
+}
+
+/// What the attempts of one claim share: each endpoint and event is read, each endpoint's
+/// secrets opened and each event's envelope written once for the claim instead of once per
+/// delivery. A claim of 64 deliveries is typically a few events, each to many endpoints;
+/// reading and parsing both records on every attempt was a fifth of the deliverer's time.
+/// Built per claim and dropped with it, so nothing it holds outlives the claim's moment.
+#[derive(Default)]
+pub struct ClaimShared {
+    endpoints: OnceEach<Option<Arc<Endpoint>>>,
+    secrets: OnceEach<Arc<Vec<Secret>>>,
+    events: OnceEach<Option<Arc<SharedEvent>>>,
+}
+
+/// An event and the envelope every endpoint receives for it.
+struct SharedEvent {
+    event: Event,
+    body: bytes::Bytes,
+}
+
+impl ClaimShared {
+    async fn endpoint(
+        &self,
+        store: &dyn OutboundStore,
+        d: &Delivery,
+    ) -> Result<Option<Arc<Endpoint>>, Error> {
+        self.endpoints
+            .get(d.endpoint_id.as_str(), || async {
+                Ok(store
+                    .get_endpoint(&d.org_id, &d.endpoint_id)
+                    .await?
+                    .map(Arc::new))
+            })
+            .await
+    }
+
+    async fn event(
+        &self,
+        store: &dyn OutboundStore,
+        d: &Delivery,
+    ) -> Result<Option<Arc<SharedEvent>>, Error> {
+        self.events
+            .get(d.event_id.as_str(), || async {
+                Ok(store.get_event(&d.org_id, &d.event_id).await?.map(|event| {
+                    let body = event.envelope().into();
+                    Arc::new(SharedEvent { event, body })
+                }))
+            })
+            .await
+    }
+
+    /// The secrets an attempt signs with: the current one, and the previous one while its
+    /// rotation overlap lasts.
+    async fn secrets(
+        &self,
+        keys: &dyn KeyService,
+        endpoint: &Endpoint,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<Vec<Secret>>, Error> {
+        self.secrets
+            .get(endpoint.id.as_str(), || async {
+                let mut secrets = vec![open_secret(keys, endpoint, &endpoint.secret).await?];
+                if let Some(p) = &endpoint.previous_secret {
+                    if p.valid_until.is_some_and(|until| until > now) {
+                        secrets.push(open_secret(keys, endpoint, p).await?);
+                    }
+                }
+                Ok(Arc::new(secrets))
+            })
+            .await
+    }
+}
+
+/// Values made at most once per key: the first caller makes it, the others wait for it. A
+/// failure is not kept: the next caller tries again.
+struct OnceEach<V>(
+    std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<V>>>>,
+);
+
+impl<V> Default for OnceEach<V> {
+    fn default() -> Self {
+        Self(Default::default())
+    }
+}
+
+impl<V: Clone> OnceEach<V> {
+    async fn get<F, Fut>(&self, key: &str, make: F) -> Result<V, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, Error>>,
+    {
+        let cell = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(make).await.cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_value_is_made_once_for_every_caller_of_its_key() {
+        let once: Arc<OnceEach<Arc<String>>> = Arc::default();
+        let made = Arc::new(AtomicUsize::new(0));
+        let calls = (0..16).map(|i| {
+            let (once, made) = (once.clone(), made.clone());
+            tokio::spawn(async move {
+                let key = if i % 2 == 0 { "ep_a" } else { "ep_b" };
+                once.get(key, || async {
+                    made.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    Ok(Arc::new(key.to_owned()))
+                })
+                .await
+                .unwrap()
+            })
+        });
+        for (i, call) in calls.enumerate() {
+            let got = call.await.unwrap();
+            assert_eq!(got.as_str(), if i % 2 == 0 { "ep_a" } else { "ep_b" });
+        }
+        assert_eq!(made.load(Ordering::SeqCst), 2, "one make per key");
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_not_kept_and_the_next_caller_tries_again() {
+        let once: OnceEach<u32> = OnceEach::default();
+        let failed = once
+            .get("evt_1", || async {
+                Err(Error::Unavailable("the store is down".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        let got = once.get("evt_1", || async { Ok(7) }).await.unwrap();
+        assert_eq!(got, 7);
     }
 }

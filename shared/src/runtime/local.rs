@@ -1323,10 +1323,11 @@ async fn deliver_due(
             continue;
         }
         // One permit per claimed delivery; the room left over is given back as they drop.
+        let shared = Arc::new(crate::outbound::deliver::ClaimShared::default());
         for (d, permit) in claimed.into_iter().zip(room) {
-            let outbound = outbound.clone();
+            let (outbound, shared) = (outbound.clone(), shared.clone());
             tokio::spawn(async move {
-                if let Err(e) = outbound.deliverer.handle_claimed(d).await {
+                if let Err(e) = outbound.deliverer.handle_claimed(d, &shared).await {
                     tracing::error!(error = %e, "delivery attempt failed; it is due again when its lease ends");
                 }
                 drop(permit);
