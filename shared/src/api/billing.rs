@@ -85,7 +85,7 @@ impl BillingApi {
     }
 
     pub async fn handle(&self, req: Request) -> Response {
-        let principal = match self.auth.authenticate(req.headers()).await {
+        let principal = match self.auth.authenticate_request(&req).await {
             Ok(p) => p,
             Err(e) => return e.into_response(),
         };

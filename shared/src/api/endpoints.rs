@@ -226,7 +226,7 @@ impl EndpointsApi {
     }
 
     pub async fn handle(&self, req: Request) -> Response {
-        let p = match self.auth.authenticate(req.headers()).await {
+        let p = match self.auth.authenticate_request(&req).await {
             Ok(p) => p,
             Err(e) => return e.into_response(),
         };

@@ -368,7 +368,7 @@ impl OAuthApi {
     security(("bearer" = ["repos:write"]))
 )]
 async fn authorize(api: &OAuthApi, provider: HookProvider, req: &Request) -> Response {
-    let principal = match api.auth.authenticate(req.headers()).await {
+    let principal = match api.auth.authenticate_request(req).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };

@@ -74,7 +74,7 @@ impl OrgApi {
     }
 
     pub async fn handle(&self, req: Request) -> Response {
-        let principal = match self.auth.authenticate(req.headers()).await {
+        let principal = match self.auth.authenticate_request(&req).await {
             Ok(p) => p,
             Err(e) => return e.into_response(),
         };

@@ -8,7 +8,7 @@
 //! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; past the limit the route is
 //! not run and the answer is `429` with `Retry-After`.
 
-use crate::auth::{bearer_token, Authenticator};
+use crate::auth::{bearer_token, Authenticator, Principal, VerifiedPrincipal};
 use crate::clock::Clock;
 use crate::config::ConfigError;
 use crate::http::{problem, Response};
@@ -216,12 +216,18 @@ impl ApiRateLimit {
 
     /// Count the request if its bearer token verifies, and say whether it may be served.
     pub async fn check(&self, headers: &HeaderMap) -> Verdict {
-        let Ok(token) = bearer_token(headers) else {
-            return Verdict::Uncounted;
-        };
-        let Ok(principal) = self.auth.verify(token).await else {
-            return Verdict::Uncounted;
-        };
+        match self.verified(headers).await {
+            Some(principal) => self.count(&principal).await,
+            None => Verdict::Uncounted,
+        }
+    }
+
+    async fn verified(&self, headers: &HeaderMap) -> Option<Principal> {
+        self.auth.verify(bearer_token(headers).ok()?).await.ok()
+    }
+
+    /// Count a request of `principal`'s org and say whether it may be served.
+    async fn count(&self, principal: &Principal) -> Verdict {
         let org = principal.org_id.as_str();
         let now = self.clock.now();
         let window = Window::containing(now, self.rate.window_secs);
@@ -258,15 +264,25 @@ impl ApiRateLimit {
 
     /// Serve `req` with `route` if the org is within its limit (adding the `RateLimit-*`
     /// headers), else answer 429 without running it.
+    /// The principal verified here goes to the route with the request, so the route does not
+    /// verify the token again (`Authenticator::authenticate_request`).
     pub async fn serve<B, Fut>(
         &self,
-        req: http::Request<B>,
+        mut req: http::Request<B>,
         route: impl FnOnce(http::Request<B>) -> Fut,
     ) -> Response
     where
         Fut: Future<Output = Response>,
     {
-        match self.check(req.headers()).await {
+        let verdict = match self.verified(req.headers()).await {
+            Some(principal) => {
+                let verdict = self.count(&principal).await;
+                req.extensions_mut().insert(VerifiedPrincipal(principal));
+                verdict
+            }
+            None => Verdict::Uncounted,
+        };
+        match verdict {
             Verdict::Over(quota) => quota.refusal(self.rate),
             Verdict::Within(quota) => {
                 let mut res = route(req).await;
@@ -394,6 +410,38 @@ mod tests {
 
     fn rate(limit: u64, window_secs: u64) -> Rate {
         Rate { limit, window_secs }
+    }
+
+    #[tokio::test]
+    async fn the_route_is_handed_the_principal_the_limit_verified() {
+        let f = Fixture::new();
+        let limit = f.limit(rate(3, 60), Arc::new(InProcessRateLimiter::new()));
+        let auth = f.issuer.authenticator();
+        let mut req = http::Request::new(());
+        *req.headers_mut() = f.headers("org-a");
+        let res = limit
+            .serve(req, |mut req| async move {
+                let handed = req.extensions().get::<VerifiedPrincipal>().cloned();
+                assert_eq!(
+                    handed.map(|VerifiedPrincipal(p)| p.org_id),
+                    Some(OrgId::from("org-a"))
+                );
+                // The route reads it without the token: nothing is verified twice.
+                req.headers_mut().remove(http::header::AUTHORIZATION);
+                let principal = auth.authenticate_request(&req).await.unwrap();
+                assert_eq!(principal.org_id, OrgId::from("org-a"));
+                problem(StatusCode::OK, "served", "served")
+            })
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        // A request without a token reaches the route with nothing handed over.
+        let res = limit
+            .serve(http::Request::new(()), |req| async move {
+                assert!(req.extensions().get::<VerifiedPrincipal>().is_none());
+                problem(StatusCode::UNAUTHORIZED, "unauthorized", "no token")
+            })
+            .await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

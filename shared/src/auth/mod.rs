@@ -216,6 +216,11 @@ impl<'de> Deserialize<'de> for Scope {
 // ---------------------------------------------------------------------------------------------
 // Principal
 
+/// A principal this server verified for a request, kept in the request's extensions (which
+/// only server code can set) for [`Authenticator::authenticate_request`].
+#[derive(Debug, Clone)]
+pub(crate) struct VerifiedPrincipal(pub(crate) Principal);
+
 /// Who is calling: the verified claims of a bearer token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Principal {
@@ -692,6 +697,19 @@ impl Authenticator {
     /// The algorithm every accepted token must be signed with.
     pub fn algorithm(&self) -> Algorithm {
         self.0.algorithm
+    }
+
+    /// The principal of an API request: the one verified for this very request in front of
+    /// its route (the API rate limit counts by it, `VerifiedPrincipal`), or its bearer token
+    /// verified now. One signature check per request, not two.
+    pub async fn authenticate_request<B>(
+        &self,
+        req: &http::Request<B>,
+    ) -> Result<Principal, AuthError> {
+        match req.extensions().get::<VerifiedPrincipal>() {
+            Some(VerifiedPrincipal(principal)) => Ok(principal.clone()),
+            None => self.authenticate(req.headers()).await,
+        }
     }
 
     /// The principal behind the request's `Authorization: Bearer <jwt>` header.
