@@ -8,7 +8,7 @@
 //! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; past the limit the route is
 //! not run and the answer is `429` with `Retry-After`.
 
-use crate::auth::{bearer_token, Authenticator, Principal, VerifiedPrincipal};
+use crate::auth::{bearer_token, Authenticator, Principal};
 use crate::clock::Clock;
 use crate::config::ConfigError;
 use crate::http::{problem, Response};
@@ -277,7 +277,7 @@ impl ApiRateLimit {
         let verdict = match self.verified(req.headers()).await {
             Some(principal) => {
                 let verdict = self.count(&principal).await;
-                req.extensions_mut().insert(VerifiedPrincipal(principal));
+                req.extensions_mut().insert(self.auth.vouch(principal));
                 verdict
             }
             None => Verdict::Uncounted,
@@ -297,7 +297,7 @@ impl ApiRateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{LocalIssuer, OrgId, Scope, UserId};
+    use crate::auth::{LocalIssuer, OrgId, Scope, UserId, VerifiedPrincipal};
     use crate::clock::ManualClock;
     use crate::ports::ratelimit::embedded::InProcessRateLimiter;
 
@@ -415,21 +415,29 @@ mod tests {
     #[tokio::test]
     async fn the_route_is_handed_the_principal_the_limit_verified() {
         let f = Fixture::new();
-        let limit = f.limit(rate(3, 60), Arc::new(InProcessRateLimiter::new()));
         let auth = f.issuer.authenticator();
+        let limit = ApiRateLimit::new(
+            rate(3, 60),
+            auth.clone(),
+            Arc::new(InProcessRateLimiter::new()),
+            f.clock.clone(),
+        );
+        let other = f.issuer.authenticator();
         let mut req = http::Request::new(());
         *req.headers_mut() = f.headers("org-a");
         let res = limit
             .serve(req, |mut req| async move {
                 let handed = req.extensions().get::<VerifiedPrincipal>().cloned();
                 assert_eq!(
-                    handed.map(|VerifiedPrincipal(p)| p.org_id),
+                    handed.map(|v| v.principal.org_id),
                     Some(OrgId::from("org-a"))
                 );
                 // The route reads it without the token: nothing is verified twice.
                 req.headers_mut().remove(http::header::AUTHORIZATION);
                 let principal = auth.authenticate_request(&req).await.unwrap();
                 assert_eq!(principal.org_id, OrgId::from("org-a"));
+                // A route with an authenticator of its own does not take the limit's word.
+                assert!(other.authenticate_request(&req).await.is_err());
                 problem(StatusCode::OK, "served", "served")
             })
             .await;

@@ -217,9 +217,13 @@ impl<'de> Deserialize<'de> for Scope {
 // Principal
 
 /// A principal this server verified for a request, kept in the request's extensions (which
-/// only server code can set) for [`Authenticator::authenticate_request`].
-#[derive(Debug, Clone)]
-pub(crate) struct VerifiedPrincipal(pub(crate) Principal);
+/// only server code can set) for [`Authenticator::authenticate_request`], with the
+/// authenticator that verified it: a route configured with another one verifies for itself.
+#[derive(Clone)]
+pub(crate) struct VerifiedPrincipal {
+    pub(crate) principal: Principal,
+    by: Authenticator,
+}
 
 /// Who is calling: the verified claims of a bearer token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -707,8 +711,16 @@ impl Authenticator {
         req: &http::Request<B>,
     ) -> Result<Principal, AuthError> {
         match req.extensions().get::<VerifiedPrincipal>() {
-            Some(VerifiedPrincipal(principal)) => Ok(principal.clone()),
-            None => self.authenticate(req.headers()).await,
+            Some(v) if Arc::ptr_eq(&v.by.0, &self.0) => Ok(v.principal.clone()),
+            _ => self.authenticate(req.headers()).await,
+        }
+    }
+
+    /// `principal`, verified by this authenticator, to hand to a route with its request.
+    pub(crate) fn vouch(&self, principal: Principal) -> VerifiedPrincipal {
+        VerifiedPrincipal {
+            principal,
+            by: self.clone(),
         }
     }
 

@@ -504,7 +504,7 @@ impl ClaimShared {
         d: &Delivery,
     ) -> Result<Option<Arc<Endpoint>>, Error> {
         self.endpoints
-            .get(d.endpoint_id.as_str(), || async {
+            .get(&d.org_id, d.endpoint_id.as_str(), || async {
                 Ok(store
                     .get_endpoint(&d.org_id, &d.endpoint_id)
                     .await?
@@ -519,7 +519,7 @@ impl ClaimShared {
         d: &Delivery,
     ) -> Result<Option<Arc<SharedEvent>>, Error> {
         self.events
-            .get(d.event_id.as_str(), || async {
+            .get(&d.org_id, d.event_id.as_str(), || async {
                 Ok(store.get_event(&d.org_id, &d.event_id).await?.map(|event| {
                     let body = event.envelope().into();
                     Arc::new(SharedEvent { event, body })
@@ -537,7 +537,7 @@ impl ClaimShared {
         now: DateTime<Utc>,
     ) -> Result<Arc<Vec<Secret>>, Error> {
         self.secrets
-            .get(endpoint.id.as_str(), || async {
+            .get(&endpoint.org_id, endpoint.id.as_str(), || async {
                 let mut secrets = vec![open_secret(keys, endpoint, &endpoint.secret).await?];
                 if let Some(p) = &endpoint.previous_secret {
                     if p.valid_until.is_some_and(|until| until > now) {
@@ -550,11 +550,12 @@ impl ClaimShared {
     }
 }
 
-/// Values made at most once per key: the first caller makes it, the others wait for it. A
-/// failure is not kept: the next caller tries again.
-struct OnceEach<V>(
-    std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<V>>>>,
-);
+/// Values made at most once per (org, id): the first caller makes it, the others wait for it.
+/// A failure is not kept: the next caller tries again. Keyed by org as well as id because a
+/// claim spans orgs and ids are only unique within one (a publisher picks its event ids).
+struct OnceEach<V>(std::sync::Mutex<OnceCells<V>>);
+
+type OnceCells<V> = std::collections::HashMap<(String, String), Arc<tokio::sync::OnceCell<V>>>;
 
 impl<V> Default for OnceEach<V> {
     fn default() -> Self {
@@ -563,7 +564,7 @@ impl<V> Default for OnceEach<V> {
 }
 
 impl<V: Clone> OnceEach<V> {
-    async fn get<F, Fut>(&self, key: &str, make: F) -> Result<V, Error>
+    async fn get<F, Fut>(&self, org: &str, id: &str, make: F) -> Result<V, Error>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V, Error>>,
@@ -572,7 +573,7 @@ impl<V: Clone> OnceEach<V> {
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(key.to_owned())
+            .entry((org.to_owned(), id.to_owned()))
             .or_default()
             .clone();
         cell.get_or_try_init(make).await.cloned()
@@ -592,7 +593,7 @@ mod tests {
             let (once, made) = (once.clone(), made.clone());
             tokio::spawn(async move {
                 let key = if i % 2 == 0 { "ep_a" } else { "ep_b" };
-                once.get(key, || async {
+                once.get("org", key, || async {
                     made.fetch_add(1, Ordering::SeqCst);
                     tokio::task::yield_now().await;
                     Ok(Arc::new(key.to_owned()))
@@ -612,12 +613,45 @@ mod tests {
     async fn a_failure_is_not_kept_and_the_next_caller_tries_again() {
         let once: OnceEach<u32> = OnceEach::default();
         let failed = once
-            .get("evt_1", || async {
+            .get("org", "evt_1", || async {
                 Err(Error::Unavailable("the store is down".into()))
             })
             .await;
         assert!(failed.is_err());
-        let got = once.get("evt_1", || async { Ok(7) }).await.unwrap();
+        let got = once.get("org", "evt_1", || async { Ok(7) }).await.unwrap();
         assert_eq!(got, 7);
+    }
+
+    #[tokio::test]
+    async fn two_orgs_events_of_the_same_id_in_one_claim_stay_apart() {
+        use crate::ports::outbound::conformance::{delivery_for, endpoint, new_event};
+        use crate::ports::outbound::embedded::EmbeddedOutboundStore;
+        use crate::ports::sqlite::{Database, Durability};
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            EmbeddedOutboundStore::new(Database::open(dir.path(), Durability::Normal).unwrap());
+        // A publisher picks its own event ids: two orgs may both publish `order-1`.
+        let mut deliveries = Vec::new();
+        for org in ["org-a", "org-b"] {
+            let mut event = new_event(org, "invoice.paid");
+            event.id = super::super::model::EventId::parse("order-1").unwrap();
+            event.data = serde_json::json!({ "org": org });
+            let appended = store.append_event(&event).await.unwrap();
+            let e = endpoint(org);
+            store.create_endpoint(&e).await.unwrap();
+            deliveries.push(delivery_for(&e, appended.event()));
+        }
+        let shared = ClaimShared::default();
+        for (d, org) in deliveries.iter().zip(["org-a", "org-b"]) {
+            let event = shared.event(&store, d).await.unwrap().unwrap();
+            assert_eq!(event.event.org_id, org);
+            let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
+            assert_eq!(
+                body["data"]["org"], org,
+                "each org's endpoint gets its own event"
+            );
+            let endpoint = shared.endpoint(&store, d).await.unwrap().unwrap();
+            assert_eq!(endpoint.org_id, org);
+        }
     }
 }

@@ -167,6 +167,59 @@ mod tests {
         assert!(store.get_payload(&new.key, now).await.unwrap().is_none());
     }
 
+    async fn send_over_payload(intake: &EmbeddedIntake, id: &str, body: &str, now: DateTime<Utc>) {
+        let new = new_delivery(Source::Github, id, now);
+        let mut kept = payload(now);
+        kept.body = body.as_bytes().to_vec().into();
+        let head = IntakeMessage::HeadOfPayload(format!("{{\"head\":\"{id}\"}}\n"));
+        intake
+            .record_and_send(&new, head, now, &kept)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_message_whose_payload_is_gone_goes_to_the_dead_letters_and_the_rest_flow() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, queue, intake) = open(dir.path());
+        let now = Utc::now();
+        send_over_payload(&intake, "lost", "{\"a\":1}", now).await;
+        send_over_payload(&intake, "kept", "{\"b\":2}", now).await;
+        // The first one's payload removed behind the adapters' backs (a hand-made cleanup).
+        let raw = rusqlite::Connection::open(dir.path().join("hookline.db")).unwrap();
+        let lost = new_delivery(Source::Github, "lost", now).key;
+        raw.execute("DELETE FROM payloads WHERE key = ?1", [lost.as_str()])
+            .unwrap();
+        drop(raw);
+        let got = queue.receive(10, Duration::ZERO).await.unwrap();
+        let bodies: Vec<_> = got.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["{\"head\":\"kept\"}\n{\"b\":2}"]);
+        let dead = queue.receive_dead_letters(10).await.unwrap();
+        let bodies: Vec<_> = dead.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(
+            bodies,
+            ["{\"head\":\"lost\"}\n"],
+            "its head, to say which it was"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_payload_recorded_again_leaves_the_queued_message_its_own_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue, intake) = open(dir.path());
+        let now = Utc::now();
+        send_over_payload(&intake, "again", "{\"first\":1}", now).await;
+        // The same key kept again (its record expired and it came back with another body).
+        let mut second = payload(now);
+        second.body = b"{\"second\":2}"[..].into();
+        let key = new_delivery(Source::Github, "again", now).key;
+        store.put_payload(&key, &second).await.unwrap();
+        let got = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(got[0].body, "{\"head\":\"again\"}\n{\"first\":1}");
+        let kept = store.get_payload(&key, now).await.unwrap().unwrap();
+        assert_eq!(&kept.body[..], b"{\"second\":2}");
+    }
+
     #[tokio::test]
     async fn a_copy_of_a_live_delivery_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();

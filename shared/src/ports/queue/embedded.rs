@@ -75,7 +75,8 @@ impl EmbeddedQueue {
             .db
             .call(move |conn| {
                 let now = now_millis();
-                let candidates: Vec<(i64, String, i64)> = conn
+                type Body = Result<String, (String, String)>;
+                let candidates: Vec<(i64, Body, i64)> = conn
                     .prepare_cached(
                         // In index order: the oldest visible first, without sorting the backlog.
                         "SELECT m.id, m.body, m.receive_count, m.payload_key, p.body \
@@ -83,13 +84,35 @@ impl EmbeddedQueue {
                          WHERE m.queue = ?1 AND m.visible_at <= ?2 ORDER BY m.visible_at LIMIT ?3",
                     )?
                     .query_map(params![&*queue, now, max], |r| {
-                        let body = message_body(r.get(1)?, r.get(3)?, r.get_ref(4)?)?;
+                        let body = message_body(r.get(1)?, r.get(3)?, r.get_ref(4)?);
                         Ok((r.get(0)?, body, r.get(2)?))
                     })?
                     .collect::<Result<_, _>>()?;
                 let mut out = Vec::new();
                 for (id, body, count) in candidates {
                     let count = count as u32 + 1;
+                    let body = match body {
+                        Ok(body) => body,
+                        Err((head, reason)) => {
+                            // Never fails the receive (every message behind it would wait):
+                            // the message goes to the dead-letter queue with its head, where
+                            // `hookline dead-letters` shows it.
+                            tracing::error!(
+                                message = id,
+                                reason,
+                                "a queued message cannot be read whole"
+                            );
+                            if !dead_letters {
+                                conn.prepare_cached(
+                                    "UPDATE messages SET queue = ?2, receive_count = 0, \
+                                     visible_at = ?3, receipt = NULL WHERE id = ?1",
+                                )?
+                                .execute(params![id, &*dead, now])?;
+                                continue;
+                            }
+                            head
+                        }
+                    };
                     if !dead_letters && count > settings.max_receive_count {
                         // Past the redrive limit: to the dead-letter queue, as SQS does on receive.
                         conn.prepare_cached(
@@ -153,12 +176,13 @@ pub(crate) fn insert_message_over_payload(
     Ok(conn.last_insert_rowid())
 }
 
-/// A message's body: its own, or its head followed by the body of the payload row it names.
+/// A message's body: its own, or its head followed by the body of the payload row it names;
+/// `Err((head, why))` when that row is gone or is not text.
 fn message_body(
     mut body: String,
     payload_key: Option<String>,
     payload: rusqlite::types::ValueRef<'_>,
-) -> rusqlite::Result<String> {
+) -> Result<String, (String, String)> {
     let Some(key) = payload_key else {
         return Ok(body);
     };
@@ -169,17 +193,9 @@ fn message_body(
                 Ok(body)
             }
             // The intake only stores text bodies this way; anything else is a damaged file.
-            Err(_) => Err(rusqlite::Error::InvalidColumnType(
-                4,
-                format!("payload of {key} (not UTF-8)"),
-                rusqlite::types::Type::Blob,
-            )),
+            Err(_) => Err((body, format!("the payload of {key} is not UTF-8"))),
         },
-        other => Err(rusqlite::Error::InvalidColumnType(
-            4,
-            format!("payload of {key} (missing)"),
-            other.data_type(),
-        )),
+        _ => Err((body, format!("the payload of {key} is missing"))),
     }
 }
 

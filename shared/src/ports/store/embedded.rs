@@ -80,6 +80,19 @@ pub(crate) fn insert_payload(
 ) -> Result<(), DbError> {
     let headers = serde_json::to_string(&payload.headers)
         .map_err(|e| DbError(format!("headers of {key}: {e}")))?;
+    let replaces: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM payloads WHERE key = ?1)")?
+        .query_row([key], |r| r.get(0))?;
+    if replaces {
+        // A message still queued over the payload this replaces (`ports::intake`) keeps the
+        // body it was sent with. Rare: a key recorded again after its record expired.
+        conn.prepare_cached(
+            "UPDATE messages SET payload_key = NULL, \
+             body = body || CAST((SELECT body FROM payloads WHERE key = ?1) AS TEXT) \
+             WHERE payload_key = ?1",
+        )?
+        .execute([key])?;
+    }
     conn.prepare_cached(
         "INSERT OR REPLACE INTO payloads (key, body, headers, expires_at) VALUES (?1, ?2, ?3, ?4)",
     )?
