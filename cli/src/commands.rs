@@ -12,9 +12,9 @@ use hookline::ports::store::embedded::EmbeddedStore;
 use hookline::ports::store::{DeliveryQuery, DeliveryStore};
 use hookline::providers::simulate::{self, Simulation};
 use hookline::runtime::local::{
-    default_embedded_app, with_api_rate_limit, with_billing, with_licenses, with_outbound,
-    with_repositories, ApiRateLimitConfig, BillingConfig, LicensesConfig, OutboundConfig,
-    RepositoriesConfig, Server,
+    default_embedded_app, server_authenticator, with_api_rate_limit, with_billing, with_licenses,
+    with_outbound, with_repositories, ApiRateLimitConfig, BillingConfig, LicensesConfig,
+    OutboundConfig, RepositoriesConfig, Server,
 };
 use std::io::Write;
 use std::net::SocketAddr;
@@ -47,8 +47,12 @@ pub async fn serve(
         hookline::config::var(name)
             .or_else(|| file.get(name).filter(|v| !v.trim().is_empty()).cloned())
     };
+    // One authenticator for every route group: they accept the same tokens, and a route takes
+    // the principal the API rate limit verified instead of verifying the token again.
+    let auth = Some(server_authenticator(data_dir, &lookup).map_err(anyhow::Error::msg)?);
     // Billing first: the repository, endpoint and event services ask its plans.
-    let billing = BillingConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    let mut billing = BillingConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    billing.auth = auth.clone();
     let app =
         with_billing(app, data_dir, billing, Arc::new(SystemClock)).map_err(anyhow::Error::msg)?;
     let tier_source = app
@@ -56,11 +60,13 @@ pub async fn serve(
         .as_ref()
         .map(|p| p.source().name())
         .unwrap_or("unlimited");
-    let outbound = OutboundConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    let mut outbound = OutboundConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    outbound.auth = auth.clone();
     let app = with_outbound(app, data_dir, outbound, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;
     // After outbound, so incidents, connections and relayed deliveries are published.
-    let repositories = RepositoriesConfig::from_env().map_err(anyhow::Error::msg)?;
+    let mut repositories = RepositoriesConfig::from_env().map_err(anyhow::Error::msg)?;
+    repositories.auth = auth.clone();
     let mut app = with_repositories(app, data_dir, &base, repositories, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;
     // The hook-health check on HOOK_HEALTH_INTERVAL (0 turns it off), as the schedule on AWS.
@@ -69,12 +75,14 @@ pub async fn serve(
             .map_err(anyhow::Error::msg)?,
     );
     // The operator's licence route (LICENSE_PRIVATE_KEY from the environment or the env file).
-    let licenses = LicensesConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    let mut licenses = LicensesConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    licenses.auth = auth.clone();
     let signs_licences = licenses.key.is_some();
     let app = with_licenses(app, data_dir, licenses, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;
     // The per-org API limit (HOOKLINE_API_RATE_LIMIT, 600/min unless set; `off` lifts it).
-    let rate_limit = ApiRateLimitConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    let mut rate_limit = ApiRateLimitConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
+    rate_limit.auth = auth;
     let rate = rate_limit.rate;
     let app = with_api_rate_limit(app, data_dir, rate_limit, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;

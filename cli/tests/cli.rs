@@ -95,6 +95,17 @@ impl Serve {
 
     /// `hookline serve` with these variables set beside the dev secrets.
     fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::launch(data_dir, env, &data_dir.join("no-such.env"))
+    }
+
+    /// `hookline serve --env-file FILE` with `contents` in that file.
+    fn start_with_env_file(data_dir: &Path, contents: &str) -> Self {
+        let file = data_dir.with_extension("env");
+        std::fs::write(&file, contents).expect("write the env file");
+        Self::launch(data_dir, &[], &file)
+    }
+
+    fn launch(data_dir: &Path, env: &[(&str, &str)], env_file: &Path) -> Self {
         let addr = free_addr();
         let log = data_dir.with_extension(format!("serve-{}.log", addr.port()));
         let out = std::fs::File::create(&log).expect("create the serve log");
@@ -105,7 +116,7 @@ impl Serve {
             "--data-dir",
             data_dir.to_str().unwrap(),
             "--env-file",
-            data_dir.join("no-such.env").to_str().unwrap(),
+            env_file.to_str().unwrap(),
         ]);
         cmd.envs(DEV_SECRETS)
             .envs(env.iter().copied())
@@ -605,4 +616,85 @@ fn replay_of_an_expired_payload_says_so_and_queues_nothing() {
         (1, &serde_json::json!(1), &serde_json::json!("processed")),
         "nothing was queued again: {lines:#?}"
     );
+}
+
+/// A GET with a bearer token: the status.
+fn get_with_token(addr: SocketAddr, path: &str, token: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).expect("connect to serve");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"))
+}
+
+#[test]
+fn jwt_settings_in_the_env_file_are_what_every_api_route_group_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let secret = "an-idp-shared-secret-of-32-bytes!!";
+    let serve = Serve::start_with_env_file(
+        &data_dir,
+        &format!(
+            "HOOKLINE_JWT_ISSUER=https://idp.example\nHOOKLINE_JWT_AUDIENCE=hookline\n\
+             HOOKLINE_JWT_HS256_SECRET={secret}\n"
+        ),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let idp_token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({
+            "iss": "https://idp.example", "aud": "hookline", "sub": "user-1",
+            "org_id": "org-jwt", "iat": now, "exp": now + 600,
+            "scope": "admin repos:read webhooks:manage",
+        }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let dev = run(&[
+        "token",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--org",
+        "org-jwt",
+        "--user",
+        "u",
+        "--scopes",
+        "admin repos:read webhooks:manage",
+    ]);
+    assert!(dev.status.success(), "{}", text(&dev.stderr));
+    let dev_token = text(&dev.stdout).trim().to_owned();
+    // One route of each group the server mounts (billing's was once left on the dev key).
+    for path in [
+        "/api/v1/repositories/connections",
+        "/api/v1/incidents",
+        "/api/v1/endpoints",
+        "/api/v1/org",
+        "/api/v1/billing/entitlements/org-jwt",
+    ] {
+        assert_eq!(
+            get_with_token(serve.addr, path, &idp_token),
+            200,
+            "the configured IdP's token on {path}"
+        );
+        assert_eq!(
+            get_with_token(serve.addr, path, &dev_token),
+            401,
+            "a dev-key token on {path}, with an IdP configured"
+        );
+    }
 }

@@ -626,6 +626,14 @@ impl Authenticator {
         AuthConfig::from_env()?.map(Self::new).transpose()
     }
 
+    /// [`Authenticator::from_env`] over any lookup (the local server's: the environment, then
+    /// its `--env-file`).
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
+        AuthConfig::from_lookup(lookup)?.map(Self::new).transpose()
+    }
+
     /// An authenticator that reads the time (for `exp`, `nbf`, the JWKS cache) from `clock`.
     pub fn with_clock(config: AuthConfig, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
         let bad_key = |expected| ConfigError {

@@ -128,6 +128,19 @@ impl RepositoriesConfig {
     }
 }
 
+/// The one bearer-token verification of a local server: the `HOOKLINE_JWT_*` settings as
+/// `lookup` gives them (the environment, then the `--env-file`), else the dev key in the data
+/// dir that `hookline token` signs with. Give it to every route group's config: each group
+/// then accepts the same tokens, and a route takes the principal the API rate limit verified
+/// instead of verifying the token again (that needs the very same authenticator).
+pub fn server_authenticator(
+    data_dir: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::auth::Authenticator, String> {
+    let configured = crate::auth::Authenticator::from_lookup(lookup).map_err(|e| e.to_string())?;
+    local_auth(data_dir, configured)
+}
+
 /// The bearer-token verification a local route group uses: the configured one, or the dev key
 /// in the data dir that `hookline token` signs with.
 fn local_auth(
@@ -333,7 +346,7 @@ impl OutboundConfig {
             policy: crate::outbound::ssrf::AddressPolicy::from_vars(lookup)
                 .map_err(|e| e.to_string())?,
             catalog: crate::outbound::catalog::EventCatalog::from_lookup(lookup)?,
-            auth: crate::auth::Authenticator::from_env().map_err(|e| e.to_string())?,
+            auth: crate::auth::Authenticator::from_lookup(lookup).map_err(|e| e.to_string())?,
             jitter: crate::outbound::deliver::random_jitter(),
             concurrency: 64,
         })
@@ -455,9 +468,7 @@ impl LicensesConfig {
                 Some(issuer) => key.with_issuer(issuer.trim()),
                 None => key,
             });
-        let auth = crate::auth::AuthConfig::from_lookup(lookup)
-            .and_then(|c| c.map(crate::auth::Authenticator::new).transpose())
-            .map_err(|e| e.to_string())?;
+        let auth = crate::auth::Authenticator::from_lookup(lookup).map_err(|e| e.to_string())?;
         Ok(Self {
             key,
             tiers: crate::billing::tiers::TierTable::from_lookup(lookup)
@@ -512,6 +523,8 @@ impl BillingConfig {
             stripe,
             licence: lookup("HOOKLINE_LICENSE").map(|t| (t, lookup("LICENSE_PUBLIC_KEY"))),
             reconcile_every,
+            // Set by whoever serves the billing routes (`hookline serve`: the server's one
+            // authenticator); the Lambdas verify tokens with the secret-backed config.
             auth: None,
         })
     }
@@ -698,7 +711,7 @@ impl ApiRateLimitConfig {
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
         Ok(Self {
             rate: crate::api::ratelimit::Rate::from_lookup(lookup).map_err(|e| e.to_string())?,
-            auth: crate::auth::Authenticator::from_env().map_err(|e| e.to_string())?,
+            auth: crate::auth::Authenticator::from_lookup(lookup).map_err(|e| e.to_string())?,
         })
     }
 }
