@@ -145,12 +145,17 @@ async fn main() {
         .collect();
     let events: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let endpoints: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
-    let in_flight: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let in_flight: usize = args
+        .get(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(hookline::runtime::local::OUTBOUND_CONCURRENCY);
     let publishers: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(16);
     let app = OutboundServer::spawn_tuned(
         short_settings(5, Duration::from_secs(60)),
         hookline_e2e::outbound::local_development(),
         in_flight,
+        // As `hookline serve` runs: each commit the deliverer waits on reaches the disk.
+        hookline::ports::sqlite::Durability::Full,
     )
     .await;
     println!("deliverer: at most {in_flight} attempts in flight");
@@ -167,8 +172,8 @@ async fn main() {
     .await;
 
     let total = events * endpoints;
-    let ceiling_rate = ceiling(&receiver.url, total.min(20_000), 64).await;
-    println!("ceiling: plain client, 64 at once: {ceiling_rate:.0} requests/s");
+    let ceiling_rate = ceiling(&receiver.url, total.min(20_000), in_flight).await;
+    println!("ceiling: plain client, {in_flight} at once: {ceiling_rate:.0} requests/s");
     receiver.count.store(0, std::sync::atomic::Ordering::SeqCst);
     receiver.seen.lock().unwrap().clear();
 

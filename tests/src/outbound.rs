@@ -10,6 +10,7 @@ use hookline::clock::{Clock, SystemClock};
 use hookline::outbound::catalog::EventCatalog;
 use hookline::outbound::settings::OutboundSettings;
 use hookline::outbound::ssrf::AddressPolicy;
+use hookline::ports::sqlite::Durability;
 use hookline::runtime::local::{embedded_app, with_outbound, OutboundConfig, Server};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -205,14 +206,17 @@ impl OutboundServer {
     }
 
     pub async fn spawn_with(settings: OutboundSettings, policy: AddressPolicy) -> Self {
-        Self::spawn_tuned(settings, policy, 64).await
+        Self::spawn_tuned(settings, policy, 64, Durability::Normal).await
     }
 
-    /// With `concurrency` attempts in flight at most (the local server's default is 64).
+    /// With `concurrency` attempts in flight at most (the local server's default is 64), and
+    /// the data dir's `durability` (`hookline serve`'s is `Full`: every write the API or the
+    /// deliverer waits on has reached the disk; the tests take `Normal`, which skips the fsync).
     pub async fn spawn_tuned(
         settings: OutboundSettings,
         policy: AddressPolicy,
         concurrency: usize,
+        durability: Durability,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -221,7 +225,7 @@ impl OutboundServer {
             super::dev_secrets(),
             hookline::config::Settings::default(),
             hookline::runtime::local::LOCAL_QUEUE,
-            hookline::ports::sqlite::Durability::Normal,
+            durability,
             clock.clone(),
         )
         .unwrap();

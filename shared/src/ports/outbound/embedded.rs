@@ -574,9 +574,34 @@ impl OutboundStore for EmbeddedOutboundStore {
             attempt.number,
             attempt.org_id.clone(),
         );
+        // No savepoint (a fifth of the writer's time went to savepoints' page copies) and no
+        // wait for the disk: the attempt's row goes first, only while the delivery still has
+        // made `before` attempts; the delivery's update then matches in the same writer step.
+        // Should the update fail, the row goes again. A record lost in a power cut before the
+        // next fsync leaves the delivery due again: one more attempt, which a receiver tells
+        // apart by its `webhook-id` as it does any retry.
         let recorded = self
             .db
-            .call(move |conn| {
+            .call_one_unsynced(move |conn| {
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO outbound_attempts \
+                         (delivery_id, number, org_id, record) \
+                         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM outbound_deliveries \
+                         WHERE id = ?5 AND org_id = ?6 AND attempts = ?7)",
+                    )?
+                    .execute(params![
+                        attempt_delivery,
+                        number,
+                        attempt_org,
+                        attempt_record,
+                        id,
+                        org_id,
+                        before
+                    ])?;
+                if inserted != 1 {
+                    return Ok(false);
+                }
                 let changed = conn
                     .prepare_cached(
                         "UPDATE outbound_deliveries SET status = ?3, attempts = ?4, \
@@ -585,21 +610,14 @@ impl OutboundStore for EmbeddedOutboundStore {
                     )?
                     .execute(params![
                         id, org_id, status, attempts, lease, record, before, due
-                    ])?;
-                if changed != 1 {
-                    return Ok(false);
+                    ]);
+                if !matches!(changed, Ok(1)) {
+                    conn.prepare_cached(
+                        "DELETE FROM outbound_attempts WHERE delivery_id = ?1 AND number = ?2",
+                    )?
+                    .execute(params![attempt_delivery, number])?;
                 }
-                conn.prepare_cached(
-                    "INSERT INTO outbound_attempts (delivery_id, number, org_id, record) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![
-                    attempt_delivery,
-                    number,
-                    attempt_org,
-                    attempt_record
-                ])?;
-                Ok(true)
+                Ok(changed? == 1)
             })
             .await?;
         if recorded {
@@ -911,6 +929,45 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_attempt_whose_delivery_cannot_be_updated_leaves_no_row_and_can_be_recorded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            EmbeddedOutboundStore::new(Database::open(dir.path(), Durability::Normal).unwrap());
+        let d = one_delivery(&store).await;
+        // The delivery's update refused, as a full disk would: the attempt's row, written
+        // first, must go with it.
+        let raw = rusqlite::Connection::open(dir.path().join("hookline.db")).unwrap();
+        raw.execute_batch(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON outbound_deliveries \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        let a1 = attempt(&d, 1, true);
+        assert!(store.record_attempt(&after(&d, &a1), &a1).await.is_err());
+        assert!(store
+            .list_attempts(&d.org_id, &d.id)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store
+                .get_delivery(&d.org_id, &d.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .attempts,
+            0
+        );
+        raw.execute_batch("DROP TRIGGER refuse").unwrap();
+        assert!(store.record_attempt(&after(&d, &a1), &a1).await.unwrap());
+        let attempts = store.list_attempts(&d.org_id, &d.id).await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].id, a1.id);
+        // Recorded once: the same attempt again is stale.
+        assert!(!store.record_attempt(&after(&d, &a1), &a1).await.unwrap());
     }
 
     #[tokio::test]
