@@ -15,3 +15,27 @@ pub mod ratelimit;
 pub mod secrets;
 pub mod sqlite;
 pub mod store;
+
+/// One `#[tokio::test]` of a port's conformance suite, for the suites' generator macros
+/// (`store_conformance!` and the like), expanded where `c` names the suite's module.
+/// `$make` is an async expression yielding `(guard, Arc<dyn Port>)` for a fresh, empty port;
+/// the guard (a temp dir, a table) lives for the test. A `borrowed` case takes `&dyn Port`, a
+/// `shared` one the `Arc` (it runs tasks of its own against the port).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! conformance_case {
+    ($make:expr, $name:ident, borrowed) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (_guard, port) = $make.await;
+            c::$name(&*port).await;
+        }
+    };
+    ($make:expr, $name:ident, shared) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (_guard, port) = $make.await;
+            c::$name(port).await;
+        }
+    };
+}

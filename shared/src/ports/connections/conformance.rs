@@ -1142,19 +1142,8 @@ macro_rules! connections_conformance {
             use $crate::ports::connections::conformance as c;
 
             macro_rules! case {
-                ($name:ident, borrowed) => {
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $name() {
-                        let (_guard, store) = $make.await;
-                        c::$name(&*store).await;
-                    }
-                };
-                ($name:ident, shared) => {
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $name() {
-                        let (_guard, store) = $make.await;
-                        c::$name(store).await;
-                    }
+                ($name:ident, $takes:ident) => {
+                    $crate::conformance_case!($make, $name, $takes);
                 };
             }
 

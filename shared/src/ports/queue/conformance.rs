@@ -129,7 +129,21 @@ pub async fn many_messages_are_each_received_exactly_once(queue: Arc<dyn Queue>)
     assert_eq!(unique, sent);
 }
 
+/// Both adapters: four receivers at once between them receive every message.
+pub async fn concurrent_receivers_receive_every_message(queue: Arc<dyn Queue>) {
+    concurrent_receivers(queue, false).await;
+}
+
+/// The embedded queue also never hands a message to a second receiver while the first holds
+/// it. SQS promises less: a standard queue delivers at least once ("on rare occasions" a
+/// message comes twice), and moto's ReceiveMessage checks and marks a message without a lock,
+/// so two receives at once on a loaded machine can both take it. The worker's process lease
+/// makes such a second copy harmless on both.
 pub async fn concurrent_receivers_never_share_a_message(queue: Arc<dyn Queue>) {
+    concurrent_receivers(queue, true).await;
+}
+
+async fn concurrent_receivers(queue: Arc<dyn Queue>, exclusive: bool) {
     for i in 0..20 {
         queue.send(&format!("c{i}"), Duration::ZERO).await.unwrap();
     }
@@ -163,6 +177,9 @@ pub async fn concurrent_receivers_never_share_a_message(queue: Arc<dyn Queue>) {
     }
     for (body, receives) in &mut by_body {
         receives.sort();
+        if !exclusive {
+            continue;
+        }
         for pair in receives.windows(2) {
             let ((first_started, _), (_, second_returned)) = (pair[0], pair[1]);
             assert!(
@@ -187,11 +204,7 @@ macro_rules! queue_conformance {
 
             macro_rules! case {
                 ($name:ident) => {
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $name() {
-                        let (_guard, queue) = $make.await;
-                        c::$name(queue).await;
-                    }
+                    $crate::conformance_case!($make, $name, shared);
                 };
             }
 
@@ -201,7 +214,7 @@ macro_rules! queue_conformance {
             case!(a_message_received_too_often_moves_to_the_dead_letter_queue);
             case!(dead_letters_redrive_back_to_the_queue);
             case!(many_messages_are_each_received_exactly_once);
-            case!(concurrent_receivers_never_share_a_message);
+            case!(concurrent_receivers_receive_every_message);
         }
     };
 }

@@ -320,6 +320,12 @@ mod tests {
 
     crate::queue_conformance!(fresh());
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_receivers_never_share_a_message() {
+        let (_dir, queue) = fresh().await;
+        crate::ports::queue::conformance::concurrent_receivers_never_share_a_message(queue).await;
+    }
+
     #[tokio::test]
     async fn queued_messages_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();

@@ -85,19 +85,8 @@ macro_rules! ratelimit_conformance {
             use $crate::ports::ratelimit::conformance as c;
 
             macro_rules! case {
-                ($name:ident, borrowed) => {
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $name() {
-                        let (_guard, limiter) = $make.await;
-                        c::$name(&*limiter).await;
-                    }
-                };
-                ($name:ident, shared) => {
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $name() {
-                        let (_guard, limiter) = $make.await;
-                        c::$name(limiter).await;
-                    }
+                ($name:ident, $takes:ident) => {
+                    $crate::conformance_case!($make, $name, $takes);
                 };
             }
 
