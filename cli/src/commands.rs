@@ -65,7 +65,7 @@ pub async fn serve(
     let app = with_outbound(app, data_dir, outbound, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;
     // After outbound, so incidents, connections and relayed deliveries are published.
-    let mut repositories = RepositoriesConfig::from_env().map_err(anyhow::Error::msg)?;
+    let mut repositories = RepositoriesConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
     repositories.auth = auth.clone();
     let mut app = with_repositories(app, data_dir, &base, repositories, Arc::new(SystemClock))
         .map_err(anyhow::Error::msg)?;

@@ -29,7 +29,16 @@ const DEV_SECRETS: [(&str, &str); 7] = [
 ];
 
 /// Settings from the developer's own environment that would change what the tests see.
-const UNSET: [&str; 6] = [
+const UNSET: [&str; 15] = [
+    "HOOKLINE_JWT_ISSUER",
+    "HOOKLINE_JWT_AUDIENCE",
+    "HOOKLINE_JWT_HS256_SECRET",
+    "HOOKLINE_JWT_PUBLIC_KEY",
+    "HOOKLINE_JWT_PUBLIC_KEY_FILE",
+    "HOOKLINE_JWT_JWKS_URL",
+    "HOOKLINE_JWT_ALGORITHM",
+    "HOOKLINE_JWT_JWKS_TTL_SECS",
+    "HOOKLINE_JWT_ORG_CLAIM",
     "WEBHOOK_BASE_URL",
     "HOOKLINE_MAX_BODY_BYTES",
     "HOOKLINE_DELIVERY_TTL_HOURS",
@@ -98,11 +107,11 @@ impl Serve {
         Self::launch(data_dir, env, &data_dir.join("no-such.env"))
     }
 
-    /// `hookline serve --env-file FILE` with `contents` in that file.
-    fn start_with_env_file(data_dir: &Path, contents: &str) -> Self {
+    /// `hookline serve --env-file FILE` with `contents` in that file and `env` set.
+    fn start_with_env_file(data_dir: &Path, env: &[(&str, &str)], contents: &str) -> Self {
         let file = data_dir.with_extension("env");
         std::fs::write(&file, contents).expect("write the env file");
-        Self::launch(data_dir, &[], &file)
+        Self::launch(data_dir, env, &file)
     }
 
     fn launch(data_dir: &Path, env: &[(&str, &str)], env_file: &Path) -> Self {
@@ -644,12 +653,11 @@ fn jwt_settings_in_the_env_file_are_what_every_api_route_group_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let secret = "an-idp-shared-secret-of-32-bytes!!";
+    // Split between the shell and the file, as a developer may have it.
     let serve = Serve::start_with_env_file(
         &data_dir,
-        &format!(
-            "HOOKLINE_JWT_ISSUER=https://idp.example\nHOOKLINE_JWT_AUDIENCE=hookline\n\
-             HOOKLINE_JWT_HS256_SECRET={secret}\n"
-        ),
+        &[("HOOKLINE_JWT_ISSUER", "https://idp.example")],
+        &format!("HOOKLINE_JWT_AUDIENCE=hookline\nHOOKLINE_JWT_HS256_SECRET={secret}\n"),
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -665,27 +673,8 @@ fn jwt_settings_in_the_env_file_are_what_every_api_route_group_accepts() {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap();
-    let dev = run(&[
-        "token",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--org",
-        "org-jwt",
-        "--user",
-        "u",
-        "--scopes",
-        "admin repos:read webhooks:manage",
-    ]);
-    assert!(dev.status.success(), "{}", text(&dev.stderr));
-    let dev_token = text(&dev.stdout).trim().to_owned();
-    // One route of each group the server mounts (billing's was once left on the dev key).
-    for path in [
-        "/api/v1/repositories/connections",
-        "/api/v1/incidents",
-        "/api/v1/endpoints",
-        "/api/v1/org",
-        "/api/v1/billing/entitlements/org-jwt",
-    ] {
+    let dev_token = dev_token(&data_dir, "org-jwt");
+    for path in ONE_ROUTE_OF_EACH_GROUP {
         assert_eq!(
             get_with_token(serve.addr, path, &idp_token),
             200,
@@ -696,5 +685,43 @@ fn jwt_settings_in_the_env_file_are_what_every_api_route_group_accepts() {
             401,
             "a dev-key token on {path}, with an IdP configured"
         );
+    }
+}
+
+/// One route of each group `hookline serve` mounts, for org `org-jwt` (billing's group was
+/// once left on the dev key whatever was configured).
+const ONE_ROUTE_OF_EACH_GROUP: [&str; 5] = [
+    "/api/v1/repositories/connections",
+    "/api/v1/incidents",
+    "/api/v1/endpoints",
+    "/api/v1/org",
+    "/api/v1/billing/entitlements/org-jwt",
+];
+
+/// A `hookline token` for `org` with the scopes those routes ask for.
+fn dev_token(data_dir: &Path, org: &str) -> String {
+    let dev = run(&[
+        "token",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--org",
+        org,
+        "--user",
+        "u",
+        "--scopes",
+        "admin repos:read webhooks:manage",
+    ]);
+    assert!(dev.status.success(), "{}", text(&dev.stderr));
+    text(&dev.stdout).trim().to_owned()
+}
+
+#[test]
+fn with_no_jwt_settings_every_api_route_group_accepts_hookline_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let serve = Serve::start(&data_dir);
+    let token = dev_token(&data_dir, "org-jwt");
+    for path in ONE_ROUTE_OF_EACH_GROUP {
+        assert_eq!(get_with_token(serve.addr, path, &token), 200, "{path}");
     }
 }

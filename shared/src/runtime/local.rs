@@ -103,12 +103,22 @@ pub struct RepositoriesConfig {
 
 impl RepositoriesConfig {
     /// From `GITHUB_API_URL`, `GITLAB_URL`, the `HOOKLINE_JWT_*` variables and
-    /// `HOOKLINE_SECRET_ROTATION_OVERLAP_SECS` (default 3600).
+    /// `HOOKLINE_SECRET_ROTATION_OVERLAP_SECS` (default 3600) in the environment.
     pub fn from_env() -> Result<Self, String> {
-        let auth = crate::auth::Authenticator::from_env().map_err(|e| e.to_string())?;
-        let overlap = crate::config::var("HOOKLINE_SECRET_ROTATION_OVERLAP_SECS")
+        let mut config = Self::from_lookup(&crate::config::var)?;
+        // As before: the OAuth settings are read when the routes are built.
+        config.oauth = None;
+        Ok(config)
+    }
+
+    /// [`RepositoriesConfig::from_env`] over any lookup (`hookline serve`'s: the environment,
+    /// then its `--env-file`), the OAuth apps' `GITHUB_OAUTH_*` / `GITLAB_OAUTH_*` included.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let auth = crate::auth::Authenticator::from_lookup(lookup).map_err(|e| e.to_string())?;
+        let overlap = lookup("HOOKLINE_SECRET_ROTATION_OVERLAP_SECS")
             .map(|v| {
-                v.parse::<u64>().map_err(|_| {
+                v.trim().parse::<u64>().map_err(|_| {
                     format!(
                         "HOOKLINE_SECRET_ROTATION_OVERLAP_SECS must be a whole number, got {v:?}"
                     )
@@ -117,13 +127,12 @@ impl RepositoriesConfig {
             .transpose()?
             .unwrap_or(3600);
         Ok(Self {
-            github_api_url: crate::config::var("GITHUB_API_URL")
+            github_api_url: lookup("GITHUB_API_URL")
                 .unwrap_or_else(|| "https://api.github.com".into()),
-            gitlab_url: crate::config::var("GITLAB_URL")
-                .unwrap_or_else(|| "https://gitlab.com".into()),
+            gitlab_url: lookup("GITLAB_URL").unwrap_or_else(|| "https://gitlab.com".into()),
             auth,
             rotation_overlap: Duration::from_secs(overlap),
-            oauth: None,
+            oauth: Some(crate::api::oauth::OAuthSettings::from_lookup(lookup)),
         })
     }
 }
