@@ -4,7 +4,7 @@
 //!   cargo bench -p hookline-e2e --bench outbound [-- EVENTS ENDPOINTS IN_FLIGHT PUBLISHERS]
 //!
 //! 1. ceiling: a plain HTTP client posting pre-signed bodies to the same receiver, as many at
-//!    once as Hookline's deliverer sends;
+//!    once as Hookline's deliverer sends and 64 at once, the better of the two;
 //! 2. deliveries/s: EVENTS events published (PUBLISHERS at once, default 16) to an org with
 //!    ENDPOINTS endpoints, timed from the first publish until the receiver has every delivery (each counted once: the ledger
 //!    published × endpoints = received must balance, or the run does not count);
@@ -172,8 +172,14 @@ async fn main() {
     .await;
 
     let total = events * endpoints;
-    let ceiling_rate = ceiling(&receiver.url, total.min(20_000), in_flight).await;
-    println!("ceiling: plain client, {in_flight} at once: {ceiling_rate:.0} requests/s");
+    // The ceiling at the deliverer's number at once and at 64, the better of the two: sending
+    // more at once can lower the plain client's rate, and the ratio must not gain by that.
+    let mut ceiling_rate: f64 = 0.0;
+    for at_once in [in_flight, 64] {
+        let rate = ceiling(&receiver.url, total.min(20_000), at_once).await;
+        println!("ceiling: plain client, {at_once} at once: {rate:.0} requests/s");
+        ceiling_rate = ceiling_rate.max(rate);
+    }
     receiver.count.store(0, std::sync::atomic::Ordering::SeqCst);
     receiver.seen.lock().unwrap().clear();
 

@@ -209,7 +209,8 @@ impl OutboundServer {
         Self::spawn_tuned(settings, policy, 64, Durability::Normal).await
     }
 
-    /// With `concurrency` attempts in flight at most (the local server's default is 64), and
+    /// With `concurrency` attempts in flight at most (`hookline serve`'s is
+    /// `OUTBOUND_CONCURRENCY`, 256 unless set), and
     /// the data dir's `durability` (`hookline serve`'s is `Full`: every write the API or the
     /// deliverer waits on has reached the disk; the tests take `Normal`, which skips the fsync).
     pub async fn spawn_tuned(
