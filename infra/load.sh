@@ -12,8 +12,9 @@
 # the size of real workflow_run and pull_request bodies). EVENT is its X-GitHub-Event
 # (default: read from the payload's shape: workflow_run, pull_request, push).
 #
-# PERF_DATA=FILE also records a CPU profile of the server (`perf record -g`) while wrk runs;
-# read it with `perf report -i FILE`.
+# PERF_DATA=FILE also records a CPU profile of the server (`perf record -g`, or PERF_ARGS
+# instead of `-g`, e.g. "--call-graph dwarf,16384 -F 300" for callers in the perf build)
+# while wrk runs; read it with `perf report -i FILE`.
 #
 # Installs wrk from Debian's packages if it is missing. Bounded in time; stops what it starts.
 set -euo pipefail

@@ -75,11 +75,16 @@ fn free_addr() -> SocketAddr {
 
 /// A GET over a plain socket; `None` while nothing listens.
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_get_with(addr, path, "")
+}
+
+/// [`http_get`] with `headers` (each line ending in CRLF) added to the request.
+fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();
@@ -629,23 +634,10 @@ fn replay_of_an_expired_payload_says_so_and_queues_nothing() {
 
 /// A GET with a bearer token: the status.
 fn get_with_token(addr: SocketAddr, path: &str, token: &str) -> u16 {
-    let mut stream = TcpStream::connect(addr).expect("connect to serve");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"))
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    http_get_with(addr, path, &auth)
+        .unwrap_or_else(|| panic!("no answer from serve to GET {path}"))
+        .0
 }
 
 #[test]

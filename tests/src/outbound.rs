@@ -210,9 +210,9 @@ impl OutboundServer {
     }
 
     /// With `concurrency` attempts in flight at most (`hookline serve`'s is
-    /// `OUTBOUND_CONCURRENCY`, 256 unless set), and
-    /// the data dir's `durability` (`hookline serve`'s is `Full`: every write the API or the
-    /// deliverer waits on has reached the disk; the tests take `Normal`, which skips the fsync).
+    /// `OUTBOUND_CONCURRENCY`, 256 unless set), and the data dir's `durability` (`hookline
+    /// serve`'s is `Full`: every write the API or the deliverer waits on has reached the disk;
+    /// the tests take `Normal`, which skips the fsync).
     pub async fn spawn_tuned(
         settings: OutboundSettings,
         policy: AddressPolicy,

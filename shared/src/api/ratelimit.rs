@@ -216,14 +216,19 @@ impl ApiRateLimit {
 
     /// Count the request if its bearer token verifies, and say whether it may be served.
     pub async fn check(&self, headers: &HeaderMap) -> Verdict {
-        match self.verified(headers).await {
-            Some(principal) => self.count(&principal).await,
-            None => Verdict::Uncounted,
-        }
+        self.judge(headers).await.0
     }
 
-    async fn verified(&self, headers: &HeaderMap) -> Option<Principal> {
-        self.auth.verify(bearer_token(headers).ok()?).await.ok()
+    /// [`ApiRateLimit::check`], with the principal it counted (`None` when uncounted).
+    async fn judge(&self, headers: &HeaderMap) -> (Verdict, Option<Principal>) {
+        let verified = match bearer_token(headers) {
+            Ok(token) => self.auth.verify(token).await.ok(),
+            Err(_) => None,
+        };
+        match verified {
+            Some(principal) => (self.count(&principal).await, Some(principal)),
+            None => (Verdict::Uncounted, None),
+        }
     }
 
     /// Count a request of `principal`'s org and say whether it may be served.
@@ -274,14 +279,10 @@ impl ApiRateLimit {
     where
         Fut: Future<Output = Response>,
     {
-        let verdict = match self.verified(req.headers()).await {
-            Some(principal) => {
-                let verdict = self.count(&principal).await;
-                req.extensions_mut().insert(self.auth.vouch(principal));
-                verdict
-            }
-            None => Verdict::Uncounted,
-        };
+        let (verdict, principal) = self.judge(req.headers()).await;
+        if let Some(principal) = principal {
+            req.extensions_mut().insert(self.auth.vouch(principal));
+        }
         match verdict {
             Verdict::Over(quota) => quota.refusal(self.rate),
             Verdict::Within(quota) => {

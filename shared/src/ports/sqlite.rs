@@ -521,9 +521,10 @@ impl Database {
     /// [`Database::call`] for an `op` that writes with one statement at most (reads before
     /// it are fine), or that undoes its own earlier statements itself when a later one fails:
     /// SQLite undoes a statement that fails, so `op` needs no savepoint of its own. (An `op`
-    /// whose undoing fails too leaves its earlier statements in the batch's commit.) A savepoint copies every page it changes that an earlier call of the batch had
-    /// changed too (index leaves, the table's last page): a fifth of the writer's time on the
-    /// outbound hot path went to those copies.
+    /// whose undoing fails too leaves its earlier statements in the batch's commit.) A
+    /// savepoint copies every page it changes that an earlier call of the batch had changed
+    /// too (index leaves, the table's last page): a fifth of the writer's time on the outbound
+    /// hot path went to those copies.
     pub async fn call_one<T, F>(&self, op: F) -> Result<T, DbError>
     where
         T: Send + 'static,

@@ -102,20 +102,12 @@ pub struct RepositoriesConfig {
 }
 
 impl RepositoriesConfig {
-    /// From `GITHUB_API_URL`, `GITLAB_URL`, the `HOOKLINE_JWT_*` variables and
-    /// `HOOKLINE_SECRET_ROTATION_OVERLAP_SECS` (default 3600) in the environment.
-    pub fn from_env() -> Result<Self, String> {
-        let mut config = Self::from_lookup(&crate::config::var)?;
-        // As before: the OAuth settings are read when the routes are built.
-        config.oauth = None;
-        Ok(config)
-    }
-
-    /// [`RepositoriesConfig::from_env`] over any lookup (`hookline serve`'s: the environment,
-    /// then its `--env-file`), the OAuth apps' `GITHUB_OAUTH_*` / `GITLAB_OAUTH_*` included.
+    /// From `GITHUB_API_URL`, `GITLAB_URL`, `HOOKLINE_SECRET_ROTATION_OVERLAP_SECS` (default
+    /// 3600) and the OAuth apps' `GITHUB_OAUTH_*` / `GITLAB_OAUTH_*` as `lookup` gives them
+    /// (`hookline serve`'s: the environment, then its `--env-file`). `auth` is left to the
+    /// server ([`server_authenticator`]).
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
         let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let auth = crate::auth::Authenticator::from_lookup(lookup).map_err(|e| e.to_string())?;
         let overlap = lookup("HOOKLINE_SECRET_ROTATION_OVERLAP_SECS")
             .map(|v| {
                 v.trim().parse::<u64>().map_err(|_| {
@@ -130,7 +122,7 @@ impl RepositoriesConfig {
             github_api_url: lookup("GITHUB_API_URL")
                 .unwrap_or_else(|| "https://api.github.com".into()),
             gitlab_url: lookup("GITLAB_URL").unwrap_or_else(|| "https://gitlab.com".into()),
-            auth,
+            auth: None,
             rotation_overlap: Duration::from_secs(overlap),
             oauth: Some(crate::api::oauth::OAuthSettings::from_lookup(lookup)),
         })
@@ -374,7 +366,8 @@ impl OutboundConfig {
             policy: crate::outbound::ssrf::AddressPolicy::from_vars(lookup)
                 .map_err(|e| e.to_string())?,
             catalog: crate::outbound::catalog::EventCatalog::from_lookup(lookup)?,
-            auth: crate::auth::Authenticator::from_lookup(lookup).map_err(|e| e.to_string())?,
+            // Left to the server ([`server_authenticator`]), one for every route group.
+            auth: None,
             jitter: crate::outbound::deliver::random_jitter(),
             concurrency: outbound_concurrency(lookup)?,
         })
@@ -481,7 +474,7 @@ pub struct LicensesConfig {
 }
 
 impl LicensesConfig {
-    /// From `LICENSE_PRIVATE_KEY`, `LICENSE_ISSUER`, `HOOKLINE_TIERS*` and `HOOKLINE_JWT_*` as
+    /// From `LICENSE_PRIVATE_KEY`, `LICENSE_ISSUER` and `HOOKLINE_TIERS*` as
     /// `lookup` gives them (the environment, then the `--env-file`); an error names the
     /// variable that is wrong, never its value.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
@@ -496,12 +489,12 @@ impl LicensesConfig {
                 Some(issuer) => key.with_issuer(issuer.trim()),
                 None => key,
             });
-        let auth = crate::auth::Authenticator::from_lookup(lookup).map_err(|e| e.to_string())?;
         Ok(Self {
             key,
             tiers: crate::billing::tiers::TierTable::from_lookup(lookup)
                 .map_err(|e| e.to_string())?,
-            auth,
+            // Left to the server ([`server_authenticator`]), one for every route group.
+            auth: None,
         })
     }
 }
@@ -551,8 +544,8 @@ impl BillingConfig {
             stripe,
             licence: lookup("HOOKLINE_LICENSE").map(|t| (t, lookup("LICENSE_PUBLIC_KEY"))),
             reconcile_every,
-            // Set by whoever serves the billing routes (`hookline serve`: the server's one
-            // authenticator); the Lambdas verify tokens with the secret-backed config.
+            // Left to the server ([`server_authenticator`]), one for every route group; the
+            // Lambdas verify tokens with the secret-backed config.
             auth: None,
         })
     }
@@ -735,11 +728,12 @@ pub struct ApiRateLimitConfig {
 
 impl ApiRateLimitConfig {
     /// From `HOOKLINE_API_RATE_LIMIT` as `lookup` gives it (the environment, then the
-    /// `--env-file`) and the `HOOKLINE_JWT_*` variables; the error names the variable.
+    /// `--env-file`); the error names the variable.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
         Ok(Self {
             rate: crate::api::ratelimit::Rate::from_lookup(lookup).map_err(|e| e.to_string())?,
-            auth: crate::auth::Authenticator::from_lookup(lookup).map_err(|e| e.to_string())?,
+            // Left to the server ([`server_authenticator`]), one for every route group.
+            auth: None,
         })
     }
 }
