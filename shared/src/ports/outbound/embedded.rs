@@ -171,6 +171,56 @@ fn delivery_columns(d: &Delivery) -> [Value; 9] {
     ]
 }
 
+/// The statement (and its arguments) of one page of [`OutboundStore::list_deliveries`]: the
+/// org's deliveries that match `filter`, newest first, after the keyset cursor `after`, one more
+/// than `limit` (to tell whether a next page exists).
+fn delivery_query(
+    org_id: &str,
+    filter: &DeliveryFilter,
+    after: Option<(i64, String)>,
+    limit: usize,
+) -> (String, Vec<Value>) {
+    // Only the filters given go into the statement, so SQLite picks the index that
+    // narrows most: `by_endpoint`, `by_event`, `failing` (failed and dead-lettered only),
+    // else `by_org`, whose order is the page's, with the rest checked row by row.
+    let mut sql = format!("SELECT id, {DELIVERY_RECORD} FROM outbound_deliveries WHERE org_id = ?");
+    let mut args = vec![Value::Text(org_id.to_owned())];
+    let mut narrow = |column: &str, op: &str, value: Value| {
+        sql.push_str(&format!(" AND {column} {op} ?"));
+        args.push(value);
+    };
+    if let Some(endpoint) = &filter.endpoint_id {
+        narrow(
+            "endpoint_id",
+            "=",
+            Value::Text(endpoint.as_str().to_owned()),
+        );
+    }
+    if let Some(event) = &filter.event_id {
+        narrow("event_id", "=", Value::Text(event.as_str().to_owned()));
+    }
+    if let Some(status) = filter.status {
+        // Bound, SQLite still matches it against the partial index's WHERE (and prepares
+        // the statement again when the value bound to it changes).
+        narrow("status", "=", Value::Text(status.as_str().to_owned()));
+    }
+    if let Some(event_type) = &filter.event_type {
+        narrow("event_type", "=", Value::Text(event_type.clone()));
+    }
+    if let Some(since) = filter.since {
+        narrow("created_at", ">=", Value::Integer(millis(since)));
+    }
+    // Keyset pagination on (created_at, id), newest first.
+    if let Some((before_ms, before_id)) = after {
+        sql.push_str(" AND (created_at, id) < (?, ?)");
+        args.push(Value::Integer(before_ms));
+        args.push(Value::Text(before_id));
+    }
+    sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
+    args.push(Value::Integer(limit as i64 + 1));
+    (sql, args)
+}
+
 #[async_trait]
 impl OutboundStore for EmbeddedOutboundStore {
     async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<(), OutboundError> {
@@ -476,42 +526,7 @@ impl OutboundStore for EmbeddedOutboundStore {
         let Some((limit, after)) = page_request(limit, cursor.as_deref()) else {
             return Ok((Vec::new(), None));
         };
-        // Only the filters given go into the statement, so SQLite picks the index that
-        // narrows most (each is (org_id, <filter>, created_at, id)).
-        let mut sql =
-            format!("SELECT id, {DELIVERY_RECORD} FROM outbound_deliveries WHERE org_id = ?");
-        let mut args = vec![Value::Text(org_id.to_owned())];
-        let mut narrow = |column: &str, op: &str, value: Value| {
-            sql.push_str(&format!(" AND {column} {op} ?"));
-            args.push(value);
-        };
-        if let Some(endpoint) = &filter.endpoint_id {
-            narrow(
-                "endpoint_id",
-                "=",
-                Value::Text(endpoint.as_str().to_owned()),
-            );
-        }
-        if let Some(event) = &filter.event_id {
-            narrow("event_id", "=", Value::Text(event.as_str().to_owned()));
-        }
-        if let Some(status) = filter.status {
-            narrow("status", "=", Value::Text(status.as_str().to_owned()));
-        }
-        if let Some(event_type) = &filter.event_type {
-            narrow("event_type", "=", Value::Text(event_type.clone()));
-        }
-        if let Some(since) = filter.since {
-            narrow("created_at", ">=", Value::Integer(millis(since)));
-        }
-        // Keyset pagination on (created_at, id), newest first.
-        if let Some((before_ms, before_id)) = after {
-            sql.push_str(" AND (created_at, id) < (?, ?)");
-            args.push(Value::Integer(before_ms));
-            args.push(Value::Text(before_id));
-        }
-        sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
-        args.push(Value::Integer(limit as i64 + 1));
+        let (sql, args) = delivery_query(org_id, filter, after, limit);
         let rows = self
             .db
             .read(|conn| records(conn, &sql, params_from_iter(args)))?;
@@ -754,6 +769,7 @@ impl DueDeliveries for EmbeddedOutboundStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::model::DeliveryStatus;
     use crate::ports::outbound::conformance::{
         after, attempt, delivery_for, endpoint, new_event, t,
     };
@@ -1074,6 +1090,147 @@ mod tests {
             })
             .unwrap();
         assert_eq!((rows, due), (1, 1));
+    }
+
+    #[test]
+    fn a_data_dir_with_the_old_status_and_type_indexes_opens_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The two listing indexes every delivery's insert and attempt used to update.
+            let conn = rusqlite::Connection::open(dir.path().join("hookline.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE outbound_deliveries (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, \
+                 endpoint_id TEXT NOT NULL, event_id TEXT NOT NULL, event_type TEXT NOT NULL, \
+                 status TEXT NOT NULL, attempts INTEGER NOT NULL, lease_until INTEGER, \
+                 created_at INTEGER NOT NULL, record TEXT NOT NULL, due_at INTEGER); \
+                 CREATE INDEX outbound_deliveries_by_status \
+                 ON outbound_deliveries (org_id, status, created_at DESC, id DESC); \
+                 CREATE INDEX outbound_deliveries_by_type \
+                 ON outbound_deliveries (org_id, event_type, created_at DESC, id DESC); \
+                 INSERT INTO outbound_deliveries VALUES ('dlv_old', 'org-a', 'ep_1', 'evt_1', \
+                 'invoice.paid', 'failed', 1, NULL, 0, '{}', 5);",
+            )
+            .unwrap();
+        }
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        let indexes: Vec<String> = db
+            .read(|conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' \
+                     AND tbl_name = 'outbound_deliveries' AND sql IS NOT NULL ORDER BY name",
+                )?;
+                let names = stmt
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(names)
+            })
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "outbound_deliveries_by_endpoint",
+                "outbound_deliveries_by_event",
+                "outbound_deliveries_by_org",
+                "outbound_deliveries_due",
+                "outbound_deliveries_failing",
+            ]
+        );
+        let failing: i64 = db
+            .read(|conn| {
+                Ok(conn.query_row(
+                    "SELECT count(*) FROM outbound_deliveries INDEXED BY outbound_deliveries_failing \
+                     WHERE org_id = 'org-a' AND status = 'failed'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(failing, 1, "the old row is in the new partial index");
+    }
+
+    /// How SQLite runs one page of `list_deliveries` with `filter`: its query plan, one line
+    /// per step.
+    fn plan_of(db: &Database, filter: &DeliveryFilter) -> String {
+        let (sql, args) = delivery_query("org-a", filter, Some((5, "dlv_x".into())), 50);
+        db.read(|conn| {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let steps = stmt
+                .query_map(params_from_iter(args), |r| r.get::<_, String>(3))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(steps.join("\n"))
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn every_delivery_filter_reads_an_index_in_page_order_without_sorting_the_org() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        let (ep, ev) = (EndpointId::generate(), EventId::generate());
+        let status = |s| DeliveryFilter {
+            status: Some(s),
+            ..DeliveryFilter::default()
+        };
+        let cases = [
+            (DeliveryFilter::default(), "outbound_deliveries_by_org"),
+            (
+                DeliveryFilter {
+                    endpoint_id: Some(ep.clone()),
+                    ..DeliveryFilter::default()
+                },
+                "outbound_deliveries_by_endpoint",
+            ),
+            (
+                DeliveryFilter {
+                    event_id: Some(ev),
+                    ..DeliveryFilter::default()
+                },
+                "outbound_deliveries_by_event",
+            ),
+            (
+                status(DeliveryStatus::Failed),
+                "outbound_deliveries_failing",
+            ),
+            (
+                status(DeliveryStatus::DeadLettered),
+                "outbound_deliveries_failing",
+            ),
+            (
+                status(DeliveryStatus::Delivered),
+                "outbound_deliveries_by_org",
+            ),
+            (
+                status(DeliveryStatus::Pending),
+                "outbound_deliveries_by_org",
+            ),
+            (
+                DeliveryFilter {
+                    event_type: Some("invoice.paid".into()),
+                    since: Some(t(0)),
+                    ..DeliveryFilter::default()
+                },
+                "outbound_deliveries_by_org",
+            ),
+            // What `recover` asks: either narrowing index serves it.
+            (
+                DeliveryFilter {
+                    endpoint_id: Some(ep),
+                    status: Some(DeliveryStatus::DeadLettered),
+                    since: Some(t(0)),
+                    ..DeliveryFilter::default()
+                },
+                "",
+            ),
+        ];
+        for (filter, index) in cases {
+            let plan = plan_of(&db, &filter);
+            assert!(plan.contains(index), "{filter:?}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{filter:?} sorts: {plan}");
+            assert!(
+                !plan.starts_with("SCAN outbound_deliveries\n"),
+                "{filter:?}: {plan}"
+            );
+        }
     }
 
     #[tokio::test]
