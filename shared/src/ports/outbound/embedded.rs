@@ -1059,20 +1059,24 @@ mod tests {
         assert!(waited < std::time::Duration::from_secs(5));
     }
 
+    /// `outbound_deliveries` as it first shipped, without its closing parenthesis: the
+    /// columns later versions added follow it.
+    const FIRST_DELIVERIES_TABLE: &str = "CREATE TABLE outbound_deliveries (id TEXT PRIMARY KEY, \
+         org_id TEXT NOT NULL, endpoint_id TEXT NOT NULL, event_id TEXT NOT NULL, \
+         event_type TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL, \
+         lease_until INTEGER, created_at INTEGER NOT NULL, record TEXT NOT NULL";
+
     #[test]
     fn a_data_dir_from_before_due_times_gains_the_column_and_its_deliveries_stay() {
         let dir = tempfile::tempdir().unwrap();
         {
             // The table as it shipped before `due_at`.
             let conn = rusqlite::Connection::open(dir.path().join("hookline.db")).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE outbound_deliveries (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, \
-                 endpoint_id TEXT NOT NULL, event_id TEXT NOT NULL, event_type TEXT NOT NULL, \
-                 status TEXT NOT NULL, attempts INTEGER NOT NULL, lease_until INTEGER, \
-                 created_at INTEGER NOT NULL, record TEXT NOT NULL); \
+            conn.execute_batch(&format!(
+                "{FIRST_DELIVERIES_TABLE}); \
                  INSERT INTO outbound_deliveries VALUES ('dlv_old', 'org-a', 'ep_1', 'evt_1', \
-                 'invoice.paid', 'delivered', 1, NULL, 0, '{}');",
-            )
+                 'invoice.paid', 'delivered', 1, NULL, 0, '{{}}');",
+            ))
             .unwrap();
         }
         let db = Database::open(dir.path(), Durability::Normal).unwrap();
@@ -1098,18 +1102,15 @@ mod tests {
         {
             // The two listing indexes every delivery's insert and attempt used to update.
             let conn = rusqlite::Connection::open(dir.path().join("hookline.db")).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE outbound_deliveries (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, \
-                 endpoint_id TEXT NOT NULL, event_id TEXT NOT NULL, event_type TEXT NOT NULL, \
-                 status TEXT NOT NULL, attempts INTEGER NOT NULL, lease_until INTEGER, \
-                 created_at INTEGER NOT NULL, record TEXT NOT NULL, due_at INTEGER); \
+            conn.execute_batch(&format!(
+                "{FIRST_DELIVERIES_TABLE}, due_at INTEGER); \
                  CREATE INDEX outbound_deliveries_by_status \
                  ON outbound_deliveries (org_id, status, created_at DESC, id DESC); \
                  CREATE INDEX outbound_deliveries_by_type \
                  ON outbound_deliveries (org_id, event_type, created_at DESC, id DESC); \
                  INSERT INTO outbound_deliveries VALUES ('dlv_old', 'org-a', 'ep_1', 'evt_1', \
-                 'invoice.paid', 'failed', 1, NULL, 0, '{}', 5);",
-            )
+                 'invoice.paid', 'failed', 1, NULL, 0, '{{}}', 5);",
+            ))
             .unwrap();
         }
         let db = Database::open(dir.path(), Durability::Normal).unwrap();
