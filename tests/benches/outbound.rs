@@ -238,8 +238,9 @@ async fn main() {
         .collect();
     latencies.sort();
     let rate = total as f64 / elapsed.as_secs_f64();
-    // The ceiling again, after: this machine's speed drifts within minutes, and a ceiling
-    // taken only before could flatter (or wrong) the ratio. The better of all is the one used.
+    // The ceiling again, after: this machine's speed drifts within minutes, so a ceiling
+    // taken only before could make the ratio look better or worse than it is. The ratio
+    // uses the best of the three.
     let after = ceiling(&receiver.url, total.min(20_000), 64).await;
     println!("ceiling after: plain client, 64 at once: {after:.0} requests/s");
     ceiling_rate = ceiling_rate.max(after);
