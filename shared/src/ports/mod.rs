@@ -14,6 +14,7 @@ pub mod queue;
 pub mod ratelimit;
 pub mod secrets;
 pub mod sqlite;
+pub mod sqlite_page_cache;
 pub mod store;
 
 /// One `#[tokio::test]` of a port's conformance suite, for the suites' generator macros

@@ -413,6 +413,7 @@ impl Database {
     }
 
     fn open_new(dir: &Path, durability: Durability) -> Result<Self, DbError> {
+        super::sqlite_page_cache::install();
         let path = dir.join("hookline.db");
         let conn = connect(&path)?;
         conn.execute_batch(SCHEMA)?;
@@ -442,6 +443,7 @@ impl Database {
     /// Open an existing data dir to read only, beside a server that writes to it: WAL lets a
     /// reader in while the writer commits, and a read never waits for the write lock.
     pub fn open_read_only(dir: &Path) -> Result<Self, DbError> {
+        super::sqlite_page_cache::install();
         let path = dir.join("hookline.db");
         if !path.exists() {
             return Err(DbError(format!("no Hookline data in {}", dir.display())));
