@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load test of the local server: `hookline serve` on a fresh data dir, driven by wrk with
 # signed GitHub deliveries, each with its own X-GitHub-Delivery id, over loopback.
-# Reports requests/s and latency percentiles, and how many deliveries the log recorded.
+# Reports requests/s and latency percentiles, how many deliveries the log recorded, and the
+# server's CPU time per delivery (all its threads, the worker's included).
 #
 #   infra/load.sh [DURATION=20s] [CONNECTIONS=64] [THREADS=1] [WORKER_LOOPS=2] [PAYLOAD] [EVENT]
 #
@@ -96,8 +97,20 @@ if [[ -n "${PERF_DATA:-}" ]]; then
   perf record ${PERF_ARGS:--g} -o "$PERF_DATA" -p "$server" -- sleep "${duration%s}" >/dev/null 2>&1 &
   recorder=$!
 fi
+# The server's CPU time so far, all threads (utime + stime, /proc's fixed 100 ticks/s).
+server_cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$server/stat"; }
+cpu_before="$(server_cpu_ticks)"
+started_ns="$(date +%s%N)"
 wrk -t "$threads" -c "$connections" -d "$duration" --latency -s "$work/github.lua" "http://127.0.0.1:$port/api/v1/webhooks/github"
 [[ -n "${PERF_DATA:-}" ]] && wait "$recorder"
 sleep 2
-echo "delivery log: $("$bin" deliveries --data-dir "$work/data" --json --limit 100000000 | wc -l) deliveries recorded"
+cpu_ticks=$(( $(server_cpu_ticks) - cpu_before ))
+elapsed_ns=$(( $(date +%s%N) - started_ns ))
+recorded="$("$bin" deliveries --data-dir "$work/data" --json --limit 100000000 | wc -l)"
+echo "delivery log: $recorded deliveries recorded"
+# CPU per delivery moves far less with the machine's hour than requests/s do; the 2 s
+# after wrk stops are counted, so the worker's share of the last deliveries is in it.
+awk -v t="$cpu_ticks" -v n="$recorded" -v e="$elapsed_ns" 'BEGIN {
+  if (n > 0) printf "server CPU: %.0f µs per delivery (%.2f cores busy over the run)\n", t * 1e4 / n, t / 100 / (e / 1e9)
+}'
 rm -rf "$work"

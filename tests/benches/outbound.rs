@@ -12,6 +12,11 @@
 //! 3. publish → delivered latency, p50/p99, measured from when each event was *published*
 //!    (scheduled), not when the deliverer got round to it;
 //! 4. fan-out: one event to 1,000 endpoints, from publish until all 1,000 have it.
+//!
+//! Beside each rate it prints the CPU time the process spent per request or delivery (all
+//! threads, the receiver's included) and how many cores were busy: this machine's speed
+//! drifts by the hour, CPU per delivery much less, and cores left idle point at a wait
+//! (the writer thread, the disk) rather than at work.
 
 // The local server's allocator (cli/src/main.rs): measured with glibc's, a fifth of this
 // bench's CPU went to malloc and its free-list upkeep, a cost `hookline serve` does not pay.
@@ -98,6 +103,22 @@ async fn enabled_endpoints(
     }
 }
 
+/// CPU time this process has used so far, all threads, user and system (`/proc/self/stat`,
+/// in the kernel's fixed 100 ticks per second): CPU per delivery moves far less with the
+/// machine's hour than deliveries per second do.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11) // utime and stime are fields 14 and 15 of the line
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -105,7 +126,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn ceiling(url: &str, total: usize, concurrency: usize) -> f64 {
+/// The plain client's requests/s, and the CPU each request cost the process (client and
+/// receiver together).
+async fn ceiling(url: &str, total: usize, concurrency: usize) -> (f64, Duration) {
     use futures::StreamExt;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -115,6 +138,7 @@ async fn ceiling(url: &str, total: usize, concurrency: usize) -> f64 {
         br#"{"id":"evt_ceiling","type":"invoice.paid","created_at":"2026-01-01T00:00:00.000Z","data":{"invoice":"in_1","amount":4200}}"#.to_vec(),
     );
     let started = Instant::now();
+    let cpu_before = process_cpu();
     futures::stream::iter(0..total)
         .map(|i| {
             let client = client.clone();
@@ -135,7 +159,11 @@ async fn ceiling(url: &str, total: usize, concurrency: usize) -> f64 {
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
         .await;
-    total as f64 / started.elapsed().as_secs_f64()
+    let cpu = process_cpu().saturating_sub(cpu_before);
+    (
+        total as f64 / started.elapsed().as_secs_f64(),
+        cpu / total as u32,
+    )
 }
 
 #[tokio::main]
@@ -177,8 +205,11 @@ async fn main() {
     // more at once can lower the plain client's rate, and the ratio must not gain by that.
     let mut ceiling_rate: f64 = 0.0;
     for at_once in [in_flight, 64] {
-        let rate = ceiling(&receiver.url, total.min(20_000), at_once).await;
-        println!("ceiling: plain client, {at_once} at once: {rate:.0} requests/s");
+        let (rate, cpu) = ceiling(&receiver.url, total.min(20_000), at_once).await;
+        println!(
+            "ceiling: plain client, {at_once} at once: {rate:.0} requests/s, {} µs CPU per request",
+            cpu.as_micros()
+        );
         ceiling_rate = ceiling_rate.max(rate);
     }
     receiver.count.store(0, std::sync::atomic::Ordering::SeqCst);
@@ -188,6 +219,7 @@ async fn main() {
     // publish waits for its commit to reach the disk, and the run measured that wait instead
     // of the deliverer.
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let published: Vec<(String, Instant)> = {
         use futures::StreamExt;
         futures::stream::iter(0..events)
@@ -222,6 +254,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
+    let cpu = process_cpu().saturating_sub(cpu_before);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = receiver.seen.lock().unwrap().clone();
     let received: usize = seen.values().map(Vec::len).sum();
@@ -241,13 +274,21 @@ async fn main() {
     // The ceiling again, after: this machine's speed drifts within minutes, so a ceiling
     // taken only before could make the ratio look better or worse than it is. The ratio
     // uses the best of the three.
-    let after = ceiling(&receiver.url, total.min(20_000), 64).await;
-    println!("ceiling after: plain client, 64 at once: {after:.0} requests/s");
+    let (after, after_cpu) = ceiling(&receiver.url, total.min(20_000), 64).await;
+    println!(
+        "ceiling after: plain client, 64 at once: {after:.0} requests/s, {} µs CPU per request",
+        after_cpu.as_micros()
+    );
     ceiling_rate = ceiling_rate.max(after);
     println!(
         "hookline: {events} events × {endpoints} endpoints = {total} deliveries in {:.2} s: {rate:.0} deliveries/s ({:.2}× the ceiling, {ceiling_rate:.0}/s)",
         elapsed.as_secs_f64(),
         rate / ceiling_rate
+    );
+    println!(
+        "CPU per delivery: {:.0} µs (the whole process: publishing, dispatch, the deliverer, the writer thread and the receiver), {:.2} cores busy",
+        cpu.as_secs_f64() * 1e6 / total as f64,
+        cpu.as_secs_f64() / elapsed.as_secs_f64()
     );
     println!(
         "publish → delivered: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
