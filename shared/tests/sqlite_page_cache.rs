@@ -15,6 +15,20 @@ fn rows(conn: &Connection, sql: &str) -> Vec<(i64, String)> {
         .unwrap()
 }
 
+/// A row per id, keyed at random (so index pages split all over), with `value` as its `v`.
+fn key(i: i64) -> String {
+    format!("{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+fn insert(conn: &Connection, ids: std::ops::Range<i64>, value: &str) {
+    let mut stmt = conn
+        .prepare_cached("INSERT INTO t (id, k, v) VALUES (?1, ?2, ?3)")
+        .unwrap();
+    for i in ids {
+        stmt.execute(rusqlite::params![i, key(i), value]).unwrap();
+    }
+}
+
 fn integrity(conn: &Connection) -> String {
     conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap()
@@ -40,16 +54,9 @@ fn what_was_committed_reads_back_through_splits_rollbacks_and_regrowth() {
     .unwrap();
     // Random keys split index pages all over: balancing swaps pages through the borrowed
     // page number on many of these commits.
-    let key = |i: i64| format!("{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     for batch in 0..50 {
         let tx = conn.unchecked_transaction().unwrap();
-        for i in batch * 200..(batch + 1) * 200 {
-            tx.execute(
-                "INSERT INTO t (id, k, v) VALUES (?1, ?2, ?3)",
-                rusqlite::params![i, key(i), "x".repeat(200)],
-            )
-            .unwrap();
-        }
+        insert(&tx, batch * 200..(batch + 1) * 200, &"x".repeat(200));
         tx.commit().unwrap();
     }
     let pages_before: i64 = conn
@@ -60,13 +67,7 @@ fn what_was_committed_reads_back_through_splits_rollbacks_and_regrowth() {
     // every page past the file's end, or the regrowth below would reuse their contents.
     {
         let tx = conn.unchecked_transaction().unwrap();
-        for i in 100_000..110_000 {
-            tx.execute(
-                "INSERT INTO t (id, k, v) VALUES (?1, ?2, ?3)",
-                rusqlite::params![i, key(i), "gone".repeat(100)],
-            )
-            .unwrap();
-        }
+        insert(&tx, 100_000..110_000, &"gone".repeat(100));
         tx.rollback().unwrap();
     }
     let pages_after: i64 = conn
@@ -79,13 +80,7 @@ fn what_was_committed_reads_back_through_splits_rollbacks_and_regrowth() {
 
     // Grow it again over the same page numbers, with other rows.
     let tx = conn.unchecked_transaction().unwrap();
-    for i in 200_000..205_000 {
-        tx.execute(
-            "INSERT INTO t (id, k, v) VALUES (?1, ?2, ?3)",
-            rusqlite::params![i, key(i), "kept".repeat(100)],
-        )
-        .unwrap();
-    }
+    insert(&tx, 200_000..205_000, &"kept".repeat(100));
     tx.commit().unwrap();
 
     assert_eq!(integrity(&conn), "ok");
