@@ -129,10 +129,14 @@ unsafe extern "C" fn create(
         return std::ptr::null_mut();
     };
     let inner = make(page_size, extra, purgeable);
-    if inner.is_null() || page_size <= 0 {
+    if inner.is_null() {
         return inner;
     }
-    let borrowed = PENDING_BYTE / page_size as c_uint + 1;
+    // Every cache handed to SQLite is wrapped: the other methods take it for one.
+    let borrowed = match c_uint::try_from(page_size) {
+        Ok(size) if size > 0 => PENDING_BYTE / size + 1,
+        _ => c_uint::MAX,
+    };
     Box::into_raw(Box::new(Cache {
         inner,
         max_key: 0,
