@@ -15,11 +15,12 @@ fn rows(conn: &Connection, sql: &str) -> Vec<(i64, String)> {
         .unwrap()
 }
 
-/// A row per id, keyed at random (so index pages split all over), with `value` as its `v`.
+/// Row `i`'s index key: scattered, so inserts split index pages all over.
 fn key(i: i64) -> String {
     format!("{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
+/// A row per id, with its key and `value` as its `v`.
 fn insert(conn: &Connection, ids: std::ops::Range<i64>, value: &str) {
     let mut stmt = conn
         .prepare_cached("INSERT INTO t (id, k, v) VALUES (?1, ?2, ?3)")

@@ -245,18 +245,15 @@ impl Cache {
 mod tests {
     use super::*;
 
-    fn tracked(max_key: c_uint, lent: bool) -> Cache {
-        Cache {
-            inner: std::ptr::null_mut(),
-            max_key,
-            borrowed: PENDING_BYTE / 4096 + 1,
-            lent,
-        }
-    }
-
     #[test]
     fn the_borrowed_page_counts_only_while_it_is_lent() {
-        let mut c = tracked(0, false);
+        // A fresh cache of 4 KB pages, as `create` makes it (no SQLite cache behind it).
+        let mut c = Cache {
+            inner: std::ptr::null_mut(),
+            max_key: 0,
+            borrowed: PENDING_BYTE / 4096 + 1,
+            lent: false,
+        };
         for key in [1, 7, 40] {
             c.note(key);
         }
