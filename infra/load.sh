@@ -17,6 +17,10 @@
 # instead of `-g`, e.g. "--call-graph dwarf,16384 -F 300" for callers in the perf build)
 # while wrk runs; read it with `perf report -i FILE`.
 #
+# HOOKLINE_BIN=FILE runs that `hookline` binary instead of building the perf profile: keep a
+# copy of one build and alternate runs of it with the next (this machine's speed drifts by
+# the hour, so only runs minutes apart compare).
+#
 # Installs wrk from Debian's packages if it is missing. Bounded in time; stops what it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,8 +52,12 @@ if ! command -v wrk >/dev/null; then
   { apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null
 fi
 
-cargo build --profile perf -p hookline-cli --quiet
-bin="$CARGO_TARGET_DIR/perf/hookline"
+if [[ -n "${HOOKLINE_BIN:-}" ]]; then
+  bin="$HOOKLINE_BIN"
+else
+  cargo build --profile perf -p hookline-cli --quiet
+  bin="$CARGO_TARGET_DIR/perf/hookline"
+fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/hookline-load.XXXXXX")"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
