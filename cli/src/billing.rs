@@ -38,13 +38,8 @@ pub async fn billing(command: &BillingCommand) -> Result<ExitCode> {
 }
 
 async fn reconcile(args: &ReconcileArgs) -> Result<ExitCode> {
-    let file: std::collections::HashMap<String, String> = dotenvy::from_path_iter(&args.env_file)
-        .map(|entries| entries.filter_map(Result::ok).collect())
-        .unwrap_or_default();
-    let lookup = |name: &str| {
-        hookline::config::var(name)
-            .or_else(|| file.get(name).filter(|v| !v.trim().is_empty()).cloned())
-    };
+    let vars = crate::env_file::EnvFile::read(&args.env_file);
+    let lookup = |name: &str| vars.var(name);
     let config = BillingConfig::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
     if config.stripe.is_none() {
         bail!(

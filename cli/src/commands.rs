@@ -40,13 +40,8 @@ pub async fn serve(
         .with_context(|| format!("opening the data dir {}", data_dir.display()))?;
     // Outbound settings come from the environment, then the env file (OUTBOUND_ALLOW_CIDRS
     // there lets a local receiver such as `hookline listen` be an endpoint).
-    let file: std::collections::HashMap<String, String> = dotenvy::from_path_iter(env_file)
-        .map(|entries| entries.filter_map(Result::ok).collect())
-        .unwrap_or_default();
-    let lookup = |name: &str| {
-        hookline::config::var(name)
-            .or_else(|| file.get(name).filter(|v| !v.trim().is_empty()).cloned())
-    };
+    let vars = crate::env_file::EnvFile::read(env_file);
+    let lookup = |name: &str| vars.var(name);
     // One authenticator for every route group: they accept the same tokens, and a route takes
     // the principal the API rate limit verified instead of verifying the token again.
     let auth = Some(server_authenticator(data_dir, &lookup).map_err(anyhow::Error::msg)?);

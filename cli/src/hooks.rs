@@ -45,13 +45,8 @@ pub async fn hooks(command: &HooksCommand) -> Result<ExitCode> {
 }
 
 async fn check(args: &CheckArgs) -> Result<ExitCode> {
-    let file: std::collections::HashMap<String, String> = dotenvy::from_path_iter(&args.env_file)
-        .map(|entries| entries.filter_map(Result::ok).collect())
-        .unwrap_or_default();
-    let lookup = |name: &str| {
-        hookline::config::var(name)
-            .or_else(|| file.get(name).filter(|v| !v.trim().is_empty()).cloned())
-    };
+    let vars = crate::env_file::EnvFile::read(&args.env_file);
+    let lookup = |name: &str| vars.var(name);
     let settings = HealthSettings::from_lookup(&lookup).map_err(anyhow::Error::msg)?;
     // Only the repository side of a local app is used; the provider secrets do not matter.
     let app = default_embedded_app(

@@ -3,6 +3,7 @@
 
 mod billing;
 mod commands;
+mod env_file;
 mod hooks;
 mod license;
 mod listen;

@@ -46,9 +46,14 @@ pub struct ConfigError {
     pub value: String,
 }
 
+/// A setting's value as every reader takes it: unset or blank is `None`.
+pub fn present<S: AsRef<str>>(value: Option<S>) -> Option<S> {
+    value.filter(|v| !v.as_ref().trim().is_empty())
+}
+
 /// Read a variable; unset or empty is `None`.
 pub fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    present(std::env::var(name).ok())
 }
 
 /// A required variable, with an error that names it.
@@ -64,8 +69,7 @@ fn number(
     lookup: &impl Fn(&str) -> Option<String>,
     name: &'static str,
 ) -> Result<Option<u64>, ConfigError> {
-    lookup(name)
-        .filter(|v| !v.trim().is_empty())
+    present(lookup(name))
         .map(|v| {
             v.trim().parse::<u64>().map_err(|_| ConfigError {
                 name,
@@ -93,7 +97,7 @@ impl Settings {
     /// The settings from `lookup` (unset or blank is `None`) instead of the environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut s = Settings {
-            public_base_url: lookup("WEBHOOK_BASE_URL").filter(|v| !v.trim().is_empty()),
+            public_base_url: present(lookup("WEBHOOK_BASE_URL")),
             ..Settings::default()
         };
         if let Some(n) = number(&lookup, "HOOKLINE_MAX_BODY_BYTES")? {
@@ -105,7 +109,7 @@ impl Settings {
         if let Some(secs) = number(&lookup, "HOOKLINE_PROCESS_LEASE_SECS")? {
             s.process_lease = Duration::from_secs(secs);
         }
-        if let Some(raw) = lookup("HOOKLINE_PAYLOAD_RETENTION").filter(|v| !v.trim().is_empty()) {
+        if let Some(raw) = present(lookup("HOOKLINE_PAYLOAD_RETENTION")) {
             s.payload_retention = crate::outbound::settings::parse_duration(&raw)
                 .filter(|d| !d.is_zero())
                 .ok_or(ConfigError {

@@ -93,7 +93,7 @@ impl OAuthSettings {
     /// the client ids and secrets, `HOOKLINE_OAUTH_STATE_KEY`, `HOOKLINE_OAUTH_SUCCESS_URL`,
     /// `WEBHOOK_BASE_URL`, `GITHUB_OAUTH_URL` and `GITLAB_URL`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let get = |name: &str| crate::config::present(lookup(name));
         let app = |id: &str, secret: &str| Some(OAuthApp::new(get(id)?, Secret::new(get(secret)?)));
         Self {
             client: OAuthClient::new(

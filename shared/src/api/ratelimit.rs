@@ -84,7 +84,7 @@ impl Rate {
     pub fn from_lookup(
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Rate>, ConfigError> {
-        match lookup(VAR).filter(|v| !v.trim().is_empty()) {
+        match crate::config::present(lookup(VAR)) {
             None => Ok(Some(Rate::DEFAULT)),
             Some(text) => Rate::parse(&text),
         }

@@ -445,7 +445,7 @@ impl AuthConfig {
             "HOOKLINE_JWT_ORG_CLAIM",
             "HOOKLINE_JWT_PUBLIC_KEY_FILE",
         ];
-        let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let lookup = |name: &str| crate::config::present(lookup(name));
         if NAMES.iter().all(|n| lookup(n).is_none()) {
             return Ok(None);
         }

@@ -211,7 +211,7 @@ impl TierTable {
     /// `{"team": {"limits": {"endpoints": 50}}}`: any subset of tiers, any subset of fields,
     /// `null` for unlimited) or by the JSON in the file `HOOKLINE_TIERS_FILE` names.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, TierConfigError> {
-        let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let lookup = |name: &str| crate::config::present(lookup(name));
         let (variable, text) = match (lookup("HOOKLINE_TIERS"), lookup("HOOKLINE_TIERS_FILE")) {
             (None, None) => return Ok(Self::default()),
             (Some(_), Some(_)) => {

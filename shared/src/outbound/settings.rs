@@ -49,8 +49,7 @@ impl OutboundSettings {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut s = Self::default();
         let duration = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
-            lookup(name)
-                .filter(|v| !v.trim().is_empty())
+            crate::config::present(lookup(name))
                 .map(|v| {
                     parse_duration(&v).ok_or(ConfigError {
                         name,
@@ -60,7 +59,7 @@ impl OutboundSettings {
                 })
                 .transpose()
         };
-        if let Some(raw) = lookup("OUTBOUND_RETRY_SCHEDULE").filter(|v| !v.trim().is_empty()) {
+        if let Some(raw) = crate::config::present(lookup("OUTBOUND_RETRY_SCHEDULE")) {
             s.retry_schedule = parse_schedule(&raw).ok_or(ConfigError {
                 name: "OUTBOUND_RETRY_SCHEDULE",
                 expected: "comma-separated durations such as 1m,5m,30m,2h,24h",

@@ -27,7 +27,7 @@ pub type Vars<'a> = &'a (dyn Fn(&str) -> Option<String> + Send + Sync);
 
 /// One variable from `env`; unset or blank is `None`, as in [`crate::config::var`].
 fn var(env: Vars, name: &str) -> Option<String> {
-    env(name).filter(|v| !v.trim().is_empty())
+    crate::config::present(env(name))
 }
 
 /// A variable the function cannot start without, with an error that names it.
@@ -197,7 +197,7 @@ impl<'a> ColdStart<'a> {
         let secrets = self.secrets().await?;
         Ok(move |name: &str| {
             self.var(name)
-                .or_else(|| secrets.get(name).filter(|v| !v.trim().is_empty()).cloned())
+                .or_else(|| crate::config::present(secrets.get(name)).cloned())
         })
     }
 }

@@ -107,7 +107,7 @@ impl RepositoriesConfig {
     /// (`hookline serve`'s: the environment, then its `--env-file`). `auth` is left to the
     /// server ([`server_authenticator`]).
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let lookup = |name: &str| crate::config::present(lookup(name));
         let overlap = lookup("HOOKLINE_SECRET_ROTATION_OVERLAP_SECS")
             .map(|v| {
                 v.trim().parse::<u64>().map_err(|_| {
@@ -478,7 +478,7 @@ impl LicensesConfig {
     /// `lookup` gives them (the environment, then the `--env-file`); an error names the
     /// variable that is wrong, never its value.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let lookup = |name: &str| crate::config::present(lookup(name));
         let key = lookup("LICENSE_PRIVATE_KEY")
             .map(|text| {
                 crate::billing::licence::LicenceKey::from_base64(&text)
@@ -519,7 +519,7 @@ impl BillingConfig {
     /// From the variables above as `lookup` gives them; an error names the variable that is
     /// wrong, never its value.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let lookup = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let lookup = |name: &str| crate::config::present(lookup(name));
         let stripe = lookup("STRIPE_SECRET_KEY").map(|key| {
             let base =
                 lookup("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com".to_owned());

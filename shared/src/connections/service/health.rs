@@ -53,7 +53,7 @@ impl HealthSettings {
     /// such as `30m`, `1h`, `14d`); an error names the variable.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
         let read = |name: &str| -> Result<Option<Duration>, String> {
-            match lookup(name).filter(|v| !v.trim().is_empty()) {
+            match crate::config::present(lookup(name)) {
                 None => Ok(None),
                 Some(text) => humantime::parse_duration(text.trim())
                     .map(Some)
