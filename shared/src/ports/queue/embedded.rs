@@ -71,6 +71,19 @@ impl EmbeddedQueue {
             (self.main.clone(), self.dead.clone())
         };
         let max = max.clamp(1, 10) as i64;
+        // Look before claiming: a claim is a write the writer commits and the disk syncs, and
+        // idle receivers polling every 50 ms made an idle server sync ~60 times a second.
+        let due = (queue.clone(), now_millis());
+        let any_visible = self.db.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT 1 FROM messages WHERE queue = ?1 AND visible_at <= ?2 LIMIT 1",
+                )?
+                .exists(params![&*due.0, due.1])?)
+        })?;
+        if !any_visible {
+            return Ok(Vec::new());
+        }
         Ok(self
             .db
             .call(move |conn| {
@@ -324,6 +337,36 @@ mod tests {
     async fn concurrent_receivers_never_share_a_message() {
         let (_dir, queue) = fresh().await;
         crate::ports::queue::conformance::concurrent_receivers_never_share_a_message(queue).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poll_of_an_empty_queue_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Full).unwrap();
+        let queue = EmbeddedQueue::new(db.clone(), SETTINGS);
+        // Hold the writer for 3 s: a poll that went through it (a write, synced) would wait.
+        let (held, holding) = tokio::sync::oneshot::channel();
+        let writer = tokio::spawn(async move {
+            db.call(move |_| {
+                let _ = held.send(());
+                std::thread::sleep(Duration::from_secs(3));
+                Ok(())
+            })
+            .await
+        });
+        holding.await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "an empty poll waited {:?} for the writer",
+            started.elapsed()
+        );
+        writer.await.unwrap().unwrap();
+        // A message is still claimed through the writer, as before.
+        queue.send("due", Duration::ZERO).await.unwrap();
+        let got = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 1);
     }
 
     #[tokio::test]
