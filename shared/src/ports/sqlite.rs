@@ -757,7 +757,9 @@ fn writer(
         finish_all(unsynced, committed.clone());
         match (&synced, committed) {
             // Answered once the WAL is on disk, while this thread goes on with the next batch.
-            (Some(syncer), Ok(())) => {
+            // A batch nobody waits on (leases, claims that found nothing) asks for no sync: the
+            // next durable batch's sync covers its pages too.
+            (Some(syncer), Ok(())) if !finishes.is_empty() => {
                 if let Err(mpsc::SendError(unsent)) = syncer.send(finishes) {
                     let stopped = DbError("the database sync thread has stopped".into());
                     finish_all(unsent, Err(stopped));
