@@ -7,7 +7,7 @@
 //! start over.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +71,8 @@ struct Inner {
     jobs: mpsc::Sender<Work>,
     /// A [`Work::Restart`] is on its way to the writer: the checkpointer sends one at a time.
     restart_asked: Arc<AtomicBool>,
+    /// How many times the sync thread has synced the WAL.
+    syncs: Arc<AtomicU64>,
     path: PathBuf,
     /// Idle read-only connections for [`Database::read`]; WAL lets them read beside the writer.
     readers: std::sync::Mutex<Vec<Connection>>,
@@ -527,6 +529,8 @@ impl Database {
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         let copier = Copier::new(&path, restart_at)?;
+        let syncs = Arc::new(AtomicU64::new(0));
+        let counted = syncs.clone();
         let synced = match durability {
             Durability::Normal => None,
             Durability::Full => {
@@ -534,12 +538,12 @@ impl Database {
                 let wal = dir.join("hookline.db-wal");
                 std::thread::Builder::new()
                     .name("hookline-sync".into())
-                    .spawn(move || syncer(&wal, rx))
+                    .spawn(move || syncer(&wal, rx, &counted))
                     .map_err(|e| DbError(format!("cannot start the sync thread: {e}")))?;
                 Some(tx)
             }
         };
-        let db = Self::start(conn, path, "BEGIN IMMEDIATE", synced)?;
+        let db = Self::start(conn, path, "BEGIN IMMEDIATE", synced, syncs)?;
         let alive = Arc::downgrade(&db.inner);
         std::thread::Builder::new()
             .name("hookline-checkpoint".into())
@@ -558,7 +562,7 @@ impl Database {
         }
         let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        Self::start(conn, path, "BEGIN DEFERRED", None)
+        Self::start(conn, path, "BEGIN DEFERRED", None, Arc::default())
     }
 
     fn start(
@@ -566,6 +570,7 @@ impl Database {
         path: PathBuf,
         begin: &'static str,
         synced: Option<mpsc::Sender<Committed>>,
+        syncs: Arc<AtomicU64>,
     ) -> Result<Self, DbError> {
         let (jobs, rx) = mpsc::channel::<Work>();
         let restart_asked = Arc::new(AtomicBool::new(false));
@@ -578,6 +583,7 @@ impl Database {
             inner: Arc::new(Inner {
                 jobs,
                 restart_asked,
+                syncs,
                 path,
                 readers: std::sync::Mutex::new(Vec::new()),
             }),
@@ -586,6 +592,11 @@ impl Database {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// How many times the WAL has been synced so far (with [`Durability::Full`]).
+    pub fn wal_syncs(&self) -> u64 {
+        self.inner.syncs.load(Ordering::Relaxed)
     }
 
     /// Run a read-only `op` on a reader connection, beside the writer instead of in its queue:
@@ -797,12 +808,13 @@ fn finish_all(finishes: Vec<Finish>, result: Result<(), DbError>) {
 /// covers every batch committed before it began. The writer meanwhile goes on with the next
 /// batch, so the disk's latency and the next batch's work overlap; with
 /// `synchronous=FULL` the writer sat out every fsync itself and the cores idled.
-fn syncer(wal: &Path, batches: mpsc::Receiver<Committed>) {
+fn syncer(wal: &Path, batches: mpsc::Receiver<Committed>, syncs: &AtomicU64) {
     let mut file = None;
     while let Ok(first) = batches.recv() {
         let mut ready = vec![first];
         ready.extend(batches.try_iter());
         let synced = sync_wal(wal, &mut file);
+        syncs.fetch_add(1, Ordering::Relaxed);
         for finishes in ready {
             finish_all(finishes, synced.clone());
         }
@@ -984,6 +996,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((rows, integrity.as_str()), (written_rows as i64, "ok"));
+    }
+
+    #[tokio::test]
+    async fn a_batch_nobody_waits_on_is_not_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Full).unwrap();
+        insert_activity(&db, "durable").await.unwrap();
+        let before = db.wal_syncs();
+        assert!(before >= 1, "a durable call was answered without a sync");
+        for i in 0..20 {
+            db.call_one_unsynced(move |conn| {
+                conn.execute(
+                    "UPDATE activities SET received_at = ?1 WHERE key = 'durable'",
+                    [i],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+        // A sync the writer asked for would have been handed over before these answers; give
+        // the sync thread time to have run it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(db.wal_syncs(), before);
+        // The next durable call's sync covers them.
+        insert_activity(&db, "after").await.unwrap();
+        assert_eq!(db.wal_syncs(), before + 1);
     }
 
     #[tokio::test]
