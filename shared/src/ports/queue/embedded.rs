@@ -73,13 +73,12 @@ impl EmbeddedQueue {
         let max = max.clamp(1, 10) as i64;
         // Look before claiming: a claim is a write the writer commits and the disk syncs, and
         // idle receivers polling every 50 ms made an idle server sync ~60 times a second.
-        let due = (queue.clone(), now_millis());
-        let any_visible = self.db.read(move |conn| {
+        let any_visible = self.db.read(|conn| {
             Ok(conn
                 .prepare_cached(
                     "SELECT 1 FROM messages WHERE queue = ?1 AND visible_at <= ?2 LIMIT 1",
                 )?
-                .exists(params![&*due.0, due.1])?)
+                .exists(params![&*queue, now_millis()])?)
         })?;
         if !any_visible {
             return Ok(Vec::new());
