@@ -232,8 +232,14 @@ async fn connecting_a_repository_creates_its_hook_with_a_fresh_secret() {
             "a response holds the webhook secret"
         );
     }
-    for file in std::fs::read_dir(api.dir.path()).unwrap() {
-        let bytes = std::fs::read(file.unwrap().path()).unwrap();
+    // The data dir's files and the payload log's segments in it.
+    let segments = std::fs::read_dir(api.dir.path().join("payloads")).unwrap();
+    for file in std::fs::read_dir(api.dir.path()).unwrap().chain(segments) {
+        let path = file.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
+        let bytes = std::fs::read(path).unwrap();
         assert!(
             !bytes.windows(64).any(|w| w == secret.expose().as_bytes()),
             "a data file holds the secret"

@@ -69,10 +69,10 @@ impl AtomicIntake for EmbeddedIntake {
         let outcome = self
             .queue
             .database()
-            .call(move |conn| {
+            .call_with_log(move |conn, log| {
                 let outcome = insert_new(conn, &new, Some(queued_at))?;
                 if outcome == RecordOutcome::Recorded {
-                    insert_payload(conn, new.key.as_str(), &payload)?;
+                    insert_payload(conn, log, new.key.as_str(), &payload)?;
                     match &message {
                         IntakeMessage::HeadOfPayload(head) => {
                             insert_message_over_payload(conn, &queue_name, head, new.key.as_str())?
@@ -201,6 +201,84 @@ mod tests {
             ["{\"head\":\"lost\"}\n"],
             "its head, to say which it was"
         );
+    }
+
+    #[tokio::test]
+    async fn a_delivery_whose_body_never_reached_the_disk_is_forgotten_and_its_retry_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        {
+            let (_store, _queue, intake) = open(dir.path());
+            send_over_payload(&intake, "whole", "{\"a\":1}", now).await;
+            send_over_payload(&intake, "torn", "{\"b\":2}", now).await;
+        }
+        // A power cut after the WAL reached the disk but before the last record did.
+        let segment = std::fs::read_dir(dir.path().join("payloads"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap();
+        let len = std::fs::metadata(&segment).unwrap().len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        file.set_len(len - 3).unwrap();
+        drop(file);
+
+        let (store, queue, intake) = open(dir.path());
+        let torn = new_delivery(Source::Github, "torn", now);
+        assert!(store.get(&torn.key).await.unwrap().is_none());
+        assert!(store.get_payload(&torn.key, now).await.unwrap().is_none());
+        let got = queue.receive(10, Duration::ZERO).await.unwrap();
+        let bodies: Vec<_> = got.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["{\"head\":\"whole\"}\n{\"a\":1}"]);
+        assert!(queue.receive_dead_letters(10).await.unwrap().is_empty());
+        // GitHub's retry of the unanswered delivery is a new delivery, not a duplicate.
+        let mut kept = payload(now);
+        kept.body = b"{\"b\":2}"[..].into();
+        let again = intake
+            .record_and_send(
+                &torn,
+                IntakeMessage::HeadOfPayload("{\"head\":\"torn\"}\n".into()),
+                now,
+                &kept,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, RecordOutcome::Recorded);
+        let got = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(got[0].body, "{\"head\":\"torn\"}\n{\"b\":2}");
+    }
+
+    #[tokio::test]
+    async fn a_payload_an_older_version_kept_in_its_row_still_reads_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        // The payloads table and a message over it as versions before the payload log left them.
+        let old = rusqlite::Connection::open(dir.path().join("hookline.db")).unwrap();
+        old.execute_batch(&format!(
+            "CREATE TABLE payloads (key TEXT PRIMARY KEY, body BLOB NOT NULL, \
+                 headers TEXT NOT NULL, expires_at INTEGER NOT NULL); \
+             CREATE TABLE messages (id INTEGER PRIMARY KEY, queue TEXT NOT NULL, \
+                 body TEXT NOT NULL, visible_at INTEGER NOT NULL, \
+                 receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT, \
+                 sent_at INTEGER NOT NULL, payload_key TEXT); \
+             INSERT INTO payloads VALUES ('github#old', CAST('{{\"old\":1}}' AS BLOB), '[]', {}); \
+             INSERT INTO messages (queue, body, visible_at, sent_at, payload_key) \
+                 VALUES ('{}', '{{\"head\":0}}\n', 0, 0, 'github#old');",
+            crate::ports::sqlite::millis(now) + 60_000,
+            "main",
+        ))
+        .unwrap();
+        drop(old);
+        let (store, queue, _intake) = open(dir.path());
+        let key = crate::model::DeliveryKey::new(Source::Github, "old");
+        assert_eq!(key.as_str(), "github#old");
+        let kept = store.get_payload(&key, now).await.unwrap().unwrap();
+        assert_eq!(&kept.body[..], b"{\"old\":1}");
+        let got = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(got[0].body, "{\"head\":0}\n{\"old\":1}");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod mail;
 pub mod orgs;
 pub mod outbound;
+pub(crate) mod payload_log;
 pub mod queue;
 pub mod ratelimit;
 pub mod secrets;

@@ -15,6 +15,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::payload_log::{LogWriter, PayloadLog};
+
 /// How many calls one transaction may take before it commits.
 const MAX_BATCH: usize = 512;
 
@@ -40,8 +42,8 @@ pub enum Durability {
 
 type Finish = Box<dyn FnOnce(Result<(), DbError>) + Send>;
 /// A call on the writer: runs, and says how to answer its caller and whether the answer
-/// waits for the disk.
-type Job = Box<dyn FnOnce(&Connection) -> (Finish, Wait) + Send>;
+/// waits for the disk. It is given the payload log's writer unless the database is read-only.
+type Job = Box<dyn FnOnce(&Connection, Option<&mut LogWriter>) -> (Finish, Wait) + Send>;
 
 /// What the writer thread is asked to do.
 enum Work {
@@ -74,6 +76,8 @@ struct Inner {
     /// How many times the sync thread has synced the WAL.
     syncs: Arc<AtomicU64>,
     path: PathBuf,
+    /// The payload bodies' segment files beside the database file (`ports::payload_log`).
+    log: Arc<PayloadLog>,
     /// Idle read-only connections for [`Database::read`]; WAL lets them read beside the writer.
     readers: std::sync::Mutex<Vec<Connection>>,
 }
@@ -341,6 +345,11 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("outbound_deliveries", "due_at", "INTEGER"),
     // The payload row whose body completes the message (`ports::intake`).
     ("messages", "payload_key", "TEXT"),
+    // Where a payload's body is in the payload log (`ports::payload_log`); rows from before
+    // it keep their body in `body`.
+    ("payloads", "body_segment", "INTEGER"),
+    ("payloads", "body_at", "INTEGER"),
+    ("payloads", "body_len", "INTEGER"),
 ];
 /// The indexes on those columns, and the dropping of indexes an older data dir still has but
 /// this version no longer keeps (each cost every write to its table).
@@ -349,6 +358,8 @@ const AFTER_ADDED_COLUMNS: &str = "\
         ON deliveries (org_id, received_at DESC, key DESC) WHERE org_id IS NOT NULL; \
     CREATE INDEX IF NOT EXISTS outbound_deliveries_due \
         ON outbound_deliveries (due_at) WHERE due_at IS NOT NULL; \
+    CREATE INDEX IF NOT EXISTS payloads_by_place \
+        ON payloads (body_segment, body_at) WHERE body_segment IS NOT NULL; \
     DROP INDEX IF EXISTS outbound_deliveries_by_status; \
     DROP INDEX IF EXISTS outbound_deliveries_by_type;";
 
@@ -528,6 +539,7 @@ impl Database {
         let conn = connect(&path)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
+        let (log, log_writer) = PayloadLog::open(dir, &conn)?;
         let copier = Copier::new(&path, restart_at)?;
         let syncs = Arc::new(AtomicU64::new(0));
         let counted = syncs.clone();
@@ -543,7 +555,15 @@ impl Database {
                 Some(tx)
             }
         };
-        let db = Self::start(conn, path, "BEGIN IMMEDIATE", synced, syncs)?;
+        let db = Self::start(
+            conn,
+            path,
+            "BEGIN IMMEDIATE",
+            synced,
+            syncs,
+            log,
+            Some(log_writer),
+        )?;
         let alive = Arc::downgrade(&db.inner);
         std::thread::Builder::new()
             .name("hookline-checkpoint".into())
@@ -562,7 +582,16 @@ impl Database {
         }
         let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        Self::start(conn, path, "BEGIN DEFERRED", None, Arc::default())
+        let log = PayloadLog::reader(dir);
+        Self::start(
+            conn,
+            path,
+            "BEGIN DEFERRED",
+            None,
+            Arc::default(),
+            log,
+            None,
+        )
     }
 
     fn start(
@@ -571,13 +600,15 @@ impl Database {
         begin: &'static str,
         synced: Option<mpsc::Sender<Committed>>,
         syncs: Arc<AtomicU64>,
+        log: Arc<PayloadLog>,
+        log_writer: Option<LogWriter>,
     ) -> Result<Self, DbError> {
         let (jobs, rx) = mpsc::channel::<Work>();
         let restart_asked = Arc::new(AtomicBool::new(false));
         let asked = restart_asked.clone();
         std::thread::Builder::new()
             .name("hookline-db".into())
-            .spawn(move || writer(conn, rx, begin, synced, &asked))
+            .spawn(move || writer(conn, log_writer, rx, begin, synced, &asked))
             .map_err(|e| DbError(format!("cannot start the database thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -585,6 +616,7 @@ impl Database {
                 restart_asked,
                 syncs,
                 path,
+                log,
                 readers: std::sync::Mutex::new(Vec::new()),
             }),
         })
@@ -592,6 +624,11 @@ impl Database {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The payload bodies' log beside the database file, to read from.
+    pub(crate) fn payload_log(&self) -> &Arc<PayloadLog> {
+        &self.inner.log
     }
 
     /// How many times the WAL has been synced so far (with [`Durability::Full`]).
@@ -644,8 +681,26 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
-        self.submit(move |conn| savepoint(conn, op), Wait::Durable)
+        self.submit(move |conn, _| savepoint(conn, op), Wait::Durable)
             .await
+    }
+
+    /// [`Database::call`] for an `op` that appends to the payload log too: what it appends is
+    /// synced before the WAL that names it. (An `op` that fails leaves what it appended as
+    /// bytes no row names.)
+    pub(crate) async fn call_with_log<T, F>(&self, op: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut LogWriter) -> Result<T, DbError> + Send + 'static,
+    {
+        self.submit(
+            move |conn, log| match log {
+                Some(log) => savepoint(conn, |conn| op(conn, log)),
+                None => Err(DbError("this data dir is open to read only".into())),
+            },
+            Wait::Durable,
+        )
+        .await
     }
 
     /// [`Database::call`] for an `op` that writes with one statement at most (reads before
@@ -660,7 +715,7 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
-        self.submit(op, Wait::Durable).await
+        self.submit(move |conn, _| op(conn), Wait::Durable).await
     }
 
     /// [`Database::call_one`] answered as soon as its batch commits, before the WAL is
@@ -672,17 +727,17 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
-        self.submit(op, Wait::Committed).await
+        self.submit(move |conn, _| op(conn), Wait::Committed).await
     }
 
     async fn submit<T, F>(&self, op: F, wait: Wait) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+        F: FnOnce(&Connection, Option<&mut LogWriter>) -> Result<T, DbError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = op(conn);
+        let job: Job = Box::new(move |conn, log| {
+            let result = op(conn, log);
             let finish: Finish = Box::new(move |committed| {
                 let _ = tx.send(committed.and(result));
             });
@@ -719,6 +774,7 @@ fn savepoint<T>(
 
 fn writer(
     conn: Connection,
+    mut log: Option<LogWriter>,
     work: mpsc::Receiver<Work>,
     begin: &str,
     synced: Option<mpsc::Sender<Committed>>,
@@ -738,11 +794,11 @@ fn writer(
         let began = conn.execute_batch(begin).map_err(DbError::from);
         if let Err(e) = began {
             // Cannot even start a transaction: fail this call, keep serving.
-            let (finish, _) = first(&conn);
+            let (finish, _) = first(&conn, log.as_mut());
             finish(Err(e));
             continue;
         }
-        let mut run = |job: Job| match job(&conn) {
+        let mut run = |job: Job| match job(&conn, log.as_mut()) {
             (finish, Wait::Durable) => finishes.push(finish),
             (finish, Wait::Committed) => unsynced.push(finish),
         };
@@ -771,9 +827,13 @@ fn writer(
             // A batch nobody waits on (leases, claims that found nothing) asks for no sync: the
             // next durable batch's sync covers its pages too.
             (Some(syncer), Ok(())) if !finishes.is_empty() => {
-                if let Err(mpsc::SendError(unsent)) = syncer.send(finishes) {
+                let batch = Committed {
+                    finishes,
+                    log: log.as_mut().and_then(LogWriter::take_unsynced),
+                };
+                if let Err(mpsc::SendError(unsent)) = syncer.send(batch) {
                     let stopped = DbError("the database sync thread has stopped".into());
-                    finish_all(unsent, Err(stopped));
+                    finish_all(unsent.finishes, Err(stopped));
                 }
             }
             (_, committed) => finish_all(finishes, committed),
@@ -795,8 +855,12 @@ fn restart(conn: &Connection, restart_asked: &AtomicBool) {
     restart_asked.store(false, Ordering::Release);
 }
 
-/// The callers of a batch whose transaction committed, waiting for the WAL to reach the disk.
-type Committed = Vec<Finish>;
+/// The callers of a batch whose transaction committed, waiting for the WAL to reach the disk,
+/// and the payload log's segment if the batch appended to it (synced first).
+struct Committed {
+    finishes: Vec<Finish>,
+    log: Option<Arc<std::fs::File>>,
+}
 
 fn finish_all(finishes: Vec<Finish>, result: Result<(), DbError>) {
     for finish in finishes {
@@ -813,10 +877,27 @@ fn syncer(wal: &Path, batches: mpsc::Receiver<Committed>, syncs: &AtomicU64) {
     while let Ok(first) = batches.recv() {
         let mut ready = vec![first];
         ready.extend(batches.try_iter());
-        let synced = sync_wal(wal, &mut file);
+        // The payload log's segment before the WAL that names its records. (Only mostly in
+        // that order: the checkpointer syncs the WAL too, so `ports::payload_log` recovers
+        // from a WAL that reached the disk first. Syncing both at once measured no faster.)
+        // The batches of one round share a segment but for the rare one where it rolled over
+        // (the writer synced the old one then).
+        let mut segments: Vec<&Arc<std::fs::File>> = Vec::new();
+        for segment in ready.iter().filter_map(|b| b.log.as_ref()) {
+            if !segments.iter().any(|s| Arc::ptr_eq(s, segment)) {
+                segments.push(segment);
+            }
+        }
+        let synced = segments
+            .iter()
+            .try_for_each(|s| {
+                s.sync_data()
+                    .map_err(|e| DbError(format!("cannot sync the payload log: {e}")))
+            })
+            .and_then(|()| sync_wal(wal, &mut file));
         syncs.fetch_add(1, Ordering::Relaxed);
-        for finishes in ready {
-            finish_all(finishes, synced.clone());
+        for batch in ready {
+            finish_all(batch.finishes, synced.clone());
         }
     }
 }

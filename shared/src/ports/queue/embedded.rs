@@ -2,7 +2,9 @@
 //! (delay, visibility timeout, receive count, dead-letter queue after the redrive limit).
 
 use super::{Queue, QueueError, QueueSettings, ReceivedMessage};
+use crate::ports::payload_log::PayloadLog;
 use crate::ports::sqlite::{Database, DbError};
+use crate::ports::store::embedded::{stored_body, StoredBody};
 use async_trait::async_trait;
 use rusqlite::params;
 use std::sync::Arc;
@@ -83,20 +85,27 @@ impl EmbeddedQueue {
         if !any_visible {
             return Ok(Vec::new());
         }
+        let log = self.db.payload_log().clone();
         Ok(self
             .db
             .call(move |conn| {
                 let now = now_millis();
                 type Body = Result<String, (String, String)>;
                 let candidates: Vec<(i64, Body, i64)> = conn
-                    .prepare_cached(
+                    .prepare_cached(&format!(
                         // In index order: the oldest visible first, without sorting the backlog.
-                        "SELECT m.id, m.body, m.receive_count, m.payload_key, p.body \
+                        "SELECT m.id, m.body, m.receive_count, m.payload_key, {} \
                          FROM messages m LEFT JOIN payloads p ON p.key = m.payload_key \
                          WHERE m.queue = ?1 AND m.visible_at <= ?2 ORDER BY m.visible_at LIMIT ?3",
-                    )?
+                        PAYLOAD_BODY
+                    ))?
                     .query_map(params![&*queue, now, max], |r| {
-                        let body = message_body(r.get(1)?, r.get(3)?, r.get_ref(4)?);
+                        // `p.body` is never NULL but where no payload row joined.
+                        let payload = match r.get_ref(4)? {
+                            rusqlite::types::ValueRef::Null => None,
+                            _ => Some(stored_body(r, 4)?),
+                        };
+                        let body = message_body(r.get(1)?, r.get(3)?, payload, &log);
                         Ok((r.get(0)?, body, r.get(2)?))
                     })?
                     .collect::<Result<_, _>>()?;
@@ -188,26 +197,43 @@ pub(crate) fn insert_message_over_payload(
     Ok(conn.last_insert_rowid())
 }
 
+/// The payload row's body columns (`store::embedded::BODY_COLUMNS`) as the receive's join
+/// names them.
+const PAYLOAD_BODY: &str = "p.body, p.body_segment, p.body_at, p.body_len";
+
 /// A message's body: its own, or its head followed by the body of the payload row it names;
-/// `Err((head, why))` when that row is gone or is not text.
+/// `Err((head, why))` when that row or its body is gone or is not text.
 fn message_body(
-    mut body: String,
+    head: String,
     payload_key: Option<String>,
-    payload: rusqlite::types::ValueRef<'_>,
+    payload: Option<StoredBody>,
+    log: &PayloadLog,
 ) -> Result<String, (String, String)> {
     let Some(key) = payload_key else {
-        return Ok(body);
+        return Ok(head);
     };
-    match payload {
-        rusqlite::types::ValueRef::Blob(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => {
-                body.push_str(text);
-                Ok(body)
-            }
+    let head_len = head.len();
+    let mut whole = head.into_bytes();
+    let read = match payload {
+        Some(StoredBody::Log(place)) => log.read_into(place, &mut whole),
+        Some(StoredBody::Row(body)) => {
+            whole.extend_from_slice(&body);
+            Ok(())
+        }
+        None => Err(format!("the payload of {key} is missing")),
+    };
+    let back_to_head = |mut bytes: Vec<u8>| {
+        bytes.truncate(head_len);
+        // Cut where the head ended, so still the text it was.
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    match read {
+        Ok(()) => String::from_utf8(whole).map_err(|e| {
             // The intake only stores text bodies this way; anything else is a damaged file.
-            Err(_) => Err((body, format!("the payload of {key} is not UTF-8"))),
-        },
-        _ => Err((body, format!("the payload of {key} is missing"))),
+            let why = format!("the payload of {key} is not UTF-8");
+            (back_to_head(e.into_bytes()), why)
+        }),
+        Err(why) => Err((back_to_head(whole), why)),
     }
 }
 

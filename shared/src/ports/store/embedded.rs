@@ -9,6 +9,7 @@ use crate::model::{
     Activity, Delivery, DeliveryKey, DeliveryOutcome, DeliveryStatus, NewDelivery, Owner,
     StoredPayload,
 };
+use crate::ports::payload_log::{LogWriter, PayloadLog, Place};
 use crate::ports::sqlite::{from_millis, millis, Database, DbError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -73,36 +74,77 @@ fn read_delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
 }
 
 /// Keep a payload (the intake writes it in the transaction that records the delivery).
+/// The body goes to the payload log (`ports::payload_log`), the row says where.
 pub(crate) fn insert_payload(
     conn: &Connection,
+    log: &mut LogWriter,
     key: &str,
     payload: &StoredPayload,
 ) -> Result<(), DbError> {
     let headers = serde_json::to_string(&payload.headers)
         .map_err(|e| DbError(format!("headers of {key}: {e}")))?;
-    let replaces: bool = conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM payloads WHERE key = ?1)")?
-        .query_row([key], |r| r.get(0))?;
-    if replaces {
+    let replaced: Option<StoredBody> = conn
+        .prepare_cached(&format!(
+            "SELECT {BODY_COLUMNS} FROM payloads WHERE key = ?1"
+        ))?
+        .query_row([key], |r| stored_body(r, 0))
+        .optional()?;
+    if let Some(replaced) = replaced {
         // A message still queued over the payload this replaces (`ports::intake`) keeps the
         // body it was sent with. Rare: a key recorded again after its record expired.
+        let old = replaced.read(log.log()).map_err(DbError)?;
         conn.prepare_cached(
-            "UPDATE messages SET payload_key = NULL, \
-             body = body || CAST((SELECT body FROM payloads WHERE key = ?1) AS TEXT) \
+            "UPDATE messages SET payload_key = NULL, body = body || CAST(?2 AS TEXT) \
              WHERE payload_key = ?1",
         )?
-        .execute([key])?;
+        .execute(params![key, old])?;
     }
+    let place = log.append(&payload.body)?;
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO payloads (key, body, headers, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR REPLACE INTO payloads (key, body, headers, expires_at, body_segment, \
+         body_at, body_len) VALUES (?1, x'', ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         key,
-        &payload.body[..],
         headers,
-        millis(payload.expires_at)
+        millis(payload.expires_at),
+        place.segment,
+        place.offset as i64,
+        place.len,
     ])?;
     Ok(())
+}
+
+/// The columns [`stored_body`] reads, in its order.
+pub(crate) const BODY_COLUMNS: &str = "body, body_segment, body_at, body_len";
+
+/// Where a payload row's body is.
+#[derive(Debug)]
+pub(crate) enum StoredBody {
+    /// In the row (data dirs from before the payload log).
+    Row(Vec<u8>),
+    Log(Place),
+}
+
+impl StoredBody {
+    pub(crate) fn read(self, log: &PayloadLog) -> Result<Vec<u8>, String> {
+        match self {
+            StoredBody::Row(body) => Ok(body),
+            StoredBody::Log(place) => log.read(place),
+        }
+    }
+}
+
+/// [`BODY_COLUMNS`] from column `first` on.
+pub(crate) fn stored_body(row: &Row<'_>, first: usize) -> rusqlite::Result<StoredBody> {
+    Ok(match row.get::<_, Option<u32>>(first + 1)? {
+        Some(segment) => StoredBody::Log(Place {
+            segment,
+            offset: row.get::<_, i64>(first + 2)? as u64,
+            len: row.get(first + 3)?,
+        }),
+        None => StoredBody::Row(row.get(first)?),
+    })
 }
 
 fn get(conn: &Connection, key: &str) -> Result<Option<Delivery>, DbError> {
@@ -447,7 +489,7 @@ impl DeliveryStore for EmbeddedStore {
         let payload = payload.clone();
         Ok(self
             .db
-            .call(move |conn| insert_payload(conn, &key, &payload))
+            .call_with_log(move |conn, log| insert_payload(conn, log, &key, &payload))
             .await?)
     }
 
@@ -457,21 +499,27 @@ impl DeliveryStore for EmbeddedStore {
         now: DateTime<Utc>,
     ) -> Result<Option<StoredPayload>, StoreError> {
         let key = key.as_str().to_owned();
-        let row: Option<(Vec<u8>, String, i64)> = self
+        let row: Option<(StoredBody, String, i64)> = self
             .db
             .call(move |conn| {
                 Ok(conn
-                    .prepare_cached(
-                        "SELECT body, headers, expires_at FROM payloads \
-                         WHERE key = ?1 AND expires_at > ?2",
-                    )?
+                    .prepare_cached(&format!(
+                        "SELECT headers, expires_at, {BODY_COLUMNS} FROM payloads \
+                         WHERE key = ?1 AND expires_at > ?2"
+                    ))?
                     .query_row(params![key, millis(now)], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        Ok((stored_body(r, 2)?, r.get(0)?, r.get(1)?))
                     })
                     .optional()?)
             })
             .await?;
         row.map(|(body, headers, expires_at)| {
+            let body = body
+                .read(self.db.payload_log())
+                .map_err(|reason| StoreError::Corrupt {
+                    key: "payload body".into(),
+                    reason,
+                })?;
             Ok(StoredPayload {
                 body: body.into(),
                 headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt {
@@ -485,7 +533,7 @@ impl DeliveryStore for EmbeddedStore {
     }
 
     async fn prune_payloads(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(self
+        let (gone, oldest_kept) = self
             .db
             .call(move |conn| {
                 let gone = conn
@@ -496,9 +544,17 @@ impl DeliveryStore for EmbeddedStore {
                          (SELECT payload_key FROM messages WHERE payload_key IS NOT NULL)",
                     )?
                     .execute([millis(now)])?;
-                Ok(gone as u64)
+                let oldest_kept: Option<u32> = conn
+                    .prepare_cached(
+                        "SELECT min(body_segment) FROM payloads WHERE body_segment IS NOT NULL",
+                    )?
+                    .query_row([], |r| r.get(0))?;
+                Ok((gone as u64, oldest_kept))
             })
-            .await?)
+            .await?;
+        // Once the rows are gone for good: the segments no row names any more.
+        self.db.payload_log().prune(oldest_kept)?;
+        Ok(gone)
     }
 }
 
