@@ -7,11 +7,12 @@
 //! with an empty one, alternated runs of `infra/load.sh`). Here a body is written once, by
 //! one `write`, and synced by the sync thread just before the WAL that names it.
 //!
-//! A record is `[length u32 LE][CRC-32 of the body u32 LE][body]`. The sync thread syncs the
-//! segment before the WAL, but the checkpointer also syncs the WAL on its own, so after a
-//! power cut the WAL can name a record that never reached the disk. Such a delivery was never
-//! answered (answers wait for both syncs), so [`PayloadLog::recover`] forgets it whole when the
-//! data dir opens: the provider's retry then records it afresh.
+//! A record is `[length u32 LE][CRC-32 of the length and the body u32 LE][body]` (zeros, what
+//! a power cut can leave, never read as a record). The sync thread syncs the segment before the
+//! WAL, but the checkpointer also syncs the WAL on its own, so after a power cut the WAL can
+//! name a record that never reached the disk. Such a delivery was never answered (answers wait
+//! for both syncs), so [`PayloadLog::recover`] forgets it whole when the data dir opens: the
+//! provider's retry then records it afresh.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -142,23 +143,45 @@ impl PayloadLog {
             return Ok((1, 0));
         };
         let path = self.path(last);
-        let bytes = std::fs::read(&path).map_err(|e| io_error("read", &path, e))?;
-        let mut end = 0usize;
-        while let Some(len) = intact_record(&bytes[end..]) {
-            end += HEADER + len;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error("open", &path, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| io_error("read", &path, e))?
+            .len();
+        // Record by record, one buffer reused: a segment may be 64 MB.
+        let mut end = 0u64;
+        let mut record = Vec::new();
+        loop {
+            let mut header = [0u8; HEADER];
+            if file.read_exact_at(&mut header, end).is_err() {
+                break;
+            }
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
+            if end + HEADER as u64 + len > size {
+                break;
+            }
+            record.clear();
+            record.extend_from_slice(&header);
+            record.resize(HEADER + len as usize, 0);
+            file.read_exact_at(&mut record[HEADER..], end + HEADER as u64)
+                .map_err(|e| io_error("read", &path, e))?;
+            if intact_record(&record).is_none() {
+                break;
+            }
+            end += HEADER as u64 + len;
         }
-        if end < bytes.len() {
+        if end < size {
             tracing::warn!(
                 segment = %path.display(),
                 kept = end,
-                cut = bytes.len() - end,
+                cut = size - end,
                 "the payload log ends in a record that never reached the disk; cutting it off"
             );
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| io_error("open", &path, e))?;
-            file.set_len(end as u64)
+            file.set_len(end)
                 .and_then(|()| file.sync_all())
                 .map_err(|e| io_error("truncate", &path, e))?;
         }
@@ -183,7 +206,7 @@ impl PayloadLog {
             }
             tx.commit()?;
         }
-        Ok((last, end as u64))
+        Ok((last, end))
     }
 
     fn handle(&self, segment: u32) -> Result<Arc<File>, String> {
@@ -249,7 +272,14 @@ fn intact_record(bytes: &[u8]) -> Option<usize> {
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
     let body = bytes.get(HEADER..HEADER + len)?;
-    (crc32fast::hash(body) == crc).then_some(len)
+    (checksum(body) == crc).then_some(len)
+}
+
+fn checksum(body: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&(body.len() as u32).to_le_bytes());
+    crc.update(body);
+    crc.finalize()
 }
 
 /// The writer thread's end of the log: appends, and says which file the next sync must cover.
@@ -279,8 +309,7 @@ impl LogWriter {
         }
         self.buf.clear();
         self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf
-            .extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        self.buf.extend_from_slice(&checksum(body).to_le_bytes());
         self.buf.extend_from_slice(body);
         let place = Place {
             segment: self.segment,
@@ -417,6 +446,27 @@ mod tests {
         let (log, _writer) = PayloadLog::open(dir.path(), &conn).unwrap();
         assert_eq!(keys(&conn, "deliveries", "key"), ["next", "whole"]);
         assert_eq!(log.read(next).unwrap(), b"{\"next\":4}");
+    }
+
+    #[test]
+    fn records_a_power_cut_left_as_zeros_are_cut_off_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = tables();
+        let (log, mut writer) = PayloadLog::open(dir.path(), &conn).unwrap();
+        keep(&conn, &mut writer, "whole", b"{}");
+        let zeroed = keep(&conn, &mut writer, "zeroed", b"{\"z\":1}");
+        drop((log, writer));
+        let path = dir
+            .path()
+            .join("payloads")
+            .join(segment_name(zeroed.segment));
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0; HEADER + 7], zeroed.offset).unwrap();
+        file.set_len(zeroed.offset + 4096).unwrap();
+        drop(file);
+        let _reopened = PayloadLog::open(dir.path(), &conn).unwrap();
+        assert_eq!(keys(&conn, "deliveries", "key"), ["whole"]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), zeroed.offset);
     }
 
     #[test]
