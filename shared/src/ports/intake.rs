@@ -66,13 +66,21 @@ impl AtomicIntake for EmbeddedIntake {
         let payload = payload.clone();
         let queued_at = crate::ports::sqlite::millis(queued_at);
         let queue_name: std::sync::Arc<str> = std::sync::Arc::from(self.queue.name());
+        let log = self.queue.database().payload_log().clone();
         let outcome = self
             .queue
             .database()
-            .call_with_log(move |conn, log| {
+            .call_with_log(move |conn, writer| {
                 let outcome = insert_new(conn, &new, Some(queued_at))?;
                 if outcome == RecordOutcome::Recorded {
-                    insert_payload(conn, log, new.key.as_str(), &payload)?;
+                    // A whole message keeps its body in its payload row: the log's recovery
+                    // forgets a delivery through the message over its payload
+                    // (`ports::payload_log`), and such bodies (not text) are rare.
+                    let writer = match &message {
+                        IntakeMessage::HeadOfPayload(_) => writer,
+                        IntakeMessage::Whole(_) => None,
+                    };
+                    insert_payload(conn, &log, writer, new.key.as_str(), &payload)?;
                     match &message {
                         IntakeMessage::HeadOfPayload(head) => {
                             insert_message_over_payload(conn, &queue_name, head, new.key.as_str())?
@@ -279,6 +287,83 @@ mod tests {
         assert_eq!(&kept.body[..], b"{\"old\":1}");
         let got = queue.receive(10, Duration::ZERO).await.unwrap();
         assert_eq!(got[0].body, "{\"head\":0}\n{\"old\":1}");
+    }
+
+    #[tokio::test]
+    async fn a_whole_message_keeps_its_body_in_its_row_and_a_damaged_row_fails_only_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue, intake) = open(dir.path());
+        let now = Utc::now();
+        let whole_one = new_delivery(Source::Github, "whole-one", now);
+        intake
+            .record_and_send(&whole_one, whole("the whole message"), now, &payload(now))
+            .await
+            .unwrap();
+        send_over_payload(&intake, "damaged", "{\"d\":1}", now).await;
+        send_over_payload(&intake, "fine", "{\"f\":2}", now).await;
+        let raw = rusqlite::Connection::open(dir.path().join("hookline.db")).unwrap();
+        let in_row: bool = raw
+            .query_row(
+                "SELECT body_segment IS NULL AND length(body) > 0 FROM payloads WHERE key = ?1",
+                [whole_one.key.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(in_row, "a whole message's payload is kept in its row");
+        let damaged = new_delivery(Source::Github, "damaged", now).key;
+        raw.execute(
+            "UPDATE payloads SET body_len = -1 WHERE key = ?1",
+            [damaged.as_str()],
+        )
+        .unwrap();
+        drop(raw);
+        let got = queue.receive(10, Duration::ZERO).await.unwrap();
+        let bodies: Vec<_> = got.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(
+            bodies,
+            ["the whole message", "{\"head\":\"fine\"}\n{\"f\":2}"]
+        );
+        let dead = queue.receive_dead_letters(10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].body, "{\"head\":\"damaged\"}\n");
+        assert!(store
+            .get_payload(&whole_one.key, now)
+            .await
+            .unwrap()
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn a_payload_recorded_again_over_an_unreadable_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, queue, intake) = open(dir.path());
+        let now = Utc::now();
+        send_over_payload(&intake, "again", "{\"first\":1}", now).await;
+        // The first body's record damaged on disk.
+        let segment = std::fs::read_dir(dir.path().join("payloads"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap();
+        let len = std::fs::metadata(&segment).unwrap().len();
+        std::os::unix::fs::FileExt::write_all_at(
+            &std::fs::OpenOptions::new()
+                .write(true)
+                .open(&segment)
+                .unwrap(),
+            b"X",
+            len - 2,
+        )
+        .unwrap();
+        let key = new_delivery(Source::Github, "again", now).key;
+        let mut second = payload(now);
+        second.body = b"{\"second\":2}"[..].into();
+        store.put_payload(&key, &second).await.unwrap();
+        let kept = store.get_payload(&key, now).await.unwrap().unwrap();
+        assert_eq!(&kept.body[..], b"{\"second\":2}");
+        // The queued message is left with its head only; the worker will refuse it.
+        let got = queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(got[0].body, "{\"head\":\"again\"}\n");
     }
 
     #[tokio::test]

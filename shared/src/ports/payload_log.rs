@@ -4,22 +4,25 @@
 //! Why not in SQLite: a body written there goes through the page cache into the WAL and again
 //! into the database file at the checkpoint, and SQLite's B-tree work grows with it. At 17 KB
 //! bodies that was ~40% of the intake's CPU per delivery (165 µs with the body in SQLite, 93 µs
-//! with an empty one, alternated runs of `infra/load.sh`). Here a body is written once, by
-//! one `write`, and synced by the sync thread just before the WAL that names it.
+//! with an empty one, alternated runs of `infra/load.sh`). Here a body is written once, at the
+//! log's end, and (with `Durability::Full`) synced by the sync thread just before the WAL that
+//! names it.
 //!
 //! A record is `[length u32 LE][CRC-32 of the length and the body u32 LE][body]` (zeros, what
-//! a power cut can leave, never read as a record). The sync thread syncs the segment before the
-//! WAL, but the checkpointer also syncs the WAL on its own, so after a power cut the WAL can
-//! name a record that never reached the disk. Such a delivery was never answered (answers wait
-//! for both syncs), so [`PayloadLog::recover`] forgets it whole when the data dir opens: the
-//! provider's retry then records it afresh.
+//! a power cut can leave, never read as a record). The checkpointer syncs the WAL on its own
+//! too, so after a power cut the WAL can name a record that never reached the disk, and a
+//! SIGKILL can stop a record's write halfway. Such a delivery was never answered (answers wait
+//! for the segment's sync), so [`PayloadLog::recover`] forgets it whole when the data dir
+//! opens: the provider's retry then records it afresh.
+//!
+//! One process appends: the one holding `payloads/LOCK` (`hookline serve`). Another process
+//! that opens the data dir to write (`hookline replay` beside a running server) gets no
+//! [`LogWriter`], runs no recovery, and keeps any body it stores in its row.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection};
@@ -42,9 +45,8 @@ pub(crate) struct Place {
 #[derive(Debug)]
 pub(crate) struct PayloadLog {
     dir: PathBuf,
-    /// The segment the writer appends to: never deleted by pruning.
-    current: AtomicU32,
-    /// Open read handles by segment (a pruned segment's handle is dropped with it).
+    /// Open read handles by segment. Pruning deletes a segment's file under this lock, so a
+    /// reader never caches a handle on a deleted file.
     open: Mutex<HashMap<u32, Arc<File>>>,
 }
 
@@ -88,29 +90,45 @@ impl PayloadLog {
     pub(crate) fn reader(data_dir: &Path) -> Arc<Self> {
         Arc::new(Self {
             dir: data_dir.join("payloads"),
-            current: AtomicU32::new(u32::MAX),
             open: Mutex::default(),
         })
     }
 
-    /// Open the log of `data_dir` for writing, after [`PayloadLog::recover`]ing it against the
-    /// `payloads` rows `conn` holds.
+    /// Open the log of `data_dir`, and its writer if no other process holds it: then, first,
+    /// [`PayloadLog::recover`] it against the `payloads` rows `conn` holds.
     pub(crate) fn open(
         data_dir: &Path,
         conn: &Connection,
-    ) -> Result<(Arc<Self>, LogWriter), DbError> {
+    ) -> Result<(Arc<Self>, Option<LogWriter>), DbError> {
         let dir = data_dir.join("payloads");
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
         let log = Arc::new(Self {
             dir,
-            current: AtomicU32::new(0),
             open: Mutex::default(),
         });
+        let lock_path = log.dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_error("open", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::info!(
+                    "another process (hookline serve?) appends to this data dir's payload log; \
+                     bodies stored from here stay in the database"
+                );
+                return Ok((log, None));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_error("lock", &lock_path, e)),
+        }
         let (segment, end) = log.recover(conn)?;
-        log.current.store(segment, Ordering::Release);
-        let file = log.create_or_append(segment)?;
+        let file = log.create_or_open(segment)?;
         let writer = LogWriter {
             log: log.clone(),
+            _lock: lock,
             segment,
             file: Arc::new(file),
             end,
@@ -118,14 +136,16 @@ impl PayloadLog {
             dirty: false,
             buf: Vec::new(),
         };
-        Ok((log, writer))
+        Ok((log, Some(writer)))
     }
 
-    fn create_or_append(&self, segment: u32) -> Result<File, DbError> {
+    fn create_or_open(&self, segment: u32) -> Result<File, DbError> {
         let path = self.path(segment);
         let file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
             .open(&path)
             .map_err(|e| io_error("open", &path, e))?;
         // A new segment's name must survive a power cut as well as its bytes.
@@ -135,9 +155,10 @@ impl PayloadLog {
         Ok(file)
     }
 
-    /// Find where the last segment's intact records end, cut off what follows, and forget
-    /// every delivery whose body lay past that point (its record, message and payload row).
-    /// The segment and offset the writer goes on from.
+    /// Find where the last segment's intact records end, forget every delivery whose body lay
+    /// past that point (its record, message and payload row), then cut off what follows. The
+    /// segment and offset the writer goes on from: a fresh segment when anything was cut or
+    /// forgotten, so no offset a forgotten row named is ever written again.
     fn recover(&self, conn: &Connection) -> Result<(u32, u64), DbError> {
         let Some(&last) = self.segments()?.last() else {
             return Ok((1, 0));
@@ -152,39 +173,7 @@ impl PayloadLog {
             .metadata()
             .map_err(|e| io_error("read", &path, e))?
             .len();
-        // Record by record, one buffer reused: a segment may be 64 MB.
-        let mut end = 0u64;
-        let mut record = Vec::new();
-        loop {
-            let mut header = [0u8; HEADER];
-            if file.read_exact_at(&mut header, end).is_err() {
-                break;
-            }
-            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
-            if end + HEADER as u64 + len > size {
-                break;
-            }
-            record.clear();
-            record.extend_from_slice(&header);
-            record.resize(HEADER + len as usize, 0);
-            file.read_exact_at(&mut record[HEADER..], end + HEADER as u64)
-                .map_err(|e| io_error("read", &path, e))?;
-            if intact_record(&record).is_none() {
-                break;
-            }
-            end += HEADER as u64 + len;
-        }
-        if end < size {
-            tracing::warn!(
-                segment = %path.display(),
-                kept = end,
-                cut = size - end,
-                "the payload log ends in a record that never reached the disk; cutting it off"
-            );
-            file.set_len(end)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| io_error("truncate", &path, e))?;
-        }
+        let end = intact_end(&file, size).map_err(|e| io_error("read", &path, e))?;
         let lost: Vec<String> = conn
             .prepare(
                 "SELECT key FROM payloads WHERE body_segment > ?1 \
@@ -198,6 +187,9 @@ impl PayloadLog {
                 "forgetting deliveries whose payload never reached the disk (never answered: \
                  their providers retry them)"
             );
+            // Synced before anything is cut: a row that came back after another power cut
+            // would name bytes that are gone.
+            conn.pragma_update(None, "synchronous", "FULL")?;
             let tx = conn.unchecked_transaction()?;
             for key in &lost {
                 tx.execute("DELETE FROM messages WHERE payload_key = ?1", [key])?;
@@ -205,6 +197,21 @@ impl PayloadLog {
                 tx.execute("DELETE FROM payloads WHERE key = ?1", [key])?;
             }
             tx.commit()?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        if end < size {
+            tracing::warn!(
+                segment = %path.display(),
+                kept = end,
+                cut = size - end,
+                "the payload log ends in a record that never reached the disk; cutting it off"
+            );
+            file.set_len(end)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io_error("truncate", &path, e))?;
+        }
+        if end < size || !lost.is_empty() {
+            return Ok((last + 1, 0));
         }
         Ok((last, end))
     }
@@ -220,7 +227,8 @@ impl PayloadLog {
         Ok(file)
     }
 
-    /// Read the body at `place` onto the end of `out`, checking its record.
+    /// Read the body at `place` onto the end of `out`, checking its record; on an error `out`
+    /// is left as it was.
     pub(crate) fn read_into(&self, place: Place, out: &mut Vec<u8>) -> Result<(), String> {
         let file = self.handle(place.segment)?;
         let start = out.len();
@@ -246,23 +254,50 @@ impl PayloadLog {
         Ok(out)
     }
 
-    /// Delete the segments before `oldest_kept` (the oldest segment a payload row still
-    /// names; `None`: none does), never the one being written. Call only once the rows that
-    /// named them are deleted and committed.
-    pub(crate) fn prune(&self, oldest_kept: Option<u32>) -> Result<usize, DbError> {
-        let current = self.current.load(Ordering::Acquire);
-        let below = oldest_kept.unwrap_or(current).min(current);
+    /// Delete the segments before `below`: the oldest segment a payload row still names, or
+    /// the writer's own. Call only once the rows that named them are deleted and committed.
+    pub(crate) fn prune(&self, below: u32) -> Result<usize, DbError> {
         let mut deleted = 0;
         for segment in self.segments()?.into_iter().filter(|s| *s < below) {
-            self.open
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&segment);
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            open.remove(&segment);
             let path = self.path(segment);
-            std::fs::remove_file(&path).map_err(|e| io_error("delete", &path, e))?;
-            deleted += 1;
+            match std::fs::remove_file(&path) {
+                Ok(()) => deleted += 1,
+                // Another prune got there first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("delete", &path, e)),
+            }
         }
         Ok(deleted)
+    }
+}
+
+/// Where the intact records of a segment `size` bytes long end. Only running out of bytes
+/// ends them; a failed read is an error (cutting there would forget good records).
+fn intact_end(file: &File, size: u64) -> std::io::Result<u64> {
+    let mut end = 0u64;
+    let mut record = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER];
+        if end + HEADER as u64 > size {
+            return Ok(end);
+        }
+        file.read_exact_at(&mut header, end)?;
+        let len = u64::from(u32::from_le_bytes([
+            header[0], header[1], header[2], header[3],
+        ]));
+        if end + HEADER as u64 + len > size {
+            return Ok(end);
+        }
+        record.clear();
+        record.extend_from_slice(&header);
+        record.resize(HEADER + len as usize, 0);
+        file.read_exact_at(&mut record[HEADER..], end + HEADER as u64)?;
+        if intact_record(&record).is_none() {
+            return Ok(end);
+        }
+        end += HEADER as u64 + len;
     }
 }
 
@@ -286,6 +321,8 @@ fn checksum(body: &[u8]) -> u32 {
 #[derive(Debug)]
 pub(crate) struct LogWriter {
     log: Arc<PayloadLog>,
+    /// `payloads/LOCK`, locked while this writer lives.
+    _lock: File,
     segment: u32,
     file: Arc<File>,
     end: u64,
@@ -296,11 +333,14 @@ pub(crate) struct LogWriter {
 }
 
 impl LogWriter {
-    pub(crate) fn log(&self) -> &Arc<PayloadLog> {
-        &self.log
+    /// The segment being written: pruning never deletes it.
+    pub(crate) fn segment(&self) -> u32 {
+        self.segment
     }
 
-    /// Append `body`; where it is. Written at once (a read in the same batch may need it).
+    /// Append `body`; where it is. Written at once (a read in the same batch may need it), at
+    /// the log's end as this writer knows it: the bytes of a write that failed halfway are
+    /// overwritten by the next record, or cut off as a torn tail at the next open.
     pub(crate) fn append(&mut self, body: &[u8]) -> Result<Place, DbError> {
         let len = u32::try_from(body.len())
             .map_err(|_| DbError(format!("a payload of {} bytes is too large", body.len())))?;
@@ -316,11 +356,9 @@ impl LogWriter {
             offset: self.end,
             len,
         };
-        if let Err(e) = (&*self.file).write_all(&self.buf) {
-            // A partial record would hide every later one from `recover`: cut it off.
-            let _ = self.file.set_len(self.end);
-            return Err(io_error("append to", &self.log.path(self.segment), e));
-        }
+        self.file
+            .write_all_at(&self.buf, self.end)
+            .map_err(|e| io_error("append to", &self.log.path(self.segment), e))?;
         self.end += self.buf.len() as u64;
         self.dirty = true;
         Ok(place)
@@ -334,11 +372,10 @@ impl LogWriter {
             .sync_data()
             .map_err(|e| io_error("sync", &path, e))?;
         let next = self.segment + 1;
-        self.file = Arc::new(self.log.create_or_append(next)?);
+        self.file = Arc::new(self.log.create_or_open(next)?);
         self.segment = next;
         self.end = 0;
         self.dirty = false;
-        self.log.current.store(next, Ordering::Release);
         Ok(())
     }
 
@@ -363,6 +400,11 @@ mod tests {
         )
         .unwrap();
         conn
+    }
+
+    fn writing(dir: &Path, conn: &Connection) -> (Arc<PayloadLog>, LogWriter) {
+        let (log, writer) = PayloadLog::open(dir, conn).unwrap();
+        (log, writer.expect("no other writer"))
     }
 
     fn keep(conn: &Connection, log: &mut LogWriter, key: &str, body: &[u8]) -> Place {
@@ -392,7 +434,7 @@ mod tests {
     fn bodies_read_back_across_segments_and_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let conn = tables();
-        let (log, mut writer) = PayloadLog::open(dir.path(), &conn).unwrap();
+        let (log, mut writer) = writing(dir.path(), &conn);
         writer.segment_bytes = 100;
         let bodies: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; 30 + i as usize]).collect();
         let places: Vec<Place> = bodies
@@ -405,7 +447,7 @@ mod tests {
             assert_eq!(&log.read(*place).unwrap(), body);
         }
         drop((log, writer));
-        let (log, mut writer) = PayloadLog::open(dir.path(), &conn).unwrap();
+        let (log, mut writer) = writing(dir.path(), &conn);
         assert_eq!(
             keys(&conn, "deliveries", "key").len(),
             6,
@@ -423,7 +465,7 @@ mod tests {
     fn a_torn_tail_is_cut_off_and_the_deliveries_it_held_are_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let conn = tables();
-        let (log, mut writer) = PayloadLog::open(dir.path(), &conn).unwrap();
+        let (log, mut writer) = writing(dir.path(), &conn);
         keep(&conn, &mut writer, "whole", b"{\"kept\":1}");
         let torn = keep(&conn, &mut writer, "torn", b"{\"lost\":2}");
         keep(&conn, &mut writer, "after", b"{\"lost\":3}");
@@ -434,16 +476,17 @@ mod tests {
         file.set_len(torn.offset + HEADER as u64 + 3).unwrap();
         drop(file);
 
-        let (log, mut writer) = PayloadLog::open(dir.path(), &conn).unwrap();
+        let (log, mut writer) = writing(dir.path(), &conn);
         assert_eq!(keys(&conn, "deliveries", "key"), ["whole"]);
         assert_eq!(keys(&conn, "payloads", "key"), ["whole"]);
         assert_eq!(keys(&conn, "messages", "payload_key"), ["whole"]);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), torn.offset);
-        // The log goes on where the intact records end, and reads back after another reopen.
+        // The log goes on in a fresh segment (no offset a forgotten row named is written
+        // again), and reads back after another reopen.
         let next = keep(&conn, &mut writer, "next", b"{\"next\":4}");
-        assert_eq!(next.offset, torn.offset);
+        assert_eq!((next.segment, next.offset), (torn.segment + 1, 0));
         drop((log, writer));
-        let (log, _writer) = PayloadLog::open(dir.path(), &conn).unwrap();
+        let (log, _writer) = writing(dir.path(), &conn);
         assert_eq!(keys(&conn, "deliveries", "key"), ["next", "whole"]);
         assert_eq!(log.read(next).unwrap(), b"{\"next\":4}");
     }
@@ -452,7 +495,7 @@ mod tests {
     fn records_a_power_cut_left_as_zeros_are_cut_off_too() {
         let dir = tempfile::tempdir().unwrap();
         let conn = tables();
-        let (log, mut writer) = PayloadLog::open(dir.path(), &conn).unwrap();
+        let (log, mut writer) = writing(dir.path(), &conn);
         keep(&conn, &mut writer, "whole", b"{}");
         let zeroed = keep(&conn, &mut writer, "zeroed", b"{\"z\":1}");
         drop((log, writer));
@@ -464,7 +507,7 @@ mod tests {
         file.write_all_at(&[0; HEADER + 7], zeroed.offset).unwrap();
         file.set_len(zeroed.offset + 4096).unwrap();
         drop(file);
-        let _reopened = PayloadLog::open(dir.path(), &conn).unwrap();
+        let _reopened = writing(dir.path(), &conn);
         assert_eq!(keys(&conn, "deliveries", "key"), ["whole"]);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), zeroed.offset);
     }
@@ -473,7 +516,7 @@ mod tests {
     fn a_damaged_record_is_an_error_not_wrong_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let conn = tables();
-        let (log, mut writer) = PayloadLog::open(dir.path(), &conn).unwrap();
+        let (log, mut writer) = writing(dir.path(), &conn);
         let place = writer.append(b"{\"a\":1}").unwrap();
         let path = dir
             .path()
@@ -493,19 +536,53 @@ mod tests {
     fn pruning_deletes_the_segments_no_row_names_but_never_the_current_one() {
         let dir = tempfile::tempdir().unwrap();
         let conn = tables();
-        let (log, mut writer) = PayloadLog::open(dir.path(), &conn).unwrap();
+        let (log, mut writer) = writing(dir.path(), &conn);
         writer.segment_bytes = 50;
         let places: Vec<Place> = (0..4)
             .map(|_| writer.append(&[b'x'; 40]).unwrap())
             .collect();
         let segments = |log: &PayloadLog| log.segments().unwrap();
         assert_eq!(segments(&log), [1, 2, 3, 4]);
-        assert_eq!(log.prune(Some(3)).unwrap(), 2);
+        assert_eq!(log.prune(3).unwrap(), 2);
         assert_eq!(segments(&log), [3, 4]);
         assert!(log.read(places[0]).is_err());
         assert_eq!(log.read(places[2]).unwrap(), [b'x'; 40]);
-        assert_eq!(log.prune(None).unwrap(), 1, "all but the current");
+        assert_eq!(
+            log.prune(writer.segment()).unwrap(),
+            1,
+            "all but the current"
+        );
+        assert_eq!(log.prune(writer.segment()).unwrap(), 0);
         assert_eq!(segments(&log), [4]);
         assert_eq!(log.read(places[3]).unwrap(), [b'x'; 40]);
+    }
+
+    #[test]
+    fn a_second_opener_gets_no_writer_and_leaves_the_log_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = tables();
+        let (log, mut writer) = writing(dir.path(), &conn);
+        let first = keep(&conn, &mut writer, "first", b"{}");
+        // The server's next record, half written when another process opens the data dir.
+        let path = dir
+            .path()
+            .join("payloads")
+            .join(segment_name(first.segment));
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[7; 5], writer.end).unwrap();
+        let other = tables();
+        let (_, none) = PayloadLog::open(dir.path(), &other).unwrap();
+        assert!(none.is_none());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            first.offset + HEADER as u64 + 2 + 5,
+            "nothing cut"
+        );
+        assert_eq!(keys(&conn, "deliveries", "key"), ["first"]);
+        let second = keep(&conn, &mut writer, "second", b"{\"b\":2}");
+        assert_eq!(log.read(second).unwrap(), b"{\"b\":2}");
+        drop(writer);
+        let (_, again) = PayloadLog::open(dir.path(), &other).unwrap();
+        assert!(again.is_some(), "the lock goes with the writer");
     }
 }

@@ -52,6 +52,9 @@ enum Work {
     /// Between two batches, checkpoint the WAL's last frames so the next commit writes it
     /// from its start again (see [`checkpointer`]).
     Restart,
+    /// The database's last handle is gone: finish what was sent before and stop, closing the
+    /// connection and the payload log's writer (and its lock) before the handle's drop returns.
+    Stop,
 }
 
 /// When a call's caller hears of its commit.
@@ -80,6 +83,25 @@ struct Inner {
     log: Arc<PayloadLog>,
     /// Idle read-only connections for [`Database::read`]; WAL lets them read beside the writer.
     readers: std::sync::Mutex<Vec<Connection>>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    /// Wait for the writer thread to stop, so that opening the data dir again at once finds
+    /// the payload log's lock free (unless this drop runs on the writer thread itself).
+    fn drop(&mut self) {
+        let _ = self.jobs.send(Work::Stop);
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(writer) = writer {
+            if writer.thread().id() != std::thread::current().id() {
+                let _ = writer.join();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Database {
@@ -562,7 +584,7 @@ impl Database {
             synced,
             syncs,
             log,
-            Some(log_writer),
+            log_writer,
         )?;
         let alive = Arc::downgrade(&db.inner);
         std::thread::Builder::new()
@@ -606,7 +628,7 @@ impl Database {
         let (jobs, rx) = mpsc::channel::<Work>();
         let restart_asked = Arc::new(AtomicBool::new(false));
         let asked = restart_asked.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("hookline-db".into())
             .spawn(move || writer(conn, log_writer, rx, begin, synced, &asked))
             .map_err(|e| DbError(format!("cannot start the database thread: {e}")))?;
@@ -618,6 +640,7 @@ impl Database {
                 path,
                 log,
                 readers: std::sync::Mutex::new(Vec::new()),
+                writer: std::sync::Mutex::new(Some(writer)),
             }),
         })
     }
@@ -685,19 +708,17 @@ impl Database {
             .await
     }
 
-    /// [`Database::call`] for an `op` that appends to the payload log too: what it appends is
-    /// synced before the WAL that names it. (An `op` that fails leaves what it appended as
-    /// bytes no row names.)
+    /// [`Database::call`] for an `op` that may append to the payload log too: what it appends
+    /// is synced before its callers hear of the commit. The log's writer is `None` in a
+    /// process that does not hold the log (`ports::payload_log`). (An `op` that fails leaves
+    /// what it appended as bytes no row names.)
     pub(crate) async fn call_with_log<T, F>(&self, op: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut LogWriter) -> Result<T, DbError> + Send + 'static,
+        F: FnOnce(&Connection, Option<&mut LogWriter>) -> Result<T, DbError> + Send + 'static,
     {
         self.submit(
-            move |conn, log| match log {
-                Some(log) => savepoint(conn, |conn| op(conn, log)),
-                None => Err(DbError("this data dir is open to read only".into())),
-            },
+            move |conn, log| savepoint(conn, |conn| op(conn, log)),
             Wait::Durable,
         )
         .await
@@ -787,8 +808,10 @@ fn writer(
                 restart(&conn, restart_asked);
                 continue;
             }
+            Work::Stop => return,
         };
         let mut restart_after = false;
+        let mut stop_after = false;
         let mut finishes: Vec<Finish> = Vec::new();
         let mut unsynced: Vec<Finish> = Vec::new();
         let began = conn.execute_batch(begin).map_err(DbError::from);
@@ -812,6 +835,10 @@ fn writer(
                 }
                 Ok(Work::Restart) => {
                     restart_after = true;
+                    break;
+                }
+                Ok(Work::Stop) => {
+                    stop_after = true;
                     break;
                 }
                 Err(_) => break,
@@ -840,6 +867,9 @@ fn writer(
         }
         if restart_after {
             restart(&conn, restart_asked);
+        }
+        if stop_after {
+            return;
         }
     }
 }
@@ -874,6 +904,7 @@ fn finish_all(finishes: Vec<Finish>, result: Result<(), DbError>) {
 /// `synchronous=FULL` the writer sat out every fsync itself and the cores idled.
 fn syncer(wal: &Path, batches: mpsc::Receiver<Committed>, syncs: &AtomicU64) {
     let mut file = None;
+    let mut log_failed: Option<DbError> = None;
     while let Ok(first) = batches.recv() {
         let mut ready = vec![first];
         ready.extend(batches.try_iter());
@@ -888,13 +919,22 @@ fn syncer(wal: &Path, batches: mpsc::Receiver<Committed>, syncs: &AtomicU64) {
                 segments.push(segment);
             }
         }
-        let synced = segments
-            .iter()
-            .try_for_each(|s| {
-                s.sync_data()
-                    .map_err(|e| DbError(format!("cannot sync the payload log: {e}")))
-            })
-            .and_then(|()| sync_wal(wal, &mut file));
+        let synced = match &log_failed {
+            Some(failed) => Err(failed.clone()),
+            None => segments.iter().try_for_each(|s| {
+                s.sync_data().map_err(|e| {
+                    // Linux may drop the pages of a failed sync and call them clean, so a later
+                    // sync proves nothing: no commit is called durable from here on.
+                    let failed = DbError(format!(
+                        "cannot sync the payload log ({e}); nothing more is acknowledged \
+                         until Hookline restarts"
+                    ));
+                    log_failed = Some(failed.clone());
+                    failed
+                })
+            }),
+        }
+        .and_then(|()| sync_wal(wal, &mut file));
         syncs.fetch_add(1, Ordering::Relaxed);
         for batch in ready {
             finish_all(batch.finishes, synced.clone());

@@ -103,7 +103,8 @@ impl EmbeddedQueue {
                         // `p.body` is never NULL but where no payload row joined.
                         let payload = match r.get_ref(4)? {
                             rusqlite::types::ValueRef::Null => None,
-                            _ => Some(stored_body(r, 4)?),
+                            // A row that does not convert fails its message only.
+                            _ => Some(stored_body(r, 4).map_err(|e| e.to_string())),
                         };
                         let body = message_body(r.get(1)?, r.get(3)?, payload, &log);
                         Ok((r.get(0)?, body, r.get(2)?))
@@ -206,7 +207,7 @@ const PAYLOAD_BODY: &str = "p.body, p.body_segment, p.body_at, p.body_len";
 fn message_body(
     head: String,
     payload_key: Option<String>,
-    payload: Option<StoredBody>,
+    payload: Option<Result<StoredBody, String>>,
     log: &PayloadLog,
 ) -> Result<String, (String, String)> {
     let Some(key) = payload_key else {
@@ -215,11 +216,12 @@ fn message_body(
     let head_len = head.len();
     let mut whole = head.into_bytes();
     let read = match payload {
-        Some(StoredBody::Log(place)) => log.read_into(place, &mut whole),
-        Some(StoredBody::Row(body)) => {
+        Some(Ok(StoredBody::Log(place))) => log.read_into(place, &mut whole),
+        Some(Ok(StoredBody::Row(body))) => {
             whole.extend_from_slice(&body);
             Ok(())
         }
+        Some(Err(why)) => Err(format!("the payload row of {key} is damaged: {why}")),
         None => Err(format!("the payload of {key} is missing")),
     };
     let back_to_head = |mut bytes: Vec<u8>| {

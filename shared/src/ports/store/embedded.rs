@@ -74,10 +74,12 @@ fn read_delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
 }
 
 /// Keep a payload (the intake writes it in the transaction that records the delivery).
-/// The body goes to the payload log (`ports::payload_log`), the row says where.
+/// Keep a payload: its body in the payload log (`ports::payload_log`) when `writer` is this
+/// process's writer of `log`, the row saying where; otherwise in the row.
 pub(crate) fn insert_payload(
     conn: &Connection,
-    log: &mut LogWriter,
+    log: &PayloadLog,
+    writer: Option<&mut LogWriter>,
     key: &str,
     payload: &StoredPayload,
 ) -> Result<(), DbError> {
@@ -85,33 +87,54 @@ pub(crate) fn insert_payload(
         .map_err(|e| DbError(format!("headers of {key}: {e}")))?;
     let replaced: Option<StoredBody> = conn
         .prepare_cached(&format!(
-            "SELECT {BODY_COLUMNS} FROM payloads WHERE key = ?1"
+            "SELECT {BODY_COLUMNS} FROM payloads WHERE key = ?1 \
+             AND EXISTS (SELECT 1 FROM messages WHERE payload_key = ?1)"
         ))?
         .query_row([key], |r| stored_body(r, 0))
         .optional()?;
     if let Some(replaced) = replaced {
         // A message still queued over the payload this replaces (`ports::intake`) keeps the
         // body it was sent with. Rare: a key recorded again after its record expired.
-        let old = replaced.read(log.log()).map_err(DbError)?;
+        let old = replaced.read(log).unwrap_or_else(|why| {
+            // Never a reason to refuse the new copy: that message alone is left incomplete.
+            tracing::error!(key, why, "a queued message's payload cannot be read");
+            Vec::new()
+        });
         conn.prepare_cached(
             "UPDATE messages SET payload_key = NULL, body = body || CAST(?2 AS TEXT) \
              WHERE payload_key = ?1",
         )?
         .execute(params![key, old])?;
     }
-    let place = log.append(&payload.body)?;
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO payloads (key, body, headers, expires_at, body_segment, \
-         body_at, body_len) VALUES (?1, x'', ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        key,
-        headers,
-        millis(payload.expires_at),
-        place.segment,
-        place.offset as i64,
-        place.len,
-    ])?;
+    match writer {
+        Some(writer) => {
+            let place = writer.append(&payload.body)?;
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO payloads (key, body, headers, expires_at, body_segment, \
+                 body_at, body_len) VALUES (?1, x'', ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                key,
+                headers,
+                millis(payload.expires_at),
+                place.segment,
+                place.offset as i64,
+                place.len,
+            ])?;
+        }
+        None => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO payloads (key, body, headers, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                key,
+                &payload.body[..],
+                headers,
+                millis(payload.expires_at)
+            ])?;
+        }
+    }
     Ok(())
 }
 
@@ -487,9 +510,10 @@ impl DeliveryStore for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let key = key.as_str().to_owned();
         let payload = payload.clone();
+        let log = self.db.payload_log().clone();
         Ok(self
             .db
-            .call_with_log(move |conn, log| insert_payload(conn, log, &key, &payload))
+            .call_with_log(move |conn, writer| insert_payload(conn, &log, writer, &key, &payload))
             .await?)
     }
 
@@ -499,6 +523,7 @@ impl DeliveryStore for EmbeddedStore {
         now: DateTime<Utc>,
     ) -> Result<Option<StoredPayload>, StoreError> {
         let key = key.as_str().to_owned();
+        let lookup = key.clone();
         let row: Option<(StoredBody, String, i64)> = self
             .db
             .call(move |conn| {
@@ -507,35 +532,40 @@ impl DeliveryStore for EmbeddedStore {
                         "SELECT headers, expires_at, {BODY_COLUMNS} FROM payloads \
                          WHERE key = ?1 AND expires_at > ?2"
                     ))?
-                    .query_row(params![key, millis(now)], |r| {
+                    .query_row(params![lookup, millis(now)], |r| {
                         Ok((stored_body(r, 2)?, r.get(0)?, r.get(1)?))
                     })
                     .optional()?)
             })
             .await?;
-        row.map(|(body, headers, expires_at)| {
-            let body = body
-                .read(self.db.payload_log())
-                .map_err(|reason| StoreError::Corrupt {
-                    key: "payload body".into(),
+        let Some((body, headers, expires_at)) = row else {
+            return Ok(None);
+        };
+        let body = match body.read(self.db.payload_log()) {
+            Ok(body) => body,
+            // Expired and pruned since the row was read: gone, as an expired payload is.
+            Err(_) if from_millis(expires_at) <= Utc::now() => return Ok(None),
+            Err(reason) => {
+                return Err(StoreError::Corrupt {
+                    key: format!("the payload of {key}"),
                     reason,
-                })?;
-            Ok(StoredPayload {
-                body: body.into(),
-                headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt {
-                    key: "payload headers".into(),
-                    reason: e.to_string(),
-                })?,
-                expires_at: from_millis(expires_at),
-            })
-        })
-        .transpose()
+                })
+            }
+        };
+        Ok(Some(StoredPayload {
+            body: body.into(),
+            headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt {
+                key: "payload headers".into(),
+                reason: e.to_string(),
+            })?,
+            expires_at: from_millis(expires_at),
+        }))
     }
 
     async fn prune_payloads(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let (gone, oldest_kept) = self
+        let (gone, keep_from) = self
             .db
-            .call(move |conn| {
+            .call_with_log(move |conn, writer| {
                 let gone = conn
                     // A message still on a queue reads its body from its payload row
                     // (`ports::intake`): that row stays until the message goes.
@@ -544,16 +574,22 @@ impl DeliveryStore for EmbeddedStore {
                          (SELECT payload_key FROM messages WHERE payload_key IS NOT NULL)",
                     )?
                     .execute([millis(now)])?;
-                let oldest_kept: Option<u32> = conn
+                let oldest_named: Option<u32> = conn
                     .prepare_cached(
                         "SELECT min(body_segment) FROM payloads WHERE body_segment IS NOT NULL",
                     )?
                     .query_row([], |r| r.get(0))?;
-                Ok((gone as u64, oldest_kept))
+                // Read here, beside the rows: a segment the writer starts later is never below.
+                let keep_from =
+                    writer.map(|w| oldest_named.map_or(w.segment(), |o| o.min(w.segment())));
+                Ok((gone as u64, keep_from))
             })
             .await?;
-        // Once the rows are gone for good: the segments no row names any more.
-        self.db.payload_log().prune(oldest_kept)?;
+        // Once the rows are gone for good: the segments no row names any more. Only the
+        // process that writes the log deletes from it.
+        if let Some(keep_from) = keep_from {
+            self.db.payload_log().prune(keep_from)?;
+        }
         Ok(gone)
     }
 }
