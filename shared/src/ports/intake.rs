@@ -175,6 +175,17 @@ mod tests {
         assert!(store.get_payload(&new.key, now).await.unwrap().is_none());
     }
 
+    /// The payload log's one segment file in `data_dir`, and its length.
+    fn only_segment(data_dir: &std::path::Path) -> (std::path::PathBuf, u64) {
+        let segment = std::fs::read_dir(data_dir.join("payloads"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap();
+        let len = std::fs::metadata(&segment).unwrap().len();
+        (segment, len)
+    }
+
     async fn send_over_payload(intake: &EmbeddedIntake, id: &str, body: &str, now: DateTime<Utc>) {
         let new = new_delivery(Source::Github, id, now);
         let mut kept = payload(now);
@@ -221,12 +232,7 @@ mod tests {
             send_over_payload(&intake, "torn", "{\"b\":2}", now).await;
         }
         // A power cut after the WAL reached the disk but before the last record did.
-        let segment = std::fs::read_dir(dir.path().join("payloads"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "seg"))
-            .unwrap();
-        let len = std::fs::metadata(&segment).unwrap().len();
+        let (segment, len) = only_segment(dir.path());
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&segment)
@@ -340,12 +346,7 @@ mod tests {
         let now = Utc::now();
         send_over_payload(&intake, "again", "{\"first\":1}", now).await;
         // The first body's record damaged on disk.
-        let segment = std::fs::read_dir(dir.path().join("payloads"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "seg"))
-            .unwrap();
-        let len = std::fs::metadata(&segment).unwrap().len();
+        let (segment, len) = only_segment(dir.path());
         std::os::unix::fs::FileExt::write_all_at(
             &std::fs::OpenOptions::new()
                 .write(true)
