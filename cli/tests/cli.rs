@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hookline::providers::simulate::Simulation;
+
 const HOOKLINE: &str = env!("CARGO_BIN_EXE_hookline");
 const GITHUB_PUSH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -716,4 +718,130 @@ fn with_no_jwt_settings_every_api_route_group_accepts_hookline_token() {
     for path in ONE_ROUTE_OF_EACH_GROUP {
         assert_eq!(get_with_token(serve.addr, path, &token), 200, "{path}");
     }
+}
+
+/// POST one signed GitHub delivery over a socket of its own; the answer's status.
+fn post_github(addr: SocketAddr, body: &[u8], delivery_id: &str) -> Option<u16> {
+    let signed = hookline::providers::simulate::sign(&Simulation {
+        source: hookline::model::Source::Github,
+        secret: "dev-github-secret",
+        url: None,
+        body,
+        event: Some("workflow_run"),
+        now: chrono::Utc::now(),
+        delivery_id: Some(delivery_id),
+    })
+    .expect("GitHub signs any body");
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut request = format!("POST /api/v1/webhooks/github HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in &signed.headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        signed.body.len()
+    ));
+    stream.write_all(request.as_bytes()).ok()?;
+    stream.write_all(&signed.body).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_server_killed_under_load_loses_no_answered_delivery_and_processes_every_recorded_one() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut serve = Serve::start(&data);
+    // A real-sized body (octokit's 17 KB workflow_run): the payload log's records are torn
+    // mid-write by the kill more often than small ones.
+    let body: Arc<Vec<u8>> = Arc::new(
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../events/payloads/github-workflow-run-octokit.json"
+        ))
+        .unwrap(),
+    );
+    let answered = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..8)
+        .map(|sender| {
+            let (body, answered, stop, addr) =
+                (body.clone(), answered.clone(), stop.clone(), serve.addr);
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let id = format!("killed-{sender}-{n}");
+                    if post_github(addr, &body, &id) == Some(202) {
+                        answered.lock().unwrap().push(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    serve.child.kill().expect("SIGKILL hookline serve");
+    serve.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    let answered = std::mem::take(&mut *answered.lock().unwrap());
+    assert!(answered.len() > 100, "only {} answered", answered.len());
+    drop(serve);
+
+    let serve = Serve::start(&data);
+    // Messages the worker held when it died come back after the visibility timeout (30 s).
+    let started = Instant::now();
+    let recorded = loop {
+        let out = run(&[
+            "deliveries",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+            "--limit",
+            "1000000",
+        ]);
+        let lines: Vec<serde_json::Value> = text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.iter().all(|d| d["status"] == "processed") {
+            break lines;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not every recorded delivery processed in 60 s: {:?}; serve's output:\n{}",
+            lines
+                .iter()
+                .filter(|d| d["status"] != "processed")
+                .collect::<Vec<_>>(),
+            serve.output()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let recorded: std::collections::HashSet<&str> = recorded
+        .iter()
+        .map(|d| d["delivery_id"].as_str().unwrap())
+        .collect();
+    let lost: Vec<_> = answered
+        .iter()
+        .filter(|id| !recorded.contains(id.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "answered 202 but forgotten: {lost:?}");
+    eprintln!(
+        "{} answered, {} recorded and processed after the restart",
+        answered.len(),
+        recorded.len()
+    );
+    let dead = run(&["dead-letters", "--data-dir", data.to_str().unwrap()]);
+    assert!(
+        text(&dead.stdout).contains("empty"),
+        "{}",
+        text(&dead.stdout)
+    );
 }
