@@ -263,6 +263,17 @@ mod tests {
         assert_eq!(again, RecordOutcome::Recorded);
         let got = queue.receive(10, Duration::ZERO).await.unwrap();
         assert_eq!(got[0].body, "{\"head\":\"torn\"}\n{\"b\":2}");
+        // In the log again: reopened at once in this process, the data dir's log writer (and
+        // its lock) had been let go by the handle dropped before.
+        let raw = rusqlite::Connection::open(dir.path().join("hookline.db")).unwrap();
+        let in_log: bool = raw
+            .query_row(
+                "SELECT body_segment IS NOT NULL FROM payloads WHERE key = ?1",
+                [torn.key.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(in_log);
     }
 
     #[tokio::test]
