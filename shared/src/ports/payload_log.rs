@@ -86,7 +86,7 @@ impl PayloadLog {
         Ok(found)
     }
 
-    /// The log of a data dir that another process writes (`hookline deliveries`): read only.
+    /// The log of `data_dir`, to read from (as `hookline deliveries` does beside a server).
     pub(crate) fn reader(data_dir: &Path) -> Arc<Self> {
         Arc::new(Self {
             dir: data_dir.join("payloads"),
@@ -100,12 +100,8 @@ impl PayloadLog {
         data_dir: &Path,
         conn: &Connection,
     ) -> Result<(Arc<Self>, Option<LogWriter>), DbError> {
-        let dir = data_dir.join("payloads");
-        std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
-        let log = Arc::new(Self {
-            dir,
-            open: Mutex::default(),
-        });
+        let log = Self::reader(data_dir);
+        std::fs::create_dir_all(&log.dir).map_err(|e| io_error("create", &log.dir, e))?;
         let lock_path = log.dir.join("LOCK");
         let lock = OpenOptions::new()
             .create(true)

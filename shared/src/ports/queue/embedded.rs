@@ -216,11 +216,7 @@ fn message_body(
     let head_len = head.len();
     let mut whole = head.into_bytes();
     let read = match payload {
-        Some(Ok(StoredBody::Log(place))) => log.read_into(place, &mut whole),
-        Some(Ok(StoredBody::Row(body))) => {
-            whole.extend_from_slice(&body);
-            Ok(())
-        }
+        Some(Ok(body)) => body.read_into(log, &mut whole),
         Some(Err(why)) => Err(format!("the payload row of {key} is damaged: {why}")),
         None => Err(format!("the payload of {key} is missing")),
     };

@@ -106,35 +106,24 @@ pub(crate) fn insert_payload(
         )?
         .execute(params![key, old])?;
     }
-    match writer {
-        Some(writer) => {
-            let place = writer.append(&payload.body)?;
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO payloads (key, body, headers, expires_at, body_segment, \
-                 body_at, body_len) VALUES (?1, x'', ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                key,
-                headers,
-                millis(payload.expires_at),
-                place.segment,
-                place.offset as i64,
-                place.len,
-            ])?;
-        }
-        None => {
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO payloads (key, body, headers, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![
-                key,
-                &payload.body[..],
-                headers,
-                millis(payload.expires_at)
-            ])?;
-        }
-    }
+    // In the log, the row keeps an empty body and where the body is; otherwise the body.
+    let (body, place) = match writer {
+        Some(writer) => (&[][..], Some(writer.append(&payload.body)?)),
+        None => (&payload.body[..], None),
+    };
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO payloads (key, body, headers, expires_at, body_segment, \
+         body_at, body_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        key,
+        body,
+        headers,
+        millis(payload.expires_at),
+        place.map(|p| p.segment),
+        place.map(|p| p.offset as i64),
+        place.map(|p| p.len),
+    ])?;
     Ok(())
 }
 
@@ -154,6 +143,17 @@ impl StoredBody {
         match self {
             StoredBody::Row(body) => Ok(body),
             StoredBody::Log(place) => log.read(place),
+        }
+    }
+
+    /// [`StoredBody::read`] onto the end of `out` (left as it was on an error).
+    pub(crate) fn read_into(self, log: &PayloadLog, out: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            StoredBody::Row(body) => {
+                out.extend_from_slice(&body);
+                Ok(())
+            }
+            StoredBody::Log(place) => log.read_into(place, out),
         }
     }
 }
