@@ -79,7 +79,7 @@ fn new_event(org: &str, id: &str) -> NewEvent {
 fn delivery(org: &str, ep: &EndpointId, event: &str, secs: i64) -> Delivery {
     let event_id = EventId::parse(event).unwrap();
     Delivery {
-        id: DeliveryId::for_pair(ep, &event_id),
+        id: DeliveryId::for_pair(ep, &event_id, at(0)),
         org_id: org.to_owned(),
         endpoint_id: ep.clone(),
         event_id,

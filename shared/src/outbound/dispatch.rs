@@ -251,7 +251,7 @@ impl Dispatcher {
                 None => subscribed(&e.event_types, &event.event_type),
             })
             .map(|endpoint| Delivery {
-                id: DeliveryId::for_pair(&endpoint.id, &event.id),
+                id: DeliveryId::for_pair(&endpoint.id, &event.id, event.created_at),
                 org_id: event.org_id.clone(),
                 endpoint_id: endpoint.id.clone(),
                 event_id: event.id.clone(),

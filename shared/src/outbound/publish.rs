@@ -168,7 +168,7 @@ impl Publisher {
             .await?;
         let event = appended.event();
         let delivery = Delivery {
-            id: DeliveryId::for_pair(&endpoint.id, &event.id),
+            id: DeliveryId::for_pair(&endpoint.id, &event.id, event.created_at),
             org_id: endpoint.org_id.clone(),
             endpoint_id: endpoint.id.clone(),
             event_id: event.id.clone(),

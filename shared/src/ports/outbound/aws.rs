@@ -938,7 +938,7 @@ mod tests {
         let event_id = EventId::parse("evt_1").unwrap();
         let at = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
         Delivery {
-            id: DeliveryId::for_pair(&endpoint_id, &event_id),
+            id: DeliveryId::for_pair(&endpoint_id, &event_id, at),
             org_id: "org#a".to_owned(),
             endpoint_id,
             event_id,

@@ -67,7 +67,7 @@ pub fn new_event(org: &str, event_type: &str) -> NewEvent {
 /// The pending delivery of `event` to `endpoint`, as the dispatcher makes it.
 pub fn delivery_for(endpoint: &Endpoint, event: &Event) -> Delivery {
     Delivery {
-        id: DeliveryId::for_pair(&endpoint.id, &event.id),
+        id: DeliveryId::for_pair(&endpoint.id, &event.id, event.created_at),
         org_id: event.org_id.clone(),
         endpoint_id: endpoint.id.clone(),
         event_id: event.id.clone(),
@@ -650,7 +650,10 @@ pub async fn a_delivery_is_created_once_per_endpoint_and_event(store: &dyn Outbo
     assert_eq!(all.len(), 2);
     assert_eq!(
         store
-            .get_delivery(&org, &DeliveryId::for_pair(&ep.id, &EventId::generate()))
+            .get_delivery(
+                &org,
+                &DeliveryId::for_pair(&ep.id, &EventId::generate(), t(0))
+            )
             .await
             .unwrap(),
         None
@@ -984,7 +987,7 @@ pub async fn a_delivery_is_claimed_only_for_its_next_attempt_and_while_no_lease_
     assert_eq!(
         store
             .claim_delivery(
-                &DeliveryId::for_pair(&EndpointId::generate(), &EventId::generate()),
+                &DeliveryId::for_pair(&EndpointId::generate(), &EventId::generate(), t(0)),
                 0,
                 t(100),
                 t(0)
@@ -1067,7 +1070,7 @@ pub async fn an_attempt_is_recorded_once_and_a_redo_changes_nothing(store: &dyn 
     );
 
     let missing = Delivery {
-        id: DeliveryId::for_pair(&EndpointId::generate(), &EventId::generate()),
+        id: DeliveryId::for_pair(&EndpointId::generate(), &EventId::generate(), t(0)),
         ..d.clone()
     };
     let orphan = attempt(&missing, 1, true);
@@ -1180,7 +1183,7 @@ pub async fn a_delivery_update_applies_only_over_the_attempts_it_read(store: &dy
     }
 
     let missing = Delivery {
-        id: DeliveryId::for_pair(&EndpointId::generate(), &EventId::generate()),
+        id: DeliveryId::for_pair(&EndpointId::generate(), &EventId::generate(), t(0)),
         ..d.clone()
     };
     assert!(!store.update_delivery(&missing).await.unwrap());
