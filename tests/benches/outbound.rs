@@ -119,6 +119,30 @@ fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// CPU time so far of this process's threads by name (`/proc/self/task/*/comm`): the SQLite
+/// writer (`hookline-db`), its fsync and checkpoint threads, and the runtime's workers. Which
+/// thread a cost sits on says what to look at next without a profiler.
+fn cpu_by_thread() -> std::collections::BTreeMap<String, Duration> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let ticks: u64 = after
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|t| t.parse::<u64>().ok())
+            .sum();
+        *by_name.entry(name.trim().to_owned()).or_default() += Duration::from_millis(ticks * 10);
+    }
+    by_name
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -220,6 +244,7 @@ async fn main() {
     // of the deliverer.
     let started = Instant::now();
     let cpu_before = process_cpu();
+    let threads_before = cpu_by_thread();
     let published: Vec<(String, Instant)> = {
         use futures::StreamExt;
         futures::stream::iter(0..events)
@@ -255,6 +280,14 @@ async fn main() {
     }
     let elapsed = started.elapsed();
     let cpu = process_cpu().saturating_sub(cpu_before);
+    let threads: Vec<String> = cpu_by_thread()
+        .into_iter()
+        .map(|(name, after)| {
+            let spent =
+                after.saturating_sub(threads_before.get(&name).copied().unwrap_or_default());
+            format!("{name} {:.0} µs", spent.as_secs_f64() * 1e6 / total as f64)
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = receiver.seen.lock().unwrap().clone();
     let received: usize = seen.values().map(Vec::len).sum();
@@ -290,6 +323,8 @@ async fn main() {
         cpu.as_secs_f64() * 1e6 / total as f64,
         cpu.as_secs_f64() / elapsed.as_secs_f64()
     );
+    // Threads that started during the run count whole; the runtime's are there from the start.
+    println!("CPU per delivery by thread: {}", threads.join(", "));
     println!(
         "publish → delivered: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
