@@ -1,7 +1,11 @@
 //! Outbound delivery throughput and latency on this machine, with the receiver on the same
 //! cores and the ceiling measured beside it in the same run:
 //!
-//!   cargo bench -p hookline-e2e --bench outbound [-- EVENTS ENDPOINTS IN_FLIGHT PUBLISHERS]
+//!   cargo bench -p hookline-e2e --bench outbound [-- EVENTS ENDPOINTS IN_FLIGHT PUBLISHERS [DATA]]
+//!
+//! DATA is a JSON file each event carries as its `data` (e.g.
+//! events/payloads/github-workflow-run-octokit.json: what a relayed `github.workflow_run`
+//! carries, 17 KB); by default a small invoice. The ceiling's body is the same envelope.
 //!
 //! 1. ceiling: a plain HTTP client posting pre-signed bodies to the same receiver, as many at
 //!    once as Hookline's deliverer sends and 64 at once, and 64 at once again after step 2:
@@ -152,15 +156,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// The plain client's requests/s, and the CPU each request cost the process (client and
 /// receiver together).
-async fn ceiling(url: &str, total: usize, concurrency: usize) -> (f64, Duration) {
+async fn ceiling(
+    url: &str,
+    body: &bytes::Bytes,
+    total: usize,
+    concurrency: usize,
+) -> (f64, Duration) {
     use futures::StreamExt;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let body = bytes::Bytes::from(
-        br#"{"id":"evt_ceiling","type":"invoice.paid","created_at":"2026-01-01T00:00:00.000Z","data":{"invoice":"in_1","amount":4200}}"#.to_vec(),
-    );
     let started = Instant::now();
     let cpu_before = process_cpu();
     futures::stream::iter(0..total)
@@ -203,6 +209,20 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(hookline::runtime::local::OUTBOUND_CONCURRENCY);
     let publishers: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(16);
+    let data: Option<serde_json::Value> = args.get(4).map(|path| {
+        let raw = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"))
+    });
+    let ceiling_body = bytes::Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "id": "evt_ceiling",
+            "type": "invoice.paid",
+            "created_at": "2026-01-01T00:00:00.000Z",
+            "data": data.clone().unwrap_or(serde_json::json!({"invoice": "in_1", "amount": 4200})),
+        }))
+        .unwrap(),
+    );
+    println!("envelope: {} bytes", ceiling_body.len());
     let app = OutboundServer::spawn_tuned(
         short_settings(5, Duration::from_secs(60)),
         hookline_e2e::outbound::local_development(),
@@ -229,7 +249,7 @@ async fn main() {
     // more at once can lower the plain client's rate, and the ratio must not gain by that.
     let mut ceiling_rate: f64 = 0.0;
     for at_once in [in_flight, 64] {
-        let (rate, cpu) = ceiling(&receiver.url, total.min(20_000), at_once).await;
+        let (rate, cpu) = ceiling(&receiver.url, &ceiling_body, total.min(20_000), at_once).await;
         println!(
             "ceiling: plain client, {at_once} at once: {rate:.0} requests/s, {} µs CPU per request",
             cpu.as_micros()
@@ -248,21 +268,27 @@ async fn main() {
     let published: Vec<(String, Instant)> = {
         use futures::StreamExt;
         futures::stream::iter(0..events)
-            .map(|n| async move {
-                let at = Instant::now();
-                let appended = outbound
-                    .publisher
-                    .publish(
-                        "bench",
-                        PublishRequest {
-                            event_type: "invoice.paid".into(),
-                            data: serde_json::json!({"invoice": format!("in_{n}"), "amount": 4200}),
-                            id: None,
-                        },
-                    )
-                    .await
-                    .unwrap();
-                (appended.event().id.to_string(), at)
+            .map(|n| {
+                let data = match &data {
+                    Some(data) => data.clone(),
+                    None => serde_json::json!({"invoice": format!("in_{n}"), "amount": 4200}),
+                };
+                async move {
+                    let at = Instant::now();
+                    let appended = outbound
+                        .publisher
+                        .publish(
+                            "bench",
+                            PublishRequest {
+                                event_type: "invoice.paid".into(),
+                                data,
+                                id: None,
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    (appended.event().id.to_string(), at)
+                }
             })
             .buffer_unordered(publishers)
             .collect()
@@ -307,7 +333,7 @@ async fn main() {
     // The ceiling again, after: this machine's speed drifts within minutes, so a ceiling
     // taken only before could make the ratio look better or worse than it is. The ratio
     // uses the best of the three.
-    let (after, after_cpu) = ceiling(&receiver.url, total.min(20_000), 64).await;
+    let (after, after_cpu) = ceiling(&receiver.url, &ceiling_body, total.min(20_000), 64).await;
     println!(
         "ceiling after: plain client, 64 at once: {after:.0} requests/s, {} µs CPU per request",
         after_cpu.as_micros()
