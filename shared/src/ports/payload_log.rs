@@ -273,35 +273,38 @@ impl PayloadLog {
 /// ends them; a failed read is an error (cutting there would forget good records).
 fn intact_end(file: &File, size: u64) -> std::io::Result<u64> {
     let mut end = 0u64;
-    let mut record = Vec::new();
+    let mut body = Vec::new();
     loop {
         let mut header = [0u8; HEADER];
         if end + HEADER as u64 > size {
             return Ok(end);
         }
         file.read_exact_at(&mut header, end)?;
-        let len = u64::from(u32::from_le_bytes([
-            header[0], header[1], header[2], header[3],
-        ]));
-        if end + HEADER as u64 + len > size {
+        let (len, crc) = parse_header(header);
+        if end + (HEADER + len) as u64 > size {
             return Ok(end);
         }
-        record.clear();
-        record.extend_from_slice(&header);
-        record.resize(HEADER + len as usize, 0);
-        file.read_exact_at(&mut record[HEADER..], end + HEADER as u64)?;
-        if intact_record(&record).is_none() {
+        body.resize(len, 0);
+        file.read_exact_at(&mut body, end + HEADER as u64)?;
+        if checksum(&body) != crc {
             return Ok(end);
         }
-        end += HEADER as u64 + len;
+        end += (HEADER + len) as u64;
     }
+}
+
+/// A record header's body length and checksum.
+fn parse_header(header: [u8; HEADER]) -> (usize, u32) {
+    let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
+    (
+        u32::from_le_bytes([l0, l1, l2, l3]) as usize,
+        u32::from_le_bytes([c0, c1, c2, c3]),
+    )
 }
 
 /// The length of the record at the start of `bytes` if it is whole and its checksum holds.
 fn intact_record(bytes: &[u8]) -> Option<usize> {
-    let header = bytes.get(..HEADER)?;
-    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    let (len, crc) = parse_header(bytes.get(..HEADER)?.try_into().ok()?);
     let body = bytes.get(HEADER..HEADER + len)?;
     (checksum(body) == crc).then_some(len)
 }

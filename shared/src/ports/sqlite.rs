@@ -704,8 +704,7 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
-        self.submit(move |conn, _| savepoint(conn, op), Wait::Durable)
-            .await
+        self.call_with_log(move |conn, _| op(conn)).await
     }
 
     /// [`Database::call`] for an `op` that may append to the payload log too: what it appends

@@ -73,9 +73,9 @@ fn read_delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
-/// Keep a payload (the intake writes it in the transaction that records the delivery).
-/// Keep a payload: its body in the payload log (`ports::payload_log`) when `writer` is this
-/// process's writer of `log`, the row saying where; otherwise in the row.
+/// Keep a payload (the intake writes it in the transaction that records the delivery): its
+/// body in the payload log (`ports::payload_log`) when `writer` is this process's writer of
+/// `log`, the row saying where; otherwise in the row.
 pub(crate) fn insert_payload(
     conn: &Connection,
     log: &PayloadLog,
