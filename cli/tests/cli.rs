@@ -82,13 +82,31 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 
 /// [`http_get`] with `headers` (each line ending in CRLF) added to the request.
 fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    http_request(addr, "GET", path, headers, b"")
+}
+
+/// One request over a connection of its own (closed after the answer): its status and body,
+/// or `None` if the server could not be reached or answered nothing.
+fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}{length}Connection: close\r\n\r\n"
     )
     .ok()?;
+    stream.write_all(body).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split(' ').nth(1)?.parse().ok()?;
@@ -214,12 +232,15 @@ impl Drop for Serve {
     }
 }
 
+/// Every delivery of the data dir, as `hookline deliveries --json` lists them.
 fn deliveries_json(data_dir: &Path) -> Vec<serde_json::Value> {
     let out = run(&[
         "deliveries",
         "--data-dir",
         data_dir.to_str().unwrap(),
         "--json",
+        "--limit",
+        "1000000",
     ]);
     assert!(
         out.status.success(),
@@ -732,21 +753,19 @@ fn post_github(addr: SocketAddr, body: &[u8], delivery_id: &str) -> Option<u16> 
         delivery_id: Some(delivery_id),
     })
     .expect("GitHub signs any body");
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut request = format!("POST /api/v1/webhooks/github HTTP/1.1\r\nHost: {addr}\r\n");
-    for (name, value) in &signed.headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        signed.body.len()
-    ));
-    stream.write_all(request.as_bytes()).ok()?;
-    stream.write_all(&signed.body).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split(' ').nth(1)?.parse().ok()
+    let headers: String = signed
+        .headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let (status, _) = http_request(
+        addr,
+        "POST",
+        "/api/v1/webhooks/github",
+        &headers,
+        &signed.body,
+    )?;
+    Some(status)
 }
 
 #[test]
@@ -798,18 +817,7 @@ fn a_server_killed_under_load_loses_no_answered_delivery_and_processes_every_rec
     // Messages the worker held when it died come back after the visibility timeout (30 s).
     let started = Instant::now();
     let recorded = loop {
-        let out = run(&[
-            "deliveries",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--json",
-            "--limit",
-            "1000000",
-        ]);
-        let lines: Vec<serde_json::Value> = text(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = deliveries_json(&data);
         if lines.iter().all(|d| d["status"] == "processed") {
             break lines;
         }
