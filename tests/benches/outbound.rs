@@ -107,11 +107,14 @@ async fn enabled_endpoints(
     }
 }
 
-/// CPU time this process has used so far, all threads, user and system (`/proc/self/stat`,
-/// in the kernel's fixed 100 ticks per second): CPU per delivery moves far less with the
-/// machine's hour than deliveries per second do.
+/// CPU time this process has used so far, all threads, user and system (`/proc/self/stat`):
+/// CPU per delivery moves far less with the machine's hour than deliveries per second do.
 fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// User and system time in a `/proc/…/stat` line, in the kernel's fixed 100 ticks per second.
+fn stat_cpu(stat: &str) -> Duration {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let ticks: u64 = after
@@ -135,14 +138,7 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, Duration> {
         let path = task.path();
         let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let ticks: u64 = after
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|t| t.parse::<u64>().ok())
-            .sum();
-        *by_name.entry(name.trim().to_owned()).or_default() += Duration::from_millis(ticks * 10);
+        *by_name.entry(name.trim().to_owned()).or_default() += stat_cpu(&stat);
     }
     by_name
 }
