@@ -13,6 +13,13 @@
 # the size of real workflow_run and pull_request bodies). EVENT is its X-GitHub-Event
 # (default: read from the payload's shape: workflow_run, pull_request, push).
 #
+# CONNECTED=1 first connects the payload's repository to an org (`POST
+# /api/v1/repositories/connect`, against infra/github-stub.py standing in for GitHub's REST
+# API) and signs the deliveries with the secret the connection gave its hook, as GitHub would:
+# each delivery is then verified with the repository's own secret, owned by the org, and the
+# worker runs the connected-repository handlers (runs, incidents, the org's usage, and a
+# `github.<event>` event in the org's outbound stream: the relay's inbound half).
+#
 # PERF_DATA=FILE also records a CPU profile of the server (`perf record -g`, or PERF_ARGS
 # instead of `-g`, e.g. "--call-graph dwarf,16384 -F 300" for callers in the perf build)
 # while wrk runs; read it with `perf report -i FILE`.
@@ -62,18 +69,37 @@ fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/hookline-load.XXXXXX")"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 secret="load-test-secret"
-signature="sha256=$(openssl dgst -sha256 -hmac "$secret" -hex < "$payload" | sed 's/^.*= //')"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+stub=""
+if [[ -n "${CONNECTED:-}" ]]; then
+  stub_port="$(free_port)"
+  python3 infra/github-stub.py "$stub_port" "$work/hook-secret" > "$work/stub.log" 2>&1 &
+  stub=$!
+  export GITHUB_API_URL="http://127.0.0.1:$stub_port"
+fi
 
 GITHUB_WEBHOOK_SECRET="$secret" RUST_LOG=warn \
   "$bin" serve --addr "127.0.0.1:$port" --data-dir "$work/data" --env-file /dev/null \
     --worker-loops "$worker_loops" \
   > "$work/serve.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
+trap 'kill $server $stub 2>/dev/null || true; wait $server $stub 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
+
+if [[ -n "$stub" ]]; then
+  repo="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["repository"]["full_name"])' "$payload")"
+  token="$("$bin" token --data-dir "$work/data" --org load --user load --scopes "repos:read repos:write")"
+  api() { curl -fsS -X "$1" "http://127.0.0.1:$port$2" -H "Authorization: Bearer $token" \
+    -H "Content-Type: application/json" -d "$3"; }
+  api PUT /api/v1/provider-tokens/github '{"access_token":"ghp_load"}' >/dev/null
+  api POST /api/v1/repositories/connect "{\"repository_full_name\":\"$repo\"}" >/dev/null
+  secret="$(cat "$work/hook-secret")"
+  echo "connected $repo to org load; deliveries signed with its hook's secret"
+fi
+signature="sha256=$(openssl dgst -sha256 -hmac "$secret" -hex < "$payload" | sed 's/^.*= //')"
 
 # Each request gets a fresh delivery id (a new delivery, not a duplicate); the body and its
 # signature stay the same, as GitHub's signature covers the body only.
@@ -114,8 +140,12 @@ wrk -t "$threads" -c "$connections" -d "$duration" --latency -s "$work/github.lu
 sleep 2
 cpu_ticks=$(( $(server_cpu_ticks) - cpu_before ))
 elapsed_ns=$(( $(date +%s%N) - started_ns ))
-recorded="$("$bin" deliveries --data-dir "$work/data" --json --limit 100000000 | wc -l)"
-echo "delivery log: $recorded deliveries recorded"
+"$bin" deliveries --data-dir "$work/data" --json --limit 100000000 > "$work/deliveries.json"
+recorded="$(wc -l < "$work/deliveries.json")"
+echo "delivery log: $recorded deliveries recorded ($(python3 -c '
+import collections, json, sys
+by = collections.Counter(json.loads(line)["status"] for line in open(sys.argv[1]))
+print(", ".join(f"{n} {status}" for status, n in by.most_common()))' "$work/deliveries.json"))"
 # CPU per delivery moves far less with the machine's hour than requests/s do; the 2 s
 # after wrk stops are counted, so the worker's share of the last deliveries is in it.
 awk -v t="$cpu_ticks" -v n="$recorded" -v e="$elapsed_ns" 'BEGIN {

@@ -1023,60 +1023,104 @@ async fn inbound(app: App, source: Source, req: axum::extract::Request) -> Respo
     }
 }
 
+/// Messages one worker poller keeps in processing at once.
+const WORKER_IN_FLIGHT_PER_LOOP: usize = 64;
+
 /// Poll the queue and process what arrives until `shutdown` resolves; `loops` pollers run
-/// side by side.
+/// side by side, each keeping up to [`WORKER_IN_FLIGHT_PER_LOOP`] messages in processing.
+/// Each message is deleted as soon as it is processed, not when its batch is: a batch of ten
+/// processed and then deleted one by one made each poller wait on the writer's fsync a dozen
+/// times per ten deliveries, and under load the worker fell ever further behind the intake.
 pub async fn run_worker_loops(
     worker: Arc<Worker>,
     queue: Arc<dyn Queue>,
     loops: usize,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let tasks: Vec<_> = (0..loops)
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(
+        loops * WORKER_IN_FLIGHT_PER_LOOP,
+    ));
+    let handle = move |queue: Arc<dyn Queue>, m: crate::ports::queue::ReceivedMessage| {
+        let worker = worker.clone();
+        async move { process_one(&worker, queue.as_ref(), m).await }
+    };
+    let pollers: Vec<_> = (0..loops)
         .map(|_| {
-            let worker = worker.clone();
-            let queue = queue.clone();
-            let mut shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                loop {
-                    let batch = tokio::select! {
-                        _ = shutdown.changed() => break,
-                        batch = queue.receive(10, Duration::from_secs(1)) => batch,
-                    };
-                    match batch {
-                        Ok(messages) => process_received(&worker, queue.as_ref(), messages).await,
-                        Err(e) => {
-                            tracing::error!(error = %e, "worker cannot read the queue; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                }
-            })
+            tokio::spawn(poll_queue(
+                queue.clone(),
+                in_flight.clone(),
+                shutdown.clone(),
+                "worker",
+                handle.clone(),
+            ))
         })
         .collect();
-    for t in tasks {
-        let _ = t.await;
+    for p in pollers {
+        let _ = p.await;
     }
 }
 
-async fn process_received(
-    worker: &Worker,
-    queue: &dyn Queue,
-    messages: Vec<crate::ports::queue::ReceivedMessage>,
-) {
-    if messages.is_empty() {
-        return;
-    }
-    let batch: Vec<WorkerMessage> = messages
-        .iter()
-        .map(|m| WorkerMessage {
-            message_id: m.message_id.clone(),
-            body: m.body.clone(),
-        })
-        .collect();
-    let failed = worker.process_batch(&batch).await;
-    for m in messages.iter().filter(|m| !failed.contains(&m.message_id)) {
+async fn process_one(worker: &Worker, queue: &dyn Queue, m: crate::ports::queue::ReceivedMessage) {
+    let message = WorkerMessage {
+        message_id: m.message_id,
+        body: m.body,
+    };
+    if worker.process(&message).await.is_ok() {
         if let Err(e) = queue.delete(&m.receipt).await {
             tracing::warn!(error = %e, "could not delete a processed message; it will be seen again and skipped");
+        }
+    }
+}
+
+/// Receive from `queue` while `in_flight` has room, and handle each message on a task of its
+/// own holding one permit, until `shutdown` resolves. Room is taken before the queue is
+/// asked, so messages are received only when they can be worked on (their visibility timeout
+/// runs meanwhile), and a slow message holds up only itself, not the batch it came in.
+async fn poll_queue<F, Fut>(
+    queue: Arc<dyn Queue>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<dyn Queue>, crate::ports::queue::ReceivedMessage) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.changed() => break,
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let room = in_flight.available_permits().min(9) as u32 + 1;
+        let batch = tokio::select! {
+            _ = shutdown.changed() => break,
+            batch = queue.receive(room, Duration::from_secs(1)) => batch,
+        };
+        let messages = match batch {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::error!(error = %e, poller = what, "cannot read the queue; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut first = Some(first);
+        for m in messages {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => match in_flight.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let work = handle(queue.clone(), m);
+            tokio::spawn(async move {
+                work.await;
+                drop(permit);
+            });
         }
     }
 }
@@ -1213,54 +1257,22 @@ pub async fn run_outbound_loops(
         Some(_) => 1,
         None => concurrency.div_ceil(10).max(2),
     };
+    let handle = {
+        let outbound = outbound.clone();
+        move |queue: Arc<dyn Queue>, m: crate::ports::queue::ReceivedMessage| {
+            let outbound = outbound.clone();
+            async move { deliver_one(&outbound, queue.as_ref(), m).await }
+        }
+    };
     let mut deliverers: Vec<_> = (0..pollers)
         .map(|_| {
-            let outbound = outbound.clone();
-            let in_flight = in_flight.clone();
-            let mut shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let queue = outbound.ports.deliveries_queue.clone();
-                loop {
-                    // Take room for one before asking the queue, so messages are received only
-                    // when they can be worked on (their visibility timeout runs meanwhile).
-                    let first = tokio::select! {
-                        _ = shutdown.changed() => break,
-                        permit = in_flight.clone().acquire_owned() => match permit {
-                            Ok(p) => p,
-                            Err(_) => break,
-                        },
-                    };
-                    let room = in_flight.available_permits().min(9) as u32 + 1;
-                    let batch = tokio::select! {
-                        _ = shutdown.changed() => break,
-                        batch = queue.receive(room, Duration::from_secs(1)) => batch,
-                    };
-                    let messages = match batch {
-                        Ok(messages) => messages,
-                        Err(e) => {
-                            tracing::error!(error = %e, "deliverer cannot read its queue; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            continue;
-                        }
-                    };
-                    let mut first = Some(first);
-                    for m in messages {
-                        let permit = match first.take() {
-                            Some(p) => p,
-                            None => match in_flight.clone().acquire_owned().await {
-                                Ok(p) => p,
-                                Err(_) => break,
-                            },
-                        };
-                        let outbound = outbound.clone();
-                        let queue = queue.clone();
-                        tokio::spawn(async move {
-                            deliver_one(&outbound, queue.as_ref(), m).await;
-                            drop(permit);
-                        });
-                    }
-                }
-            })
+            tokio::spawn(poll_queue(
+                outbound.ports.deliveries_queue.clone(),
+                in_flight.clone(),
+                shutdown.clone(),
+                "deliverer",
+                handle.clone(),
+            ))
         })
         .collect();
     if let Some(due) = outbound.ports.due.clone() {
@@ -1532,6 +1544,57 @@ mod tests {
             "one claim for many attempts, not one per attempt: {}",
             room.len()
         );
+    }
+
+    #[tokio::test]
+    async fn a_poller_keeps_as_many_messages_in_hand_as_it_has_room_for_not_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        let queue: Arc<dyn Queue> = Arc::new(EmbeddedQueue::new(
+            db,
+            crate::ports::queue::conformance::SETTINGS,
+        ));
+        const ROOM: usize = 30;
+        for n in 0..ROOM {
+            queue.send(&format!("m{n}"), Duration::ZERO).await.unwrap();
+        }
+        // Every handler waits until ROOM of them run at once: three batches' worth, which a
+        // poller that finished each batch before receiving the next never reached.
+        let all_in_hand = Arc::new(tokio::sync::Barrier::new(ROOM));
+        let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let poller = tokio::spawn(poll_queue(
+            queue.clone(),
+            Arc::new(Semaphore::new(ROOM)),
+            stopped,
+            "test",
+            {
+                let (all_in_hand, handled) = (all_in_hand.clone(), handled.clone());
+                move |queue: Arc<dyn Queue>, m: crate::ports::queue::ReceivedMessage| {
+                    let (all_in_hand, handled) = (all_in_hand.clone(), handled.clone());
+                    async move {
+                        all_in_hand.wait().await;
+                        queue.delete(&m.receipt).await.unwrap();
+                        handled.lock().unwrap().push(m.body);
+                    }
+                }
+            },
+        ));
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while handled.lock().unwrap().len() < ROOM {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("all messages in hand at once");
+        stop.send(true).unwrap();
+        poller.await.unwrap();
+        assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+        let mut bodies = handled.lock().unwrap().clone();
+        bodies.sort();
+        let mut sent: Vec<String> = (0..ROOM).map(|n| format!("m{n}")).collect();
+        sent.sort();
+        assert_eq!(bodies, sent, "each message handled once");
     }
 
     #[tokio::test(start_paused = true)]
