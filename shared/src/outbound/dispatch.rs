@@ -169,6 +169,19 @@ impl Dispatcher {
         loop {
             // Endpoints are read per batch of events: one added meanwhile gets the later ones.
             let endpoints = self.endpoints(org_id).await?;
+            if endpoints.is_empty() {
+                // No event makes a delivery (a test event names an enabled endpoint too), so
+                // the cursor moves to the stream's end without reading the events back.
+                let (last, cursor) = (
+                    self.store.last_seq(org_id).await?,
+                    self.store.dispatch_cursor(org_id).await?,
+                );
+                if last > cursor {
+                    self.store.advance_cursor(org_id, last).await?;
+                    done.events += (last - cursor) as usize;
+                }
+                return Ok(done);
+            }
             // A batch of events makes about DELIVERIES_PER_BATCH deliveries at most (10 events
             // for 1,000 endpoints, 100 for 10), and never fewer than 10 events: the endpoint
             // list is read again for every batch.
@@ -288,5 +301,66 @@ impl Dispatcher {
             self.deliveries.scheduled(delivery, now, now).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::ports::outbound::conformance::{endpoint, new_event};
+    use crate::ports::outbound::embedded::EmbeddedOutboundStore;
+    use crate::ports::queue::embedded::EmbeddedQueue;
+    use crate::ports::sqlite::{Database, Durability};
+
+    #[tokio::test]
+    async fn an_org_without_endpoints_moves_past_its_events_and_a_new_endpoint_gets_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Normal).unwrap();
+        let store = Arc::new(EmbeddedOutboundStore::new(db.clone()));
+        let queue = Arc::new(EmbeddedQueue::new(
+            db,
+            crate::ports::queue::conformance::SETTINGS,
+        ));
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            AttemptQueue::new(queue, true),
+            Arc::new(SystemClock),
+        );
+        for _ in 0..3 {
+            store
+                .append_event(&new_event("org-a", "invoice.paid"))
+                .await
+                .unwrap();
+        }
+        let mut off = endpoint("org-a");
+        off.enabled = false;
+        store.create_endpoint(&off).await.unwrap();
+        let nothing_to_deliver = Dispatched {
+            events: 3,
+            deliveries: 0,
+        };
+        assert_eq!(
+            dispatcher.dispatch("org-a").await.unwrap(),
+            nothing_to_deliver
+        );
+        assert_eq!(store.dispatch_cursor("org-a").await.unwrap(), 3);
+        assert!(store.orgs_behind(10).await.unwrap().is_empty());
+        assert_eq!(
+            dispatcher.dispatch("org-a").await.unwrap(),
+            Dispatched::default(),
+            "nothing left"
+        );
+
+        store.create_endpoint(&endpoint("org-a")).await.unwrap();
+        store
+            .append_event(&new_event("org-a", "invoice.paid"))
+            .await
+            .unwrap();
+        let one = Dispatched {
+            events: 1,
+            deliveries: 1,
+        };
+        assert_eq!(dispatcher.dispatch("org-a").await.unwrap(), one);
     }
 }

@@ -498,6 +498,13 @@ impl OutboundStore for DynamoOutboundStore {
         items.iter().map(|item| read(item).record()).collect()
     }
 
+    async fn last_seq(&self, org_id: &str) -> Result<u64, OutboundError> {
+        match self.db().get_item(stream_pk(org_id), HEAD_SK).await? {
+            None => Ok(0),
+            Some(head) => Ok(read(&head).opt_u64("last_seq")?.unwrap_or(0)),
+        }
+    }
+
     async fn dispatch_cursor(&self, org_id: &str) -> Result<u64, OutboundError> {
         match self.db().get_item(stream_pk(org_id), HEAD_SK).await? {
             None => Ok(0),

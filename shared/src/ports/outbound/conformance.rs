@@ -562,6 +562,28 @@ pub async fn events_are_read_after_a_seq_in_order_up_to_a_limit(store: &dyn Outb
         .is_empty());
 }
 
+pub async fn the_last_seq_is_the_org_s_last_event_s(store: &dyn OutboundStore) {
+    let (org, other) = (org(), org());
+    assert_eq!(store.last_seq(&org).await.unwrap(), 0);
+    for _ in 0..3 {
+        append(store, &new_event(&org, "invoice.paid")).await;
+    }
+    assert_eq!(store.last_seq(&org).await.unwrap(), 3);
+    store.advance_cursor(&org, 2).await.unwrap();
+    assert_eq!(
+        store.last_seq(&org).await.unwrap(),
+        3,
+        "the cursor is not the stream"
+    );
+    assert_eq!(store.last_seq(&other).await.unwrap(), 0, "per org");
+    store.advance_cursor(&other, 4).await.unwrap();
+    assert_eq!(
+        store.last_seq(&other).await.unwrap(),
+        0,
+        "a cursor alone makes no events"
+    );
+}
+
 pub async fn the_dispatch_cursor_starts_at_zero_and_never_goes_back(store: &dyn OutboundStore) {
     let (org, other) = (org(), org());
     assert_eq!(store.dispatch_cursor(&org).await.unwrap(), 0);
@@ -1280,6 +1302,7 @@ macro_rules! outbound_conformance {
                 shared
             );
             case!(events_are_read_after_a_seq_in_order_up_to_a_limit, borrowed);
+            case!(the_last_seq_is_the_org_s_last_event_s, borrowed);
             case!(
                 the_dispatch_cursor_starts_at_zero_and_never_goes_back,
                 borrowed

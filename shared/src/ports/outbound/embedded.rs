@@ -407,6 +407,16 @@ impl OutboundStore for EmbeddedOutboundStore {
         parse_all(rows)
     }
 
+    async fn last_seq(&self, org_id: &str) -> Result<u64, OutboundError> {
+        let last: Option<i64> = self.db.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT last_seq FROM outbound_streams WHERE org_id = ?1")?
+                .query_row([org_id], |r| r.get(0))
+                .optional()?)
+        })?;
+        Ok(last.map_or(0, |n| n.max(0) as u64))
+    }
+
     async fn dispatch_cursor(&self, org_id: &str) -> Result<u64, OutboundError> {
         let cursor: Option<i64> = self.db.read(|conn| {
             Ok(conn

@@ -117,6 +117,9 @@ pub trait OutboundStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Event>, OutboundError>;
 
+    /// The `seq` of the org's last event (0 before the first).
+    async fn last_seq(&self, org_id: &str) -> Result<u64, OutboundError>;
+
     /// The `seq` of the last event the dispatcher has finished with (0 before the first).
     async fn dispatch_cursor(&self, org_id: &str) -> Result<u64, OutboundError>;
 
