@@ -67,9 +67,9 @@ else
 fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/hookline-load.XXXXXX")"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-secret="load-test-secret"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port="$(free_port)"
+secret="load-test-secret"
 stub=""
 if [[ -n "${CONNECTED:-}" ]]; then
   stub_port="$(free_port)"

@@ -1072,6 +1072,17 @@ async fn process_one(worker: &Worker, queue: &dyn Queue, m: crate::ports::queue:
     }
 }
 
+/// One permit of room in flight, or `None` once `shutdown` resolves (or the room is closed).
+async fn room_or_stop(
+    in_flight: &Arc<tokio::sync::Semaphore>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    tokio::select! {
+        _ = shutdown.changed() => None,
+        permit = in_flight.clone().acquire_owned() => permit.ok(),
+    }
+}
+
 /// Receive from `queue` while `in_flight` has room, and handle each message on a task of its
 /// own holding one permit, until `shutdown` resolves. Room is taken before the queue is
 /// asked, so messages are received only when they can be worked on (their visibility timeout
@@ -1087,12 +1098,8 @@ async fn poll_queue<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
-        let first = tokio::select! {
-            _ = shutdown.changed() => break,
-            permit = in_flight.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let Some(first) = room_or_stop(&in_flight, &mut shutdown).await else {
+            break;
         };
         let room = in_flight.available_permits().min(9) as u32 + 1;
         let batch = tokio::select! {
@@ -1335,12 +1342,8 @@ async fn deliver_due(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let first = tokio::select! {
-            _ = shutdown.changed() => break,
-            permit = in_flight.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let Some(first) = room_or_stop(&in_flight, &mut shutdown).await else {
+            break;
         };
         let room = gather_room(&in_flight, first).await;
         let now = outbound.ports.clock.now();
