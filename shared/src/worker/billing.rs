@@ -2,9 +2,9 @@
 //! refunds, owner mails), and the activity log records it like any other delivery.
 
 use super::activity::RecordActivity;
-use super::{Event, Handled, Handler, WorkerError};
+use super::{Event, FieldPath, Handled, Handler, WorkerError};
 use crate::billing::service::{Applied, Billing, Error};
-use crate::model::Owner;
+use crate::model::{Envelope, Owner};
 use crate::ports::store::DeliveryStore;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -59,5 +59,9 @@ impl Handler for BillingEvents {
             Err(e) => return Err(WorkerError::Handler(e.to_string())),
         }
         self.activity.handle(event, now).await
+    }
+
+    fn fields(&self, envelope: &Envelope) -> Vec<FieldPath> {
+        self.activity.fields(envelope)
     }
 }

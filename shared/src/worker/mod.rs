@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 pub mod activity;
 pub mod billing;
+pub mod payload;
 pub mod repositories;
+
+pub use payload::{FieldPath, JsonBody, Payload};
 
 /// A queued delivery as the worker reads it, with its payload decoded once.
 #[derive(Debug, Clone)]
@@ -35,62 +38,6 @@ impl Event {
             payload,
             owner: None,
             attempt: 1,
-        }
-    }
-}
-
-/// A provider body: JSON for most, form fields for Twilio.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Payload {
-    Json(serde_json::Value),
-    Form(Vec<(String, String)>),
-}
-
-impl Payload {
-    fn parse(raw: &[u8]) -> Result<Self, WorkerError> {
-        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(raw) {
-            return Ok(Payload::Json(value));
-        }
-        let text = std::str::from_utf8(raw)
-            .map_err(|_| WorkerError::Malformed("payload is neither JSON nor a form".into()))?;
-        if text.contains('=') {
-            Ok(Payload::Form(
-                url::form_urlencoded::parse(text.as_bytes())
-                    .into_owned()
-                    .collect(),
-            ))
-        } else {
-            Err(WorkerError::Malformed(
-                "payload is neither JSON nor a form".into(),
-            ))
-        }
-    }
-
-    /// A JSON field by path (`["repository", "full_name"]`), or a form field by name.
-    pub fn str_at(&self, path: &[&str]) -> Option<String> {
-        match self {
-            Payload::Json(v) => {
-                let mut cur = v;
-                for p in path {
-                    cur = match cur {
-                        serde_json::Value::Array(items) => items.get(p.parse::<usize>().ok()?)?,
-                        other => other.get(p)?,
-                    };
-                }
-                match cur {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Number(n) => Some(n.to_string()),
-                    serde_json::Value::Bool(b) => Some(b.to_string()),
-                    _ => None,
-                }
-            }
-            Payload::Form(fields) => {
-                let [name] = path else { return None };
-                fields
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-            }
         }
     }
 }
@@ -119,6 +66,13 @@ pub enum WorkerError {
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, event: &Event, now: DateTime<Utc>) -> Result<Handled, WorkerError>;
+
+    /// The payload fields `handle` reads of this delivery, so the worker picks them as it
+    /// reads the body instead of building the whole document. A field left out still reads
+    /// ([`JsonBody::document`] is built for it), only slower.
+    fn fields(&self, _envelope: &Envelope) -> Vec<FieldPath> {
+        Vec::new()
+    }
 }
 
 /// Handlers by (source, event type), with a fallback per source and one for everything.
@@ -318,22 +272,26 @@ impl Worker {
         };
 
         let started = Instant::now();
+        let handler = self.dispatcher.route(envelope.source, &envelope.event_type);
         let result = match envelope.raw_body() {
-            Ok(raw) => match Payload::parse(&raw) {
-                Ok(payload) => {
-                    let event = Event {
-                        envelope: envelope.clone(),
-                        payload,
-                        owner: claimed.owner.clone(),
-                        attempt: claimed.attempts,
-                    };
-                    match self.dispatcher.route(envelope.source, &envelope.event_type) {
-                        Some(handler) => handler.handle(&event, now).await,
-                        None => Ok(Handled::Skipped("no handler for this event type".into())),
+            Ok(raw) => {
+                let fields = handler.map(|h| h.fields(&envelope)).unwrap_or_default();
+                match Payload::parse(raw, &fields) {
+                    Ok(payload) => {
+                        let event = Event {
+                            envelope: envelope.clone(),
+                            payload,
+                            owner: claimed.owner.clone(),
+                            attempt: claimed.attempts,
+                        };
+                        match handler {
+                            Some(handler) => handler.handle(&event, now).await,
+                            None => Ok(Handled::Skipped("no handler for this event type".into())),
+                        }
                     }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Err(e) => Err(WorkerError::Malformed(format!(
                 "body is not valid base64: {e}"
             ))),

@@ -23,12 +23,12 @@
 //! fails the delivery so the queue retries it.
 
 use super::activity::{normalise, timestamp};
-use super::{Event, Handled, Handler, Payload, WorkerError};
+use super::{Event, FieldPath, Handled, Handler, JsonBody, Payload, WorkerError};
 use crate::api::incidents::IncidentView;
 use crate::connections::{
     Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, WorkflowRun,
 };
-use crate::model::{Activity, Source};
+use crate::model::{Activity, Envelope, Source};
 use crate::outbound::model::{valid_event_type, EventId};
 use crate::outbound::sink::EventSink;
 use crate::ports::connections::{ConnectionError, ConnectionStore, MAX_PAGE};
@@ -179,21 +179,23 @@ fn store_error(e: ConnectionError) -> WorkerError {
 impl Handler for RepositoryEvents {
     async fn handle(&self, event: &Event, now: DateTime<Utc>) -> Result<Handled, WorkerError> {
         let activity = activity(event, now);
-        let body = match &event.payload {
-            Payload::Json(v) => v,
+        let json = match &event.payload {
+            Payload::Json(json) => json,
             Payload::Form(_) => {
                 self.store.put_activity(&activity).await?;
                 return Ok(Handled::Processed);
             }
         };
         let connections = self
-            .connections_for(event.envelope.source, body)
+            .connections_for(event.envelope.source, json)
             .await
             .map_err(store_error)?;
         if connections.is_empty() {
             self.store.put_activity(&activity).await?;
             return Ok(Handled::Processed);
         }
+        // A connected repository's delivery: its runs and relayed events read all of it.
+        let body = json.document();
         let enabled: Vec<&Connection> = connections.iter().filter(|c| c.is_enabled).collect();
         let outcome = if enabled.is_empty() {
             Handled::Skipped("connection disabled".into())
@@ -260,7 +262,37 @@ impl Handler for RepositoryEvents {
         }
         Ok(outcome)
     }
+
+    fn fields(&self, envelope: &Envelope) -> Vec<FieldPath> {
+        fields(envelope)
+    }
 }
+
+/// What [`RepositoryEvents`] reads of a delivery before it knows the repository is connected.
+fn fields(envelope: &Envelope) -> Vec<FieldPath> {
+    let mut fields = super::activity::fields(envelope);
+    fields.extend(LOOKUP.iter().map(|p| p.to_vec()));
+    if matches!(envelope.event_type.as_str(), "push" | "tag_push") {
+        fields.extend(PUSH_SUMMARY.iter().map(|p| p.to_vec()));
+    }
+    fields
+}
+
+/// The fields that find a delivery's connections ([`RepositoryEvents::connections_for`]).
+const LOOKUP: &[&[&str]] = &[
+    &["repository", "full_name"],
+    &["project", "id"],
+    &["project_id"],
+    &["project", "path_with_namespace"],
+];
+
+/// The fields a push's summary reads ([`push_summary`]).
+const PUSH_SUMMARY: &[&[&str]] = &[
+    &["before"],
+    &["after"],
+    &["total_commits_count"],
+    &["commits"],
+];
 
 /// What a delivery is about, across the two providers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -297,11 +329,13 @@ fn activity(event: &Event, now: DateTime<Utc>) -> Activity {
     a
 }
 
-fn push_summary(body: &Value) -> Option<String> {
-    let before = text(body, &["before"])?;
-    let after = text(body, &["after"])?;
-    let count = number(body, &["total_commits_count"])
-        .or_else(|| body.get("commits")?.as_array().map(|c| c.len() as u64))
+fn push_summary(body: &JsonBody) -> Option<String> {
+    let before = body.text(&["before"])?;
+    let after = body.text(&["after"])?;
+    let count = body
+        .text(&["total_commits_count"])
+        .and_then(|n| n.parse::<u64>().ok())
+        .or_else(|| body.len_at(&["commits"]).map(|n| n as u64))
         .unwrap_or(0);
     let short = |s: &str| s.chars().take(12).collect::<String>();
     Some(format!(
@@ -613,8 +647,8 @@ impl RecordPing {
 impl Handler for RecordPing {
     async fn handle(&self, event: &Event, _now: DateTime<Utc>) -> Result<Handled, WorkerError> {
         if let Payload::Json(body) = &event.payload {
-            if let Some(name) = text(body, &["repository", "full_name"]) {
-                let hook_id = text(body, &["hook_id"]);
+            if let Some(name) = body.text(&["repository", "full_name"]) {
+                let hook_id = body.text(&["hook_id"]);
                 let found = self
                     .connections
                     .find_by_repository(RepoProvider::Github, &name)
@@ -631,6 +665,10 @@ impl Handler for RecordPing {
         Ok(Handled::Skipped(
             "ping: the hook is set up; nothing to process".into(),
         ))
+    }
+
+    fn fields(&self, _: &Envelope) -> Vec<FieldPath> {
+        vec![vec!["repository", "full_name"], vec!["hook_id"]]
     }
 }
 
@@ -660,10 +698,10 @@ impl RepositoryEvents {
     async fn connections_for(
         &self,
         source: Source,
-        body: &Value,
+        body: &JsonBody,
     ) -> Result<Vec<Connection>, ConnectionError> {
         match source {
-            Source::Github => match text(body, &["repository", "full_name"]) {
+            Source::Github => match body.text(&["repository", "full_name"]) {
                 Some(name) => {
                     self.connections
                         .find_by_repository(RepoProvider::Github, &name)
@@ -672,12 +710,14 @@ impl RepositoryEvents {
                 None => Ok(Vec::new()),
             },
             Source::Gitlab => {
-                let mut found =
-                    match text(body, &["project", "id"]).or_else(|| text(body, &["project_id"])) {
-                        Some(id) => self.connections.find_by_project_id(&id).await?,
-                        None => Vec::new(),
-                    };
-                if let Some(path) = text(body, &["project", "path_with_namespace"]) {
+                let mut found = match body
+                    .text(&["project", "id"])
+                    .or_else(|| body.text(&["project_id"]))
+                {
+                    Some(id) => self.connections.find_by_project_id(&id).await?,
+                    None => Vec::new(),
+                };
+                if let Some(path) = body.text(&["project", "path_with_namespace"]) {
                     for c in self
                         .connections
                         .find_by_repository(RepoProvider::Gitlab, &path)
@@ -1203,10 +1243,39 @@ mod tests {
     fn event(source: Source, event_type: &str, body: &Value) -> Event {
         let raw = serde_json::to_vec(body).unwrap();
         let id = uuid::Uuid::new_v4().to_string();
-        Event::new(
-            Envelope::new(source, &id, event_type, Utc::now(), &raw),
-            Payload::Json(body.clone()),
-        )
+        let envelope = Envelope::new(source, &id, event_type, Utc::now(), &raw);
+        // Read as the worker reads it: the fields the handlers declare picked in one pass.
+        let mut declared = fields(&envelope);
+        declared.push(vec!["hook_id"]);
+        let payload = Payload::parse(raw, &declared).unwrap();
+        Event::new(envelope, payload)
+    }
+
+    #[tokio::test]
+    async fn an_unconnected_delivery_is_recorded_without_building_its_document() {
+        let f = fixture();
+        for (source, event_type, file) in [
+            (
+                Source::Github,
+                "workflow_run",
+                "github-workflow-run-failure.json",
+            ),
+            (Source::Github, "push", "github-push.json"),
+            (Source::Gitlab, "pipeline", "gitlab-pipeline.json"),
+        ] {
+            let e = event(source, event_type, &payload(file));
+            f.handler.handle(&e, Utc::now()).await.unwrap();
+            let Payload::Json(json) = &e.payload else {
+                panic!("{file} is JSON")
+            };
+            assert!(!json.is_built(), "{file}: a field read was not declared");
+        }
+        let recorded = f.store.list_activities(10).await.unwrap();
+        assert_eq!(recorded.len(), 3);
+        assert!(recorded.iter().all(|a| a.repository.is_some()));
+        assert!(recorded
+            .iter()
+            .any(|a| a.action.as_deref().is_some_and(|s| s.contains(".."))));
     }
 
     #[tokio::test]
@@ -1916,7 +1985,7 @@ mod tests {
             "ref": "refs/heads/main", "total_commits_count": 31, "commits": [],
             "user_username": "sasha", "project": {"id": 5, "path_with_namespace": "g/p"}});
         assert_eq!(
-            push_summary(&gitlab).unwrap(),
+            push_summary(&gitlab.into()).unwrap(),
             "aaaaaaaaaaaa..bbbbbbbbbbbb (31 commits)"
         );
     }
