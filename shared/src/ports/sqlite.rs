@@ -78,6 +78,10 @@ struct Inner {
     restart_asked: Arc<AtomicBool>,
     /// How many times the sync thread has synced the WAL.
     syncs: Arc<AtomicU64>,
+    /// Read by the sync thread around each sync; a test holds it to stand for a disk that
+    /// does not answer.
+    #[cfg_attr(not(test), allow(dead_code))]
+    sync_gate: Arc<std::sync::RwLock<()>>,
     path: PathBuf,
     /// The payload bodies' segment files beside the database file (`ports::payload_log`).
     log: Arc<PayloadLog>,
@@ -565,6 +569,8 @@ impl Database {
         let copier = Copier::new(&path, restart_at)?;
         let syncs = Arc::new(AtomicU64::new(0));
         let counted = syncs.clone();
+        let sync_gate = Arc::new(std::sync::RwLock::new(()));
+        let gate = sync_gate.clone();
         let synced = match durability {
             Durability::Normal => None,
             Durability::Full => {
@@ -572,7 +578,7 @@ impl Database {
                 let wal = dir.join("hookline.db-wal");
                 std::thread::Builder::new()
                     .name("hookline-sync".into())
-                    .spawn(move || syncer(&wal, rx, &counted))
+                    .spawn(move || syncer(&wal, rx, &counted, &gate))
                     .map_err(|e| DbError(format!("cannot start the sync thread: {e}")))?;
                 Some(tx)
             }
@@ -582,7 +588,7 @@ impl Database {
             path,
             "BEGIN IMMEDIATE",
             synced,
-            syncs,
+            (syncs, sync_gate),
             log,
             log_writer,
         )?;
@@ -610,7 +616,7 @@ impl Database {
             path,
             "BEGIN DEFERRED",
             None,
-            Arc::default(),
+            Default::default(),
             log,
             None,
         )
@@ -621,7 +627,7 @@ impl Database {
         path: PathBuf,
         begin: &'static str,
         synced: Option<mpsc::Sender<Committed>>,
-        syncs: Arc<AtomicU64>,
+        (syncs, sync_gate): (Arc<AtomicU64>, Arc<std::sync::RwLock<()>>),
         log: Arc<PayloadLog>,
         log_writer: Option<LogWriter>,
     ) -> Result<Self, DbError> {
@@ -637,6 +643,7 @@ impl Database {
                 jobs,
                 restart_asked,
                 syncs,
+                sync_gate,
                 path,
                 log,
                 readers: std::sync::Mutex::new(Vec::new()),
@@ -647,6 +654,15 @@ impl Database {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Holds every sync of the WAL until the guard is dropped: a disk that does not answer.
+    #[cfg(test)]
+    pub(crate) fn hold_syncs(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.inner
+            .sync_gate
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The payload bodies' log beside the database file, to read from.
@@ -748,6 +764,17 @@ impl Database {
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
         self.submit(move |conn, _| op(conn), Wait::Committed).await
+    }
+
+    /// [`Database::call`] answered as soon as its batch commits, before the WAL is synced,
+    /// for the same kind of write as [`Database::call_one_unsynced`].
+    pub async fn call_unsynced<T, F>(&self, op: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.submit(move |conn, _| savepoint(conn, op), Wait::Committed)
+            .await
     }
 
     async fn submit<T, F>(&self, op: F, wait: Wait) -> Result<T, DbError>
@@ -901,10 +928,16 @@ fn finish_all(finishes: Vec<Finish>, result: Result<(), DbError>) {
 /// covers every batch committed before it began. The writer meanwhile goes on with the next
 /// batch, so the disk's latency and the next batch's work overlap; with
 /// `synchronous=FULL` the writer sat out every fsync itself and the cores idled.
-fn syncer(wal: &Path, batches: mpsc::Receiver<Committed>, syncs: &AtomicU64) {
+fn syncer(
+    wal: &Path,
+    batches: mpsc::Receiver<Committed>,
+    syncs: &AtomicU64,
+    gate: &std::sync::RwLock<()>,
+) {
     let mut file = None;
     let mut log_failed: Option<DbError> = None;
     while let Ok(first) = batches.recv() {
+        let _disk = gate.read().unwrap_or_else(|p| p.into_inner());
         let mut ready = vec![first];
         ready.extend(batches.try_iter());
         // The payload log's segment before the WAL that names its records. (Only mostly in

@@ -1600,6 +1600,65 @@ mod tests {
         assert_eq!(bodies, sent, "each message handled once");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::await_holding_lock)] // the held syncs are the point
+    async fn the_worker_takes_processes_and_deletes_a_message_without_waiting_for_the_disk() {
+        use crate::ports::store::DeliveryStore;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Full).unwrap();
+        let store: Arc<dyn DeliveryStore> = Arc::new(EmbeddedStore::new(db.clone()));
+        let queue = EmbeddedQueue::new(db.clone(), crate::ports::queue::conformance::SETTINGS);
+        let now = chrono::Utc::now();
+        let new = crate::ports::store::conformance::new_delivery(Source::Github, "d1", now);
+        store.record(&new).await.unwrap();
+        let body = br#"{"ref":"refs/heads/main","repository":{"full_name":"o/r"}}"#;
+        let envelope = crate::model::Envelope::new(Source::Github, "d1", "push", now, body);
+        queue
+            .send(&envelope.to_message(), Duration::ZERO)
+            .await
+            .unwrap();
+        let worker = Worker::new(
+            store.clone(),
+            crate::worker::Dispatcher::standard(store.clone()),
+            Arc::new(SystemClock),
+            &Settings::default(),
+        );
+        let held = db.hold_syncs();
+        // A write that waits for the disk waits while it does not answer…
+        let durable = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let other =
+                    crate::ports::store::conformance::new_delivery(Source::Github, "d2", now);
+                store.record(&other).await
+            }
+        });
+        // …and the worker's steps do not: losing them in a power cut (the last writes before
+        // it, in order) only brings the message back, and its claim finds it done or not.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let taken = queue.receive(10, Duration::ZERO).await.unwrap();
+            assert_eq!(taken.len(), 1);
+            worker
+                .process(&WorkerMessage {
+                    message_id: taken[0].message_id.clone(),
+                    body: taken[0].body.clone(),
+                })
+                .await
+                .unwrap();
+            queue.delete(&taken[0].receipt).await.unwrap();
+        })
+        .await
+        .expect("the worker's steps waited for the disk");
+        assert!(!durable.is_finished(), "the disk was not held");
+        drop(held);
+        durable.await.unwrap().unwrap();
+        let done = store.get(&new.key).await.unwrap().unwrap();
+        assert_eq!(done.status, crate::model::DeliveryStatus::Processed);
+        let activity = store.list_activities(1).await.unwrap().remove(0);
+        assert_eq!(activity.repository.as_deref(), Some("o/r"));
+        assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_claim_does_not_wait_long_for_room_that_does_not_come() {
         let in_flight = Arc::new(Semaphore::new(64));

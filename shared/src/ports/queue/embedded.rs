@@ -86,9 +86,11 @@ impl EmbeddedQueue {
             return Ok(Vec::new());
         }
         let log = self.db.payload_log().clone();
+        // Answered before the disk has it: lost in a power cut, a receipt only makes its
+        // messages visible again (the store's writes explain why that is safe).
         Ok(self
             .db
-            .call(move |conn| {
+            .call_unsynced(move |conn| {
                 let now = now_millis();
                 type Body = Result<String, (String, String)>;
                 let candidates: Vec<(i64, Body, i64)> = conn
@@ -300,9 +302,11 @@ impl Queue for EmbeddedQueue {
 
     async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
         let receipt = receipt.to_owned();
+        // Not waiting for the disk: a delete lost in a power cut is a redelivery, which the
+        // worker's claim finds done (or the deliverer's lease, due).
         Ok(self
             .db
-            .call_one(move |conn| {
+            .call_one_unsynced(move |conn| {
                 let Some(id) = receipt
                     .split_once('/')
                     .and_then(|(id, _)| id.parse::<i64>().ok())

@@ -303,9 +303,14 @@ impl DeliveryStore for EmbeddedStore {
         lease_until: DateTime<Utc>,
     ) -> Result<Claim, StoreError> {
         let key = key.as_str().to_owned();
+        // Not waiting for the disk (here and in `finish`, `put_activity`): commits reach the WAL
+        // in order and a sync keeps a prefix of them, so a power cut can only lose the last of
+        // a worker's writes, and the queue's message with them (its delete comes last): the
+        // delivery is then received and processed again, as after any crash. Waiting for a
+        // sync at each step held every message a worker had in hand for several of them.
         Ok(self
             .db
-            .call(move |conn| {
+            .call_one_unsynced(move |conn| {
                 // One statement in the common case; only a refused claim reads why.
                 let claimed = conn
                     .prepare_cached(&format!(
@@ -335,7 +340,7 @@ impl DeliveryStore for EmbeddedStore {
         let outcome = outcome.clone();
         Ok(self
             .db
-            .call(move |conn| {
+            .call_one_unsynced(move |conn| {
                 conn.prepare_cached(
                     "UPDATE deliveries SET status = ?2, error = ?3, processed_at = ?4, \
                      duration_ms = ?5, process_lease_until = 0 WHERE key = ?1",
@@ -381,7 +386,7 @@ impl DeliveryStore for EmbeddedStore {
         let received_at = millis(activity.received_at);
         Ok(self
             .db
-            .call(move |conn| {
+            .call_one_unsynced(move |conn| {
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO activities (key, received_at, record) \
                      VALUES (?1, ?2, ?3)",
