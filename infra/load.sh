@@ -135,7 +135,9 @@ fi
 server_cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$server/stat"; }
 cpu_before="$(server_cpu_ticks)"
 started_ns="$(date +%s%N)"
-wrk -t "$threads" -c "$connections" -d "$duration" --latency -s "$work/github.lua" "http://127.0.0.1:$port/api/v1/webhooks/github"
+# wrk's own CPU (bash's `time`: user and system seconds), for the floor it leaves the server.
+TIMEFORMAT='%U %S'
+{ time wrk -t "$threads" -c "$connections" -d "$duration" --latency -s "$work/github.lua" "http://127.0.0.1:$port/api/v1/webhooks/github" 2>&1; } 2> "$work/wrk-cpu"
 [[ -n "${PERF_DATA:-}" ]] && wait "$recorder"
 sleep 2
 cpu_ticks=$(( $(server_cpu_ticks) - cpu_before ))
@@ -150,5 +152,9 @@ print(", ".join(f"{n} {status}" for status, n in by.most_common()))' "$work/deli
 # after wrk stops are counted, so the worker's share of the last deliveries is in it.
 awk -v t="$cpu_ticks" -v n="$recorded" -v e="$elapsed_ns" 'BEGIN {
   if (n > 0) printf "server CPU: %.0f µs per delivery (%.2f cores busy over the run)\n", t * 1e4 / n, t / 100 / (e / 1e9)
+}'
+read -r wrk_user wrk_sys < "$work/wrk-cpu"
+awk -v u="$wrk_user" -v s="$wrk_sys" -v n="$recorded" 'BEGIN {
+  if (n > 0) printf "wrk CPU: %.0f µs per request\n", (u + s) * 1e6 / n
 }'
 rm -rf "$work"
