@@ -238,12 +238,13 @@ impl Worker {
                 return Err(WorkerError::Malformed(e.to_string()));
             }
         };
-        let result = self.process_envelope(envelope.clone()).await;
+        let (source, delivery_id) = (envelope.source, envelope.delivery_id.clone());
+        let result = self.process_envelope(envelope).await;
         if let Err(WorkerError::Store(_)) = &result {
             crate::telemetry::store_error();
         }
         if let Err(e) = &result {
-            tracing::warn!(source = %envelope.source, delivery_id = %envelope.delivery_id, error = %e, "delivery processing failed; the queue will retry it");
+            tracing::warn!(%source, %delivery_id, error = %e, "delivery processing failed; the queue will retry it");
         }
         result
     }
@@ -273,28 +274,33 @@ impl Worker {
 
         let started = Instant::now();
         let handler = self.dispatcher.route(envelope.source, &envelope.event_type);
-        let result = match envelope.raw_body() {
+        // The envelope (and its body) moves into the event and back out, never copied.
+        let (result, envelope) = match envelope.raw_body() {
             Ok(raw) => {
                 let fields = handler.map(|h| h.fields(&envelope)).unwrap_or_default();
                 match Payload::parse(raw, &fields) {
                     Ok(payload) => {
                         let event = Event {
-                            envelope: envelope.clone(),
+                            envelope,
                             payload,
                             owner: claimed.owner.clone(),
                             attempt: claimed.attempts,
                         };
-                        match handler {
+                        let result = match handler {
                             Some(handler) => handler.handle(&event, now).await,
                             None => Ok(Handled::Skipped("no handler for this event type".into())),
-                        }
+                        };
+                        (result, event.envelope)
                     }
-                    Err(e) => Err(e),
+                    Err(e) => (Err(e), envelope),
                 }
             }
-            Err(e) => Err(WorkerError::Malformed(format!(
-                "body is not valid base64: {e}"
-            ))),
+            Err(e) => (
+                Err(WorkerError::Malformed(format!(
+                    "body is not valid base64: {e}"
+                ))),
+                envelope,
+            ),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
         let processed_at = self.clock.now();
