@@ -64,6 +64,13 @@ fn main() {
         .to_owned()
     });
     let wrk_us: Option<f64> = args.get(1).and_then(|a| a.parse().ok());
+    // cargo runs a bench in its package's folder: a relative path may name one from the
+    // workspace's root, where the command was typed.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let path = match std::path::Path::new(&path).exists() {
+        true => path,
+        false => format!("{root}/{path}"),
+    };
     let body = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     let n = 2_000;
 
