@@ -356,11 +356,6 @@ impl Pipeline {
             .map_err(unavailable)?
         {
             RecordOutcome::Recorded => {
-                // Kept like any other, so the log shows what a disabled connection dropped.
-                self.store
-                    .put_payload(&a.key, &a.payload)
-                    .await
-                    .map_err(unavailable)?;
                 let outcome = crate::model::DeliveryOutcome {
                     status: DeliveryStatus::Skipped,
                     error: Some("the repository's connection is disabled".into()),
@@ -369,6 +364,13 @@ impl Pipeline {
                 };
                 self.store
                     .finish(&a.key, &outcome)
+                    .await
+                    .map_err(unavailable)?;
+                // Kept like any other, so the log shows what a disabled connection dropped.
+                // Last: the embedded store answers `finish` before the disk has it (it is the
+                // worker's step), and this write waits for a sync that covers it too.
+                self.store
+                    .put_payload(&a.key, &a.payload)
                     .await
                     .map_err(unavailable)?;
                 Ok(self.accepted("skipped", a))

@@ -1633,6 +1633,22 @@ mod tests {
                 store.record(&other).await
             }
         });
+        // (Committed, so only its sync holds its answer.)
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let committed = || {
+                db.read(|conn| {
+                    Ok(conn
+                        .prepare("SELECT 1 FROM deliveries WHERE delivery_id = 'd2'")?
+                        .exists([])?)
+                })
+                .unwrap()
+            };
+            while !committed() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the durable write commits");
         // …and the worker's steps do not: losing them in a power cut (the last writes before
         // it, in order) only brings the message back, and its claim finds it done or not.
         tokio::time::timeout(Duration::from_secs(10), async {

@@ -6,7 +6,7 @@
 //! connected repository's runs and relayed events. Building a `serde_json::Value` of a 17 KB
 //! body and dropping it was a fifth of the local server's CPU under load.
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::fmt;
 use std::sync::OnceLock;
@@ -101,9 +101,14 @@ impl From<Value> for JsonBody {
 impl JsonBody {
     /// The whole document, built on the first call.
     pub fn document(&self) -> &Value {
-        // The bytes read as JSON once already (`Payload::parse`), so this cannot fail.
-        self.document
-            .get_or_init(|| serde_json::from_slice(&self.raw).unwrap_or(Value::Null))
+        // `Payload::parse` read these bytes with the checks building a `Value` makes (see
+        // `Skip`), so this does not fail; `null` would only hide a bug here.
+        self.document.get_or_init(|| {
+            serde_json::from_slice(&self.raw).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a body read as JSON once does not build");
+                Value::Null
+            })
+        })
     }
 
     /// Whether the whole document has been built (by [`document`](Self::document), or by a
@@ -121,7 +126,7 @@ impl JsonBody {
         let mut cur = self.document();
         for p in path {
             cur = match cur {
-                Value::Array(items) => match p.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                Value::Array(items) => match index(p).and_then(|i| items.get(i)) {
                     Some(v) => v,
                     None => return Picked::Absent,
                 },
@@ -192,7 +197,7 @@ impl Node {
     fn new(key: &'static str) -> Self {
         Self {
             key,
-            index: key.parse().ok(),
+            index: index(key),
             children: Vec::new(),
             slot: None,
             lo: 0,
@@ -360,7 +365,7 @@ impl<'de> Visitor<'de> for At<'_> {
                         out: &mut *self.out,
                     })?
                     .is_some(),
-                None => seq.next_element::<IgnoredAny>()?.is_some(),
+                None => seq.next_element_seed(Skip)?.is_some(),
             };
             if !more {
                 break;
@@ -380,11 +385,77 @@ impl<'de> Visitor<'de> for At<'_> {
                     out: &mut *self.out,
                 })?,
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value_seed(Skip)?;
                 }
             }
         }
         self.set(Picked::Other);
+        Ok(())
+    }
+}
+
+/// An array index as a path segment: decimal digits as `usize` writes them, so that one
+/// element has one segment (`"01"` or `"+1"` index nothing).
+fn index(segment: &str) -> Option<usize> {
+    segment
+        .parse()
+        .ok()
+        .filter(|i: &usize| i.to_string() == segment)
+}
+
+/// A value no path goes through, read with every check building a `Value` would make:
+/// strings valid UTF-8 with paired surrogates, numbers in range, nesting within serde_json's
+/// limit. (`IgnoredAny` skips without them, so a body it accepted could fail to build.)
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Skip)?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
         Ok(())
     }
 }
@@ -499,6 +570,41 @@ mod tests {
         assert_eq!(body.str_at(&["c", "0"]).as_deref(), Some("true"));
         assert!(body.is_built());
         assert_eq!(body.document()["a"]["b"], "x");
+    }
+
+    #[test]
+    fn a_body_is_json_exactly_when_it_builds_a_value() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let mut bad_utf8 = br#"{"a":"x","skipped":"#.to_vec();
+        bad_utf8.extend_from_slice(b"\"\xff\xfe\"}");
+        let cases: Vec<Vec<u8>> = vec![
+            // An unpaired surrogate (a string cut mid-emoji), where no path goes.
+            br#"{"a":"x","head_commit":{"message":"fix \ud83d"}}"#.to_vec(),
+            br#"{"a":"x","n":1e400}"#.to_vec(),
+            br#"{"a":"x","n":-1e400}"#.to_vec(),
+            bad_utf8,
+            deep.clone().into_bytes(),
+            format!(r#"{{"a":"x","d":{deep}}}"#).into_bytes(),
+            br#"{"a":"x","ok":"\ud83d\ude00","n":1e300}"#.to_vec(),
+            br#"{"a":"x","k\ud83d":1}"#.to_vec(),
+        ];
+        for raw in cases {
+            let builds = serde_json::from_slice::<Value>(&raw).is_ok();
+            let picked = Payload::parse(raw.clone(), &paths(&[&["a"], &["n"]]));
+            assert_eq!(
+                matches!(picked, Ok(Payload::Json(_))),
+                builds,
+                "{}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+    }
+
+    #[test]
+    fn an_index_has_one_spelling() {
+        let fields = paths(&[&["a", "1"], &["a", "01"], &["a", "+1"]]);
+        same_as_document(r#"{"a":[0,1,2]}"#, &fields);
+        same_as_document(r#"{"a":{"1":"one","01":"oh-one","+1":"plus"}}"#, &fields);
     }
 
     #[test]

@@ -310,7 +310,7 @@ impl DeliveryStore for EmbeddedStore {
         // sync at each step held every message a worker had in hand for several of them.
         Ok(self
             .db
-            .call_one_unsynced(move |conn| {
+            .call_unsynced(move |conn| {
                 // One statement in the common case; only a refused claim reads why.
                 let claimed = conn
                     .prepare_cached(&format!(
