@@ -936,6 +936,7 @@ fn syncer(
 ) {
     let mut file = None;
     let mut log_failed: Option<DbError> = None;
+    let mut wal_failed: Option<DbError> = None;
     while let Ok(first) = batches.recv() {
         let _disk = gate.read().unwrap_or_else(|p| p.into_inner());
         let mut ready = vec![first];
@@ -966,7 +967,17 @@ fn syncer(
                 })
             }),
         }
-        .and_then(|()| sync_wal(wal, &mut file));
+        .and_then(|()| match &wal_failed {
+            Some(failed) => Err(failed.clone()),
+            None => sync_wal(wal, &mut file).inspect_err(|e| {
+                // As with the payload log: after a failed fsync Linux may call the WAL's pages
+                // clean, so a later sync that succeeds would vouch for frames never written.
+                wal_failed = Some(DbError(format!(
+                    "{}; nothing more is acknowledged until Hookline restarts",
+                    e.0
+                )));
+            }),
+        });
         syncs.fetch_add(1, Ordering::Relaxed);
         for batch in ready {
             finish_all(batch.finishes, synced.clone());
@@ -1072,6 +1083,11 @@ mod tests {
         std::fs::remove_file(dir.path().join("hookline.db-wal")).unwrap();
         let err = insert_activity(&db, "unsynced").await.unwrap_err();
         assert!(err.0.contains("cannot sync"), "{err}");
+        // A WAL file there again would sync, but says nothing of the frames the failed sync
+        // covered: no later commit is called durable either.
+        std::fs::File::create(dir.path().join("hookline.db-wal")).unwrap();
+        let again = insert_activity(&db, "later").await.unwrap_err();
+        assert!(again.0.contains("until Hookline restarts"), "{again}");
     }
 
     #[tokio::test]
