@@ -72,7 +72,7 @@ fn new_event(org: &str, id: &str) -> NewEvent {
         org_id: org.to_owned(),
         event_type: "invoice.paid".to_owned(),
         created_at: at(0),
-        data: serde_json::json!({"amount": 5}),
+        data: serde_json::json!({"amount": 5}).into(),
     }
 }
 

@@ -727,7 +727,7 @@ async fn a_dispatcher_killed_mid_fan_out_and_rerun_creates_no_duplicate_and_skip
                 org_id: "acme".into(),
                 event_type: "invoice.paid".into(),
                 created_at: now,
-                data: json!({ "n": n }),
+                data: json!({ "n": n }).into(),
             })
             .await
             .unwrap();

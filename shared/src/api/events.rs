@@ -7,7 +7,7 @@ use super::endpoints::error;
 use super::{json_body, method_not_allowed, not_found};
 use crate::auth::{Authenticator, Principal, Scope};
 use crate::http::{json, Request, Response};
-use crate::outbound::model::{Event, EventId};
+use crate::outbound::model::{Event, EventData, EventId};
 use crate::outbound::publish::{PublishRequest, Publisher};
 use crate::ports::outbound::{Appended, OutboundStore};
 use http::{Method, StatusCode};
@@ -28,7 +28,8 @@ struct EventView<'a> {
     event_type: &'a str,
     created_at: chrono::DateTime<chrono::Utc>,
     /// What the publisher sent.
-    data: &'a serde_json::Value,
+    #[schema(value_type = serde_json::Value)]
+    data: &'a EventData,
     /// Its place in the org's stream: gap-free, from 1.
     sequence: u64,
 }

@@ -567,7 +567,10 @@ impl Repositories {
             return;
         };
         let id = EventId::derived(event_type, c.id.as_str());
-        if let Err(e) = sink.publish_own(&c.org_id, event_type, id, data).await {
+        if let Err(e) = sink
+            .publish_own(&c.org_id, event_type, id, data.into())
+            .await
+        {
             tracing::error!(connection_id = %c.id, org_id = %c.org_id, event_type, error = %e, "could not publish a connection event");
         }
     }

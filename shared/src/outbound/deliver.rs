@@ -635,7 +635,7 @@ mod tests {
         for org in ["org-a", "org-b"] {
             let mut event = new_event(org, "invoice.paid");
             event.id = super::super::model::EventId::parse("order-1").unwrap();
-            event.data = serde_json::json!({ "org": org });
+            event.data = serde_json::json!({ "org": org }).into();
             let appended = store.append_event(&event).await.unwrap();
             let e = endpoint(org);
             store.create_endpoint(&e).await.unwrap();

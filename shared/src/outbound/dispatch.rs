@@ -252,15 +252,19 @@ impl Dispatcher {
     /// queued that one; creating it again here re-queues it if the queue failed just then).
     fn deliveries_for(event: &Event, endpoints: &[Endpoint], now: DateTime<Utc>) -> Vec<Delivery> {
         let test_target = (event.event_type == TEST_EVENT)
-            .then(|| event.data["endpoint_id"].as_str())
+            .then(|| {
+                event.data.to_value()["endpoint_id"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .flatten();
         if event.event_type == TEST_EVENT && test_target.is_none() {
             return Vec::new();
         }
         endpoints
             .iter()
-            .filter(|e| match test_target {
-                Some(target) => e.id.as_str() == target,
+            .filter(|e| match &test_target {
+                Some(target) => e.id.as_str() == target.as_str(),
                 None => subscribed(&e.event_types, &event.event_type),
             })
             .map(|endpoint| Delivery {

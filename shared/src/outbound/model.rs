@@ -253,6 +253,49 @@ pub struct Endpoint {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An event's `data`: JSON kept as the text it came as, so a relayed 17 KB payload is
+/// stored, read back and sent in its envelope without becoming a `serde_json::Value` (and
+/// being written out again) at each step.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventData(Box<serde_json::value::RawValue>);
+
+impl EventData {
+    /// JSON text, checked to be one JSON value.
+    pub fn from_json(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(Self)
+    }
+
+    /// The JSON text as stored and sent.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The data as a document, to read a field of it.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl From<serde_json::Value> for EventData {
+    fn from(value: serde_json::Value) -> Self {
+        Self(serde_json::value::to_raw_value(&value).expect("a Value always serialises"))
+    }
+}
+
+impl PartialEq for EventData {
+    /// The same JSON, whatever its spacing or key order.
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get() || self.to_value() == other.to_value()
+    }
+}
+
+impl std::fmt::Debug for EventData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
 /// An event in an org's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -261,7 +304,7 @@ pub struct Event {
     #[serde(rename = "type")]
     pub event_type: String,
     pub created_at: DateTime<Utc>,
-    pub data: serde_json::Value,
+    pub data: EventData,
     /// Its place in the org's stream: 1, 2, 3, … without gaps.
     pub seq: u64,
 }
@@ -275,7 +318,7 @@ impl Event {
             #[serde(rename = "type")]
             event_type: &'a str,
             created_at: String,
-            data: &'a serde_json::Value,
+            data: &'a EventData,
         }
         serde_json::to_vec(&Envelope {
             id: &self.id,
@@ -296,7 +339,7 @@ pub struct NewEvent {
     pub org_id: String,
     pub event_type: String,
     pub created_at: DateTime<Utc>,
-    pub data: serde_json::Value,
+    pub data: EventData,
 }
 
 /// Where a delivery stands.
@@ -403,6 +446,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn event_data_is_stored_read_and_sent_as_its_own_text() {
+        // A provider's pretty-printed body, keys out of order, a number written its own way.
+        let text = "{\n  \"b\": 1,\n  \"a\": [1, 2.50, \"\\u00e9\"]\n}";
+        let event = Event {
+            id: EventId::generate(),
+            org_id: "org_1".into(),
+            event_type: "github.push".into(),
+            created_at: Utc::now(),
+            data: EventData::from_json(text.into()).unwrap(),
+            seq: 1,
+        };
+        let stored = serde_json::to_string(&event).unwrap();
+        let back: Event = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back.data.get(), text);
+        let sent = String::from_utf8(back.envelope()).unwrap();
+        assert!(sent.ends_with(&format!("\"data\":{text}}}")), "{sent}");
+        let envelope: serde_json::Value = serde_json::from_str(&sent).unwrap();
+        assert_eq!(envelope["data"]["a"][2], "é");
+        // Equal as JSON, whatever the spelling; not JSON at all is refused.
+        assert_eq!(
+            back.data,
+            EventData::from(serde_json::json!({"a": [1, 2.5, "é"], "b": 1}))
+        );
+        assert_ne!(back.data, EventData::from(serde_json::json!({"b": 2})));
+        assert!(EventData::from_json("{\"a\":".into()).is_err());
+        assert!(EventData::from_json("{} {}".into()).is_err());
+    }
+
+    #[test]
     fn a_delivery_id_is_the_same_for_the_same_pair_and_differs_otherwise() {
         let ep = EndpointId::generate();
         let ev = EventId::generate();
@@ -478,7 +550,7 @@ mod tests {
             org_id: "org".into(),
             event_type: "invoice.paid".into(),
             created_at: DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
-            data: serde_json::json!({"amount": 5}),
+            data: serde_json::json!({"amount": 5}).into(),
             seq: 3,
         };
         assert_eq!(

@@ -4,7 +4,7 @@
 
 use super::catalog::{EventCatalog, TEST_EVENT};
 use super::dispatch::{AttemptQueue, DispatchMessage};
-use super::model::{Delivery, DeliveryId, DeliveryStatus, Endpoint, EventId, NewEvent};
+use super::model::{Delivery, DeliveryId, DeliveryStatus, Endpoint, EventData, EventId, NewEvent};
 use super::Error;
 use crate::billing::plan::PlanGate;
 use crate::clock::Clock;
@@ -76,7 +76,8 @@ impl Publisher {
             Some(raw) => EventId::parse(raw.trim()).map_err(Error::Invalid)?,
             None => EventId::generate(),
         };
-        let size = serde_json::to_vec(&req.data).map(|v| v.len()).unwrap_or(0);
+        let data = EventData::from(req.data);
+        let size = data.get().len();
         if size > MAX_DATA_BYTES {
             return Err(Error::Invalid(format!(
                 "data: {size} bytes is over the {MAX_DATA_BYTES}-byte limit"
@@ -93,7 +94,7 @@ impl Publisher {
                 return Err(refusal.into());
             }
         }
-        let appended = self.append(org_id, id, event_type, req.data).await;
+        let appended = self.append(org_id, id, event_type, data).await;
         if let Some(plans) = &self.plans {
             if !matches!(appended, Ok(Appended::Created(_))) {
                 plans.give_back_event(org_id).await;
@@ -109,7 +110,7 @@ impl Publisher {
         org_id: &str,
         event_type: &str,
         id: EventId,
-        data: serde_json::Value,
+        data: EventData,
     ) -> Result<Appended, Error> {
         self.append(org_id, id, event_type, data).await
     }
@@ -119,7 +120,7 @@ impl Publisher {
         org_id: &str,
         id: EventId,
         event_type: &str,
-        data: serde_json::Value,
+        data: EventData,
     ) -> Result<Appended, Error> {
         let appended = self
             .store
@@ -163,7 +164,8 @@ impl Publisher {
                 data: serde_json::json!({
                     "endpoint_id": endpoint.id,
                     "message": "This is a test event from Hookline: your endpoint receives and verifies webhooks.",
-                }),
+                })
+                .into(),
             })
             .await?;
         let event = appended.event();
@@ -200,7 +202,7 @@ impl super::sink::EventSink for Publisher {
         org_id: &str,
         event_type: &str,
         id: EventId,
-        data: serde_json::Value,
+        data: EventData,
     ) -> Result<(), String> {
         Publisher::publish_own(self, org_id, event_type, id, data)
             .await

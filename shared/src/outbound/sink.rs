@@ -3,7 +3,7 @@
 //! takes them. Every such event carries an id derived from its cause, so redoing work publishes
 //! nothing new.
 
-use crate::outbound::model::EventId;
+use crate::outbound::model::{EventData, EventId};
 
 /// Where Hookline's own events go: the org's outbound stream (outbound::publish::Publisher).
 #[async_trait::async_trait]
@@ -15,7 +15,7 @@ pub trait EventSink: Send + Sync + 'static {
         org_id: &str,
         event_type: &str,
         id: EventId,
-        data: serde_json::Value,
+        data: EventData,
     ) -> Result<(), String>;
 }
 
@@ -64,7 +64,7 @@ impl EventSink for RecordingSink {
         org_id: &str,
         event_type: &str,
         id: EventId,
-        data: serde_json::Value,
+        data: EventData,
     ) -> Result<(), String> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err("the outbound stream is unavailable".into());
@@ -73,7 +73,7 @@ impl EventSink for RecordingSink {
             org_id: org_id.to_owned(),
             event_type: event_type.to_owned(),
             id,
-            data,
+            data: data.to_value(),
         });
         Ok(())
     }

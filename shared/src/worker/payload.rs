@@ -111,6 +111,19 @@ impl JsonBody {
         })
     }
 
+    /// The body as an outbound event's data: its own bytes, or the document written out when
+    /// it was given as one.
+    pub fn event_data(&self) -> crate::outbound::model::EventData {
+        if !self.raw.is_empty() {
+            if let Ok(text) = String::from_utf8(self.raw.clone()) {
+                if let Ok(data) = crate::outbound::model::EventData::from_json(text) {
+                    return data;
+                }
+            }
+        }
+        self.document().clone().into()
+    }
+
     /// Whether the whole document has been built (by [`document`](Self::document), or by a
     /// read of a field nobody declared).
     pub fn is_built(&self) -> bool {
@@ -566,6 +579,8 @@ mod tests {
             panic!()
         };
         assert_eq!(body.str_at(&["a", "b"]).as_deref(), Some("x"));
+        // Relayed as the bytes it came as, without building it.
+        assert_eq!(body.event_data().get(), r#"{"a":{"b":"x"},"c":[true]}"#);
         assert!(!body.is_built());
         assert_eq!(body.str_at(&["c", "0"]).as_deref(), Some("true"));
         assert!(body.is_built());

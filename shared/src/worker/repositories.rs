@@ -29,7 +29,7 @@ use crate::connections::{
     Connection, ConnectionId, Incident, IncidentId, PullRequest, RepoProvider, WorkflowRun,
 };
 use crate::model::{Activity, Envelope, Source};
-use crate::outbound::model::{valid_event_type, EventId};
+use crate::outbound::model::{valid_event_type, EventData, EventId};
 use crate::outbound::sink::EventSink;
 use crate::ports::connections::{ConnectionError, ConnectionStore, MAX_PAGE};
 use crate::ports::store::DeliveryStore;
@@ -87,7 +87,7 @@ impl RepositoryEvents {
         org_id: &str,
         event_type: &str,
         id: EventId,
-        data: Value,
+        data: EventData,
     ) -> Result<(), WorkerError> {
         let Some(sink) = &self.events else {
             return Ok(());
@@ -194,8 +194,6 @@ impl Handler for RepositoryEvents {
             self.store.put_activity(&activity).await?;
             return Ok(Handled::Processed);
         }
-        // A connected repository's delivery: its runs and relayed events read all of it.
-        let body = json.document();
         let enabled: Vec<&Connection> = connections.iter().filter(|c| c.is_enabled).collect();
         let outcome = if enabled.is_empty() {
             Handled::Skipped("connection disabled".into())
@@ -206,10 +204,10 @@ impl Handler for RepositoryEvents {
             for c in enabled {
                 // Once per org, however many of its connections the delivery matched.
                 if !relayed.contains(&c.org_id.as_str()) {
-                    self.relay(&c.org_id, event, body).await?;
+                    self.relay(&c.org_id, event, json).await?;
                     relayed.push(&c.org_id);
                 }
-                self.apply(c, kind, event, body, now).await?;
+                self.apply(c, kind, event, json, now).await?;
             }
             Handled::Processed
         };
@@ -736,7 +734,7 @@ impl RepositoryEvents {
 
     /// Publish the delivery into the org's stream as `{source}.{event}`, with the provider's
     /// payload as its data.
-    async fn relay(&self, org_id: &str, event: &Event, body: &Value) -> Result<(), WorkerError> {
+    async fn relay(&self, org_id: &str, event: &Event, body: &JsonBody) -> Result<(), WorkerError> {
         if self.events.is_none() {
             return Ok(());
         }
@@ -748,8 +746,10 @@ impl RepositoryEvents {
         let size = raw_size(event);
         let data = if size > MAX_RELAYED_PAYLOAD {
             serde_json::json!({"truncated": true, "delivery_id": envelope.delivery_id, "size": size})
+                .into()
         } else {
-            body.clone()
+            // The provider's bytes as they came, not a document written out again.
+            body.event_data()
         };
         let cause = format!(
             "{org_id}\0{}\0{}",
@@ -765,9 +765,14 @@ impl RepositoryEvents {
         c: &Connection,
         kind: Kind,
         event: &Event,
-        body: &Value,
+        json: &JsonBody,
         now: DateTime<Utc>,
     ) -> Result<(), WorkerError> {
+        if kind == Kind::Other {
+            return Ok(());
+        }
+        // Runs, jobs and pull requests read much of the body: the whole document, once.
+        let body = json.document();
         let received = event.envelope.received_at;
         let github = event.envelope.source == Source::Github;
         match kind {
@@ -900,7 +905,7 @@ impl RepositoryEvents {
             &c.org_id,
             "incident.created",
             EventId::derived("incident.created", &cause),
-            incident_data(&stored),
+            incident_data(&stored).into(),
         )
         .await?;
         Ok(())
@@ -975,7 +980,7 @@ impl RepositoryEvents {
                 &c.org_id,
                 "incident.resolved",
                 EventId::derived("incident.resolved", incident.id.as_str()),
-                data,
+                data.into(),
             )
             .await?;
             match self

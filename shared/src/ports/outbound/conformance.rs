@@ -60,7 +60,8 @@ pub fn new_event(org: &str, event_type: &str) -> NewEvent {
             "paid": true,
             "note": null,
             "customer": "Ünïcode & <markup>"
-        }),
+        })
+        .into(),
     }
 }
 
@@ -450,7 +451,7 @@ pub async fn publishing_an_event_id_again_returns_the_original_and_takes_no_seq(
     let again = NewEvent {
         event_type: "payment_failed".to_owned(),
         created_at: t(30),
-        data: serde_json::json!({"different": true}),
+        data: serde_json::json!({"different": true}).into(),
         ..first.clone()
     };
     match store.append_event(&again).await.unwrap() {
@@ -474,7 +475,7 @@ pub async fn the_same_event_id_in_another_org_is_a_new_event(store: &dyn Outboun
     let theirs = NewEvent {
         org_id: b.clone(),
         event_type: "lead_won".to_owned(),
-        data: serde_json::json!({"lead": 7}),
+        data: serde_json::json!({"lead": 7}).into(),
         ..mine.clone()
     };
     let mine = append(store, &mine).await;
