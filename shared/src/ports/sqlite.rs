@@ -82,6 +82,9 @@ struct Inner {
     /// does not answer.
     #[cfg_attr(not(test), allow(dead_code))]
     sync_gate: Arc<std::sync::RwLock<()>>,
+    /// Set once a sync of the disk failed (see [`lost`]): nothing is called durable after.
+    #[cfg_attr(not(test), allow(dead_code))]
+    disk_failure: DiskFailure,
     path: PathBuf,
     /// The payload bodies' segment files beside the database file (`ports::payload_log`).
     log: Arc<PayloadLog>,
@@ -451,6 +454,11 @@ const WAL_LEFT_FOR_WRITER: i64 = 1_000;
 fn checkpointer(mut copier: Copier, alive: std::sync::Weak<Inner>) {
     while alive.strong_count() > 0 {
         std::thread::sleep(CHECKPOINT_EVERY);
+        if copier.failure.get().is_some() {
+            // The WAL may hold the only good copy of pages the database file lost: it must
+            // not start over, so nothing more is copied (a restart replays it).
+            return;
+        }
         match copier.round() {
             Ok(false) => {}
             Ok(true) => {
@@ -482,10 +490,11 @@ struct Copier {
     restart_at: i64,
     /// How many frames were copied when the last round ended.
     copied: i64,
+    failure: DiskFailure,
 }
 
 impl Copier {
-    fn new(path: &Path, restart_at: i64) -> Result<Self, DbError> {
+    fn new(path: &Path, restart_at: i64, failure: DiskFailure) -> Result<Self, DbError> {
         let conn = connect(path)?;
         let file = std::fs::File::open(path)
             .map_err(|e| DbError(format!("cannot open {}: {e}", path.display())))?;
@@ -495,6 +504,7 @@ impl Copier {
             path: path.to_owned(),
             restart_at,
             copied: 0,
+            failure,
         })
     }
 
@@ -521,9 +531,12 @@ impl Copier {
     fn copy(&mut self) -> Result<(i64, i64), DbError> {
         let (frames, copied) = checkpoint(&self.conn)?;
         if copied != std::mem::replace(&mut self.copied, copied) {
-            self.file
-                .sync_data()
-                .map_err(|e| DbError(format!("cannot sync {}: {e}", self.path.display())))?;
+            self.file.sync_data().map_err(|e| {
+                lost(
+                    &self.failure,
+                    format!("cannot sync {}: {e}", self.path.display()),
+                )
+            })?;
         }
         Ok((frames, copied))
     }
@@ -566,11 +579,13 @@ impl Database {
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         let (log, log_writer) = PayloadLog::open(dir, &conn)?;
-        let copier = Copier::new(&path, restart_at)?;
+        let disk_failure = DiskFailure::default();
+        let copier = Copier::new(&path, restart_at, disk_failure.clone())?;
         let syncs = Arc::new(AtomicU64::new(0));
         let counted = syncs.clone();
         let sync_gate = Arc::new(std::sync::RwLock::new(()));
         let gate = sync_gate.clone();
+        let failure = disk_failure.clone();
         let synced = match durability {
             Durability::Normal => None,
             Durability::Full => {
@@ -578,7 +593,7 @@ impl Database {
                 let wal = dir.join("hookline.db-wal");
                 std::thread::Builder::new()
                     .name("hookline-sync".into())
-                    .spawn(move || syncer(&wal, rx, &counted, &gate))
+                    .spawn(move || syncer(&wal, rx, &counted, &gate, &failure))
                     .map_err(|e| DbError(format!("cannot start the sync thread: {e}")))?;
                 Some(tx)
             }
@@ -588,7 +603,7 @@ impl Database {
             path,
             "BEGIN IMMEDIATE",
             synced,
-            (syncs, sync_gate),
+            (syncs, sync_gate, disk_failure),
             log,
             log_writer,
         )?;
@@ -627,7 +642,7 @@ impl Database {
         path: PathBuf,
         begin: &'static str,
         synced: Option<mpsc::Sender<Committed>>,
-        (syncs, sync_gate): (Arc<AtomicU64>, Arc<std::sync::RwLock<()>>),
+        (syncs, sync_gate, disk_failure): (Arc<AtomicU64>, Arc<std::sync::RwLock<()>>, DiskFailure),
         log: Arc<PayloadLog>,
         log_writer: Option<LogWriter>,
     ) -> Result<Self, DbError> {
@@ -644,6 +659,7 @@ impl Database {
                 restart_asked,
                 syncs,
                 sync_gate,
+                disk_failure,
                 path,
                 log,
                 readers: std::sync::Mutex::new(Vec::new()),
@@ -933,10 +949,9 @@ fn syncer(
     batches: mpsc::Receiver<Committed>,
     syncs: &AtomicU64,
     gate: &std::sync::RwLock<()>,
+    failure: &DiskFailure,
 ) {
     let mut file = None;
-    let mut log_failed: Option<DbError> = None;
-    let mut wal_failed: Option<DbError> = None;
     while let Ok(first) = batches.recv() {
         let _disk = gate.read().unwrap_or_else(|p| p.into_inner());
         let mut ready = vec![first];
@@ -952,32 +967,16 @@ fn syncer(
                 segments.push(segment);
             }
         }
-        let synced = match &log_failed {
+        let synced = match failure.get() {
             Some(failed) => Err(failed.clone()),
-            None => segments.iter().try_for_each(|s| {
-                s.sync_data().map_err(|e| {
-                    // Linux may drop the pages of a failed sync and call them clean, so a later
-                    // sync proves nothing: no commit is called durable from here on.
-                    let failed = DbError(format!(
-                        "cannot sync the payload log ({e}); nothing more is acknowledged \
-                         until Hookline restarts"
-                    ));
-                    log_failed = Some(failed.clone());
-                    failed
+            None => segments
+                .iter()
+                .try_for_each(|s| {
+                    s.sync_data()
+                        .map_err(|e| lost(failure, format!("cannot sync the payload log ({e})")))
                 })
-            }),
-        }
-        .and_then(|()| match &wal_failed {
-            Some(failed) => Err(failed.clone()),
-            None => sync_wal(wal, &mut file).inspect_err(|e| {
-                // As with the payload log: after a failed fsync Linux may call the WAL's pages
-                // clean, so a later sync that succeeds would vouch for frames never written.
-                wal_failed = Some(DbError(format!(
-                    "{}; nothing more is acknowledged until Hookline restarts",
-                    e.0
-                )));
-            }),
-        });
+                .and_then(|()| sync_wal(wal, &mut file, failure)),
+        };
         syncs.fetch_add(1, Ordering::Relaxed);
         for batch in ready {
             finish_all(batch.finishes, synced.clone());
@@ -985,8 +984,12 @@ fn syncer(
     }
 }
 
-fn sync_wal(wal: &Path, file: &mut Option<std::fs::File>) -> Result<(), DbError> {
-    let failed = |e: std::io::Error| DbError(format!("cannot sync {}: {e}", wal.display()));
+fn sync_wal(
+    wal: &Path,
+    file: &mut Option<std::fs::File>,
+    failure: &DiskFailure,
+) -> Result<(), DbError> {
+    let what = |e: std::io::Error| format!("cannot sync {}: {e}", wal.display());
     if file.is_none() {
         // SQLite created the WAL with the schema; its directory entry is synced once, so
         // the file itself survives a power cut.
@@ -994,18 +997,39 @@ fn sync_wal(wal: &Path, file: &mut Option<std::fs::File>) -> Result<(), DbError>
             .read(true)
             .write(true)
             .open(wal)
-            .map_err(failed)?;
+            .map_err(|e| match e.kind() {
+                // Gone: SQLite writes to a file no sync of this path reaches any more.
+                std::io::ErrorKind::NotFound => lost(failure, what(e)),
+                // Out of file handles, say: this round fails, the next tries again.
+                _ => DbError(what(e)),
+            })?;
         if let Some(dir) = wal.parent() {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(failed)?;
+                .map_err(|e| lost(failure, what(e)))?;
         }
         *file = Some(opened);
     }
     file.as_ref()
         .expect("opened above")
         .sync_data()
-        .map_err(failed)
+        .map_err(|e| lost(failure, what(e)))
+}
+
+/// Set once a sync of the payload log, the WAL or the database file failed.
+type DiskFailure = Arc<std::sync::OnceLock<DbError>>;
+
+/// A sync failed: Linux may drop the pages it could not write and call them clean, so a
+/// later sync that succeeds proves nothing about them. No commit is called durable from here
+/// on, and the checkpointer stops, so the WAL keeps what the database file may have lost.
+fn lost(failure: &DiskFailure, what: String) -> DbError {
+    let failed = DbError(format!(
+        "{what}; nothing more is acknowledged until Hookline restarts"
+    ));
+    if failure.set(failed.clone()).is_ok() {
+        tracing::error!(error = %failed.0, "a sync of the data dir failed");
+    }
+    failure.get().cloned().unwrap_or(failed)
 }
 
 /// Epoch milliseconds, the embedded engine's one time format.
@@ -1088,6 +1112,26 @@ mod tests {
         std::fs::File::create(dir.path().join("hookline.db-wal")).unwrap();
         let again = insert_activity(&db, "later").await.unwrap_err();
         assert!(again.0.contains("until Hookline restarts"), "{again}");
+    }
+
+    #[tokio::test]
+    async fn a_database_file_that_cannot_be_synced_fails_every_later_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Full).unwrap();
+        insert_activity(&db, "before").await.unwrap();
+        // A checkpointer whose handle on the database file cannot be synced (a pipe's:
+        // fdatasync answers EINVAL), sharing this database's record of a failed sync.
+        let mut copier =
+            Copier::new(&db.inner.path, i64::MAX, db.inner.disk_failure.clone()).unwrap();
+        let (pipe, _other_end) = std::io::pipe().unwrap();
+        copier.file = std::fs::File::from(std::os::fd::OwnedFd::from(pipe));
+        copier.copied = -1;
+        let err = copier.copy().unwrap_err();
+        assert!(err.0.contains("until Hookline restarts"), "{err}");
+        // The pages that sync did not write may be called clean: a later sync proves nothing,
+        // so no commit is acknowledged as durable again, and the WAL is not started over.
+        let later = insert_activity(&db, "after").await.unwrap_err();
+        assert!(later.0.contains("until Hookline restarts"), "{later}");
     }
 
     #[tokio::test]
