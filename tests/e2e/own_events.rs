@@ -202,11 +202,26 @@ async fn connections_relayed_runs_and_incidents_reach_a_subscribed_endpoint_re_s
         .unwrap()
         .expose()
         .to_owned();
-    stack
-        .deliver_run(&run("acme/api", "failure", 501), &hook_secret)
-        .await;
+    // Pretty-printed, so a body written out again from a document would differ.
+    let sent = serde_json::to_vec_pretty(
+        &serde_json::from_slice::<Value>(&run("acme/api", "failure", 501)).unwrap(),
+    )
+    .unwrap();
+    stack.deliver_run(&sent, &hook_secret).await;
     let relayed = wait_for_type(&receiver, "github.workflow_run").await;
     assert_eq!(relayed["data"]["repository"]["full_name"], "acme/api");
+    // The provider's body is the event's data byte for byte, not a document written again.
+    let envelope = receiver
+        .received()
+        .into_iter()
+        .find(|r| r.json()["type"] == "github.workflow_run")
+        .unwrap();
+    assert!(
+        envelope
+            .body
+            .ends_with(&[b"\"data\":".as_slice(), &sent, b"}"].concat()),
+        "the relayed data is not the delivered body as sent"
+    );
     let opened = wait_for_type(&receiver, "incident.created").await;
     assert_eq!(opened["data"]["repository_full_name"], "acme/api");
 
