@@ -76,15 +76,7 @@ struct Inner {
     jobs: mpsc::Sender<Work>,
     /// A [`Work::Restart`] is on its way to the writer: the checkpointer sends one at a time.
     restart_asked: Arc<AtomicBool>,
-    /// How many times the sync thread has synced the WAL.
-    syncs: Arc<AtomicU64>,
-    /// Read by the sync thread around each sync; a test holds it to stand for a disk that
-    /// does not answer.
-    #[cfg_attr(not(test), allow(dead_code))]
-    sync_gate: Arc<std::sync::RwLock<()>>,
-    /// Set once a sync of the disk failed (see [`lost`]): nothing is called durable after.
-    #[cfg_attr(not(test), allow(dead_code))]
-    disk_failure: DiskFailure,
+    sync: SyncShared,
     path: PathBuf,
     /// The payload bodies' segment files beside the database file (`ports::payload_log`).
     log: Arc<PayloadLog>,
@@ -579,13 +571,8 @@ impl Database {
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         let (log, log_writer) = PayloadLog::open(dir, &conn)?;
-        let disk_failure = DiskFailure::default();
-        let copier = Copier::new(&path, restart_at, disk_failure.clone())?;
-        let syncs = Arc::new(AtomicU64::new(0));
-        let counted = syncs.clone();
-        let sync_gate = Arc::new(std::sync::RwLock::new(()));
-        let gate = sync_gate.clone();
-        let failure = disk_failure.clone();
+        let sync = SyncShared::default();
+        let copier = Copier::new(&path, restart_at, sync.failure.clone())?;
         let synced = match durability {
             Durability::Normal => None,
             Durability::Full => {
@@ -593,20 +580,15 @@ impl Database {
                 let wal = dir.join("hookline.db-wal");
                 std::thread::Builder::new()
                     .name("hookline-sync".into())
-                    .spawn(move || syncer(&wal, rx, &counted, &gate, &failure))
+                    .spawn({
+                        let sync = sync.clone();
+                        move || syncer(&wal, rx, &sync)
+                    })
                     .map_err(|e| DbError(format!("cannot start the sync thread: {e}")))?;
                 Some(tx)
             }
         };
-        let db = Self::start(
-            conn,
-            path,
-            "BEGIN IMMEDIATE",
-            synced,
-            (syncs, sync_gate, disk_failure),
-            log,
-            log_writer,
-        )?;
+        let db = Self::start(conn, path, "BEGIN IMMEDIATE", synced, sync, log, log_writer)?;
         let alive = Arc::downgrade(&db.inner);
         std::thread::Builder::new()
             .name("hookline-checkpoint".into())
@@ -642,7 +624,7 @@ impl Database {
         path: PathBuf,
         begin: &'static str,
         synced: Option<mpsc::Sender<Committed>>,
-        (syncs, sync_gate, disk_failure): (Arc<AtomicU64>, Arc<std::sync::RwLock<()>>, DiskFailure),
+        sync: SyncShared,
         log: Arc<PayloadLog>,
         log_writer: Option<LogWriter>,
     ) -> Result<Self, DbError> {
@@ -657,9 +639,7 @@ impl Database {
             inner: Arc::new(Inner {
                 jobs,
                 restart_asked,
-                syncs,
-                sync_gate,
-                disk_failure,
+                sync,
                 path,
                 log,
                 readers: std::sync::Mutex::new(Vec::new()),
@@ -676,7 +656,8 @@ impl Database {
     #[cfg(test)]
     pub(crate) fn hold_syncs(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         self.inner
-            .sync_gate
+            .sync
+            .gate
             .write()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -688,7 +669,7 @@ impl Database {
 
     /// How many times the WAL has been synced so far (with [`Durability::Full`]).
     pub fn wal_syncs(&self) -> u64 {
-        self.inner.syncs.load(Ordering::Relaxed)
+        self.inner.sync.syncs.load(Ordering::Relaxed)
     }
 
     /// Run a read-only `op` on a reader connection, beside the writer instead of in its queue:
@@ -944,13 +925,12 @@ fn finish_all(finishes: Vec<Finish>, result: Result<(), DbError>) {
 /// covers every batch committed before it began. The writer meanwhile goes on with the next
 /// batch, so the disk's latency and the next batch's work overlap; with
 /// `synchronous=FULL` the writer sat out every fsync itself and the cores idled.
-fn syncer(
-    wal: &Path,
-    batches: mpsc::Receiver<Committed>,
-    syncs: &AtomicU64,
-    gate: &std::sync::RwLock<()>,
-    failure: &DiskFailure,
-) {
+fn syncer(wal: &Path, batches: mpsc::Receiver<Committed>, sync: &SyncShared) {
+    let SyncShared {
+        syncs,
+        gate,
+        failure,
+    } = sync;
     let mut file = None;
     while let Ok(first) = batches.recv() {
         let _disk = gate.read().unwrap_or_else(|p| p.into_inner());
@@ -1018,6 +998,18 @@ fn sync_wal(
 
 /// Set once a sync of the payload log, the WAL or the database file failed.
 type DiskFailure = Arc<std::sync::OnceLock<DbError>>;
+
+/// What the sync thread shares with the database's handles and its checkpointer.
+#[derive(Clone, Default)]
+struct SyncShared {
+    /// How many times the sync thread has synced the WAL.
+    syncs: Arc<AtomicU64>,
+    /// Read by the sync thread around each sync; a test holds it to stand for a disk that
+    /// does not answer.
+    gate: Arc<std::sync::RwLock<()>>,
+    /// Set once a sync failed (see [`lost`]): nothing is called durable after.
+    failure: DiskFailure,
+}
 
 /// A sync failed: Linux may drop the pages it could not write and call them clean, so a
 /// later sync that succeeds proves nothing about them. No commit is called durable from here
@@ -1122,7 +1114,7 @@ mod tests {
         // A checkpointer whose handle on the database file cannot be synced (a pipe's:
         // fdatasync answers EINVAL), sharing this database's record of a failed sync.
         let mut copier =
-            Copier::new(&db.inner.path, i64::MAX, db.inner.disk_failure.clone()).unwrap();
+            Copier::new(&db.inner.path, i64::MAX, db.inner.sync.failure.clone()).unwrap();
         let (pipe, _other_end) = std::io::pipe().unwrap();
         copier.file = std::fs::File::from(std::os::fd::OwnedFd::from(pipe));
         copier.copied = -1;
