@@ -118,6 +118,14 @@ impl DynamoOutboundStore {
         Table::new(&self.client, &self.table)
     }
 
+    /// A number on the org's stream head (`last_seq`, `cursor`): 0 before it has one.
+    async fn head_number(&self, org_id: &str, attribute: &str) -> Result<u64, OutboundError> {
+        match self.db().get_item(stream_pk(org_id), HEAD_SK).await? {
+            None => Ok(0),
+            Some(head) => Ok(read(&head).opt_u64(attribute)?.unwrap_or(0)),
+        }
+    }
+
     /// Run a query until `want` items came back or the range ends.
     async fn query(&self, q: Query<'_>) -> Result<Vec<Item>, OutboundError> {
         let Query {
@@ -499,17 +507,11 @@ impl OutboundStore for DynamoOutboundStore {
     }
 
     async fn last_seq(&self, org_id: &str) -> Result<u64, OutboundError> {
-        match self.db().get_item(stream_pk(org_id), HEAD_SK).await? {
-            None => Ok(0),
-            Some(head) => Ok(read(&head).opt_u64("last_seq")?.unwrap_or(0)),
-        }
+        self.head_number(org_id, "last_seq").await
     }
 
     async fn dispatch_cursor(&self, org_id: &str) -> Result<u64, OutboundError> {
-        match self.db().get_item(stream_pk(org_id), HEAD_SK).await? {
-            None => Ok(0),
-            Some(head) => Ok(read(&head).opt_u64("cursor")?.unwrap_or(0)),
-        }
+        self.head_number(org_id, "cursor").await
     }
 
     async fn advance_cursor(&self, org_id: &str, seq: u64) -> Result<(), OutboundError> {

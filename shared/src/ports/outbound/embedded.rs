@@ -37,6 +37,19 @@ impl EmbeddedOutboundStore {
         }
     }
 
+    /// A number on the org's stream row (`last_seq`, `cursor`): 0 before it has one.
+    fn stream_number(&self, org_id: &str, column: &'static str) -> Result<u64, OutboundError> {
+        let n: Option<i64> = self.db.read(|conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {column} FROM outbound_streams WHERE org_id = ?1"
+                ))?
+                .query_row([org_id], |r| r.get(0))
+                .optional()?)
+        })?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
     /// Tell the waiting deliverer (if any) that `delivery` may be due.
     fn wake_for(&self, delivery: &Delivery) {
         if delivery.lease_until.is_none() && due_at(delivery).is_some() {
@@ -408,23 +421,11 @@ impl OutboundStore for EmbeddedOutboundStore {
     }
 
     async fn last_seq(&self, org_id: &str) -> Result<u64, OutboundError> {
-        let last: Option<i64> = self.db.read(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT last_seq FROM outbound_streams WHERE org_id = ?1")?
-                .query_row([org_id], |r| r.get(0))
-                .optional()?)
-        })?;
-        Ok(last.map_or(0, |n| n.max(0) as u64))
+        self.stream_number(org_id, "last_seq")
     }
 
     async fn dispatch_cursor(&self, org_id: &str) -> Result<u64, OutboundError> {
-        let cursor: Option<i64> = self.db.read(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT cursor FROM outbound_streams WHERE org_id = ?1")?
-                .query_row([org_id], |r| r.get(0))
-                .optional()?)
-        })?;
-        Ok(cursor.unwrap_or(0).max(0) as u64)
+        self.stream_number(org_id, "cursor")
     }
 
     async fn advance_cursor(&self, org_id: &str, seq: u64) -> Result<(), OutboundError> {
