@@ -169,13 +169,11 @@ impl Dispatcher {
         loop {
             // Endpoints are read per batch of events: one added meanwhile gets the later ones.
             let endpoints = self.endpoints(org_id).await?;
+            let cursor = self.store.dispatch_cursor(org_id).await?;
             if endpoints.is_empty() {
                 // No event makes a delivery (a test event names an enabled endpoint too), so
                 // the cursor moves to the stream's end without reading the events back.
-                let (last, cursor) = (
-                    self.store.last_seq(org_id).await?,
-                    self.store.dispatch_cursor(org_id).await?,
-                );
+                let last = self.store.last_seq(org_id).await?;
                 if last > cursor {
                     self.store.advance_cursor(org_id, last).await?;
                     done.events += (last - cursor) as usize;
@@ -187,7 +185,6 @@ impl Dispatcher {
             // list is read again for every batch.
             let per_read =
                 (DELIVERIES_PER_BATCH / endpoints.len().max(1)).clamp(10, EVENTS_PER_READ);
-            let cursor = self.store.dispatch_cursor(org_id).await?;
             let events = self.store.events_after(org_id, cursor, per_read).await?;
             if events.is_empty() {
                 return Ok(done);
