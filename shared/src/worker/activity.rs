@@ -1,6 +1,7 @@
 //! The activity handler: turns any provider event into one normalised record (source, event
 //! type, action, repository/project, actor, ref, url, timestamps) and stores it.
 
+use super::payload::paths;
 use super::{Event, FieldPath, Handled, Handler, Payload, WorkerError};
 use crate::model::{Activity, Envelope, Source};
 use crate::ports::store::DeliveryStore;
@@ -66,10 +67,6 @@ struct Places {
     git_ref: Vec<FieldPath>,
     url: Vec<FieldPath>,
     occurred_at: Vec<FieldPath>,
-}
-
-fn paths(list: &[&[&'static str]]) -> Vec<FieldPath> {
-    list.iter().map(|p| p.to_vec()).collect()
 }
 
 impl Places {

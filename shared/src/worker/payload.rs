@@ -17,6 +17,11 @@ use super::WorkerError;
 /// "timestamp"]`).
 pub type FieldPath = Vec<&'static str>;
 
+/// Paths written as slices, as field paths.
+pub fn paths(list: &[&[&'static str]]) -> Vec<FieldPath> {
+    list.iter().map(|p| p.to_vec()).collect()
+}
+
 /// A provider body: JSON for most, form fields for Twilio.
 #[derive(Debug, Clone)]
 pub enum Payload {
@@ -505,10 +510,6 @@ impl<'de> Visitor<'de> for Key<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn paths(list: &[&[&'static str]]) -> Vec<FieldPath> {
-        list.iter().map(|p| p.to_vec()).collect()
-    }
 
     /// What each path reads in the picked body and in the built document must be the same.
     fn same_as_document(raw: &str, fields: &[FieldPath]) {

@@ -23,6 +23,7 @@
 //! fails the delivery so the queue retries it.
 
 use super::activity::{normalise, timestamp};
+use super::payload::paths;
 use super::{Event, FieldPath, Handled, Handler, JsonBody, Payload, WorkerError};
 use crate::api::incidents::IncidentView;
 use crate::connections::{
@@ -269,9 +270,9 @@ impl Handler for RepositoryEvents {
 /// What [`RepositoryEvents`] reads of a delivery before it knows the repository is connected.
 fn fields(envelope: &Envelope) -> Vec<FieldPath> {
     let mut fields = super::activity::fields(envelope);
-    fields.extend(LOOKUP.iter().map(|p| p.to_vec()));
+    fields.extend(paths(LOOKUP));
     if matches!(envelope.event_type.as_str(), "push" | "tag_push") {
-        fields.extend(PUSH_SUMMARY.iter().map(|p| p.to_vec()));
+        fields.extend(paths(PUSH_SUMMARY));
     }
     fields
 }
@@ -666,7 +667,7 @@ impl Handler for RecordPing {
     }
 
     fn fields(&self, _: &Envelope) -> Vec<FieldPath> {
-        vec![vec!["repository", "full_name"], vec!["hook_id"]]
+        paths(&[&["repository", "full_name"], &["hook_id"]])
     }
 }
 
