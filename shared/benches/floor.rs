@@ -81,7 +81,6 @@ fn main() {
         chrono::Utc::now(),
         &body,
     );
-    let fields = activity::fields(&envelope);
     let dir = tempfile::tempdir().unwrap();
     let log = std::fs::OpenOptions::new()
         .read(true)
@@ -131,7 +130,7 @@ fn main() {
         (
             "one pass over the JSON picking the activity's fields",
             time(n, |_| {
-                black_box(Payload::parse(body.clone(), &fields).unwrap());
+                black_box(Payload::parse(body.clone(), activity::fields(&envelope)).unwrap());
             }),
         ),
     ];

@@ -258,7 +258,7 @@ mod tests {
     /// handler declares, and without building the whole document.
     fn normalised(source: Source, event_type: &str, body: &str) -> Activity {
         let envelope = Envelope::new(source, "d1", event_type, Utc::now(), body.as_bytes());
-        let payload = Payload::parse(body.as_bytes().to_vec(), &fields(&envelope)).unwrap();
+        let payload = Payload::parse(body.as_bytes().to_vec(), fields(&envelope)).unwrap();
         let event = Event::new(envelope, payload);
         let a = normalise(&event, Utc::now());
         if let Payload::Json(json) = &event.payload {

@@ -278,7 +278,7 @@ impl Worker {
         let (result, envelope) = match envelope.raw_body() {
             Ok(raw) => {
                 let fields = handler.map(|h| h.fields(&envelope)).unwrap_or_default();
-                match Payload::parse(raw, &fields) {
+                match Payload::parse(raw, fields) {
                     Ok(payload) => {
                         let event = Event {
                             envelope,

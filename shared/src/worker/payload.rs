@@ -53,7 +53,7 @@ enum Picked {
 
 impl Payload {
     /// Reads `raw` once: as JSON, keeping the values at `fields`, or else as a form.
-    pub fn parse(raw: Vec<u8>, fields: &[FieldPath]) -> Result<Self, WorkerError> {
+    pub fn parse(raw: Vec<u8>, fields: Vec<FieldPath>) -> Result<Self, WorkerError> {
         if let Some(picked) = pick(&raw, fields) {
             return Ok(Payload::Json(JsonBody {
                 raw,
@@ -226,17 +226,20 @@ impl Node {
 
 impl Trie {
     fn new(fields: &[FieldPath]) -> Self {
-        let mut nodes = vec![Node::new("")];
+        let mut trie = Self {
+            nodes: vec![Node::new("")],
+            slots: Vec::new(),
+        };
         let mut ends = Vec::with_capacity(fields.len());
         for path in fields {
             let mut at = 0;
             for key in path {
-                at = match nodes[at].children.iter().find(|&&c| nodes[c].key == *key) {
-                    Some(&c) => c,
+                at = match trie.child(at, |n| n.key == *key) {
+                    Some(c) => c,
                     None => {
-                        nodes.push(Node::new(key));
-                        let c = nodes.len() - 1;
-                        nodes[at].children.push(c);
+                        trie.nodes.push(Node::new(key));
+                        let c = trie.nodes.len() - 1;
+                        trie.nodes[at].children.push(c);
                         c
                     }
                 };
@@ -244,18 +247,23 @@ impl Trie {
             ends.push(at);
         }
         for &end in &ends {
-            nodes[end].slot = Some(0);
+            trie.nodes[end].slot = Some(0);
         }
-        let mut trie = Self {
-            nodes,
-            slots: Vec::new(),
-        };
         trie.number(0, &mut 0);
         trie.slots = ends
             .iter()
             .map(|&n| trie.nodes[n].slot.unwrap_or(0))
             .collect();
         trie
+    }
+
+    /// The first child of `node` that `matches`.
+    fn child(&self, node: usize, matches: impl Fn(&Node) -> bool) -> Option<usize> {
+        self.nodes[node]
+            .children
+            .iter()
+            .copied()
+            .find(|&c| matches(&self.nodes[c]))
     }
 
     /// Numbers the slots of `n`'s subtree from `next`, depth first.
@@ -273,9 +281,10 @@ impl Trie {
 }
 
 /// Reads `raw` as one JSON document, keeping the values at `fields`; `None` if it is not JSON.
-fn pick(raw: &[u8], fields: &[FieldPath]) -> Option<Vec<(FieldPath, Picked)>> {
-    let trie = Trie::new(fields);
-    let mut out = vec![Picked::Absent; trie.nodes.iter().filter(|n| n.slot.is_some()).count()];
+fn pick(raw: &[u8], fields: Vec<FieldPath>) -> Option<Vec<(FieldPath, Picked)>> {
+    let trie = Trie::new(&fields);
+    // The root's subtree holds every slot.
+    let mut out = vec![Picked::Absent; trie.nodes[0].hi];
     let mut de = serde_json::Deserializer::from_slice(raw);
     At {
         trie: &trie,
@@ -287,9 +296,9 @@ fn pick(raw: &[u8], fields: &[FieldPath]) -> Option<Vec<(FieldPath, Picked)>> {
     de.end().ok()?;
     Some(
         fields
-            .iter()
+            .into_iter()
             .zip(&trie.slots)
-            .map(|(f, &slot)| (f.clone(), out[slot].clone()))
+            .map(|(f, &slot)| (f, out[slot].clone()))
             .collect(),
     )
 }
@@ -320,11 +329,7 @@ impl At<'_> {
     }
 
     fn child(&self, matches: impl Fn(&Node) -> bool) -> Option<usize> {
-        self.trie.nodes[self.node]
-            .children
-            .iter()
-            .copied()
-            .find(|&c| matches(&self.trie.nodes[c]))
+        self.trie.child(self.node, matches)
     }
 }
 
@@ -498,11 +503,7 @@ impl<'de> Visitor<'de> for Key<'_> {
 
     fn visit_str<E>(self, v: &str) -> Result<Option<usize>, E> {
         let Key(trie, node) = self;
-        Ok(trie.nodes[node]
-            .children
-            .iter()
-            .copied()
-            .find(|&c| trie.nodes[c].key == v))
+        Ok(trie.child(node, |n| n.key == v))
     }
 }
 
@@ -513,7 +514,9 @@ mod tests {
 
     /// What each path reads in the picked body and in the built document must be the same.
     fn same_as_document(raw: &str, fields: &[FieldPath]) {
-        let Payload::Json(picked) = Payload::parse(raw.as_bytes().to_vec(), fields).unwrap() else {
+        let Payload::Json(picked) =
+            Payload::parse(raw.as_bytes().to_vec(), fields.to_vec()).unwrap()
+        else {
             panic!("not read as JSON: {raw}")
         };
         let built = JsonBody::from(serde_json::from_str::<Value>(raw).unwrap());
@@ -574,7 +577,7 @@ mod tests {
     fn a_field_nobody_declared_still_reads_by_building_the_document() {
         let Payload::Json(body) = Payload::parse(
             br#"{"a":{"b":"x"},"c":[true]}"#.to_vec(),
-            &paths(&[&["a", "b"]]),
+            paths(&[&["a", "b"]]),
         )
         .unwrap() else {
             panic!()
@@ -606,7 +609,7 @@ mod tests {
         ];
         for raw in cases {
             let builds = serde_json::from_slice::<Value>(&raw).is_ok();
-            let picked = Payload::parse(raw.clone(), &paths(&[&["a"], &["n"]]));
+            let picked = Payload::parse(raw.clone(), paths(&[&["a"], &["n"]]));
             assert_eq!(
                 matches!(picked, Ok(Payload::Json(_))),
                 builds,
@@ -630,14 +633,14 @@ mod tests {
             b"{\"a\":",
             b"MessageSid=SM1&To=%2B1",
         ] {
-            let p = Payload::parse(raw.to_vec(), &paths(&[&["a"]]));
+            let p = Payload::parse(raw.to_vec(), paths(&[&["a"]]));
             if raw.contains(&b'=') {
                 assert!(matches!(p, Ok(Payload::Form(_))), "{raw:?}");
             } else {
                 assert!(matches!(p, Err(WorkerError::Malformed(_))), "{raw:?}");
             }
         }
-        let form = Payload::parse(b"MessageSid=SM1&To=%2B1".to_vec(), &[]).unwrap();
+        let form = Payload::parse(b"MessageSid=SM1&To=%2B1".to_vec(), Vec::new()).unwrap();
         assert_eq!(form.str_at(&["To"]).as_deref(), Some("+1"));
     }
 

@@ -1253,7 +1253,7 @@ mod tests {
         // Read as the worker reads it: the fields the handlers declare picked in one pass.
         let mut declared = fields(&envelope);
         declared.push(vec!["hook_id"]);
-        let payload = Payload::parse(raw, &declared).unwrap();
+        let payload = Payload::parse(raw, declared).unwrap();
         Event::new(envelope, payload)
     }
 
