@@ -6,6 +6,13 @@
 //!
 //! `cargo bench -p hookline-shared --bench floor [-- PAYLOAD [WRK_US_PER_REQUEST]]`: PAYLOAD
 //! defaults to octokit's 17 KB `workflow_run`; `infra/load.sh` prints wrk's CPU per request.
+//!
+//! `cargo bench -p hookline-shared --bench floor -- --outbound [CEILING_PER_S CEILING_US]`: the
+//! same for an outbound delivery — the rows no durable record of it can do without (the
+//! delivery, created before it is sent, with the indexes the deliveries API lists by, and its
+//! attempt), written straight through SQLite in the writer's batches, and its two signatures.
+//! The outbound bench prints its ceiling (the plain client's requests/s and CPU per request) to
+//! set beside it.
 
 use hookline::model::{sha256_hex, Envelope, Source};
 use hookline::providers::github;
@@ -56,6 +63,10 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    if std::env::args().any(|a| a == "--outbound") {
+        let number = |i: usize| args.get(i).and_then(|a| a.parse::<f64>().ok());
+        return outbound::floor(number(0).zip(number(1)));
+    }
     let path = args.first().cloned().unwrap_or_else(|| {
         concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -157,5 +168,202 @@ fn main() {
              the queue and the worker's records",
             2e6 / total
         ),
+    }
+}
+
+mod outbound {
+    use super::{black_box, time};
+    use chrono::{DateTime, Utc};
+    use hookline::outbound::model::{
+        Attempt, AttemptId, AttemptTrigger, Delivery, DeliveryId, DeliveryStatus, EndpointId,
+        EventId,
+    };
+    use hookline::outbound::signing;
+    use hookline::ports::sqlite::{Database, Durability};
+    use hookline::secret::Secret;
+    use rusqlite::{params, Connection};
+
+    /// Deliveries per writer batch: what one claim takes under load.
+    const BATCH: usize = 64;
+    const ENDPOINTS: usize = 10;
+    /// A WAL checkpoint every this many deliveries, as the checkpointer's 200 ms come round
+    /// at ~20k deliveries/s.
+    const CHECKPOINT_EVERY: usize = 4_096;
+
+    fn delivery(endpoint: &EndpointId, event: &EventId, at: DateTime<Utc>) -> Delivery {
+        Delivery {
+            id: DeliveryId::for_pair(endpoint, event, at),
+            org_id: "org_floor".into(),
+            endpoint_id: endpoint.clone(),
+            event_id: event.clone(),
+            event_type: "invoice.paid".into(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            next_attempt_at: Some(at),
+            last_attempt_at: None,
+            last_status_code: None,
+            last_error: None,
+            lease_until: None,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    fn attempt(d: &Delivery, at: DateTime<Utc>) -> Attempt {
+        Attempt {
+            id: AttemptId::generate(),
+            delivery_id: d.id.clone(),
+            org_id: d.org_id.clone(),
+            endpoint_id: d.endpoint_id.clone(),
+            number: 1,
+            at,
+            url: "https://receiver.example.com/hooks".into(),
+            status_code: Some(200),
+            duration_ms: 1,
+            response_body: Some("ok".into()),
+            error: None,
+            succeeded: true,
+            trigger: AttemptTrigger::Scheduled,
+        }
+    }
+
+    /// One batch: its deliveries created in one commit (durable: the dispatcher's cursor moves
+    /// past them only then), then each attempt's row and the delivery's new state in a second
+    /// commit (not waited on to reach the disk, as the local store records attempts).
+    fn batch(conn: &mut Connection, wal: &std::fs::File, endpoints: &[EndpointId], i: usize) {
+        let at = DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64).unwrap();
+        let events: Vec<EventId> = (0..BATCH / ENDPOINTS + 1)
+            .map(|_| EventId::generate())
+            .collect();
+        let mut ds: Vec<Delivery> = (0..BATCH)
+            .map(|k| delivery(&endpoints[k % ENDPOINTS], &events[k / ENDPOINTS], at))
+            .collect();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO outbound_deliveries (id, org_id, endpoint_id, \
+                     event_id, event_type, status, attempts, lease_until, due_at, created_at, \
+                     record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9, ?10)",
+                )
+                .unwrap();
+            for d in &ds {
+                let ms = d.created_at.timestamp_millis();
+                insert
+                    .execute(params![
+                        d.id.as_str(),
+                        d.org_id,
+                        d.endpoint_id.as_str(),
+                        d.event_id.as_str(),
+                        d.event_type,
+                        d.status.as_str(),
+                        d.attempts,
+                        ms,
+                        ms,
+                        serde_json::to_string(d).unwrap()
+                    ])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        wal.sync_data().unwrap();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO outbound_attempts (delivery_id, number, org_id, record) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .unwrap();
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE outbound_deliveries SET status = ?2, attempts = ?3, \
+                     record = ?4, due_at = NULL WHERE id = ?1",
+                )
+                .unwrap();
+            for d in &mut ds {
+                let a = attempt(d, at);
+                insert
+                    .execute(params![
+                        d.id.as_str(),
+                        a.number,
+                        d.org_id,
+                        serde_json::to_string(&a).unwrap()
+                    ])
+                    .unwrap();
+                d.status = DeliveryStatus::Delivered;
+                d.attempts = 1;
+                d.last_attempt_at = Some(at);
+                d.last_status_code = Some(200);
+                d.next_attempt_at = None;
+                update
+                    .execute(params![
+                        d.id.as_str(),
+                        d.status.as_str(),
+                        d.attempts,
+                        serde_json::to_string(&*d).unwrap()
+                    ])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        if (i * BATCH) % CHECKPOINT_EVERY < BATCH {
+            conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+                .unwrap();
+        }
+    }
+
+    /// `ceiling`: the plain client's requests/s and CPU µs per request, from the outbound bench.
+    pub fn floor(ceiling: Option<(f64, f64)>) {
+        let dir = tempfile::tempdir().unwrap();
+        // Hookline's own schema and SQLite settings: open the data dir once, then write to
+        // its file directly, with none of the writer thread's hand-offs.
+        drop(Database::open(dir.path(), Durability::Normal).unwrap());
+        let path = dir.path().join("hookline.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        conn.pragma_update(None, "cache_size", -65536).unwrap();
+        conn.pragma_update(None, "mmap_size", 1i64 << 30).unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        let wal = std::fs::File::open(dir.path().join("hookline.db-wal")).unwrap();
+        let endpoints: Vec<EndpointId> = (0..ENDPOINTS).map(|_| EndpointId::generate()).collect();
+        let (rows, rows_wall) = time(100, |i| batch(&mut conn, &wal, &endpoints, i));
+        let (rows, rows_wall) = (rows / BATCH as f64, rows_wall / BATCH as f64);
+
+        let envelope = br#"{"id":"evt_0123456789abcdefghijkl","type":"invoice.paid","created_at":"2026-12-04T23:00:00Z","data":{"invoice_id":"inv_1","amount":4200}}"#;
+        let secret = Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let (sign, sign_wall) = time(20_000, |_| {
+            black_box(signing::sign(
+                black_box(envelope),
+                "evt_0123456789abcdefghijkl",
+                1_700_000_000,
+                &[&secret],
+                "X-Signature",
+            ));
+        });
+
+        println!(
+            "floor per outbound delivery ({} B envelope); CPU µs (wall µs):",
+            envelope.len()
+        );
+        println!(
+            "  {rows:>6.1} ({rows_wall:>5.1})  its rows: created (5 index entries, fsynced), \
+             an attempt, its new state; {BATCH} per commit"
+        );
+        println!("  {sign:>6.1} ({sign_wall:>5.1})  signing it both ways (sha256= and Standard Webhooks)");
+        let own = rows + sign;
+        println!("  {own:>6.1}          together, CPU");
+        if let Some((rate, c)) = ceiling {
+            // Both cores busy on nothing but the exchange and these: the most there can be.
+            let most = 2e6 / (c + own);
+            println!(
+                "with the plain client's exchange ({c:.1} µs per request, {rate:.0}/s): at least \
+                 {:.1} µs per delivery, at most {most:.0} deliveries/s on 2 cores, {:.2}× that \
+                 ceiling, before publishing, dispatching, claiming and the deliverer's own work",
+                c + own,
+                most / rate
+            );
+        }
     }
 }
