@@ -238,8 +238,7 @@ impl DeliveryStore for EmbeddedStore {
     }
 
     async fn get(&self, key: &DeliveryKey) -> Result<Option<Delivery>, StoreError> {
-        let key = key.as_str().to_owned();
-        Ok(self.db.call(move |conn| get(conn, &key)).await?)
+        Ok(self.db.read(|conn| get(conn, key.as_str()))?)
     }
 
     async fn take_over_enqueue(
@@ -358,23 +357,19 @@ impl DeliveryStore for EmbeddedStore {
     }
 
     async fn list(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
-        let query = query.clone();
         let now = Utc::now().timestamp();
-        Ok(self
-            .db
-            .call(move |conn| {
-                let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS} \
-                     ORDER BY received_at DESC, rowid DESC LIMIT ?5"
-                ))?;
-                let (source, status, since) = operator_filters(&query);
-                let rows = stmt.query_map(
-                    params![now, source, status, since, query.limit as i64],
-                    read_delivery,
-                )?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .await?)
+        Ok(self.db.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS} \
+                 ORDER BY received_at DESC, rowid DESC LIMIT ?5"
+            ))?;
+            let (source, status, since) = operator_filters(query);
+            let rows = stmt.query_map(
+                params![now, source, status, since, query.limit as i64],
+                read_delivery,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })?)
     }
 
     async fn put_activity(&self, activity: &Activity) -> Result<(), StoreError> {
@@ -398,19 +393,16 @@ impl DeliveryStore for EmbeddedStore {
     }
 
     async fn list_activities(&self, limit: usize) -> Result<Vec<Activity>, StoreError> {
-        let rows: Vec<(String, String)> = self
-            .db
-            .call(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT key, record FROM activities ORDER BY received_at DESC, rowid DESC \
-                     LIMIT ?1",
-                )?;
-                let rows = stmt
-                    .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
-            .await?;
+        let rows: Vec<(String, String)> = self.db.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT key, record FROM activities ORDER BY received_at DESC, rowid DESC \
+                 LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })?;
         rows.into_iter()
             .map(|(key, record)| {
                 serde_json::from_str(&record).map_err(|e| StoreError::Corrupt {
@@ -452,26 +444,22 @@ impl DeliveryStore for EmbeddedStore {
         connection_id: &str,
         now: DateTime<Utc>,
     ) -> Result<LogCounts, StoreError> {
-        let (org_id, connection_id) = (org_id.to_owned(), connection_id.to_owned());
-        Ok(self
-            .db
-            .call(move |conn| {
-                let counts = conn
-                    .prepare_cached(
-                        "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0), MAX(received_at) \
-                         FROM deliveries WHERE org_id = ?1 AND connection_id = ?2 \
-                         AND expires_at >= ?3",
-                    )?
-                    .query_row(params![org_id, connection_id, now.timestamp()], |r| {
-                        Ok(LogCounts {
-                            total: r.get::<_, i64>(0)? as u64,
-                            failed: r.get::<_, i64>(1)? as u64,
-                            last_received_at: r.get::<_, Option<i64>>(2)?.map(from_millis),
-                        })
-                    })?;
-                Ok(counts)
-            })
-            .await?)
+        Ok(self.db.read(|conn| {
+            let counts = conn
+                .prepare_cached(
+                    "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0), MAX(received_at) \
+                     FROM deliveries WHERE org_id = ?1 AND connection_id = ?2 \
+                     AND expires_at >= ?3",
+                )?
+                .query_row(params![org_id, connection_id, now.timestamp()], |r| {
+                    Ok(LogCounts {
+                        total: r.get::<_, i64>(0)? as u64,
+                        failed: r.get::<_, i64>(1)? as u64,
+                        last_received_at: r.get::<_, Option<i64>>(2)?.map(from_millis),
+                    })
+                })?;
+            Ok(counts)
+        })?)
     }
 
     async fn reopen(
@@ -527,22 +515,18 @@ impl DeliveryStore for EmbeddedStore {
         key: &DeliveryKey,
         now: DateTime<Utc>,
     ) -> Result<Option<StoredPayload>, StoreError> {
-        let key = key.as_str().to_owned();
-        let lookup = key.clone();
-        let row: Option<(StoredBody, String, i64)> = self
-            .db
-            .call(move |conn| {
-                Ok(conn
-                    .prepare_cached(&format!(
-                        "SELECT headers, expires_at, {BODY_COLUMNS} FROM payloads \
-                         WHERE key = ?1 AND expires_at > ?2"
-                    ))?
-                    .query_row(params![lookup, millis(now)], |r| {
-                        Ok((stored_body(r, 2)?, r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?)
-            })
-            .await?;
+        let key = key.as_str();
+        let row: Option<(StoredBody, String, i64)> = self.db.read(|conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT headers, expires_at, {BODY_COLUMNS} FROM payloads \
+                     WHERE key = ?1 AND expires_at > ?2"
+                ))?
+                .query_row(params![key, millis(now)], |r| {
+                    Ok((stored_body(r, 2)?, r.get(0)?, r.get(1)?))
+                })
+                .optional()?)
+        })?;
         let Some((body, headers, expires_at)) = row else {
             return Ok(None);
         };
@@ -615,57 +599,49 @@ impl EmbeddedStore {
     /// How many live deliveries `query` matches, whatever its limit (so `hookline deliveries`
     /// can say how many it left out).
     pub async fn count(&self, query: &DeliveryQuery) -> Result<u64, StoreError> {
-        let query = query.clone();
         let now = Utc::now().timestamp();
-        Ok(self
-            .db
-            .call(move |conn| {
-                let (source, status, since) = operator_filters(&query);
-                let n: i64 = conn
-                    .prepare_cached(&format!(
-                        "SELECT COUNT(*) FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS}"
-                    ))?
-                    .query_row(params![now, source, status, since], |r| r.get(0))?;
-                Ok(n as u64)
-            })
-            .await?)
+        Ok(self.db.read(|conn| {
+            let (source, status, since) = operator_filters(query);
+            let n: i64 = conn
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*) FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS}"
+                ))?
+                .query_row(params![now, source, status, since], |r| r.get(0))?;
+            Ok(n as u64)
+        })?)
     }
 
     async fn log_page(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
-        let q = q.clone();
         let want = q.limit + 1;
-        let mut rows: Vec<Delivery> = self
-            .db
-            .call(move |conn| {
-                // The sort key is `{received_at ms, 15 digits}#{key}`: the same order as
-                // (received_at, key), which the index serves.
-                let after = q.after.as_deref().and_then(|a| a.split_once('#'));
-                let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM deliveries WHERE org_id = ?1 AND expires_at >= ?2 \
-                     AND (?3 IS NULL OR connection_id = ?3) AND (?4 IS NULL OR source = ?4) \
-                     AND (?5 IS NULL OR event_type = ?5) AND (?6 IS NULL OR status = ?6) \
-                     AND (?7 IS NULL OR received_at >= ?7) \
-                     AND (?8 IS NULL OR (received_at, key) < (?8, ?9)) \
-                     ORDER BY received_at DESC, key DESC LIMIT ?10"
-                ))?;
-                let rows = stmt.query_map(
-                    params![
-                        q.org_id,
-                        q.now.timestamp(),
-                        q.connection_id,
-                        q.source.map(|s| s.as_str()),
-                        q.event_type,
-                        q.status.map(|s| s.as_str()),
-                        q.since.map(millis),
-                        after.map(|(ms, _)| ms.parse::<i64>().unwrap_or(0)),
-                        after.map(|(_, key)| key),
-                        want as i64,
-                    ],
-                    read_delivery,
-                )?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .await?;
+        let mut rows: Vec<Delivery> = self.db.read(|conn| {
+            // The sort key is `{received_at ms, 15 digits}#{key}`: the same order as
+            // (received_at, key), which the index serves.
+            let after = q.after.as_deref().and_then(|a| a.split_once('#'));
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deliveries WHERE org_id = ?1 AND expires_at >= ?2 \
+                 AND (?3 IS NULL OR connection_id = ?3) AND (?4 IS NULL OR source = ?4) \
+                 AND (?5 IS NULL OR event_type = ?5) AND (?6 IS NULL OR status = ?6) \
+                 AND (?7 IS NULL OR received_at >= ?7) \
+                 AND (?8 IS NULL OR (received_at, key) < (?8, ?9)) \
+                 ORDER BY received_at DESC, key DESC LIMIT ?10"
+            ))?;
+            let rows = stmt.query_map(
+                params![
+                    q.org_id,
+                    q.now.timestamp(),
+                    q.connection_id,
+                    q.source.map(|s| s.as_str()),
+                    q.event_type,
+                    q.status.map(|s| s.as_str()),
+                    q.since.map(millis),
+                    after.map(|(ms, _)| ms.parse::<i64>().unwrap_or(0)),
+                    after.map(|(_, key)| key),
+                    want as i64,
+                ],
+                read_delivery,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })?;
         let next = if rows.len() > q.limit {
             rows.truncate(q.limit);
             rows.last().map(Delivery::log_sort_key)
@@ -738,6 +714,76 @@ mod tests {
         );
         store.record(&new).await.unwrap();
         assert_eq!(store.get(&new.key).await.unwrap().unwrap().owner, None);
+    }
+
+    /// Reads go to a reader connection beside the writer: a `GET` of the delivery log, or the
+    /// worker's read of a payload, neither queues behind intake's writes nor waits for a
+    /// sync (reading through the writer, each did both).
+    #[tokio::test]
+    #[allow(clippy::await_holding_lock)] // the held syncs are the point
+    async fn reads_answer_while_a_write_waits_for_the_disk() {
+        use crate::model::Owner;
+        use crate::ports::store::conformance::{new_delivery, payload};
+        use crate::ports::store::{DeliveryQuery, LogQuery};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), Durability::Full).unwrap();
+        let store = EmbeddedStore::new(db.clone());
+        let now = Utc::now();
+        let first = new_delivery(crate::model::Source::Github, "d1", now);
+        store.record(&first).await.unwrap();
+        store.put_payload(&first.key, &payload(now)).await.unwrap();
+        let owner = Owner {
+            org_id: "org_1".into(),
+            connection_id: Some("conn_1".into()),
+            repository_full_name: Some("o/r".into()),
+        };
+        store.set_owner(&first.key, &owner).await.unwrap();
+
+        let held = db.hold_syncs();
+        let durable = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let second = new_delivery(crate::model::Source::Github, "d2", now);
+                store.record(&second).await
+            }
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            assert!(store.get(&first.key).await.unwrap().is_some());
+            let kept = store.get_payload(&first.key, now).await.unwrap().unwrap();
+            assert_eq!(kept.body, payload(now).body);
+            assert!(!store
+                .list(&DeliveryQuery::default())
+                .await
+                .unwrap()
+                .is_empty());
+            assert!(store.count(&DeliveryQuery::default()).await.unwrap() >= 1);
+            assert!(store.list_activities(10).await.unwrap().is_empty());
+            let page = store
+                .list_org(&LogQuery {
+                    org_id: "org_1".into(),
+                    connection_id: None,
+                    source: None,
+                    event_type: None,
+                    status: None,
+                    since: None,
+                    limit: 10,
+                    after: None,
+                    now,
+                })
+                .await
+                .unwrap();
+            assert_eq!(page.deliveries.len(), 1);
+            let counts = store
+                .count_connection("org_1", "conn_1", now)
+                .await
+                .unwrap();
+            assert_eq!(counts.total, 1);
+        })
+        .await
+        .expect("reads answer while the disk holds a write");
+        assert!(!durable.is_finished(), "the write waits for its sync");
+        drop(held);
+        durable.await.unwrap().unwrap();
     }
 
     #[tokio::test]
