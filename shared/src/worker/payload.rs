@@ -181,6 +181,14 @@ impl JsonBody {
         }
     }
 
+    /// The boolean at `path`.
+    pub fn bool_at(&self, path: &[&str]) -> Option<bool> {
+        match self.picked(path) {
+            Picked::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
     /// The length of the array at `path`.
     pub fn len_at(&self, path: &[&str]) -> Option<usize> {
         match self.picked(path) {
