@@ -175,8 +175,7 @@ mod outbound {
     use super::{black_box, time};
     use chrono::{DateTime, Utc};
     use hookline::outbound::model::{
-        Attempt, AttemptId, AttemptTrigger, Delivery, DeliveryId, DeliveryStatus, EndpointId,
-        EventId,
+        Attempt, AttemptId, AttemptTrigger, Delivery, DeliveryStatus, EndpointId, Event, EventId,
     };
     use hookline::outbound::signing;
     use hookline::ports::sqlite::{Database, Durability};
@@ -190,22 +189,14 @@ mod outbound {
     /// at ~20k deliveries/s.
     const CHECKPOINT_EVERY: usize = 4_096;
 
-    fn delivery(endpoint: &EndpointId, event: &EventId, at: DateTime<Utc>) -> Delivery {
-        Delivery {
-            id: DeliveryId::for_pair(endpoint, event, at),
+    fn event(at: DateTime<Utc>) -> Event {
+        Event {
+            id: EventId::generate(),
             org_id: "org_floor".into(),
-            endpoint_id: endpoint.clone(),
-            event_id: event.clone(),
             event_type: "invoice.paid".into(),
-            status: DeliveryStatus::Pending,
-            attempts: 0,
-            next_attempt_at: Some(at),
-            last_attempt_at: None,
-            last_status_code: None,
-            last_error: None,
-            lease_until: None,
             created_at: at,
-            updated_at: at,
+            data: serde_json::json!({"invoice_id": "inv_1", "amount": 4200}).into(),
+            seq: 1,
         }
     }
 
@@ -232,11 +223,9 @@ mod outbound {
     /// commit (not waited on to reach the disk, as the local store records attempts).
     fn batch(conn: &mut Connection, wal: &std::fs::File, endpoints: &[EndpointId], i: usize) {
         let at = DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64).unwrap();
-        let events: Vec<EventId> = (0..BATCH / ENDPOINTS + 1)
-            .map(|_| EventId::generate())
-            .collect();
+        let events: Vec<Event> = (0..BATCH / ENDPOINTS + 1).map(|_| event(at)).collect();
         let mut ds: Vec<Delivery> = (0..BATCH)
-            .map(|k| delivery(&endpoints[k % ENDPOINTS], &events[k / ENDPOINTS], at))
+            .map(|k| Delivery::pending(&endpoints[k % ENDPOINTS], &events[k / ENDPOINTS], at))
             .collect();
         let tx = conn.transaction().unwrap();
         {

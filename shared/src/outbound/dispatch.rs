@@ -264,22 +264,7 @@ impl Dispatcher {
                 Some(target) => e.id.as_str() == target.as_str(),
                 None => subscribed(&e.event_types, &event.event_type),
             })
-            .map(|endpoint| Delivery {
-                id: DeliveryId::for_pair(&endpoint.id, &event.id, event.created_at),
-                org_id: event.org_id.clone(),
-                endpoint_id: endpoint.id.clone(),
-                event_id: event.id.clone(),
-                event_type: event.event_type.clone(),
-                status: DeliveryStatus::Pending,
-                attempts: 0,
-                next_attempt_at: Some(now),
-                last_attempt_at: None,
-                last_status_code: None,
-                last_error: None,
-                lease_until: None,
-                created_at: now,
-                updated_at: now,
-            })
+            .map(|endpoint| Delivery::pending(&endpoint.id, event, now))
             .collect()
     }
 

@@ -400,6 +400,28 @@ pub struct Delivery {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Delivery {
+    /// The delivery of `event` to `endpoint`, created at `now` and due then, no attempt made.
+    pub fn pending(endpoint: &EndpointId, event: &Event, now: DateTime<Utc>) -> Self {
+        Self {
+            id: DeliveryId::for_pair(endpoint, &event.id, event.created_at),
+            org_id: event.org_id.clone(),
+            endpoint_id: endpoint.clone(),
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            next_attempt_at: Some(now),
+            last_attempt_at: None,
+            last_status_code: None,
+            last_error: None,
+            lease_until: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// Why an attempt was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

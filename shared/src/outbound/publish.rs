@@ -4,7 +4,7 @@
 
 use super::catalog::{EventCatalog, TEST_EVENT};
 use super::dispatch::{AttemptQueue, DispatchMessage};
-use super::model::{Delivery, DeliveryId, DeliveryStatus, Endpoint, EventData, EventId, NewEvent};
+use super::model::{Delivery, Endpoint, EventData, EventId, NewEvent};
 use super::Error;
 use crate::billing::plan::PlanGate;
 use crate::clock::Clock;
@@ -169,22 +169,7 @@ impl Publisher {
             })
             .await?;
         let event = appended.event();
-        let delivery = Delivery {
-            id: DeliveryId::for_pair(&endpoint.id, &event.id, event.created_at),
-            org_id: endpoint.org_id.clone(),
-            endpoint_id: endpoint.id.clone(),
-            event_id: event.id.clone(),
-            event_type: event.event_type.clone(),
-            status: DeliveryStatus::Pending,
-            attempts: 0,
-            next_attempt_at: Some(now),
-            last_attempt_at: None,
-            last_status_code: None,
-            last_error: None,
-            lease_until: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let delivery = Delivery::pending(&endpoint.id, event, now);
         self.store.create_delivery(&delivery).await?;
         self.deliveries.scheduled(&delivery, now, now).await?;
         // The dispatcher moves its cursor past the test event.

@@ -1385,16 +1385,6 @@ mod tests {
         f.connect("org-a", repo).await;
         let mut octokit_run = payload("github-workflow-run-octokit.json");
         octokit_run["repository"]["full_name"] = json!(repo);
-        let failed_job = json!({
-            "action": "completed",
-            "workflow_job": {
-                "id": 6053734069u64, "run_id": 12987654321u64, "run_attempt": 2,
-                "workflow_name": "CI", "head_branch": "main",
-                "head_sha": "6dcb09b5b57875f334f61aebed695e2e4193db5e",
-                "status": "completed", "conclusion": "failure", "name": "linters"
-            },
-            "repository": {"full_name": repo}
-        });
         let failed_check = json!({
             "action": "completed",
             "check_run": {
@@ -1412,7 +1402,7 @@ mod tests {
         for (event_type, body) in [
             ("workflow_run", failed_run(repo)),
             ("workflow_run", octokit_run),
-            ("workflow_job", failed_job),
+            ("workflow_job", failed_job(repo)),
             ("check_run", failed_check),
             ("pull_request", merged),
             (
@@ -1582,6 +1572,24 @@ mod tests {
         let mut body = payload("github-workflow-run-failure.json");
         body["repository"]["full_name"] = json!(repo);
         body
+    }
+
+    /// An excerpt of @octokit/webhooks-examples' failed `workflow_job` (CodeQL linters), for
+    /// `repo`.
+    fn failed_job(repo: &str) -> Value {
+        json!({
+            "action": "completed",
+            "workflow_job": {
+                "id": 6053734069u64, "run_id": 12987654321u64, "run_attempt": 1,
+                "workflow_name": "CI", "head_branch": "main",
+                "head_sha": "6dcb09b5b57875f334f61aebed695e2e4193db5e",
+                "html_url": "https://github.com/acme/hookline-demo/actions/runs/12987654321/job/6053734069",
+                "status": "completed", "conclusion": "failure", "name": "linters",
+                "started_at": "2025-12-31T23:59:00Z", "completed_at": "2025-12-31T23:59:40Z"
+            },
+            "repository": {"full_name": repo},
+            "sender": {"login": "octocat"}
+        })
     }
 
     /// An excerpt of @octokit/webhooks-examples' `pull_request` `closed` example.
@@ -1861,20 +1869,7 @@ mod tests {
     async fn failed_jobs_attach_to_their_run_whichever_comes_first() {
         let f = fixture();
         let c = f.connect("org-a", "acme/hookline-demo").await;
-        // An excerpt of @octokit/webhooks-examples' failed `workflow_job` (CodeQL linters).
-        let job = json!({
-            "action": "completed",
-            "workflow_job": {
-                "id": 6053734069u64, "run_id": 12987654321u64, "run_attempt": 1,
-                "workflow_name": "CI", "head_branch": "main",
-                "head_sha": "6dcb09b5b57875f334f61aebed695e2e4193db5e",
-                "html_url": "https://github.com/acme/hookline-demo/actions/runs/12987654321/job/6053734069",
-                "status": "completed", "conclusion": "failure", "name": "linters",
-                "started_at": "2025-12-31T23:59:00Z", "completed_at": "2025-12-31T23:59:40Z"
-            },
-            "repository": {"full_name": "acme/hookline-demo"},
-            "sender": {"login": "octocat"}
-        });
+        let job = failed_job("acme/hookline-demo");
         f.handle(Source::Github, "workflow_job", &job).await;
         let placeholder = f
             .connections

@@ -940,28 +940,18 @@ fn parse_delivery(item: &Item) -> Result<Delivery, OutboundError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::model::DeliveryStatus;
 
     fn delivery() -> Delivery {
-        let endpoint_id = EndpointId::generate();
-        let event_id = EventId::parse("evt_1").unwrap();
         let at = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
-        Delivery {
-            id: DeliveryId::for_pair(&endpoint_id, &event_id, at),
+        let event = Event {
+            id: EventId::parse("evt_1").unwrap(),
             org_id: "org#a".to_owned(),
-            endpoint_id,
-            event_id,
             event_type: "invoice.paid".to_owned(),
-            status: DeliveryStatus::Pending,
-            attempts: 0,
-            next_attempt_at: Some(at),
-            last_attempt_at: None,
-            last_status_code: None,
-            last_error: None,
-            lease_until: None,
             created_at: at,
-            updated_at: at,
-        }
+            data: serde_json::Value::Null.into(),
+            seq: 1,
+        };
+        Delivery::pending(&EndpointId::generate(), &event, at)
     }
 
     #[test]

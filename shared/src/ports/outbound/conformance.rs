@@ -67,22 +67,7 @@ pub fn new_event(org: &str, event_type: &str) -> NewEvent {
 
 /// The pending delivery of `event` to `endpoint`, as the dispatcher makes it.
 pub fn delivery_for(endpoint: &Endpoint, event: &Event) -> Delivery {
-    Delivery {
-        id: DeliveryId::for_pair(&endpoint.id, &event.id, event.created_at),
-        org_id: event.org_id.clone(),
-        endpoint_id: endpoint.id.clone(),
-        event_id: event.id.clone(),
-        event_type: event.event_type.clone(),
-        status: DeliveryStatus::Pending,
-        attempts: 0,
-        next_attempt_at: Some(event.created_at),
-        last_attempt_at: None,
-        last_status_code: None,
-        last_error: None,
-        lease_until: None,
-        created_at: event.created_at,
-        updated_at: event.created_at,
-    }
+    Delivery::pending(&endpoint.id, event, event.created_at)
 }
 
 /// Attempt `number` at `delivery`, made `number` minutes after t(0): a 200, or a 500.
