@@ -47,7 +47,8 @@ enum Picked {
     Bool(bool),
     /// An array, by its length.
     Array(usize),
-    /// An object or `null`.
+    Null,
+    /// An object.
     Other,
 }
 
@@ -159,7 +160,8 @@ impl JsonBody {
             Value::Number(n) => Picked::Num(n.to_string()),
             Value::Bool(b) => Picked::Bool(*b),
             Value::Array(items) => Picked::Array(items.len()),
-            Value::Object(_) | Value::Null => Picked::Other,
+            Value::Null => Picked::Null,
+            Value::Object(_) => Picked::Other,
         }
     }
 
@@ -187,6 +189,16 @@ impl JsonBody {
             Picked::Bool(b) => Some(b),
             _ => None,
         }
+    }
+
+    /// Whether `path` holds anything, `null` included.
+    pub fn present(&self, path: &[&str]) -> bool {
+        !matches!(self.picked(path), Picked::Absent)
+    }
+
+    /// Whether `path` holds a value other than `null`.
+    pub fn non_null(&self, path: &[&str]) -> bool {
+        !matches!(self.picked(path), Picked::Absent | Picked::Null)
     }
 
     /// The length of the array at `path`.
@@ -381,7 +393,7 @@ impl<'de> Visitor<'de> for At<'_> {
     }
 
     fn visit_unit<E>(mut self) -> Result<(), E> {
-        self.set(Picked::Other);
+        self.set(Picked::Null);
         Ok(())
     }
 

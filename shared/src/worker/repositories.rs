@@ -341,6 +341,7 @@ const GITHUB_CHECK_RUN: &[&[&str]] = &[
 
 /// What [`github_pr`] reads.
 const GITHUB_PR: &[&[&str]] = &[
+    &["pull_request"],
     &["pull_request", "merged"],
     &["pull_request", "merged_at"],
     &["pull_request", "state"],
@@ -416,6 +417,10 @@ trait Fields {
     /// A non-empty string, or a number as its text.
     fn text(&self, path: &[&str]) -> Option<String>;
     fn flag(&self, path: &[&str]) -> Option<bool>;
+    /// Whether `path` holds anything, `null` included.
+    fn present(&self, path: &[&str]) -> bool;
+    /// Whether `path` holds a value other than `null`.
+    fn non_null(&self, path: &[&str]) -> bool;
 }
 
 impl Fields for Value {
@@ -430,6 +435,14 @@ impl Fields for Value {
     fn flag(&self, path: &[&str]) -> Option<bool> {
         at(self, path)?.as_bool()
     }
+
+    fn present(&self, path: &[&str]) -> bool {
+        at(self, path).is_some()
+    }
+
+    fn non_null(&self, path: &[&str]) -> bool {
+        at(self, path).is_some_and(|v| !v.is_null())
+    }
 }
 
 impl Fields for JsonBody {
@@ -439,6 +452,14 @@ impl Fields for JsonBody {
 
     fn flag(&self, path: &[&str]) -> Option<bool> {
         self.bool_at(path)
+    }
+
+    fn present(&self, path: &[&str]) -> bool {
+        JsonBody::present(self, path)
+    }
+
+    fn non_null(&self, path: &[&str]) -> bool {
+        JsonBody::non_null(self, path)
     }
 }
 
@@ -686,9 +707,10 @@ impl PrEvent {
 /// Reads only [`GITHUB_PR`].
 fn github_pr(body: &impl Fields, received_at: DateTime<Utc>) -> Option<PrEvent> {
     const P: &str = "pull_request";
-    // `merged_at` is a time or null.
-    let merged =
-        body.flag(&[P, "merged"]).unwrap_or(false) || text(body, &[P, "merged_at"]).is_some();
+    if !body.present(&[P]) {
+        return None;
+    }
+    let merged = body.flag(&[P, "merged"]).unwrap_or(false) || body.non_null(&[P, "merged_at"]);
     let state = text(body, &[P, "state"]).unwrap_or_else(|| "open".into());
     Some(PrEvent {
         number: number(body, &[P, "number"]).or_else(|| number(body, &["number"]))?,
@@ -1436,6 +1458,66 @@ mod tests {
                 !json.is_built(),
                 "{event_type}: a field read was not declared"
             );
+        }
+    }
+
+    /// Odd bodies (a missing or null object, odd types where GitHub sends a time or a
+    /// number) read the same from the picked fields as from the document.
+    #[test]
+    fn odd_github_bodies_read_the_same_picked_and_built() {
+        let received = Utc::now();
+        let bodies = [
+            json!({"action": "opened", "number": 7}),
+            json!({"action": "opened", "number": 7, "pull_request": null}),
+            json!({"number": 7, "pull_request": {"merged_at": ""}}),
+            json!({"number": 7, "pull_request": {"merged_at": false, "state": "open"}}),
+            json!({"number": 7, "pull_request": {"merged_at": {}, "merged": "yes"}}),
+            json!({"pull_request": {"number": 7.0, "merged_at": null, "merged": false}}),
+            json!({"pull_request": {"number": -7, "updated_at": 5}}),
+            json!({"workflow_run": null}),
+            json!({"workflow_run": [1, 2]}),
+            json!({"workflow_run": {"id": "", "run_attempt": "2"}}),
+            json!({"workflow_run": {"id": 1, "run_attempt": -1, "created_at": "yesterday"}}),
+            json!({"workflow_job": {"conclusion": "failure", "run_id": 3, "name": {}}}),
+            json!({"check_run": {"conclusion": "failure", "name": "x", "details_url": 4}}),
+        ];
+        for (event_type, body) in ["pull_request", "workflow_run", "workflow_job", "check_run"]
+            .into_iter()
+            .flat_map(|t| bodies.iter().map(move |b| (t, b)))
+        {
+            let e = event(Source::Github, event_type, body);
+            let Payload::Json(json) = &e.payload else {
+                panic!("JSON")
+            };
+            match event_type {
+                "pull_request" => {
+                    assert_eq!(
+                        github_pr(json, received),
+                        github_pr(body, received),
+                        "{body}"
+                    )
+                }
+                "workflow_run" => {
+                    assert_eq!(
+                        github_run(json, received),
+                        github_run(body, received),
+                        "{body}"
+                    )
+                }
+                _ => assert_eq!(
+                    github_job(event_type, json),
+                    github_job(event_type, body),
+                    "{event_type} {body}"
+                ),
+            }
+            assert!(!json.is_built(), "{event_type} {body}");
+        }
+        // As the readers always read a document: no pull request without its object, and a
+        // `merged_at` that is anything but null means merged.
+        assert_eq!(github_pr(&bodies[0], received), None);
+        for merged_at in [json!(""), json!(false), json!({})] {
+            let body = json!({"pull_request": {"number": 7, "merged_at": merged_at}});
+            assert!(github_pr(&body, received).unwrap().merged, "{body}");
         }
     }
 
