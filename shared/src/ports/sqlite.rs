@@ -674,11 +674,13 @@ impl Database {
 
     /// Run a read-only `op` on a reader connection, beside the writer instead of in its queue:
     /// lookups on the hot path (which connection owns this repository?) never wait behind
-    /// writes. It sees everything committed before it started.
+    /// writes. It sees everything committed before it started, including commits whose sync
+    /// is still under way (a power cut may yet take those back).
     ///
     /// It runs on the calling task, not on a blocking thread: a WAL reader takes no lock the
     /// writer holds, and these are point reads on an index, a few microseconds each. Handing
-    /// each to `spawn_blocking` cost more than the read (a thread wake-up per delivery).
+    /// each to `spawn_blocking` cost more than the read (a thread wake-up per delivery). A
+    /// read that may scan many rows goes through [`Database::read_blocking`].
     pub fn read<T, F>(&self, op: F) -> Result<T, DbError>
     where
         F: FnOnce(&Connection) -> Result<T, DbError>,
@@ -707,6 +709,20 @@ impl Database {
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
         result
+    }
+
+    /// [`Database::read`] on a blocking thread, for a read that may scan many rows (a page of
+    /// the delivery log, a count over an org's deliveries): inline, it would hold up every
+    /// task of the runtime thread it ran on.
+    pub async fn read_blocking<T, F>(&self, op: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.read(op))
+            .await
+            .map_err(|e| DbError(format!("a read stopped: {e}")))?
     }
 
     /// Run `op` inside the writer's current transaction; its result is handed back once that

@@ -357,19 +357,23 @@ impl DeliveryStore for EmbeddedStore {
     }
 
     async fn list(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
+        let query = query.clone();
         let now = Utc::now().timestamp();
-        Ok(self.db.read(|conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS} \
+        Ok(self
+            .db
+            .read_blocking(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS} \
                  ORDER BY received_at DESC, rowid DESC LIMIT ?5"
-            ))?;
-            let (source, status, since) = operator_filters(query);
-            let rows = stmt.query_map(
-                params![now, source, status, since, query.limit as i64],
-                read_delivery,
-            )?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })?)
+                ))?;
+                let (source, status, since) = operator_filters(&query);
+                let rows = stmt.query_map(
+                    params![now, source, status, since, query.limit as i64],
+                    read_delivery,
+                )?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?)
     }
 
     async fn put_activity(&self, activity: &Activity) -> Result<(), StoreError> {
@@ -393,16 +397,19 @@ impl DeliveryStore for EmbeddedStore {
     }
 
     async fn list_activities(&self, limit: usize) -> Result<Vec<Activity>, StoreError> {
-        let rows: Vec<(String, String)> = self.db.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT key, record FROM activities ORDER BY received_at DESC, rowid DESC \
+        let rows: Vec<(String, String)> = self
+            .db
+            .read_blocking(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT key, record FROM activities ORDER BY received_at DESC, rowid DESC \
                  LIMIT ?1",
-            )?;
-            let rows = stmt
-                .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })?;
+                )?;
+                let rows = stmt
+                    .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
         rows.into_iter()
             .map(|(key, record)| {
                 serde_json::from_str(&record).map_err(|e| StoreError::Corrupt {
@@ -444,22 +451,26 @@ impl DeliveryStore for EmbeddedStore {
         connection_id: &str,
         now: DateTime<Utc>,
     ) -> Result<LogCounts, StoreError> {
-        Ok(self.db.read(|conn| {
-            let counts = conn
-                .prepare_cached(
-                    "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0), MAX(received_at) \
+        let (org_id, connection_id) = (org_id.to_owned(), connection_id.to_owned());
+        Ok(self
+            .db
+            .read_blocking(move |conn| {
+                let counts = conn
+                    .prepare_cached(
+                        "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0), MAX(received_at) \
                      FROM deliveries WHERE org_id = ?1 AND connection_id = ?2 \
                      AND expires_at >= ?3",
-                )?
-                .query_row(params![org_id, connection_id, now.timestamp()], |r| {
-                    Ok(LogCounts {
-                        total: r.get::<_, i64>(0)? as u64,
-                        failed: r.get::<_, i64>(1)? as u64,
-                        last_received_at: r.get::<_, Option<i64>>(2)?.map(from_millis),
-                    })
-                })?;
-            Ok(counts)
-        })?)
+                    )?
+                    .query_row(params![org_id, connection_id, now.timestamp()], |r| {
+                        Ok(LogCounts {
+                            total: r.get::<_, i64>(0)? as u64,
+                            failed: r.get::<_, i64>(1)? as u64,
+                            last_received_at: r.get::<_, Option<i64>>(2)?.map(from_millis),
+                        })
+                    })?;
+                Ok(counts)
+            })
+            .await?)
     }
 
     async fn reopen(
@@ -599,49 +610,58 @@ impl EmbeddedStore {
     /// How many live deliveries `query` matches, whatever its limit (so `hookline deliveries`
     /// can say how many it left out).
     pub async fn count(&self, query: &DeliveryQuery) -> Result<u64, StoreError> {
+        let query = query.clone();
         let now = Utc::now().timestamp();
-        Ok(self.db.read(|conn| {
-            let (source, status, since) = operator_filters(query);
-            let n: i64 = conn
-                .prepare_cached(&format!(
-                    "SELECT COUNT(*) FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS}"
-                ))?
-                .query_row(params![now, source, status, since], |r| r.get(0))?;
-            Ok(n as u64)
-        })?)
+        Ok(self
+            .db
+            .read_blocking(move |conn| {
+                let (source, status, since) = operator_filters(&query);
+                let n: i64 = conn
+                    .prepare_cached(&format!(
+                        "SELECT COUNT(*) FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS}"
+                    ))?
+                    .query_row(params![now, source, status, since], |r| r.get(0))?;
+                Ok(n as u64)
+            })
+            .await?)
     }
 
     async fn log_page(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
         let want = q.limit + 1;
-        let mut rows: Vec<Delivery> = self.db.read(|conn| {
-            // The sort key is `{received_at ms, 15 digits}#{key}`: the same order as
-            // (received_at, key), which the index serves.
-            let after = q.after.as_deref().and_then(|a| a.split_once('#'));
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM deliveries WHERE org_id = ?1 AND expires_at >= ?2 \
+        let query = q.clone();
+        let mut rows: Vec<Delivery> = self
+            .db
+            .read_blocking(move |conn| {
+                let q = &query;
+                // The sort key is `{received_at ms, 15 digits}#{key}`: the same order as
+                // (received_at, key), which the index serves.
+                let after = q.after.as_deref().and_then(|a| a.split_once('#'));
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM deliveries WHERE org_id = ?1 AND expires_at >= ?2 \
                  AND (?3 IS NULL OR connection_id = ?3) AND (?4 IS NULL OR source = ?4) \
                  AND (?5 IS NULL OR event_type = ?5) AND (?6 IS NULL OR status = ?6) \
                  AND (?7 IS NULL OR received_at >= ?7) \
                  AND (?8 IS NULL OR (received_at, key) < (?8, ?9)) \
                  ORDER BY received_at DESC, key DESC LIMIT ?10"
-            ))?;
-            let rows = stmt.query_map(
-                params![
-                    q.org_id,
-                    q.now.timestamp(),
-                    q.connection_id,
-                    q.source.map(|s| s.as_str()),
-                    q.event_type,
-                    q.status.map(|s| s.as_str()),
-                    q.since.map(millis),
-                    after.map(|(ms, _)| ms.parse::<i64>().unwrap_or(0)),
-                    after.map(|(_, key)| key),
-                    want as i64,
-                ],
-                read_delivery,
-            )?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })?;
+                ))?;
+                let rows = stmt.query_map(
+                    params![
+                        q.org_id,
+                        q.now.timestamp(),
+                        q.connection_id,
+                        q.source.map(|s| s.as_str()),
+                        q.event_type,
+                        q.status.map(|s| s.as_str()),
+                        q.since.map(millis),
+                        after.map(|(ms, _)| ms.parse::<i64>().unwrap_or(0)),
+                        after.map(|(_, key)| key),
+                        want as i64,
+                    ],
+                    read_delivery,
+                )?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
         let next = if rows.len() > q.limit {
             rows.truncate(q.limit);
             rows.last().map(Delivery::log_sort_key)
