@@ -391,11 +391,9 @@ fn activity(event: &Event, now: DateTime<Utc>) -> Activity {
 }
 
 fn push_summary(body: &JsonBody) -> Option<String> {
-    let before = body.text(&["before"])?;
-    let after = body.text(&["after"])?;
-    let count = body
-        .text(&["total_commits_count"])
-        .and_then(|n| n.parse::<u64>().ok())
+    let before = text(body, &["before"])?;
+    let after = text(body, &["after"])?;
+    let count = number(body, &["total_commits_count"])
         .or_else(|| body.len_at(&["commits"]).map(|n| n as u64))
         .unwrap_or(0);
     let short = |s: &str| s.chars().take(12).collect::<String>();
@@ -883,9 +881,6 @@ impl RepositoryEvents {
         json: &JsonBody,
         now: DateTime<Utc>,
     ) -> Result<(), WorkerError> {
-        if kind == Kind::Other {
-            return Ok(());
-        }
         // GitHub's are read from the fields picked in the one pass (`fields`); GitLab's walk
         // arrays of builds, so they read the whole document, built once.
         let github = event.envelope.source == Source::Github;

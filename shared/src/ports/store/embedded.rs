@@ -364,7 +364,7 @@ impl DeliveryStore for EmbeddedStore {
             .read_blocking(move |conn| {
                 let mut stmt = conn.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM deliveries WHERE expires_at >= ?1 {OPERATOR_FILTERS} \
-                 ORDER BY received_at DESC, rowid DESC LIMIT ?5"
+                     ORDER BY received_at DESC, rowid DESC LIMIT ?5"
                 ))?;
                 let (source, status, since) = operator_filters(&query);
                 let rows = stmt.query_map(
@@ -402,7 +402,7 @@ impl DeliveryStore for EmbeddedStore {
             .read_blocking(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT key, record FROM activities ORDER BY received_at DESC, rowid DESC \
-                 LIMIT ?1",
+                     LIMIT ?1",
                 )?;
                 let rows = stmt
                     .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -458,8 +458,8 @@ impl DeliveryStore for EmbeddedStore {
                 let counts = conn
                     .prepare_cached(
                         "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0), MAX(received_at) \
-                     FROM deliveries WHERE org_id = ?1 AND connection_id = ?2 \
-                     AND expires_at >= ?3",
+                         FROM deliveries WHERE org_id = ?1 AND connection_id = ?2 \
+                         AND expires_at >= ?3",
                     )?
                     .query_row(params![org_id, connection_id, now.timestamp()], |r| {
                         Ok(LogCounts {
@@ -627,22 +627,21 @@ impl EmbeddedStore {
     }
 
     async fn log_page(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
+        let q = q.clone();
         let want = q.limit + 1;
-        let query = q.clone();
         let mut rows: Vec<Delivery> = self
             .db
             .read_blocking(move |conn| {
-                let q = &query;
                 // The sort key is `{received_at ms, 15 digits}#{key}`: the same order as
                 // (received_at, key), which the index serves.
                 let after = q.after.as_deref().and_then(|a| a.split_once('#'));
                 let mut stmt = conn.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM deliveries WHERE org_id = ?1 AND expires_at >= ?2 \
-                 AND (?3 IS NULL OR connection_id = ?3) AND (?4 IS NULL OR source = ?4) \
-                 AND (?5 IS NULL OR event_type = ?5) AND (?6 IS NULL OR status = ?6) \
-                 AND (?7 IS NULL OR received_at >= ?7) \
-                 AND (?8 IS NULL OR (received_at, key) < (?8, ?9)) \
-                 ORDER BY received_at DESC, key DESC LIMIT ?10"
+                     AND (?3 IS NULL OR connection_id = ?3) AND (?4 IS NULL OR source = ?4) \
+                     AND (?5 IS NULL OR event_type = ?5) AND (?6 IS NULL OR status = ?6) \
+                     AND (?7 IS NULL OR received_at >= ?7) \
+                     AND (?8 IS NULL OR (received_at, key) < (?8, ?9)) \
+                     ORDER BY received_at DESC, key DESC LIMIT ?10"
                 ))?;
                 let rows = stmt.query_map(
                     params![
@@ -736,9 +735,9 @@ mod tests {
         assert_eq!(store.get(&new.key).await.unwrap().unwrap().owner, None);
     }
 
-    /// Reads go to a reader connection beside the writer: a `GET` of the delivery log, or the
-    /// worker's read of a payload, neither queues behind intake's writes nor waits for a
-    /// sync (reading through the writer, each did both).
+    /// Reads go to a reader connection beside the writer: a `GET` of the delivery log or of a
+    /// kept payload neither queues behind intake's writes nor waits for a sync (reading
+    /// through the writer, each did both).
     #[tokio::test]
     #[allow(clippy::await_holding_lock)] // the held syncs are the point
     async fn reads_answer_while_a_write_waits_for_the_disk() {
